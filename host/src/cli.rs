@@ -1,0 +1,131 @@
+//! The `sluice` command line: `serve` runs the server; every other command is
+//! a client of its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::limits::Limits;
+
+/// Sluice: a WebAssembly function host with an event router.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage and call functions.
+    #[command(name = "fn", subcommand)]
+    Function(FunctionCommand),
+}
+
+/// `sluice serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
+    pub listen: SocketAddr,
+    /// Data directory: the store and compiled artifacts.
+    #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Deploy every NAME.wasm in this folder at start (public).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// How logs are written to stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the server is.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// URL of the Sluice server.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+}
+
+/// `sluice fn ...`
+#[derive(Debug, Subcommand)]
+pub enum FunctionCommand {
+    /// Deploy (or replace) a function from a component file.
+    Deploy {
+        /// Function name (lowercase letters, digits, `-`).
+        name: String,
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Environment variable for the guest, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Timeout of one call, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Memory cap of one instance, in MiB.
+        #[arg(long, value_name = "MB")]
+        memory: Option<u64>,
+        /// Instances that may run at once.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// Host the guest may call over HTTP (repeatable).
+        #[arg(long = "allow-outbound", value_name = "HOST")]
+        allow_outbound: Vec<String>,
+        /// Allow anonymous invocation.
+        #[arg(long)]
+        public: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List functions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one function.
+    Get {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a function.
+    Delete {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Call a function and print its response body.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// Request body: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long, short)]
+        data: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}

@@ -1,0 +1,156 @@
+//! The one place errors become HTTP responses.
+//!
+//! Every error body is `{"error": {"code": "...", "message": "..."}}`. Client
+//! mistakes are answered with their reason and not logged as errors; internal
+//! faults get a generic message and the detail goes to `tracing`.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use sluice_store::StoreError;
+
+use crate::functions::DeployError;
+use crate::invoke::InvokeError;
+
+/// An error answer of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 for a missing function.
+    pub fn function_not_found(name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {name:?} not found"),
+        )
+    }
+
+    /// 413 for a body over `limit` bytes.
+    pub fn body_too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 500 with a generic message; `detail` goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %detail, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+
+    fn with_retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        if error.is_unavailable() {
+            tracing::error!(%error, "store unavailable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "storage is unavailable; retry later",
+            )
+            .with_retry_after(1);
+        }
+        ApiError::internal(error)
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(error: DeployError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            DeployError::InvalidName(_) => ApiError::bad_request("invalid_name", message),
+            DeployError::InvalidComponent(_) => ApiError::bad_request("invalid_component", message),
+            DeployError::InvalidSetting(_) => ApiError::bad_request("invalid_setting", message),
+            DeployError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "component_too_large",
+                message,
+            ),
+            DeployError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "function_not_found", message)
+            }
+            DeployError::Store(error) => error.into(),
+            DeployError::Internal(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(error: InvokeError) -> ApiError {
+        let message = error.to_string();
+        let code = error.outcome();
+        match error {
+            InvokeError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "function_not_found", message)
+            }
+            InvokeError::WrongWorld { .. } => ApiError::bad_request(code, message),
+            InvokeError::Busy { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).with_retry_after(1)
+            }
+            InvokeError::PoolExhausted => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_retry_after(1)
+            }
+            InvokeError::Timeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, message)
+            }
+            InvokeError::MemoryLimit { .. }
+            | InvokeError::Trap { .. }
+            | InvokeError::Failed { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+            }
+            InvokeError::RequestTooLarge { .. } | InvokeError::ResponseTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+            }
+            InvokeError::Internal(detail) => ApiError::internal(detail),
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The function tier: state built once per deploy.
+//!
+//! [`Functions`] validates and compiles uploaded components, keeps each
+//! compiled artifact on disk keyed by digest and engine (so a restart loads
+//! instead of recompiling), and holds one [`Function`] per loaded function:
+//! its `InstancePre`, resolved limits and concurrency permits. No instance
+//! lives here: every call instantiates afresh (see `invoke.rs`). A function
+//! idle past `--idle-unload-secs` is dropped from memory and reloaded from its
+//! artifact on the next call.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sluice_store::{FunctionRecord, FunctionSettings, Store, StoreError, World, digest_of};
+use tokio::sync::Semaphore;
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::limits::{FunctionLimits, InvalidSetting};
+use crate::metrics::Metrics;
+use crate::runtime::event_bindings::EventFunctionPre;
+use crate::runtime::{InvocationState, Runtime};
+
+/// Longest function name: a DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A function's pre-instantiated component, by world.
+#[derive(Clone)]
+pub enum Pre {
+    /// A `wasi:http/proxy` component.
+    Http(ProxyPre<InvocationState>),
+    /// A `sluice:function/event-function` component.
+    Event(EventFunctionPre<InvocationState>),
+}
+
+/// A loaded function: everything a call needs except the instance.
+pub struct Function {
+    /// The stored record.
+    pub record: FunctionRecord,
+    /// Resolved limits.
+    pub limits: FunctionLimits,
+    /// The pre-instantiated component.
+    pub pre: Pre,
+    /// Environment variables, ready for the WASI context.
+    pub env: Vec<(String, String)>,
+    /// One permit per instance that may run at once.
+    pub permits: Arc<Semaphore>,
+    last_used_ms: AtomicU64,
+}
+
+/// Why a deploy or settings change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The name is not a DNS label.
+    #[error(
+        "invalid function name {0:?}: use 1 to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit"
+    )]
+    InvalidName(String),
+    /// The bytes are not a usable component.
+    #[error("invalid component: {0}")]
+    InvalidComponent(String),
+    /// A setting is out of range.
+    #[error(transparent)]
+    InvalidSetting(#[from] InvalidSetting),
+    /// The component is larger than `--max-component-bytes`.
+    #[error("component is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// No such function (settings change, delete).
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Checks that `name` is a DNS label: lowercase letters, digits and `-`, at
+/// most 63 characters, not starting or ending with `-`.
+pub fn validate_name(name: &str) -> Result<(), DeployError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::InvalidName(name.to_string()))
+    }
+}
+
+/// Checks that `bytes` are a component binary before compiling them, so the
+/// common mistakes get a reason a person can act on.
+pub fn check_component_bytes(bytes: &[u8]) -> Result<(), DeployError> {
+    if bytes.is_empty() {
+        return Err(DeployError::InvalidComponent(
+            "the body is empty; send the component bytes (application/wasm)".into(),
+        ));
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return Err(DeployError::InvalidComponent(
+            "not a WebAssembly binary (it does not start with the \\0asm magic)".into(),
+        ));
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(DeployError::InvalidComponent(
+            "this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2`, or wrap it with `wasm-tools component new`".into(),
+        ));
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(DeployError::InvalidComponent(
+            "unsupported WebAssembly binary version or layer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every loaded function, and the means to load more.
+pub struct Functions {
+    runtime: Arc<Runtime>,
+    store: Store,
+    metrics: Metrics,
+    artifacts: PathBuf,
+    loaded: RwLock<HashMap<String, Arc<Function>>>,
+    loading: tokio::sync::Mutex<()>,
+    pool_permits: Arc<Semaphore>,
+    started: Instant,
+}
+
+impl Functions {
+    /// A registry over `store`, keeping compiled artifacts under `artifacts_root`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Store,
+        metrics: Metrics,
+        artifacts_root: &Path,
+    ) -> anyhow::Result<Functions> {
+        let artifacts = artifacts_root.join(runtime.engine_hash());
+        std::fs::create_dir_all(&artifacts)?;
+        let pool = runtime.limits().pool_instances as usize;
+        Ok(Functions {
+            runtime,
+            store,
+            metrics,
+            artifacts,
+            loaded: RwLock::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            pool_permits: Arc::new(Semaphore::new(pool)),
+            started: Instant::now(),
+        })
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Permits for instances across all functions (the pool's size).
+    pub(crate) fn pool_permits(&self) -> &Arc<Semaphore> {
+        &self.pool_permits
+    }
+
+    fn artifact_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.artifacts.join(format!("{hex}.cwasm"))
+    }
+
+    /// Validates, compiles and stores `bytes` as function `name`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        settings: FunctionSettings,
+    ) -> Result<FunctionRecord, DeployError> {
+        validate_name(name)?;
+        let limit = self.runtime.limits().max_component_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(DeployError::TooLarge { limit });
+        }
+        self.runtime.limits().validate(&settings)?;
+        check_component_bytes(&bytes)?;
+        let digest = digest_of(&bytes);
+        let (component, bytes) = match self.load_artifact(&digest).await {
+            Some(component) => (component, bytes),
+            None => {
+                let (component, bytes) = self.compile(bytes).await?;
+                self.write_artifact(&digest, &component).await;
+                (component, bytes)
+            }
+        };
+        let (world, pre) = self.prepare(&component)?;
+        let record = self
+            .store
+            .deploy_function(name, &bytes, world, settings)
+            .await?;
+        let function = self.build(record.clone(), pre);
+        self.loaded
+            .write()
+            .unwrap()
+            .insert(name.to_string(), Arc::new(function));
+        tracing::info!(function = %name, version = record.version, world = world.as_str(), digest = %record.digest, "deployed");
+        Ok(record)
+    }
+
+    /// Replaces the settings of function `name`.
+    pub async fn update_settings(
+        &self,
+        name: &str,
+        settings: FunctionSettings,
+    ) -> Result<FunctionRecord, DeployError> {
+        self.runtime.limits().validate(&settings)?;
+        let record = self
+            .store
+            .update_function_settings(name, settings)
+            .await?
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        // The next call reloads with the new settings (from the artifact).
+        self.loaded.write().unwrap().remove(name);
+        Ok(record)
+    }
+
+    /// Deletes function `name`, and its artifact when no function uses it.
+    pub async fn delete(&self, name: &str) -> Result<FunctionRecord, DeployError> {
+        let record = self
+            .store
+            .delete_function(name)
+            .await?
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        self.loaded.write().unwrap().remove(name);
+        if self.store.blob(&record.digest)?.is_none() {
+            let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
+        }
+        tracing::info!(function = %name, "deleted");
+        Ok(record)
+    }
+
+    /// The loaded function `name`, loading it from the store if needed.
+    /// `None` if no such function is deployed.
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<Function>>, DeployError> {
+        if let Some(function) = self.cached(name) {
+            return Ok(Some(function));
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(function) = self.cached(name) {
+            return Ok(Some(function));
+        }
+        let Some(record) = self.store.function(name)? else {
+            return Ok(None);
+        };
+        let component = match self.load_artifact(&record.digest).await {
+            Some(component) => component,
+            None => {
+                let bytes = self.store.blob(&record.digest)?.ok_or_else(|| {
+                    DeployError::Internal(format!(
+                        "component bytes {} of {name:?} are missing",
+                        record.digest
+                    ))
+                })?;
+                let (component, _) = self.compile(bytes).await?;
+                self.write_artifact(&record.digest, &component).await;
+                component
+            }
+        };
+        let (_, pre) = self.prepare(&component)?;
+        let function = Arc::new(self.build(record, pre));
+        self.loaded
+            .write()
+            .unwrap()
+            .insert(name.to_string(), function.clone());
+        Ok(Some(function))
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<Function>> {
+        let function = self.loaded.read().unwrap().get(name).cloned()?;
+        function
+            .last_used_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Some(function)
+    }
+
+    /// Number of functions whose compiled code is in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.read().unwrap().len()
+    }
+
+    /// Drops functions idle longer than `idle` and not running, so their
+    /// compiled code leaves memory. Returns how many were dropped.
+    pub fn unload_idle(&self, idle: Duration) -> usize {
+        let now = self.started.elapsed().as_millis() as u64;
+        let idle = idle.as_millis() as u64;
+        let mut loaded = self.loaded.write().unwrap();
+        let before = loaded.len();
+        loaded.retain(|_, function| {
+            let idle_for = now.saturating_sub(function.last_used_ms.load(Ordering::Relaxed));
+            idle_for < idle || Arc::strong_count(function) > 1
+        });
+        before - loaded.len()
+    }
+
+    fn build(&self, record: FunctionRecord, pre: Pre) -> Function {
+        let limits = self.runtime.limits().resolve(&record.settings);
+        Function {
+            env: record
+                .settings
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            permits: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+            limits,
+            pre,
+            record,
+            last_used_ms: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+        }
+    }
+
+    async fn compile(&self, bytes: Vec<u8>) -> Result<(Component, Vec<u8>), DeployError> {
+        let engine = self.runtime.engine().clone();
+        let started = Instant::now();
+        let (component, bytes) = tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &bytes);
+            (component, bytes)
+        })
+        .await
+        .map_err(|error| DeployError::Internal(error.to_string()))?;
+        let component =
+            component.map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?;
+        self.metrics.components_compiled.inc();
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
+        Ok((component, bytes))
+    }
+
+    async fn load_artifact(&self, digest: &str) -> Option<Component> {
+        let path = self.artifact_path(digest);
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return None;
+        }
+        let engine = self.runtime.engine().clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            // SAFETY: the file was written by `write_artifact` from
+            // `Component::serialize` of an engine with the same compatibility
+            // hash (it names the directory), in the data directory that only
+            // this process writes while it holds the store lock. wasmtime also
+            // checks the artifact's header and refuses incompatible ones.
+            #[allow(unsafe_code)]
+            unsafe {
+                Component::deserialize_file(&engine, &path)
+            }
+        })
+        .await;
+        match loaded {
+            Ok(Ok(component)) => {
+                self.metrics.artifacts_loaded.inc();
+                Some(component)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%digest, error = %format!("{error:#}"), "cached artifact unusable; recompiling");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%digest, %error, "loading cached artifact failed; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Writes the compiled artifact (best effort: without it the next start
+    /// recompiles, which is slower but correct).
+    async fn write_artifact(&self, digest: &str, component: &Component) {
+        let path = self.artifact_path(digest);
+        let result = async {
+            let bytes = component.serialize()?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, &path).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%digest, error = %format!("{error:#}"), "could not cache compiled artifact");
+        }
+    }
+
+    /// Finds the component's world and pre-instantiates it with the linker,
+    /// which checks that every import is one Sluice provides.
+    fn prepare(&self, component: &Component) -> Result<(World, Pre), DeployError> {
+        let engine = self.runtime.engine();
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let world = if exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler@0.2"))
+        {
+            World::Http
+        } else if exports
+            .iter()
+            .any(|e| e.starts_with("sluice:function/handler@0.1"))
+        {
+            World::Event
+        } else {
+            return Err(DeployError::InvalidComponent(format!(
+                "the component exports neither `wasi:http/incoming-handler@0.2.x` (an HTTP function) nor `sluice:function/handler@0.1.0` (an event function); it exports: [{}]",
+                exports.join(", ")
+            )));
+        };
+        let instance_pre = self
+            .runtime
+            .linker()
+            .instantiate_pre(component)
+            .map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?;
+        let pre = match world {
+            World::Http => Pre::Http(
+                ProxyPre::new(instance_pre)
+                    .map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?,
+            ),
+            World::Event => Pre::Event(
+                EventFunctionPre::new(instance_pre)
+                    .map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?,
+            ),
+        };
+        Ok((world, pre))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["a", "hello", "order-processor", "a1", &"x".repeat(63)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "Hello",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "ä",
+            &"x".repeat(64),
+            "a b",
+            "../x",
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(DeployError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn core_modules_and_garbage_are_refused_with_reasons() {
+        let core = b"\0asm\x01\0\0\0";
+        let reason = check_component_bytes(core).unwrap_err().to_string();
+        assert!(reason.contains("core WebAssembly module"), "{reason}");
+        let reason = check_component_bytes(b"hello").unwrap_err().to_string();
+        assert!(reason.contains("\\0asm"), "{reason}");
+        let reason = check_component_bytes(b"").unwrap_err().to_string();
+        assert!(reason.contains("empty"), "{reason}");
+        check_component_bytes(b"\0asm\x0d\0\x01\0").unwrap();
+    }
+}

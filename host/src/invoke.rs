@@ -1,0 +1,463 @@
+//! The invocation tier: one call, one fresh instance.
+//!
+//! Every call takes a permit of its function (waits up to
+//! `--queue-timeout-ms`, then [`InvokeError::Busy`]) and of the pool,
+//! builds a fresh `Store` with the function's limits, instantiates from the
+//! function's `InstancePre`, runs, and drops the store. Nothing survives the
+//! call: an idle function holds no instance.
+//!
+//! Failures keep their kind all the way out: a timeout, a trap, a memory cap
+//! hit, a guest-reported error and a host fault are different variants.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::functions::{Function, Functions, Pre};
+use crate::outbound::OutboundPolicy;
+use crate::runtime::InvocationStore;
+use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
+
+/// Why a call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No such function.
+    #[error("function {0:?} not found")]
+    NotFound(String),
+    /// The function implements another world than the call needs.
+    #[error("function {name:?} implements the {world} world; {hint}")]
+    WrongWorld {
+        /// The function.
+        name: String,
+        /// Its world.
+        world: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// The function's concurrency cap was reached and no slot freed in time.
+    #[error("function {name:?} is at its concurrency limit of {limit}; retry later")]
+    Busy {
+        /// The function.
+        name: String,
+        /// Its cap.
+        limit: u32,
+    },
+    /// Every instance slot of the pool is in use.
+    #[error("the server is at its instance limit; retry later")]
+    PoolExhausted,
+    /// The call ran past its deadline.
+    #[error("function {name:?} did not finish within its timeout of {timeout_ms} ms")]
+    Timeout {
+        /// The function.
+        name: String,
+        /// Its timeout.
+        timeout_ms: u64,
+    },
+    /// The guest tried to grow memory past its cap.
+    #[error("function {name:?} exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimit {
+        /// The function.
+        name: String,
+        /// Its cap.
+        limit_mb: u64,
+    },
+    /// The guest trapped.
+    #[error("function {name:?} trapped: {reason}")]
+    Trap {
+        /// The function.
+        name: String,
+        /// The trap, as wasmtime describes it.
+        reason: String,
+    },
+    /// The guest failed without trapping (a host call it made failed fatally,
+    /// or it returned without answering).
+    #[error("function {name:?} failed: {reason}")]
+    Failed {
+        /// The function.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The request body is over the function's cap.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// The cap.
+        limit: u64,
+    },
+    /// The guest's response body is over the function's cap.
+    #[error("function {name:?} produced a response body larger than the limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// The function.
+        name: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// A host-side fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl InvokeError {
+    /// The label used for metrics and logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            InvokeError::NotFound(_) => "not_found",
+            InvokeError::WrongWorld { .. } => "wrong_world",
+            InvokeError::Busy { .. } => "busy",
+            InvokeError::PoolExhausted => "pool_exhausted",
+            InvokeError::Timeout { .. } => "timeout",
+            InvokeError::MemoryLimit { .. } => "memory_limit",
+            InvokeError::Trap { .. } => "trap",
+            InvokeError::Failed { .. } => "failed",
+            InvokeError::RequestTooLarge { .. } => "request_too_large",
+            InvokeError::ResponseTooLarge { .. } => "response_too_large",
+            InvokeError::Internal(_) => "internal",
+        }
+    }
+
+    /// True for failures a later attempt may not repeat (the Knative retry
+    /// classes: timeouts, traps, overload).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            InvokeError::NotFound(_)
+                | InvokeError::WrongWorld { .. }
+                | InvokeError::RequestTooLarge { .. }
+        )
+    }
+}
+
+/// How the invocation task ended.
+enum TaskEnd<R> {
+    Done(R),
+    TimedOut,
+    Failed(wasmtime::Error),
+}
+
+/// A running invocation.
+struct Running<R> {
+    task: tokio::task::JoinHandle<TaskEnd<R>>,
+    deadline: tokio::time::Instant,
+    memory_exceeded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Functions {
+    async fn acquire(
+        &self,
+        function: &Function,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), InvokeError> {
+        let wait = Duration::from_millis(self.runtime().limits().queue_timeout_ms);
+        let own = tokio::time::timeout(wait, function.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| InvokeError::Busy {
+                name: function.record.name.clone(),
+                limit: function.limits.max_concurrency,
+            })?;
+        let pool = tokio::time::timeout(wait, self.pool_permits().clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(InvokeError::PoolExhausted)?;
+        Ok((own, pool))
+    }
+
+    /// Spawns the invocation: a fresh store, `body` run on it, everything
+    /// bounded by the function's deadline.
+    async fn spawn<R, F, Fut>(
+        &self,
+        function: &Function,
+        body: F,
+    ) -> Result<Running<R>, InvokeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(InvocationStore) -> Fut + Send + 'static,
+        Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
+    {
+        let permits = self.acquire(function).await?;
+        let outbound = OutboundPolicy {
+            function: function.record.name.clone(),
+        };
+        let invocation = self
+            .runtime()
+            .new_store(&function.env, &function.limits, outbound);
+        let deadline = tokio::time::Instant::from_std(invocation.deadline);
+        let memory_exceeded = invocation.memory_exceeded.clone();
+        let (stdout, stderr) = (invocation.stdout.clone(), invocation.stderr.clone());
+        let name = function.record.name.clone();
+        let task = tokio::spawn(async move {
+            let _permits = permits;
+            let end = match tokio::time::timeout_at(deadline, body(invocation)).await {
+                Ok(Ok(value)) => TaskEnd::Done(value),
+                Ok(Err(error)) => TaskEnd::Failed(error),
+                Err(_) => TaskEnd::TimedOut,
+            };
+            for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+                let output = pipe.contents();
+                if !output.is_empty() {
+                    tracing::info!(function = %name, stream, output = %String::from_utf8_lossy(&output).trim_end(), "guest output");
+                }
+            }
+            end
+        });
+        Ok(Running {
+            task,
+            deadline,
+            memory_exceeded,
+        })
+    }
+
+    /// Turns a failed or timed-out invocation into its error.
+    fn classify<R>(
+        &self,
+        function: &Function,
+        end: Result<TaskEnd<R>, tokio::task::JoinError>,
+        memory_exceeded: bool,
+    ) -> InvokeError {
+        let name = function.record.name.clone();
+        let timeout = || InvokeError::Timeout {
+            name: name.clone(),
+            timeout_ms: function.limits.timeout.as_millis() as u64,
+        };
+        let error = match end {
+            Ok(TaskEnd::Done(_)) => {
+                return InvokeError::Failed {
+                    name,
+                    reason: "the guest returned without sending a response".into(),
+                };
+            }
+            Ok(TaskEnd::TimedOut) => return timeout(),
+            Ok(TaskEnd::Failed(error)) => error,
+            Err(error) => {
+                return InvokeError::Internal(format!("invocation task ended abnormally: {error}"));
+            }
+        };
+        if memory_exceeded {
+            return InvokeError::MemoryLimit {
+                name,
+                limit_mb: function.limits.memory_bytes >> 20,
+            };
+        }
+        if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return InvokeError::PoolExhausted;
+        }
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            tracing::warn!(function = %name, error = ?error, "guest trapped");
+            return match trap {
+                wasmtime::Trap::Interrupt => timeout(),
+                wasmtime::Trap::StackOverflow => InvokeError::Trap {
+                    name,
+                    reason: format!("{trap} (unbounded recursion?)"),
+                },
+                _ => InvokeError::Trap {
+                    name,
+                    reason: trap.to_string(),
+                },
+            };
+        }
+        tracing::warn!(function = %name, error = ?error, "guest failed");
+        InvokeError::Failed {
+            name,
+            reason: format!("{error:#}"),
+        }
+    }
+
+    fn record(&self, function: &Function, started: Instant, outcome: &str) {
+        let name = function.record.name.as_str();
+        self.metrics()
+            .invocations
+            .with_label_values(&[name, outcome])
+            .inc();
+        self.metrics()
+            .invocation_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Calls a `wasi:http` function with `request` and collects its response.
+    pub async fn call_http(
+        &self,
+        function: &Arc<Function>,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let started = Instant::now();
+        let result = self.call_http_inner(function, request).await;
+        self.record(
+            function,
+            started,
+            result.as_ref().map_or_else(InvokeError::outcome, |_| "ok"),
+        );
+        result
+    }
+
+    async fn call_http_inner(
+        &self,
+        function: &Arc<Function>,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let Pre::Http(pre) = &function.pre else {
+            return Err(InvokeError::WrongWorld {
+                name: function.record.name.clone(),
+                world: "event",
+                hint: "send it events through a trigger, or POST a CloudEvent to /v1/functions/{name}/invoke",
+            });
+        };
+        if request.body().len() as u64 > function.limits.max_request_bytes {
+            return Err(InvokeError::RequestTooLarge {
+                limit: function.limits.max_request_bytes,
+            });
+        }
+        let pre = pre.clone();
+        let (sender, receiver) = oneshot::channel();
+        let metrics = self.metrics().clone();
+        let running = self
+            .spawn(function, move |mut invocation| async move {
+                let store = &mut invocation.store;
+                let request = request.map(Full::new);
+                let request = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(Scheme::Http, request)?;
+                let out = store.data_mut().http().new_response_outparam(sender)?;
+                let instantiating = Instant::now();
+                let proxy = pre.instantiate_async(&mut *store).await?;
+                metrics
+                    .instantiate_seconds
+                    .observe(instantiating.elapsed().as_secs_f64());
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut *store, request, out)
+                    .await
+            })
+            .await?;
+        let Running {
+            task,
+            deadline,
+            memory_exceeded,
+        } = running;
+        let abort = task.abort_handle();
+        let timeout = || InvokeError::Timeout {
+            name: function.record.name.clone(),
+            timeout_ms: function.limits.timeout.as_millis() as u64,
+        };
+
+        let head = match tokio::time::timeout_at(deadline, receiver).await {
+            Err(_) => {
+                abort.abort();
+                return Err(timeout());
+            }
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(code))) => {
+                return Err(InvokeError::Failed {
+                    name: function.record.name.clone(),
+                    reason: format!("the guest answered with error {code:?}"),
+                });
+            }
+            Ok(Err(_)) => {
+                let end = task.await;
+                return Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)));
+            }
+        };
+        let (parts, body) = head.into_parts();
+        let cap = function.limits.max_response_bytes;
+        let limited = Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
+        match tokio::time::timeout_at(deadline, limited.collect()).await {
+            Err(_) => {
+                abort.abort();
+                Err(timeout())
+            }
+            Ok(Ok(collected)) => {
+                // A body that ends is not yet a success: a guest that traps
+                // mid-body ends it too. The response counts only once the
+                // guest has returned cleanly.
+                match tokio::time::timeout_at(deadline, task).await {
+                    Err(_) => {
+                        abort.abort();
+                        Err(timeout())
+                    }
+                    Ok(Ok(TaskEnd::Done(()))) => {
+                        Ok(http::Response::from_parts(parts, collected.to_bytes()))
+                    }
+                    Ok(end) => {
+                        Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)))
+                    }
+                }
+            }
+            Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                abort.abort();
+                Err(InvokeError::ResponseTooLarge {
+                    name: function.record.name.clone(),
+                    limit: cap,
+                })
+            }
+            Ok(Err(_)) => {
+                // The body broke off: the guest failed while writing it.
+                let end = task.await;
+                Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)))
+            }
+        }
+    }
+
+    /// Calls an event function with `event`. The outer error is the
+    /// invocation failing; the inner one is the guest's own answer.
+    pub async fn call_event(
+        &self,
+        function: &Arc<Function>,
+        event: CloudEvent,
+    ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
+        let started = Instant::now();
+        let result = self.call_event_inner(function, event).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "guest_error",
+            Err(error) => error.outcome(),
+        };
+        self.record(function, started, outcome);
+        result
+    }
+
+    async fn call_event_inner(
+        &self,
+        function: &Arc<Function>,
+        event: CloudEvent,
+    ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
+        let Pre::Event(pre) = &function.pre else {
+            return Err(InvokeError::WrongWorld {
+                name: function.record.name.clone(),
+                world: "http",
+                hint: "call it over HTTP at /fn/{name}/",
+            });
+        };
+        let pre = pre.clone();
+        let metrics = self.metrics().clone();
+        let running = self
+            .spawn(function, move |mut invocation| async move {
+                let store = &mut invocation.store;
+                let instantiating = Instant::now();
+                let instance = pre.instantiate_async(&mut *store).await?;
+                metrics
+                    .instantiate_seconds
+                    .observe(instantiating.elapsed().as_secs_f64());
+                instance
+                    .sluice_function_handler()
+                    .call_handle(&mut *store, &event)
+                    .await
+            })
+            .await?;
+        let memory_exceeded = running.memory_exceeded.clone();
+        match running.task.await {
+            Ok(TaskEnd::Done(answer)) => Ok(answer),
+            end => Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed))),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `sluice-host`: the only crate that knows wasmtime.
+//!
+//! Three state tiers, named in the code:
+//! - runtime, once per process ([`runtime::Runtime`]): engine with the pooling
+//!   allocator, linker, epoch ticker;
+//! - function, once per deploy ([`functions::Function`]): compiled component
+//!   (cached on disk), `InstancePre`, limits;
+//! - invocation, once per call ([`runtime::InvocationState`]): a fresh store,
+//!   dropped when the call ends.
+//!
+//! On top: the HTTP server ([`server`]) and the CLI ([`cli`], [`client`]).
+
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod functions;
+pub mod invoke;
+pub mod limits;
+pub mod metrics;
+pub mod outbound;
+pub mod runtime;
+pub mod server;
+pub mod settings;

@@ -1,0 +1,293 @@
+//! Every bound Sluice puts on guests and clients, with its default.
+//!
+//! [`Limits`] holds the server-wide values (set by `sluice serve` flags).
+//! Per-function settings may lower or raise the per-invocation ones within
+//! the engine-wide caps; [`FunctionLimits`] is the resolved set one function
+//! runs with.
+
+use std::time::Duration;
+
+use sluice_store::FunctionSettings;
+
+const MIB: u64 = 1 << 20;
+
+/// Server-wide limits. Each field is a named `sluice serve` flag.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Limits {
+    /// Default wall-clock limit of one invocation, in milliseconds. Defends
+    /// against guests that never finish (an infinite loop ends with 504).
+    #[arg(long = "default-timeout-ms", default_value_t = 30_000)]
+    pub timeout_ms: u64,
+
+    /// Largest `timeout_ms` a function may ask for.
+    #[arg(long = "max-timeout-ms", default_value_t = 15 * 60 * 1000)]
+    pub max_timeout_ms: u64,
+
+    /// Default linear-memory cap of one instance, in MiB. Defends the host's
+    /// memory against a guest that allocates without end.
+    #[arg(long = "default-memory-mb", default_value_t = 128)]
+    pub memory_mb: u64,
+
+    /// Largest `memory_mb` a function may ask for; also the size of one
+    /// memory slot in the instance pool.
+    #[arg(long = "max-memory-mb", default_value_t = 1024)]
+    pub max_memory_mb: u64,
+
+    /// Default number of instances of one function that may run at once.
+    /// Defends other functions' share of the pool against one busy function.
+    #[arg(long = "default-max-concurrency", default_value_t = 100)]
+    pub max_concurrency: u32,
+
+    /// How long a call over its function's concurrency cap waits for a slot
+    /// before it is answered 429 with `Retry-After`, in milliseconds.
+    #[arg(long = "queue-timeout-ms", default_value_t = 1_000)]
+    pub queue_timeout_ms: u64,
+
+    /// Default cap on a request body sent to a function, in bytes (413 past it).
+    #[arg(long = "max-request-bytes", default_value_t = 16 * MIB)]
+    pub max_request_bytes: u64,
+
+    /// Default cap on a response body a function produces, in bytes (413 past
+    /// it). Defends the host's memory against a guest that writes without end.
+    #[arg(long = "max-response-bytes", default_value_t = 16 * MIB)]
+    pub max_response_bytes: u64,
+
+    /// Largest component accepted at deploy, in bytes. Components built by
+    /// componentize-py or componentize-js are 12 to 18 MiB.
+    #[arg(long = "max-component-bytes", default_value_t = 128 * MIB)]
+    pub max_component_bytes: u64,
+
+    /// WebAssembly stack of one instance, in bytes. Defends the host's stack
+    /// against unbounded guest recursion (the guest traps with "call stack
+    /// exhausted"). Engine-wide: wasmtime sets it per engine.
+    #[arg(long = "max-wasm-stack", default_value_t = 1 << 20)]
+    pub max_wasm_stack: usize,
+
+    /// Instances that may exist at once across all functions: the size of
+    /// wasmtime's pooling allocator. Calls past it wait, then get 503.
+    #[arg(long = "pool-instances", default_value_t = 1_000)]
+    pub pool_instances: u32,
+
+    /// Elements one guest table may hold. Defends against table growth bombs.
+    #[arg(long = "max-table-elements", default_value_t = 20_000)]
+    pub max_table_elements: usize,
+
+    /// Bytes of guest stdout and of stderr kept per invocation; the rest is
+    /// dropped. Defends the host against a guest that logs without end.
+    #[arg(long = "max-output-bytes", default_value_t = 64 * 1024)]
+    pub max_output_bytes: usize,
+
+    /// Compiled code of a function idle this long is dropped from memory and
+    /// reloaded from its on-disk artifact on the next call, in seconds.
+    #[arg(long = "idle-unload-secs", default_value_t = 300)]
+    pub idle_unload_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        Defaults::parse_from(["sluice"]).limits
+    }
+}
+
+/// Why a function's settings were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {reason}")]
+pub struct InvalidSetting {
+    /// The setting's name.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn check(
+    setting: &'static str,
+    value: Option<u64>,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<(), InvalidSetting> {
+    match value {
+        Some(v) if v < min || v > max => Err(InvalidSetting {
+            setting,
+            reason: format!("{v} is outside {min}..={max} {unit}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Names of environment variables: POSIX portable names.
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Limits {
+    /// Checks `settings` against these limits.
+    pub fn validate(&self, settings: &FunctionSettings) -> Result<(), InvalidSetting> {
+        check(
+            "timeout_ms",
+            settings.timeout_ms,
+            1,
+            self.max_timeout_ms,
+            "ms",
+        )?;
+        check(
+            "memory_mb",
+            settings.memory_mb,
+            1,
+            self.max_memory_mb,
+            "MiB",
+        )?;
+        check(
+            "max_concurrency",
+            settings.max_concurrency.map(u64::from),
+            1,
+            u64::from(self.pool_instances),
+            "instances",
+        )?;
+        check(
+            "max_request_bytes",
+            settings.max_request_bytes,
+            0,
+            1 << 40,
+            "bytes",
+        )?;
+        check(
+            "max_response_bytes",
+            settings.max_response_bytes,
+            0,
+            1 << 40,
+            "bytes",
+        )?;
+        if let Some(name) = settings.env.keys().find(|name| !valid_env_name(name)) {
+            return Err(InvalidSetting {
+                setting: "env",
+                reason: format!(
+                    "{name:?} is not a valid variable name (letters, digits, `_`; not starting with a digit)"
+                ),
+            });
+        }
+        if let Some(host) = settings
+            .allow_outbound
+            .iter()
+            .find(|h| !valid_host_pattern(h))
+        {
+            return Err(InvalidSetting {
+                setting: "allow_outbound",
+                reason: format!("{host:?} is not a host name or `*.domain` pattern"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The limits function `settings` run with.
+    pub fn resolve(&self, settings: &FunctionSettings) -> FunctionLimits {
+        FunctionLimits {
+            timeout: Duration::from_millis(settings.timeout_ms.unwrap_or(self.timeout_ms)),
+            memory_bytes: settings.memory_mb.unwrap_or(self.memory_mb) * MIB,
+            max_concurrency: settings.max_concurrency.unwrap_or(self.max_concurrency),
+            max_request_bytes: settings.max_request_bytes.unwrap_or(self.max_request_bytes),
+            max_response_bytes: settings
+                .max_response_bytes
+                .unwrap_or(self.max_response_bytes),
+        }
+    }
+}
+
+/// A host pattern for `allow_outbound`: a host name, optionally with a port,
+/// or `*.` followed by a domain.
+fn valid_host_pattern(pattern: &str) -> bool {
+    let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+    let (host, port) = match host.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (host, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    port_ok
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// The resolved limits of one function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionLimits {
+    /// Wall-clock limit of one invocation.
+    pub timeout: Duration,
+    /// Linear-memory cap of one instance.
+    pub memory_bytes: u64,
+    /// Instances that may run at once.
+    pub max_concurrency: u32,
+    /// Largest request body accepted.
+    pub max_request_bytes: u64,
+    /// Largest response body produced.
+    pub max_response_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_resolve() {
+        let limits = Limits::default();
+        assert_eq!(limits.timeout_ms, 30_000);
+        let resolved = limits.resolve(&FunctionSettings::default());
+        assert_eq!(resolved.memory_bytes, 128 * MIB);
+        let custom = FunctionSettings {
+            timeout_ms: Some(5),
+            memory_mb: Some(2),
+            ..FunctionSettings::default()
+        };
+        let resolved = limits.resolve(&custom);
+        assert_eq!(resolved.timeout, Duration::from_millis(5));
+        assert_eq!(resolved.memory_bytes, 2 * MIB);
+    }
+
+    #[test]
+    fn settings_within_limits_are_accepted_and_outside_are_refused() {
+        let limits = Limits::default();
+        let ok = FunctionSettings {
+            memory_mb: Some(limits.max_memory_mb),
+            allow_outbound: vec![
+                "api.example.com".into(),
+                "*.example.com".into(),
+                "127.0.0.1:8080".into(),
+            ],
+            ..FunctionSettings::default()
+        };
+        limits.validate(&ok).unwrap();
+        let too_much = FunctionSettings {
+            memory_mb: Some(limits.max_memory_mb + 1),
+            ..FunctionSettings::default()
+        };
+        assert_eq!(limits.validate(&too_much).unwrap_err().setting, "memory_mb");
+        let zero = FunctionSettings {
+            timeout_ms: Some(0),
+            ..FunctionSettings::default()
+        };
+        assert_eq!(limits.validate(&zero).unwrap_err().setting, "timeout_ms");
+        let bad_env = FunctionSettings {
+            env: [("1X".to_string(), "v".to_string())].into(),
+            ..FunctionSettings::default()
+        };
+        assert_eq!(limits.validate(&bad_env).unwrap_err().setting, "env");
+        let bad_host = FunctionSettings {
+            allow_outbound: vec!["http://x".into()],
+            ..FunctionSettings::default()
+        };
+        assert_eq!(
+            limits.validate(&bad_host).unwrap_err().setting,
+            "allow_outbound"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! The `sluice` binary.
+
+use clap::Parser;
+use sluice_host::cli::{Cli, Command, LogFormat};
+use sluice_host::server::{ServeOptions, serve};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                init_logging(args.log_format);
+                serve(ServeOptions {
+                    listen: args.listen,
+                    data_dir: args.data_dir,
+                    limits: args.limits,
+                    examples: args.examples,
+                })
+                .await
+            }
+            Command::Function(command) => sluice_host::client::run_function_command(command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Prometheus metrics of the host, defined in one place and named
+//! `sluice_<noun>_<verb>_total` for counters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the host exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Components compiled from bytes (deploys, and loads without a cached artifact).
+    pub components_compiled: IntCounter,
+    /// Components loaded from an on-disk compiled artifact instead of compiled.
+    pub artifacts_loaded: IntCounter,
+    /// Invocations by function and outcome (`ok`, `timeout`, `trap`, ...).
+    pub invocations: IntCounterVec,
+    /// Wall-clock duration of invocations, by function.
+    pub invocation_seconds: HistogramVec,
+    /// Time to instantiate a fresh instance from its `InstancePre`.
+    pub instantiate_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let components_compiled = IntCounter::new(
+            "sluice_components_compiled_total",
+            "Components compiled to native code.",
+        )
+        .unwrap();
+        let artifacts_loaded = IntCounter::new(
+            "sluice_artifacts_loaded_total",
+            "Components loaded from a cached compiled artifact instead of compiled.",
+        )
+        .unwrap();
+        let invocations = IntCounterVec::new(
+            Opts::new(
+                "sluice_function_invocations_total",
+                "Function invocations by outcome.",
+            ),
+            &["function", "outcome"],
+        )
+        .unwrap();
+        let invocation_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_function_duration_seconds",
+                "Wall-clock time of invocations.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["function"],
+        )
+        .unwrap();
+        let instantiate_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_instantiate_seconds",
+                "Time to instantiate a fresh instance.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01,
+            ]),
+        )
+        .unwrap();
+        for metric in [
+            Box::new(components_compiled.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(artifacts_loaded.clone()),
+            Box::new(invocations.clone()),
+            Box::new(invocation_seconds.clone()),
+            Box::new(instantiate_seconds.clone()),
+        ] {
+            registry.register(metric).unwrap();
+        }
+        Metrics {
+            registry,
+            components_compiled,
+            artifacts_loaded,
+            invocations,
+            invocation_seconds,
+            instantiate_seconds,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,274 @@
+//! The runtime tier: state built once per process.
+//!
+//! One wasmtime [`Engine`] with the pooling allocator (instances come from
+//! pre-reserved slots, so a fresh instance per call costs microseconds),
+//! copy-on-write memory images and epoch interruption; one [`Linker`] with
+//! WASI, `wasi:http` and the Sluice imports; and the epoch ticker thread.
+//!
+//! [`InvocationState`] is the invocation tier: the data of one `Store`, built
+//! per call and dropped when the call ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::limits::{FunctionLimits, Limits};
+use crate::outbound::OutboundPolicy;
+
+/// How often the epoch advances. A guest's deadline is checked, and a busy
+/// guest yields to other tasks, once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bindings of the `sluice:function/event-function` world.
+pub mod event_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "event-function",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        require_store_data_send: true,
+    });
+}
+
+/// Once-per-process wasmtime state.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    limits: Limits,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine and linker for `limits`, and starts the epoch ticker.
+    pub fn new(limits: &Limits) -> anyhow::Result<Runtime> {
+        let n = limits.pool_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // A Rust component has a few core instances (its module plus
+            // adapter shims); componentize-py ones have a dozen or more.
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(usize::try_from(limits.max_memory_mb << 20)?)
+            .table_elements(limits.max_table_elements)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            // Keep a little of each slot resident so the next instance in
+            // the same slot does not fault its first pages in again.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .max_wasm_stack(limits.max_wasm_stack)
+            .async_stack_size(limits.max_wasm_stack + (1 << 20))
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        event_bindings::sluice::function::publisher::add_to_linker::<_, HasSelf<InvocationState>>(
+            &mut linker,
+            |state| state,
+        )?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+
+        Ok(Runtime {
+            engine,
+            linker,
+            limits: limits.clone(),
+            stop_ticker,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every function is instantiated with.
+    pub fn linker(&self) -> &Linker<InvocationState> {
+        &self.linker
+    }
+
+    /// Server-wide limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A hex string naming this engine's compiled-code format: artifacts from
+    /// an engine with another hash cannot be loaded by this one.
+    pub fn engine_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// A fresh store for one invocation of a function with `limits`.
+    pub fn new_store(
+        &self,
+        env: &[(String, String)],
+        limits: &FunctionLimits,
+        outbound: OutboundPolicy,
+    ) -> InvocationStore {
+        let stdout = MemoryOutputPipe::new(self.limits.max_output_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.max_output_bytes);
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(env).stdout(stdout.clone()).stderr(stderr.clone());
+        let memory_exceeded = Arc::new(AtomicBool::new(false));
+        let state = InvocationState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: GuestLimiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: self.limits.max_table_elements,
+                memory_exceeded: memory_exceeded.clone(),
+            },
+            outbound,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield so a guest that computes without pause does not hold
+                // a tokio worker thread: other calls keep being served.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        InvocationStore {
+            store,
+            deadline,
+            stdout,
+            stderr,
+            memory_exceeded,
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A store for one invocation, with what the host reads after the call.
+pub struct InvocationStore {
+    /// The wasmtime store.
+    pub store: Store<InvocationState>,
+    /// When the invocation's time is up.
+    pub deadline: Instant,
+    /// Captured guest stdout (bounded).
+    pub stdout: MemoryOutputPipe,
+    /// Captured guest stderr (bounded).
+    pub stderr: MemoryOutputPipe,
+    /// Set when the guest tried to grow memory past its cap.
+    pub memory_exceeded: Arc<AtomicBool>,
+}
+
+/// The data of one invocation's `Store`.
+pub struct InvocationState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: GuestLimiter,
+    outbound: OutboundPolicy,
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InvocationState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+impl event_bindings::sluice::function::types::Host for InvocationState {}
+
+impl event_bindings::sluice::function::publisher::Host for InvocationState {
+    async fn publish(
+        &mut self,
+        _event: event_bindings::sluice::function::types::CloudEvent,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(Err(
+            "publishing events is not available on this server".to_string()
+        ))
+    }
+}
+
+/// Caps memory and table growth of one instance, and remembers whether the
+/// memory cap was hit so the failure can be reported as such.
+struct GuestLimiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    memory_exceeded: Arc<AtomicBool>,
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_exceeded.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}

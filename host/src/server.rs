@@ -1,0 +1,471 @@
+//! The HTTP server: management API, function routes, health and metrics.
+//!
+//! Routes (see DESIGN.md): `PUT/GET/PATCH/DELETE /v1/functions/{name}`,
+//! `GET /v1/functions`, `POST /v1/functions/{name}/invoke`,
+//! `ANY /fn/{name}/{path...}`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use sluice_store::{FunctionRecord, FunctionSettings, Store};
+
+use crate::error::ApiError;
+use crate::functions::{Function, Functions};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::settings;
+
+/// What `sluice serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The data directory (store, compiled artifacts).
+    pub data_dir: PathBuf,
+    /// Server-wide limits.
+    pub limits: Limits,
+    /// Deploy every `NAME.wasm` in this folder at start, unless a function
+    /// of that name already runs the same bytes.
+    pub examples: Option<PathBuf>,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    functions: Arc<Functions>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let store = Store::open(&options.data_dir)?;
+    let runtime = Arc::new(Runtime::new(&options.limits)?);
+    let metrics = Metrics::new();
+    let functions = Arc::new(Functions::new(
+        runtime,
+        store.clone(),
+        metrics,
+        &options.data_dir.join("artifacts"),
+    )?);
+    if let Some(dir) = &options.examples {
+        deploy_examples(&functions, dir).await?;
+    }
+
+    let state = AppState {
+        functions: functions.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let app = router(state.clone());
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %options.data_dir.display(), "sluice listening");
+    // Tests and scripts read this line to learn the port.
+    println!("sluice listening on http://{addr}");
+
+    let idle = Duration::from_secs(options.limits.idle_unload_secs);
+    let reaper = {
+        let functions = functions.clone();
+        tokio::spawn(async move {
+            let mut every =
+                tokio::time::interval(idle.clamp(Duration::from_secs(1), Duration::from_secs(60)));
+            loop {
+                every.tick().await;
+                let dropped = functions.unload_idle(idle);
+                if dropped > 0 {
+                    tracing::debug!(dropped, "unloaded idle functions");
+                }
+            }
+        })
+    };
+
+    state.ready.store(true, Ordering::Release);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    state.ready.store(false, Ordering::Release);
+    reaper.abort();
+    store.flush().await?;
+    tracing::info!("sluice stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn deploy_examples(functions: &Functions, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if path.extension().is_none_or(|ext| ext != "wasm") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .replace('_', "-");
+        let bytes = std::fs::read(&path)?;
+        let digest = sluice_store::digest_of(&bytes);
+        if functions
+            .store()
+            .function(&name)?
+            .is_some_and(|record| record.digest == digest)
+        {
+            continue;
+        }
+        let settings = FunctionSettings {
+            visibility: sluice_store::Visibility::Public,
+            ..FunctionSettings::default()
+        };
+        match functions.deploy(&name, bytes, settings).await {
+            Ok(record) => tracing::info!(function = %record.name, "example deployed"),
+            Err(error) => tracing::warn!(function = %name, %error, "example not deployed"),
+        }
+    }
+    Ok(())
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let component_limit = usize::try_from(state.functions.runtime().limits().max_component_bytes)
+        .unwrap_or(usize::MAX);
+    Router::new()
+        .route(
+            "/v1/functions/{name}",
+            get(get_function)
+                .put(put_function)
+                .patch(patch_function)
+                .delete(delete_function)
+                .layer(DefaultBodyLimit::max(
+                    component_limit.saturating_add(1 << 20),
+                )),
+        )
+        .route("/v1/functions", get(list_functions))
+        .route("/v1/functions/{name}/invoke", post(invoke_function))
+        .route("/fn/{name}", any(call_function_root))
+        .route("/fn/{name}/", any(call_function_root))
+        .route("/fn/{name}/{*path}", any(call_function))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; see DESIGN.md for the API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting or stopping",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.functions.metrics().render(),
+    )
+}
+
+/// The API view of a function record.
+fn view(record: &FunctionRecord) -> serde_json::Value {
+    json!({
+        "name": record.name,
+        "digest": record.digest,
+        "version": record.version,
+        "world": record.world,
+        "settings": record.settings,
+        "created": record.created,
+        "updated": record.updated,
+        "url": format!("/fn/{}/", record.name),
+    })
+}
+
+/// Reads a body up to `limit` bytes; 413 past it (before reading it all
+/// when `Content-Length` says so).
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
+        Err(error) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("could not read the request body: {error}"),
+        )),
+    }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+async fn put_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.functions.runtime().limits().max_component_bytes;
+    let query = request.uri().query().map(str::to_string);
+    let (bytes, mut settings) = if is_multipart(request.headers()) {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|error| ApiError::bad_request("bad_multipart", error.body_text()))?;
+        let (mut component, mut config) = (None, None);
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|error| ApiError::bad_request("bad_multipart", error.body_text()))?
+        {
+            let part = field.name().unwrap_or_default().to_string();
+            let data = field.bytes().await.map_err(|error| {
+                if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::body_too_large(limit)
+                } else {
+                    ApiError::bad_request("bad_multipart", error.body_text())
+                }
+            })?;
+            match part.as_str() {
+                "component" => component = Some(data),
+                "config" => config = Some(settings::from_json(&data)?),
+                other => {
+                    return Err(ApiError::bad_request(
+                        "bad_multipart",
+                        format!(
+                            "unknown part {other:?}; expected `component` and optionally `config`"
+                        ),
+                    ));
+                }
+            }
+        }
+        let component = component.ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_multipart",
+                "the multipart body has no `component` part",
+            )
+        })?;
+        (component, config.unwrap_or_default())
+    } else {
+        let (parts, body) = request.into_parts();
+        (
+            read_body(&parts.headers, body, limit).await?,
+            FunctionSettings::default(),
+        )
+    };
+    // Checked after the body is read, so the connection stays reusable.
+    crate::functions::validate_name(&name)?;
+    settings::apply_query(&mut settings, query.as_deref())?;
+    let record = state
+        .functions
+        .deploy(&name, bytes.to_vec(), settings)
+        .await?;
+    let status = if record.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(view(&record))).into_response())
+}
+
+async fn get_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state
+        .functions
+        .store()
+        .function(&name)?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    Ok(axum::Json(view(&record)).into_response())
+}
+
+async fn list_functions(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let records = state.functions.store().functions()?;
+    let views: Vec<_> = records.iter().map(view).collect();
+    Ok(axum::Json(json!({"functions": views})).into_response())
+}
+
+async fn patch_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let record = state
+        .functions
+        .store()
+        .function(&name)?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    let query = request.uri().query().map(str::to_string);
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, 1 << 20).await?;
+    let mut settings = if body.is_empty() {
+        record.settings.clone()
+    } else {
+        settings::merge_patch(&record.settings, &body)?
+    };
+    settings::apply_query(&mut settings, query.as_deref())?;
+    let record = state.functions.update_settings(&name, settings).await?;
+    Ok(axum::Json(view(&record)).into_response())
+}
+
+async fn delete_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.functions.delete(&name).await?;
+    Ok(axum::Json(view(&record)).into_response())
+}
+
+async fn loaded(state: &AppState, name: &str) -> Result<Arc<Function>, ApiError> {
+    state
+        .functions
+        .get(name)
+        .await?
+        .ok_or_else(|| ApiError::function_not_found(name))
+}
+
+async fn invoke_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(&state, &name).await?;
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    forward(&state, &function, request, format!("/{query}")).await
+}
+
+async fn call_function_root(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(&state, &name).await?;
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    forward(&state, &function, request, format!("/{query}")).await
+}
+
+async fn call_function(
+    State(state): State<AppState>,
+    Path((name, _path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(&state, &name).await?;
+    // The guest sees the raw (still percent-encoded) path after `/fn/{name}`.
+    let raw = request.uri().path();
+    let prefix_len = "/fn/".len() + name.len();
+    let path = raw.get(prefix_len..).unwrap_or("/").to_string();
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    forward(&state, &function, request, format!("{path}{query}")).await
+}
+
+/// Sends `request` to `function` as a request for `path_and_query`.
+async fn forward(
+    state: &AppState,
+    function: &Arc<Function>,
+    request: Request,
+    path_and_query: String,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(host.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|error| {
+            ApiError::bad_request("bad_uri", format!("cannot forward this URI: {error}"))
+        })?;
+    let response = state
+        .functions
+        .call_http(function, http::Request::from_parts(parts, body))
+        .await?;
+    let (mut parts, body) = response.into_parts();
+    // The body is complete: let the server frame it.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from(body)))
+}

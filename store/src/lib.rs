@@ -1,0 +1,174 @@
+//! `sluice-store`: everything Sluice keeps durable, on [sled].
+//!
+//! One [`Store`] owns one data directory. It holds function records, the
+//! component bytes they point at (content-addressed by sha256, stored once
+//! however many functions share them, and removed when no function points at
+//! them any more), and a schema version checked at open.
+//!
+//! Guarantees:
+//! - Every mutating method is `async` and returns only after sled has flushed
+//!   the change to disk: a write the API acknowledges survives a crash.
+//! - Multi-tree changes (a function record and its blob reference counts) are
+//!   one sled transaction: a crash leaves either the old or the new state.
+//! - A data directory held by another process, or written by a newer schema,
+//!   is a clear [`StoreError`], never a panic.
+//!
+//! No wasmtime and no HTTP types appear here.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod functions;
+mod lock;
+
+use std::path::{Path, PathBuf};
+
+use sled::Tree;
+
+pub use error::StoreError;
+pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};
+
+/// The schema this build writes. A store written by a newer schema is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// A result with a [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The durable state of one Sluice data directory.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: Tree,
+    functions: Tree,
+    blobs: Tree,
+    blob_refs: Tree,
+    dir: PathBuf,
+    _lock: std::sync::Arc<lock::DirLock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Fails with [`StoreError::Locked`] if another process holds `dir`, with
+    /// [`StoreError::NewerSchema`] if a newer Sluice wrote it, and with
+    /// [`StoreError::Corrupt`] if sled cannot read it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            context: format!("creating data directory {}", dir.display()),
+            source,
+        })?;
+        let lock = lock::DirLock::acquire(dir)?;
+        let db_path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            // Acknowledged writes are flushed explicitly; the background
+            // flusher only bounds what an unacknowledged write can lose.
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|error| StoreError::from_open(&db_path, error))?;
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|error| StoreError::from_open(&db_path, error))
+        };
+        let store = Store {
+            meta: open_tree("meta")?,
+            functions: open_tree("functions")?,
+            blobs: open_tree("blobs")?,
+            blob_refs: open_tree("blob_refs")?,
+            db,
+            dir: dir.to_path_buf(),
+            _lock: std::sync::Arc::new(lock),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// The data directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        match self.meta.get(SCHEMA_KEY)? {
+            None => {
+                self.meta
+                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(raw) => {
+                let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "schema version key holds {} bytes, expected 4",
+                        raw.len()
+                    ))
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes every pending write to disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// The current time as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .meta
+                .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(error, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
+        );
+        assert!(error.to_string().contains("newer"), "{error}");
+    }
+
+    #[test]
+    fn second_open_of_the_same_directory_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    }
+
+    #[test]
+    fn reopen_after_close_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        Store::open(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,405 @@
+//! HTTP functions: deploy, invoke, restart, bad uploads, hostile guests,
+//! isolation and concurrency limits.
+
+use sluice_test_artifacts as guests;
+
+use crate::harness::{Server, error_code, error_message};
+
+#[tokio::test]
+async fn hello_is_served_after_restart_from_the_cached_artifact_without_recompiling() {
+    let mut server = Server::start();
+    let record = server.deploy_ok("hello", guests::HELLO, "").await;
+    assert_eq!(record["version"], 1);
+    assert_eq!(record["world"], "http");
+    assert!(record["digest"].as_str().unwrap().starts_with("sha256:"));
+
+    let (status, body) = server.get("/fn/hello/x?y=1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello from Sluice!"), "{body}");
+    assert!(
+        body.contains("/x?y=1"),
+        "the guest sees the path after /fn/hello and the query: {body}"
+    );
+
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/hello/invoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Hello from Sluice!")
+    );
+    assert_eq!(server.metric("sluice_components_compiled_total").await, 1.0);
+
+    server.restart();
+    let (status, body) = server.get("/fn/hello/again").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/again"));
+    // How the test knows nothing was recompiled: the new process compiled
+    // zero components and loaded one artifact from the data directory.
+    assert_eq!(server.metric("sluice_components_compiled_total").await, 0.0);
+    assert_eq!(server.metric("sluice_artifacts_loaded_total").await, 1.0);
+    let (_, list) = server.get("/v1/functions").await;
+    assert!(list.contains("\"hello\""), "{list}");
+}
+
+#[tokio::test]
+async fn bad_uploads_are_400_with_a_reason_and_change_nothing() {
+    let server = Server::start();
+    server.deploy_ok("keep", guests::HELLO, "").await;
+    let (_, before) = server.get("/v1/functions").await;
+
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "core",
+            core_module,
+            "invalid_component",
+            "core WebAssembly module",
+        ),
+        (
+            "random",
+            random,
+            "invalid_component",
+            "not a WebAssembly binary",
+        ),
+        ("empty", Vec::new(), "invalid_component", "empty"),
+        (
+            "Bad_Name",
+            std::fs::read(guests::HELLO).unwrap(),
+            "invalid_name",
+            "invalid function name",
+        ),
+        (
+            "toolong".repeat(10).as_str().to_owned().leak(),
+            std::fs::read(guests::HELLO).unwrap(),
+            "invalid_name",
+            "63",
+        ),
+        (
+            "keep",
+            std::fs::read(guests::HELLO).unwrap()[..1000].to_vec(),
+            "invalid_component",
+            "invalid component",
+        ),
+    ];
+    for (name, bytes, code, reason) in cases {
+        let response = server
+            .http()
+            .put(server.url(&format!("/v1/functions/{name}")))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(error_code(&body), code, "{name}: {body}");
+        assert!(error_message(&body).contains(reason), "{name}: {body}");
+    }
+    let response = server
+        .deploy("bad-setting", guests::HELLO, "timeout=5")
+        .await;
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("unknown setting `timeout`")
+    );
+
+    let (_, after) = server.get("/v1/functions").await;
+    assert_eq!(
+        before, after,
+        "failed uploads leave the function list as it was"
+    );
+    let (status, body) = server.get("/fn/keep/").await;
+    assert_eq!(
+        status, 200,
+        "the truncated upload did not replace `keep`: {body}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_functions_and_routes_are_404_with_json_errors() {
+    let server = Server::start();
+    let (status, body) = server.get("/fn/nope/x").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (404, "function_not_found")
+    );
+    let (status, body) = server.get("/v1/functions/nope").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (404, "function_not_found")
+    );
+    let (status, body) = server.get("/v2/whatever").await;
+    assert_eq!((status, error_code(&body).as_str()), (404, "no_route"));
+    let response = server
+        .http()
+        .delete(server.url("/v1/functions/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn hostile_guests_are_stopped_by_their_limits_and_hello_keeps_answering() {
+    let server = Server::start_with(&["--max-response-bytes", "1048576"]);
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    server
+        .deploy_ok("spin", guests::SPIN, "timeout_ms=300")
+        .await;
+    server.deploy_ok("hog", guests::HOG, "memory_mb=16").await;
+    server.deploy_ok("trap", guests::TRAP, "").await;
+    server.deploy_ok("deep", guests::DEEP, "").await;
+    server.deploy_ok("big", guests::BIG, "").await;
+
+    let cases = [
+        ("spin", 504, "timeout", "300 ms"),
+        ("hog", 500, "memory_limit", "16 MiB"),
+        ("trap", 500, "trap", "unreachable"),
+        ("trap", 500, "trap", "unreachable"),
+        ("deep", 500, "trap", "stack"),
+        ("big", 413, "response_too_large", "1048576 bytes"),
+    ];
+    for (name, status, code, reason) in cases {
+        let (got, body) = server.get(&format!("/fn/{name}/")).await;
+        assert_eq!(got, status, "{name}: {}", &body[..body.len().min(300)]);
+        assert_eq!(error_code(&body), code, "{name}: {body}");
+        assert!(error_message(&body).contains(reason), "{name}: {body}");
+        let (got, body) = server.get("/fn/hello/").await;
+        assert_eq!(got, 200, "hello after {name}: {body}");
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("panicked"),
+        "the server log has a panic:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let server = Server::start();
+    server.deploy_ok("counter", guests::COUNTER, "").await;
+    for _ in 0..3 {
+        let (status, body) = server.get("/fn/counter/").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "1"),
+            "a global starts at zero in every instance"
+        );
+    }
+}
+
+#[tokio::test]
+async fn calls_over_the_concurrency_cap_get_429_with_retry_after() {
+    let server = Server::start_with(&["--queue-timeout-ms", "100"]);
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    server
+        .deploy_ok("spin", guests::SPIN, "timeout_ms=1500&max_concurrency=2")
+        .await;
+    let calls = (0..6).map(|_| {
+        let request = server.http().get(server.url("/fn/spin/"));
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (response.status().as_u16(), retry_after)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let timeouts = results.iter().filter(|(status, _)| *status == 504).count();
+    let busy: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status == 429)
+        .collect();
+    assert_eq!(
+        timeouts + busy.len(),
+        6,
+        "only 504 (ran) or 429 (refused): {results:?}"
+    );
+    assert!(timeouts >= 2, "the two slots ran: {results:?}");
+    assert!(
+        !busy.is_empty(),
+        "calls past the cap were refused: {results:?}"
+    );
+    assert!(
+        busy.iter().all(|(_, retry)| retry.as_deref() == Some("1")),
+        "{results:?}"
+    );
+    let (status, _) = server.get("/fn/hello/").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn settings_from_query_multipart_and_patch_reach_the_guest() {
+    let server = Server::start();
+    let record = server
+        .deploy_ok(
+            "hello",
+            guests::HELLO,
+            "env=GREETING=Howdy!&timeout_ms=2000",
+        )
+        .await;
+    assert_eq!(record["settings"]["timeout_ms"], 2000);
+    let (_, body) = server.get("/fn/hello/").await;
+    assert!(body.starts_with("Howdy!"), "{body}");
+
+    let response = server
+        .http()
+        .patch(server.url("/v1/functions/hello"))
+        .body(r#"{"env": {"GREETING": "Patched!"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let record: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(record["version"], 2);
+    assert_eq!(
+        record["settings"]["timeout_ms"], 2000,
+        "keys not in the patch are kept"
+    );
+    let (_, body) = server.get("/fn/hello/").await;
+    assert!(body.starts_with("Patched!"), "{body}");
+
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(std::fs::read(guests::HELLO).unwrap()),
+        )
+        .text(
+            "config",
+            r#"{"env": {"GREETING": "Multipart!"}, "memory_mb": 32}"#,
+        );
+    let response = server
+        .http()
+        .put(server.url("/v1/functions/multi"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let record: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(record["settings"]["memory_mb"], 32);
+    let (_, body) = server.get("/fn/multi/").await;
+    assert!(body.starts_with("Multipart!"), "{body}");
+
+    let response = server
+        .http()
+        .patch(server.url("/v1/functions/hello"))
+        .body(r#"{"memory_mb": 999999}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        error_code(&response.text().await.unwrap()),
+        "invalid_setting"
+    );
+}
+
+#[tokio::test]
+async fn event_components_deploy_as_the_event_world() {
+    let server = Server::start();
+    let record = server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;
+    assert_eq!(record["world"], "event");
+    let (status, body) = server.get("/fn/event-echo/").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "wrong_world"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn echo_sees_method_headers_and_body() {
+    let server = Server::start();
+    server.deploy_ok("echo", guests::ECHO, "").await;
+    let response = server
+        .http()
+        .post(server.url("/fn/echo/a%20b/c?x=1&y=%2F"))
+        .header("x-custom", "value")
+        .body("payload bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("method: POST"), "{body}");
+    assert!(body.contains("path: /a%20b/c?x=1&y=%2F"), "{body}");
+    assert!(body.contains("header: x-custom: value"), "{body}");
+    assert!(body.ends_with("\n\npayload bytes"), "{body}");
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_cap_are_413() {
+    let server = Server::start();
+    server
+        .deploy_ok("echo", guests::ECHO, "max_request_bytes=1024")
+        .await;
+    let response = server
+        .http()
+        .post(server.url("/fn/echo/"))
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let response = server
+        .http()
+        .post(server.url("/fn/echo/"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "exactly at the cap is accepted");
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused_clearly() {
+    let server = Server::start();
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another sluice process"),
+        "{stderr}"
+    );
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200, "the first server is unaffected");
+}
+
+#[tokio::test]
+async fn delete_removes_the_function_and_its_route() {
+    let server = Server::start();
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    let response = server
+        .http()
+        .delete(server.url("/v1/functions/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = server.get("/fn/hello/").await;
+    assert_eq!(status, 404);
+    let (_, list) = server.get("/v1/functions").await;
+    assert_eq!(list, r#"{"functions":[]}"#);
+}

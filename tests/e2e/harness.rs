@@ -1,0 +1,190 @@
+//! Starts the real `sluice` binary on a free port with a temporary data
+//! directory, and talks HTTP to it.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Path of the `sluice` binary under test.
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A running `sluice serve`.
+pub struct Server {
+    child: Option<Child>,
+    /// Base URL, such as `http://127.0.0.1:40123`.
+    pub url: String,
+    data: tempfile::TempDir,
+    args: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a server with default flags.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with extra `sluice serve` flags.
+    pub fn start_with(args: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(data.path(), &args)
+            .unwrap_or_else(|error| panic!("{error}\n{}", read_log(data.path())));
+        Server {
+            child: Some(child),
+            url,
+            data,
+            args,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Stops the server (SIGKILL: no graceful shutdown) and starts it again
+    /// on the same data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, url) = spawn(self.data.path(), &self.args)
+            .unwrap_or_else(|error| panic!("{error}\n{}", self.log()));
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Everything the server wrote to stderr, across restarts.
+    pub fn log(&self) -> String {
+        read_log(self.data.path())
+    }
+
+    /// `self.url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// A shared HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `PUT /v1/functions/{name}?{query}` with the bytes of `component`.
+    pub async fn deploy(&self, name: &str, component: &str, query: &str) -> reqwest::Response {
+        let bytes = std::fs::read(component).unwrap();
+        self.http
+            .put(self.url(&format!("/v1/functions/{name}?{query}")))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Deploys and asserts success.
+    pub async fn deploy_ok(&self, name: &str, component: &str, query: &str) -> serde_json::Value {
+        let response = self.deploy(name, component, query).await;
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(status.is_success(), "deploy {name}: {status} {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `GET` of `path`, returning status and body text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The value of the un-labelled metric `name` at `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_path(data: &Path) -> PathBuf {
+    data.join("server.log")
+}
+
+fn read_log(data: &Path) -> String {
+    std::fs::read_to_string(log_path(data)).unwrap_or_default()
+}
+
+fn spawn(data: &Path, args: &[String]) -> Result<(Child, String), String> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data))
+        .unwrap();
+    let mut child = Command::new(SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawning {SLUICE}: {e}"))?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(url) = line.strip_prefix("sluice listening on ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => Ok((child, url)),
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            Err(format!("server did not start (exit: {status:?})"))
+        }
+    }
+}
+
+/// The `error.code` of a JSON error body.
+pub fn error_code(body: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON error body: {body}"));
+    value["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The `error.message` of a JSON error body.
+pub fn error_message(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap();
+    value["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

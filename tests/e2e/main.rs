@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `sluice` binary, over real HTTP and the CLI,
+//! with real sled files and real wasmtime. Guests come from `guests/`, built
+//! by `sluice-test-artifacts`.
+
+mod cli;
+mod functions;
+mod harness;
