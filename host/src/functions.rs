@@ -24,9 +24,6 @@ use crate::metrics::Metrics;
 use crate::runtime::event_bindings::EventFunctionPre;
 use crate::runtime::{InvocationState, Runtime};
 
-/// Longest function name: a DNS label.
-pub const MAX_NAME_LEN: usize = 63;
-
 /// A function's pre-instantiated component, by world.
 #[derive(Clone)]
 pub enum Pre {
@@ -85,14 +82,7 @@ pub enum DeployError {
 /// Checks that `name` is a DNS label: lowercase letters, digits and `-`, at
 /// most 63 characters, not starting or ending with `-`.
 pub fn validate_name(name: &str) -> Result<(), DeployError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if sluice_store::is_dns_label(name) {
         Ok(())
     } else {
         Err(DeployError::InvalidName(name.to_string()))

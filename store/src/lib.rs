@@ -130,6 +130,19 @@ impl Store {
     }
 }
 
+/// True if `name` is a DNS label: 1 to 63 lowercase letters, digits and
+/// `-`, not starting or ending with `-`. Functions, triggers and brokers are
+/// named this way.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// The current time as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()

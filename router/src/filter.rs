@@ -1,0 +1,273 @@
+//! Trigger filters: Knative's `filter.attributes` (an AND of exact matches)
+//! and the CloudEvents Subscriptions API dialects in `filters` (`exact`,
+//! `prefix`, `suffix`, `all`, `any`, `not`, nesting allowed).
+//!
+//! Matching is case-sensitive; an attribute the event lacks matches nothing
+//! (so `not` of it matches). Invalid filters are refused at creation with
+//! the reason, never at match time.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::event::{CloudEvent, valid_extension_name};
+
+/// Deepest nesting of `all`/`any`/`not` accepted. Defends the matcher's
+/// stack against a hostile trigger definition.
+pub const MAX_FILTER_DEPTH: usize = 16;
+
+/// Most filter expressions (every node counted) in one trigger.
+pub const MAX_FILTER_NODES: usize = 256;
+
+/// One Subscriptions API filter expression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// The attribute equals the value.
+    Exact(String, String),
+    /// The attribute starts with the value.
+    Prefix(String, String),
+    /// The attribute ends with the value.
+    Suffix(String, String),
+    /// Every nested filter matches.
+    All(Vec<Filter>),
+    /// At least one nested filter matches.
+    Any(Vec<Filter>),
+    /// The nested filter does not match.
+    Not(Box<Filter>),
+}
+
+/// Why a filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid filter at {path}: {reason}")]
+pub struct FilterError {
+    /// Where in the trigger, such as `filters[0].all[1]`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn error(path: &str, reason: impl Into<String>) -> FilterError {
+    FilterError {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Filter {
+    /// True if `event` passes this filter.
+    pub fn matches(&self, event: &CloudEvent) -> bool {
+        match self {
+            Filter::Exact(name, value) => event.attribute(name) == Some(value.as_str()),
+            Filter::Prefix(name, value) => event.attribute(name).is_some_and(|a| a.starts_with(value.as_str())),
+            Filter::Suffix(name, value) => event.attribute(name).is_some_and(|a| a.ends_with(value.as_str())),
+            Filter::All(filters) => filters.iter().all(|f| f.matches(event)),
+            Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
+            Filter::Not(filter) => !filter.matches(event),
+        }
+    }
+
+    /// Parses one dialect object, such as `{"prefix": {"type": "com."}}`.
+    pub fn parse(value: &Value, path: &str) -> Result<Filter, FilterError> {
+        let mut nodes = 0;
+        parse_node(value, path, 0, &mut nodes)
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Value {
+        let single = |name: &str, value: &str| {
+            let mut map = serde_json::Map::new();
+            map.insert(name.to_string(), Value::String(value.to_string()));
+            Value::Object(map)
+        };
+        match self {
+            Filter::Exact(n, v) => serde_json::json!({"exact": single(n, v)}),
+            Filter::Prefix(n, v) => serde_json::json!({"prefix": single(n, v)}),
+            Filter::Suffix(n, v) => serde_json::json!({"suffix": single(n, v)}),
+            Filter::All(fs) => serde_json::json!({"all": fs.iter().map(Filter::to_json).collect::<Vec<_>>()}),
+            Filter::Any(fs) => serde_json::json!({"any": fs.iter().map(Filter::to_json).collect::<Vec<_>>()}),
+            Filter::Not(f) => serde_json::json!({"not": f.to_json()}),
+        }
+    }
+}
+
+fn parse_node(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Filter, FilterError> {
+    *nodes += 1;
+    if *nodes > MAX_FILTER_NODES {
+        return Err(error(path, format!("more than {MAX_FILTER_NODES} filter expressions")));
+    }
+    if depth > MAX_FILTER_DEPTH {
+        return Err(error(path, format!("nested deeper than {MAX_FILTER_DEPTH} levels")));
+    }
+    let Value::Object(object) = value else {
+        return Err(error(path, "a filter must be a JSON object with one dialect key"));
+    };
+    if object.len() != 1 {
+        return Err(error(
+            path,
+            format!("a filter must have exactly one dialect key (exact, prefix, suffix, all, any, not); found {}", object.len()),
+        ));
+    }
+    let (dialect, body) = object.iter().next().expect("one key");
+    let here = format!("{path}.{dialect}");
+    match dialect.as_str() {
+        "exact" | "prefix" | "suffix" => {
+            let (name, value) = single_attribute(body, &here)?;
+            if dialect != "exact" && value.is_empty() {
+                return Err(error(&here, format!("the {dialect} value must not be empty")));
+            }
+            Ok(match dialect.as_str() {
+                "exact" => Filter::Exact(name, value),
+                "prefix" => Filter::Prefix(name, value),
+                _ => Filter::Suffix(name, value),
+            })
+        }
+        "all" | "any" => {
+            let Value::Array(items) = body else {
+                return Err(error(&here, "must be an array of filters"));
+            };
+            if items.is_empty() {
+                return Err(error(&here, "must hold at least one filter"));
+            }
+            let filters = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| parse_node(item, &format!("{here}[{i}]"), depth + 1, nodes))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if dialect == "all" { Filter::All(filters) } else { Filter::Any(filters) })
+        }
+        "not" => Ok(Filter::Not(Box::new(parse_node(body, &here, depth + 1, nodes)?))),
+        "cesql" => Err(error(&here, "the cesql dialect is not supported yet")),
+        other => Err(error(
+            path,
+            format!("unknown dialect {other:?}; use exact, prefix, suffix, all, any or not"),
+        )),
+    }
+}
+
+fn single_attribute(body: &Value, path: &str) -> Result<(String, String), FilterError> {
+    let Value::Object(map) = body else {
+        return Err(error(path, "must be an object of one attribute name to a string"));
+    };
+    if map.len() != 1 {
+        return Err(error(path, format!("must name exactly one attribute; found {}", map.len())));
+    }
+    let (name, value) = map.iter().next().expect("one key");
+    check_attribute_name(name, path)?;
+    let Value::String(value) = value else {
+        return Err(error(path, format!("the value of {name:?} must be a string")));
+    };
+    Ok((name.clone(), value.clone()))
+}
+
+/// Attribute names in filters follow the extension naming rule, which also
+/// covers every core attribute name.
+pub fn check_attribute_name(name: &str, path: &str) -> Result<(), FilterError> {
+    if valid_extension_name(name) {
+        Ok(())
+    } else {
+        Err(error(path, format!("{name:?} is not an attribute name (lowercase a-z and 0-9)")))
+    }
+}
+
+/// Parses Knative's `filter.attributes` map: an AND of exact matches.
+pub fn parse_attributes(value: &Value, path: &str) -> Result<BTreeMap<String, String>, FilterError> {
+    let Value::Object(map) = value else {
+        return Err(error(path, "must be an object of attribute names to strings"));
+    };
+    if map.len() > MAX_FILTER_NODES {
+        return Err(error(path, format!("more than {MAX_FILTER_NODES} attributes")));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in map {
+        check_attribute_name(name, path)?;
+        let Value::String(value) = value else {
+            return Err(error(path, format!("the value of {name:?} must be a string")));
+        };
+        if value.is_empty() {
+            return Err(error(
+                path,
+                format!("the value of {name:?} is empty, which no event attribute has; leave the key out to match any value"),
+            ));
+        }
+        out.insert(name.clone(), value.clone());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(pairs: &[(&str, &str)]) -> CloudEvent {
+        let mut object = serde_json::Map::new();
+        for (k, v) in [("specversion", "1.0"), ("id", "1"), ("source", "/s"), ("type", "t")]
+            .iter()
+            .chain(pairs)
+        {
+            object.insert(k.to_string(), json!(v));
+        }
+        CloudEvent::from_json(Value::Object(object).to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn dialects_match_as_specified() {
+        let e = event(&[("type", "com.example.order.created"), ("myext", "Value")]);
+        let parse = |v: Value| Filter::parse(&v, "filters[0]").unwrap();
+        assert!(parse(json!({"exact": {"type": "com.example.order.created"}})).matches(&e));
+        assert!(!parse(json!({"exact": {"myext": "value"}})).matches(&e), "case-sensitive");
+        assert!(parse(json!({"prefix": {"type": "com.example."}})).matches(&e));
+        assert!(parse(json!({"suffix": {"type": ".created"}})).matches(&e));
+        assert!(!parse(json!({"prefix": {"missing": "x"}})).matches(&e), "absent attribute matches nothing");
+        assert!(parse(json!({"not": {"exact": {"missing": "x"}}})).matches(&e));
+        assert!(parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "Value"}}]})).matches(&e));
+        assert!(!parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "no"}}]})).matches(&e));
+        assert!(parse(json!({"any": [{"prefix": {"type": "org."}}, {"exact": {"myext": "Value"}}]})).matches(&e));
+        assert!(!parse(json!({"any": [{"prefix": {"type": "org."}}]})).matches(&e));
+        let nested = json!({"not": {"any": [{"all": [{"suffix": {"type": "x"}}]}, {"not": {"exact": {"id": "1"}}}]}});
+        assert!(parse(nested.clone()).matches(&e));
+        assert_eq!(parse(nested.clone()).to_json(), nested, "JSON round trip");
+    }
+
+    #[test]
+    fn invalid_filters_are_refused_with_the_path() {
+        let cases = [
+            json!("exact"),
+            json!({}),
+            json!({"exact": {"type": "a"}, "prefix": {"type": "b"}}),
+            json!({"exact": {"type": "a", "source": "b"}}),
+            json!({"exact": {}}),
+            json!({"exact": {"type": 1}}),
+            json!({"exact": {"Type": "a"}}),
+            json!({"prefix": {"type": ""}}),
+            json!({"all": []}),
+            json!({"any": {"exact": {"type": "a"}}}),
+            json!({"regex": {"type": "a"}}),
+            json!({"cesql": "type = 'a'"}),
+        ];
+        for case in cases {
+            let err = Filter::parse(&case, "filters[0]").unwrap_err();
+            assert!(err.path.starts_with("filters[0]"), "{err}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut deep = json!({"exact": {"type": "a"}});
+        for _ in 0..=MAX_FILTER_DEPTH {
+            deep = json!({"not": deep});
+        }
+        let err = Filter::parse(&deep, "f").unwrap_err();
+        assert!(err.reason.contains("deeper"), "{err}");
+    }
+
+    #[test]
+    fn attributes_filter_rules() {
+        let parsed = parse_attributes(&json!({"type": "a", "source": "b"}), "filter.attributes").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(parse_attributes(&json!({}), "f").unwrap().is_empty());
+        assert!(parse_attributes(&json!({"type": ""}), "f").is_err());
+        assert!(parse_attributes(&json!({"type": 1}), "f").is_err());
+        assert!(parse_attributes(&json!(["type"]), "f").is_err());
+    }
+}

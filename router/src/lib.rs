@@ -1,0 +1,23 @@
+//! `sluice-router`: CloudEvents in, deliveries out.
+//!
+//! - [`event`] and [`binding`]: the CloudEvent model, its validation and the
+//!   HTTP binding (binary, structured, batch).
+//! - [`filter`], [`trigger`] and [`index`]: Knative-shaped triggers, the
+//!   Subscriptions API filter dialects, and an index that finds matching
+//!   triggers without visiting all of them.
+//! - [`backoff`]: retry timing.
+//!
+//! No wasmtime and no hyper types: functions are reached through the
+//! [`Invoker`](dispatch::Invoker) trait that the host implements.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod binding;
+pub mod event;
+pub mod filter;
+pub mod index;
+pub mod trigger;
+
+#[cfg(test)]
+mod tck;

@@ -1,0 +1,346 @@
+//! Triggers in Knative's shape: a broker, filters, a subscriber and a
+//! delivery policy. Parsed and validated here; a trigger that parses is one
+//! the router can run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backoff::{BackoffPolicy, format_iso8601, parse_iso8601};
+use crate::event::CloudEvent;
+use crate::filter::{Filter, MAX_FILTER_NODES, parse_attributes};
+
+/// The broker of triggers and events that name none.
+pub const DEFAULT_BROKER: &str = "default";
+/// Default retry count (Knative's).
+pub const DEFAULT_RETRY: u32 = 10;
+/// Default backoff base delay (Knative's).
+pub const DEFAULT_BACKOFF_DELAY: Duration = Duration::from_millis(200);
+/// Largest `retry` accepted. Defends the queue against events retried
+/// practically forever.
+pub const MAX_RETRY: u32 = 100;
+/// Most entries in `filters`.
+pub const MAX_FILTERS: usize = 64;
+
+/// Where deliveries go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A function deployed on this server.
+    Function(String),
+    /// An external HTTP sink, sent the event in binary mode.
+    Uri(String),
+}
+
+impl Destination {
+    fn parse(value: &Value, path: &str) -> Result<Destination, TriggerError> {
+        let Value::Object(map) = value else {
+            return Err(invalid(path, "must be {\"function\": NAME} or {\"uri\": URL}"));
+        };
+        match (map.get("function"), map.get("uri"), map.len()) {
+            (Some(Value::String(name)), None, 1) => {
+                if !sluice_store::is_dns_label(name) {
+                    return Err(invalid(path, format!("{name:?} is not a function name")));
+                }
+                Ok(Destination::Function(name.clone()))
+            }
+            (None, Some(Value::String(uri)), 1) => {
+                let rest = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
+                if !rest.is_some_and(|r| !r.is_empty()) || !crate::event::is_uri_reference(uri) {
+                    return Err(invalid(path, format!("{uri:?} is not an absolute http(s) URL")));
+                }
+                Ok(Destination::Uri(uri.clone()))
+            }
+            _ => Err(invalid(path, "must be {\"function\": NAME} or {\"uri\": URL}")),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Destination::Function(name) => json!({"function": name}),
+            Destination::Uri(uri) => json!({"uri": uri}),
+        }
+    }
+}
+
+/// How deliveries of a trigger are retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliverySpec {
+    /// Retries after the first attempt.
+    pub retry: u32,
+    /// How waits grow.
+    pub backoff_policy: BackoffPolicy,
+    /// Base wait.
+    pub backoff_delay: Duration,
+    /// Per-attempt timeout; `None` leaves the function's own.
+    pub timeout: Option<Duration>,
+    /// Where an event goes after its last failed attempt.
+    pub dead_letter_sink: Option<Destination>,
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        DeliverySpec {
+            retry: DEFAULT_RETRY,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: DEFAULT_BACKOFF_DELAY,
+            timeout: None,
+            dead_letter_sink: None,
+        }
+    }
+}
+
+/// A trigger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    /// DNS-label name, unique on the server.
+    pub name: String,
+    /// The broker whose events it sees.
+    pub broker: String,
+    /// `filter.attributes`: exact matches, ANDed.
+    pub attributes: BTreeMap<String, String>,
+    /// `filters`: Subscriptions API expressions, ANDed with `attributes`.
+    pub filters: Vec<Filter>,
+    /// Where matching events go.
+    pub subscriber: Destination,
+    /// Retry policy.
+    pub delivery: DeliverySpec,
+}
+
+/// Why a trigger definition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid trigger: {path}: {reason}")]
+pub struct TriggerError {
+    /// Which field.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> TriggerError {
+    TriggerError {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl From<crate::filter::FilterError> for TriggerError {
+    fn from(error: crate::filter::FilterError) -> TriggerError {
+        TriggerError {
+            path: error.path,
+            reason: error.reason,
+        }
+    }
+}
+
+const FIELDS: [&str; 6] = ["name", "broker", "filter", "filters", "subscriber", "delivery"];
+const DELIVERY_FIELDS: [&str; 5] = ["retry", "backoffPolicy", "backoffDelay", "timeout", "deadLetterSink"];
+
+fn check_fields(map: &serde_json::Map<String, Value>, known: &[&str], path: &str) -> Result<(), TriggerError> {
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(invalid(path, format!("unknown field {unknown:?}; known: {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn duration(value: Option<&Value>, path: &str) -> Result<Option<Duration>, TriggerError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => parse_iso8601(text)
+            .map(Some)
+            .ok_or_else(|| invalid(path, format!("{text:?} is not an ISO 8601 duration such as PT0.2S"))),
+        Some(_) => Err(invalid(path, "must be an ISO 8601 duration string such as PT0.2S")),
+    }
+}
+
+impl Trigger {
+    /// Parses and validates a trigger. `name`, when given (from the URL),
+    /// must agree with the body's.
+    pub fn parse(value: &Value, name: Option<&str>) -> Result<Trigger, TriggerError> {
+        let Value::Object(map) = value else {
+            return Err(invalid("$", "a trigger must be a JSON object"));
+        };
+        check_fields(map, &FIELDS, "$")?;
+        let name = match (map.get("name"), name) {
+            (Some(Value::String(body)), Some(url)) if body != url => {
+                return Err(invalid("name", format!("{body:?} differs from {url:?} in the URL")));
+            }
+            (Some(Value::String(body)), _) => body.clone(),
+            (None, Some(url)) => url.to_string(),
+            (None, None) => return Err(invalid("name", "is required")),
+            (Some(_), _) => return Err(invalid("name", "must be a string")),
+        };
+        if !sluice_store::is_dns_label(&name) {
+            return Err(invalid("name", format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`")));
+        }
+        let broker = match map.get("broker") {
+            None => DEFAULT_BROKER.to_string(),
+            Some(Value::String(b)) if sluice_store::is_dns_label(b) => b.clone(),
+            Some(_) => return Err(invalid("broker", "must be a broker name (lowercase letters, digits, `-`)")),
+        };
+        let attributes = match map.get("filter") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(filter)) => {
+                check_fields(filter, &["attributes"], "filter")?;
+                match filter.get("attributes") {
+                    None => BTreeMap::new(),
+                    Some(attributes) => parse_attributes(attributes, "filter.attributes")?,
+                }
+            }
+            Some(_) => return Err(invalid("filter", "must be {\"attributes\": {...}}")),
+        };
+        let filters = match map.get("filters") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                if items.len() > MAX_FILTERS {
+                    return Err(invalid("filters", format!("more than {MAX_FILTERS} filters")));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| Filter::parse(item, &format!("filters[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Some(_) => return Err(invalid("filters", "must be an array of filters")),
+        };
+        if attributes.len() + filters.len() > MAX_FILTER_NODES {
+            return Err(invalid("filters", format!("more than {MAX_FILTER_NODES} filter expressions")));
+        }
+        let subscriber = Destination::parse(
+            map.get("subscriber").ok_or_else(|| invalid("subscriber", "is required"))?,
+            "subscriber",
+        )?;
+        let delivery = match map.get("delivery") {
+            None | Some(Value::Null) => DeliverySpec::default(),
+            Some(Value::Object(d)) => {
+                check_fields(d, &DELIVERY_FIELDS, "delivery")?;
+                let retry = match d.get("retry") {
+                    None => DEFAULT_RETRY,
+                    Some(Value::Number(n)) => match n.as_u64() {
+                        Some(r) if r <= u64::from(MAX_RETRY) => r as u32,
+                        _ => return Err(invalid("delivery.retry", format!("must be an integer from 0 to {MAX_RETRY}"))),
+                    },
+                    Some(_) => return Err(invalid("delivery.retry", "must be an integer")),
+                };
+                let backoff_policy = match d.get("backoffPolicy") {
+                    None => BackoffPolicy::Exponential,
+                    Some(Value::String(p)) if p == "exponential" => BackoffPolicy::Exponential,
+                    Some(Value::String(p)) if p == "linear" => BackoffPolicy::Linear,
+                    Some(_) => return Err(invalid("delivery.backoffPolicy", "must be \"exponential\" or \"linear\"")),
+                };
+                let backoff_delay =
+                    duration(d.get("backoffDelay"), "delivery.backoffDelay")?.unwrap_or(DEFAULT_BACKOFF_DELAY);
+                let timeout = duration(d.get("timeout"), "delivery.timeout")?;
+                if timeout.is_some_and(|t| t.is_zero()) {
+                    return Err(invalid("delivery.timeout", "must be longer than zero"));
+                }
+                let dead_letter_sink = match d.get("deadLetterSink") {
+                    None | Some(Value::Null) => None,
+                    Some(sink) => Some(Destination::parse(sink, "delivery.deadLetterSink")?),
+                };
+                DeliverySpec {
+                    retry,
+                    backoff_policy,
+                    backoff_delay,
+                    timeout,
+                    dead_letter_sink,
+                }
+            }
+            Some(_) => return Err(invalid("delivery", "must be an object")),
+        };
+        Ok(Trigger {
+            name,
+            broker,
+            attributes,
+            filters,
+            subscriber,
+            delivery,
+        })
+    }
+
+    /// True if `event` passes every filter of this trigger.
+    pub fn matches(&self, event: &CloudEvent) -> bool {
+        self.attributes
+            .iter()
+            .all(|(name, value)| event.attribute(name) == Some(value.as_str()))
+            && self.filters.iter().all(|f| f.matches(event))
+    }
+
+    /// The Knative-shaped JSON, with defaults filled in.
+    pub fn to_json(&self) -> Value {
+        let mut delivery = json!({
+            "retry": self.delivery.retry,
+            "backoffPolicy": self.delivery.backoff_policy.as_str(),
+            "backoffDelay": format_iso8601(self.delivery.backoff_delay),
+        });
+        if let Some(timeout) = self.delivery.timeout {
+            delivery["timeout"] = json!(format_iso8601(timeout));
+        }
+        if let Some(sink) = &self.delivery.dead_letter_sink {
+            delivery["deadLetterSink"] = sink.to_json();
+        }
+        json!({
+            "name": self.name,
+            "broker": self.broker,
+            "filter": {"attributes": self.attributes},
+            "filters": self.filters.iter().map(Filter::to_json).collect::<Vec<_>>(),
+            "subscriber": self.subscriber.to_json(),
+            "delivery": delivery,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_parses_and_round_trips() {
+        let value = json!({
+            "name": "order-processor-trigger",
+            "broker": "default",
+            "filter": {"attributes": {"type": "com.example.order.created", "source": "payment-service"}},
+            "filters": [{"prefix": {"type": "com.example."}}],
+            "subscriber": {"function": "order-processor"},
+            "delivery": {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S",
+                         "timeout": "PT30S", "deadLetterSink": {"function": "dlq-handler"}}
+        });
+        let trigger = Trigger::parse(&value, None).unwrap();
+        assert_eq!(trigger.delivery.retry, 3);
+        assert_eq!(trigger.delivery.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(Trigger::parse(&trigger.to_json(), None).unwrap(), trigger);
+    }
+
+    #[test]
+    fn defaults_are_knatives() {
+        let trigger = Trigger::parse(&json!({"subscriber": {"uri": "http://127.0.0.1:9/x"}}), Some("t")).unwrap();
+        assert_eq!(trigger.broker, DEFAULT_BROKER);
+        assert_eq!(trigger.delivery, DeliverySpec::default());
+        assert!(trigger.attributes.is_empty() && trigger.filters.is_empty());
+    }
+
+    #[test]
+    fn invalid_definitions_name_the_field() {
+        let cases = [
+            (json!({"subscriber": {"function": "f"}}), None, "name"),
+            (json!({"name": "a", "subscriber": {"function": "f"}}), Some("b"), "name"),
+            (json!({"name": "Bad", "subscriber": {"function": "f"}}), None, "name"),
+            (json!({"name": "a"}), None, "subscriber"),
+            (json!({"name": "a", "subscriber": {"function": "f", "uri": "http://x"}}), None, "subscriber"),
+            (json!({"name": "a", "subscriber": {"uri": "ftp://x"}}), None, "subscriber"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "broker": "B"}), None, "broker"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "filters": [{"exact": {}}]}), None, "filters[0].exact"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "filter": {"attributes": {"type": ""}}}), None, "filter.attributes"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": -1}}), None, "delivery.retry"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": 1000}}), None, "delivery.retry"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffPolicy": "random"}}), None, "delivery.backoffPolicy"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffDelay": "0.2s"}}), None, "delivery.backoffDelay"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retries": 1}}), None, "delivery"),
+            (json!({"name": "a", "subscriber": {"function": "f"}, "extra": 1}), None, "$"),
+        ];
+        for (value, name, path) in cases {
+            let error = Trigger::parse(&value, name).unwrap_err();
+            assert_eq!(error.path, path, "{value}: {error}");
+        }
+    }
+}
