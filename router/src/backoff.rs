@@ -31,7 +31,9 @@ impl BackoffPolicy {
             BackoffPolicy::Exponential => 2u32.checked_pow(retry).unwrap_or(u32::MAX),
             BackoffPolicy::Linear => retry,
         };
-        base.checked_mul(factor).unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
+        base.checked_mul(factor)
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
     }
 }
 
@@ -93,20 +95,37 @@ mod tests {
         assert_eq!(parse_iso8601("PT1H"), ms(3_600_000));
         assert_eq!(parse_iso8601("P1DT1S"), ms(86_401_000));
         assert_eq!(parse_iso8601("P2D"), ms(172_800_000));
-        for bad in ["", "P", "PT", "30S", "PT-1S", "P1Y", "P1M", "PT1S1M", "PT1.5M", "PTS", "pt1s", "PT1S "] {
+        for bad in [
+            "", "P", "PT", "30S", "PT-1S", "P1Y", "P1M", "PT1S1M", "PT1.5M", "PTS", "pt1s", "PT1S ",
+        ] {
             assert_eq!(parse_iso8601(bad), None, "{bad:?}");
         }
         assert_eq!(format_iso8601(Duration::from_millis(200)), "PT0.2S");
-        assert_eq!(parse_iso8601(&format_iso8601(Duration::from_millis(1500))), ms(1500));
+        assert_eq!(
+            parse_iso8601(&format_iso8601(Duration::from_millis(1500))),
+            ms(1500)
+        );
     }
 
     #[test]
     fn knative_backoff() {
         let base = Duration::from_millis(200);
-        assert_eq!(BackoffPolicy::Exponential.delay(base, 1), Duration::from_millis(400));
-        assert_eq!(BackoffPolicy::Exponential.delay(base, 3), Duration::from_millis(1600));
-        assert_eq!(BackoffPolicy::Linear.delay(base, 1), Duration::from_millis(200));
-        assert_eq!(BackoffPolicy::Linear.delay(base, 3), Duration::from_millis(600));
+        assert_eq!(
+            BackoffPolicy::Exponential.delay(base, 1),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            BackoffPolicy::Exponential.delay(base, 3),
+            Duration::from_millis(1600)
+        );
+        assert_eq!(
+            BackoffPolicy::Linear.delay(base, 1),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            BackoffPolicy::Linear.delay(base, 3),
+            Duration::from_millis(600)
+        );
         assert_eq!(BackoffPolicy::Exponential.delay(base, 60), MAX_BACKOFF);
     }
 }

@@ -32,7 +32,14 @@ pub enum Mode {
 
 fn essence(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// The mode of a request with `headers`.
@@ -49,8 +56,8 @@ pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<Vec<CloudEvent>
     match mode(headers) {
         Mode::Structured => Ok(vec![CloudEvent::from_json(body)?]),
         Mode::Batch => {
-            let items: Vec<HashMap<String, Box<RawValue>>> =
-                serde_json::from_slice(body).map_err(|e| EventError::MalformedJson(e.to_string()))?;
+            let items: Vec<HashMap<String, Box<RawValue>>> = serde_json::from_slice(body)
+                .map_err(|e| EventError::MalformedJson(e.to_string()))?;
             if items.is_empty() {
                 return Err(EventError::EmptyBatch);
             }
@@ -83,8 +90,10 @@ pub fn parse_binary(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent, Even
             // `datacontenttype` travels as Content-Type in binary mode.
             return Err(EventError::InvalidExtensionName(attribute.to_string()));
         }
-        let decoded = percent_decode(value.as_bytes()).ok_or_else(|| EventError::InvalidPercentEncoding(name.to_string()))?;
-        let text = String::from_utf8(decoded).map_err(|_| EventError::InvalidUtf8(name.to_string()))?;
+        let decoded = percent_decode(value.as_bytes())
+            .ok_or_else(|| EventError::InvalidPercentEncoding(name.to_string()))?;
+        let text =
+            String::from_utf8(decoded).map_err(|_| EventError::InvalidUtf8(name.to_string()))?;
         if raw.values.insert(attribute.to_string(), text).is_some() {
             return Err(EventError::AttributeType {
                 name: attribute.to_string(),
@@ -190,21 +199,34 @@ mod tests {
         assert_eq!(event.extensions["traceparent"], "00-abc-01");
         let (out_headers, out_body) = to_binary(&event);
         assert_eq!(out_body, body);
-        let back: Vec<(&str, &[u8])> = out_headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        let back: Vec<(&str, &[u8])> = out_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
         let again = parse_request(&headers(&back), &out_body).unwrap().remove(0);
         assert_eq!(again, event);
     }
 
     #[test]
     fn binary_mode_missing_ce_id_is_rejected() {
-        let h = headers(&[("ce-specversion", b"1.0"), ("ce-source", b"/s"), ("ce-type", b"t")]);
-        assert_eq!(parse_request(&h, b"").unwrap_err(), EventError::MissingAttribute("id".into()));
+        let h = headers(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-source", b"/s"),
+            ("ce-type", b"t"),
+        ]);
+        assert_eq!(
+            parse_request(&h, b"").unwrap_err(),
+            EventError::MissingAttribute("id".into())
+        );
     }
 
     #[test]
     fn binary_mode_without_specversion_is_not_a_cloudevent() {
         let h = headers(&[("ce-id", b"1")]);
-        assert_eq!(parse_request(&h, b"x").unwrap_err().code(), "not_a_cloudevent");
+        assert_eq!(
+            parse_request(&h, b"x").unwrap_err().code(),
+            "not_a_cloudevent"
+        );
     }
 
     #[test]
@@ -216,7 +238,10 @@ mod tests {
     #[test]
     fn binary_mode_malformed_percent_encoding_is_rejected() {
         let h = binary(&[("ce-subject", b"100%")]);
-        assert_eq!(parse_request(&h, b"").unwrap_err().code(), "invalid_percent_encoding");
+        assert_eq!(
+            parse_request(&h, b"").unwrap_err().code(),
+            "invalid_percent_encoding"
+        );
     }
 
     #[test]
@@ -229,19 +254,32 @@ mod tests {
     #[test]
     fn binary_mode_invalid_extension_name_is_rejected() {
         let h = binary(&[("ce-my_ext", b"v")]);
-        assert_eq!(parse_request(&h, b"").unwrap_err().code(), "invalid_extension_name");
+        assert_eq!(
+            parse_request(&h, b"").unwrap_err().code(),
+            "invalid_extension_name"
+        );
     }
 
     #[test]
     fn structured_and_batch_modes() {
-        let h = headers(&[("content-type", b"application/cloudevents+json; charset=utf-8")]);
-        let events = parse_request(&h, br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":null}"#).unwrap();
+        let h = headers(&[(
+            "content-type",
+            b"application/cloudevents+json; charset=utf-8",
+        )]);
+        let events = parse_request(
+            &h,
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":null}"#,
+        )
+        .unwrap();
         assert_eq!(events.len(), 1);
 
         let h = headers(&[("content-type", b"application/cloudevents-batch+json")]);
         let two = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}]"#;
         assert_eq!(parse_request(&h, two).unwrap().len(), 2);
-        assert_eq!(parse_request(&h, b"[]").unwrap_err(), EventError::EmptyBatch);
+        assert_eq!(
+            parse_request(&h, b"[]").unwrap_err(),
+            EventError::EmptyBatch
+        );
         let one_bad = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"","source":"/s","type":"t"}]"#;
         let error = parse_request(&h, one_bad).unwrap_err();
         assert_eq!(error.code(), "empty_attribute");

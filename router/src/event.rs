@@ -184,7 +184,10 @@ impl EventError {
 
 /// True if `name` is a valid extension attribute name.
 pub fn valid_extension_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// True if `s` is an RFC 3986 URI-reference: only URI characters, and every
@@ -235,7 +238,10 @@ pub(crate) struct RawAttributes {
 
 impl CloudEvent {
     /// Validates `attributes` (all strings, from any binding) plus `data`.
-    pub(crate) fn from_attributes(raw: RawAttributes, data: Option<Data>) -> Result<CloudEvent, EventError> {
+    pub(crate) fn from_attributes(
+        raw: RawAttributes,
+        data: Option<Data>,
+    ) -> Result<CloudEvent, EventError> {
         let mut values = raw.values;
         let mut required = |name: &str| -> Result<String, EventError> {
             match values.remove(name) {
@@ -311,7 +317,11 @@ impl CloudEvent {
         CORE_ATTRIBUTES
             .iter()
             .filter_map(|name| self.attribute(name).map(|v| (*name, v)))
-            .chain(self.extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .chain(
+                self.extensions
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
     }
 
     /// The payload's bytes as a receiver in binary mode sees them: binary
@@ -334,27 +344,36 @@ impl CloudEvent {
 
     /// True if `datacontenttype` is absent or a JSON media type.
     pub fn is_json_content(&self) -> bool {
-        self.datacontenttype.as_deref().is_none_or(is_json_media_type)
+        self.datacontenttype
+            .as_deref()
+            .is_none_or(is_json_media_type)
     }
 
     /// The event in the structured JSON format.
     pub fn to_json(&self) -> String {
         let mut map = serde_json::Map::new();
         for (name, value) in self.attributes() {
-            map.insert(name.to_string(), serde_json::Value::String(value.to_string()));
+            map.insert(
+                name.to_string(),
+                serde_json::Value::String(value.to_string()),
+            );
         }
         let head = serde_json::Value::Object(map).to_string();
         let data = match &self.data {
             None => return head,
             Some(Data::Json(raw)) => format!("\"data\":{}", raw.get()),
             Some(Data::Binary(bytes)) => {
-                if self.is_json_content() && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                if self.is_json_content()
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+                {
                     // JSON bytes stay JSON so readers see the value.
                     format!("\"data\":{}", String::from_utf8_lossy(bytes))
                 } else {
                     format!(
                         "\"data_base64\":{}",
-                        serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                        serde_json::Value::String(
+                            base64::engine::general_purpose::STANDARD.encode(bytes)
+                        )
                     )
                 }
             }
@@ -372,11 +391,18 @@ impl CloudEvent {
 
 /// True for `application/json`, `text/json` and `*/*+json` media types.
 pub fn is_json_media_type(media_type: &str) -> bool {
-    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
-pub(crate) fn from_json_object(object: HashMap<String, Box<RawValue>>) -> Result<CloudEvent, EventError> {
+pub(crate) fn from_json_object(
+    object: HashMap<String, Box<RawValue>>,
+) -> Result<CloudEvent, EventError> {
     let mut raw = RawAttributes::default();
     let mut data = None;
     let mut data_base64 = None;
@@ -385,13 +411,17 @@ pub(crate) fn from_json_object(object: HashMap<String, Box<RawValue>>) -> Result
             "data" => data = Some(value),
             "data_base64" => data_base64 = Some(value),
             _ => {
-                let value: serde_json::Value =
-                    serde_json::from_str(value.get()).map_err(|e| EventError::MalformedJson(e.to_string()))?;
+                let value: serde_json::Value = serde_json::from_str(value.get())
+                    .map_err(|e| EventError::MalformedJson(e.to_string()))?;
                 let text = match value {
                     serde_json::Value::Null => continue, // null is absent
                     serde_json::Value::String(s) => s,
-                    serde_json::Value::Bool(b) if !CORE_ATTRIBUTES.contains(&name.as_str()) => b.to_string(),
-                    serde_json::Value::Number(n) if !CORE_ATTRIBUTES.contains(&name.as_str()) && n.is_i64() => {
+                    serde_json::Value::Bool(b) if !CORE_ATTRIBUTES.contains(&name.as_str()) => {
+                        b.to_string()
+                    }
+                    serde_json::Value::Number(n)
+                        if !CORE_ATTRIBUTES.contains(&name.as_str()) && n.is_i64() =>
+                    {
                         n.to_string()
                     }
                     _ if CORE_ATTRIBUTES.contains(&name.as_str()) => {
@@ -400,7 +430,9 @@ pub(crate) fn from_json_object(object: HashMap<String, Box<RawValue>>) -> Result
                             expected: "a string",
                         });
                     }
-                    _ if !valid_extension_name(&name) => return Err(EventError::InvalidExtensionName(name)),
+                    _ if !valid_extension_name(&name) => {
+                        return Err(EventError::InvalidExtensionName(name));
+                    }
                     _ => return Err(EventError::InvalidExtensionValue(name)),
                 };
                 raw.values.insert(name, text);
@@ -411,7 +443,8 @@ pub(crate) fn from_json_object(object: HashMap<String, Box<RawValue>>) -> Result
         (Some(_), Some(_)) => return Err(EventError::DataConflict),
         (Some(json), None) => Some(Data::Json(json)),
         (None, Some(encoded)) => {
-            let text: Option<String> = serde_json::from_str(encoded.get()).map_err(|_| EventError::InvalidBase64)?;
+            let text: Option<String> =
+                serde_json::from_str(encoded.get()).map_err(|_| EventError::InvalidBase64)?;
             match text {
                 None => None,
                 Some(text) => Some(Data::Binary(
@@ -441,7 +474,15 @@ mod tests {
 
     #[test]
     fn uri_references() {
-        for ok in ["/s", "https://example.com/a?b=c#d", "urn:uuid:123", "mailto:x@y", "a%20b", "payment-service", ""] {
+        for ok in [
+            "/s",
+            "https://example.com/a?b=c#d",
+            "urn:uuid:123",
+            "mailto:x@y",
+            "a%20b",
+            "payment-service",
+            "",
+        ] {
             assert!(is_uri_reference(ok), "{ok}");
         }
         for bad in ["a b", "%zz", "%2", "with\"quote", "tab\t", "ü"] {
@@ -451,7 +492,8 @@ mod tests {
 
     #[test]
     fn structured_round_trip_keeps_data_bytes() {
-        let input = with(r#""data":{ "b" : [1, 2 ] },"datacontenttype":"application/json","myext":"v""#);
+        let input =
+            with(r#""data":{ "b" : [1, 2 ] },"datacontenttype":"application/json","myext":"v""#);
         let event = CloudEvent::from_json(&input).unwrap();
         assert_eq!(event.data_bytes().unwrap(), br#"{ "b" : [1, 2 ] }"#);
         let again = CloudEvent::from_json(event.to_json().as_bytes()).unwrap();
@@ -464,38 +506,74 @@ mod tests {
         assert_eq!(null.data_bytes().as_deref(), Some(&b"null"[..]));
         let absent = CloudEvent::from_json(minimal().as_bytes()).unwrap();
         assert_eq!(absent.data, None);
-        assert!(CloudEvent::from_json(null.to_json().as_bytes()).unwrap().data.is_some());
+        assert!(
+            CloudEvent::from_json(null.to_json().as_bytes())
+                .unwrap()
+                .data
+                .is_some()
+        );
     }
 
     #[test]
     fn data_base64_decodes_and_round_trips() {
-        let event = CloudEvent::from_json(&with(r#""data_base64":"AAEC/w==","datacontenttype":"application/octet-stream""#))
-            .unwrap();
+        let event = CloudEvent::from_json(&with(
+            r#""data_base64":"AAEC/w==","datacontenttype":"application/octet-stream""#,
+        ))
+        .unwrap();
         assert_eq!(event.data_bytes().unwrap(), vec![0, 1, 2, 255]);
-        assert_eq!(CloudEvent::from_json(event.to_json().as_bytes()).unwrap(), event);
+        assert_eq!(
+            CloudEvent::from_json(event.to_json().as_bytes()).unwrap(),
+            event
+        );
     }
 
     #[test]
     fn text_data_under_text_content_type_is_the_text() {
-        let event = CloudEvent::from_json(&with(r#""data":"héllo","datacontenttype":"text/plain""#)).unwrap();
+        let event =
+            CloudEvent::from_json(&with(r#""data":"héllo","datacontenttype":"text/plain""#))
+                .unwrap();
         assert_eq!(event.data_bytes().unwrap(), "héllo".as_bytes());
     }
 
     #[test]
     fn each_rule_has_its_error() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (br#"{"specversion":"1.0","source":"/s","type":"t"}"#.to_vec(), "missing_attribute"),
-            (br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#.to_vec(), "empty_attribute"),
-            (br#"{"specversion":"1.0","id":"1","source":"/s","type":""}"#.to_vec(), "empty_attribute"),
-            (br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#.to_vec(), "unsupported_specversion"),
-            (br#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#.to_vec(), "invalid_attribute_type"),
-            (br#"{"specversion":"1.0","id":"1","source":"a b","type":"t"}"#.to_vec(), "invalid_source"),
+            (
+                br#"{"specversion":"1.0","source":"/s","type":"t"}"#.to_vec(),
+                "missing_attribute",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#.to_vec(),
+                "empty_attribute",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":""}"#.to_vec(),
+                "empty_attribute",
+            ),
+            (
+                br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#.to_vec(),
+                "unsupported_specversion",
+            ),
+            (
+                br#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#.to_vec(),
+                "invalid_attribute_type",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"a b","type":"t"}"#.to_vec(),
+                "invalid_source",
+            ),
             (with(r#""time":"yesterday""#), "invalid_time"),
-            (with(r#""dataschema":"relative/path""#), "invalid_dataschema"),
+            (
+                with(r#""dataschema":"relative/path""#),
+                "invalid_dataschema",
+            ),
             (with(r#""Bad_Ext":"x""#), "invalid_extension_name"),
             (with(r#""ext":{"a":1}"#), "invalid_extension_value"),
             (with(r#""ext":1.5"#), "invalid_extension_value"),
-            (with(r#""data":1,"data_base64":"AA==""#), "data_and_data_base64"),
+            (
+                with(r#""data":1,"data_base64":"AA==""#),
+                "data_and_data_base64",
+            ),
             (with(r#""data_base64":"!!!""#), "invalid_data_base64"),
             (with(r#""subject":"""#), "empty_attribute"),
             (b"[1]".to_vec(), "malformed_json"),
@@ -503,7 +581,12 @@ mod tests {
         ];
         for (input, code) in cases {
             let error = CloudEvent::from_json(&input).unwrap_err();
-            assert_eq!(error.code(), code, "{}: {error}", String::from_utf8_lossy(&input));
+            assert_eq!(
+                error.code(),
+                code,
+                "{}: {error}",
+                String::from_utf8_lossy(&input)
+            );
         }
     }
 

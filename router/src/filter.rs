@@ -58,8 +58,12 @@ impl Filter {
     pub fn matches(&self, event: &CloudEvent) -> bool {
         match self {
             Filter::Exact(name, value) => event.attribute(name) == Some(value.as_str()),
-            Filter::Prefix(name, value) => event.attribute(name).is_some_and(|a| a.starts_with(value.as_str())),
-            Filter::Suffix(name, value) => event.attribute(name).is_some_and(|a| a.ends_with(value.as_str())),
+            Filter::Prefix(name, value) => event
+                .attribute(name)
+                .is_some_and(|a| a.starts_with(value.as_str())),
+            Filter::Suffix(name, value) => event
+                .attribute(name)
+                .is_some_and(|a| a.ends_with(value.as_str())),
             Filter::All(filters) => filters.iter().all(|f| f.matches(event)),
             Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
             Filter::Not(filter) => !filter.matches(event),
@@ -83,28 +87,49 @@ impl Filter {
             Filter::Exact(n, v) => serde_json::json!({"exact": single(n, v)}),
             Filter::Prefix(n, v) => serde_json::json!({"prefix": single(n, v)}),
             Filter::Suffix(n, v) => serde_json::json!({"suffix": single(n, v)}),
-            Filter::All(fs) => serde_json::json!({"all": fs.iter().map(Filter::to_json).collect::<Vec<_>>()}),
-            Filter::Any(fs) => serde_json::json!({"any": fs.iter().map(Filter::to_json).collect::<Vec<_>>()}),
+            Filter::All(fs) => {
+                serde_json::json!({"all": fs.iter().map(Filter::to_json).collect::<Vec<_>>()})
+            }
+            Filter::Any(fs) => {
+                serde_json::json!({"any": fs.iter().map(Filter::to_json).collect::<Vec<_>>()})
+            }
             Filter::Not(f) => serde_json::json!({"not": f.to_json()}),
         }
     }
 }
 
-fn parse_node(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Filter, FilterError> {
+fn parse_node(
+    value: &Value,
+    path: &str,
+    depth: usize,
+    nodes: &mut usize,
+) -> Result<Filter, FilterError> {
     *nodes += 1;
     if *nodes > MAX_FILTER_NODES {
-        return Err(error(path, format!("more than {MAX_FILTER_NODES} filter expressions")));
+        return Err(error(
+            path,
+            format!("more than {MAX_FILTER_NODES} filter expressions"),
+        ));
     }
     if depth > MAX_FILTER_DEPTH {
-        return Err(error(path, format!("nested deeper than {MAX_FILTER_DEPTH} levels")));
+        return Err(error(
+            path,
+            format!("nested deeper than {MAX_FILTER_DEPTH} levels"),
+        ));
     }
     let Value::Object(object) = value else {
-        return Err(error(path, "a filter must be a JSON object with one dialect key"));
+        return Err(error(
+            path,
+            "a filter must be a JSON object with one dialect key",
+        ));
     };
     if object.len() != 1 {
         return Err(error(
             path,
-            format!("a filter must have exactly one dialect key (exact, prefix, suffix, all, any, not); found {}", object.len()),
+            format!(
+                "a filter must have exactly one dialect key (exact, prefix, suffix, all, any, not); found {}",
+                object.len()
+            ),
         ));
     }
     let (dialect, body) = object.iter().next().expect("one key");
@@ -113,7 +138,10 @@ fn parse_node(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Res
         "exact" | "prefix" | "suffix" => {
             let (name, value) = single_attribute(body, &here)?;
             if dialect != "exact" && value.is_empty() {
-                return Err(error(&here, format!("the {dialect} value must not be empty")));
+                return Err(error(
+                    &here,
+                    format!("the {dialect} value must not be empty"),
+                ));
             }
             Ok(match dialect.as_str() {
                 "exact" => Filter::Exact(name, value),
@@ -133,9 +161,18 @@ fn parse_node(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Res
                 .enumerate()
                 .map(|(i, item)| parse_node(item, &format!("{here}[{i}]"), depth + 1, nodes))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(if dialect == "all" { Filter::All(filters) } else { Filter::Any(filters) })
+            Ok(if dialect == "all" {
+                Filter::All(filters)
+            } else {
+                Filter::Any(filters)
+            })
         }
-        "not" => Ok(Filter::Not(Box::new(parse_node(body, &here, depth + 1, nodes)?))),
+        "not" => Ok(Filter::Not(Box::new(parse_node(
+            body,
+            &here,
+            depth + 1,
+            nodes,
+        )?))),
         "cesql" => Err(error(&here, "the cesql dialect is not supported yet")),
         other => Err(error(
             path,
@@ -146,15 +183,24 @@ fn parse_node(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Res
 
 fn single_attribute(body: &Value, path: &str) -> Result<(String, String), FilterError> {
     let Value::Object(map) = body else {
-        return Err(error(path, "must be an object of one attribute name to a string"));
+        return Err(error(
+            path,
+            "must be an object of one attribute name to a string",
+        ));
     };
     if map.len() != 1 {
-        return Err(error(path, format!("must name exactly one attribute; found {}", map.len())));
+        return Err(error(
+            path,
+            format!("must name exactly one attribute; found {}", map.len()),
+        ));
     }
     let (name, value) = map.iter().next().expect("one key");
     check_attribute_name(name, path)?;
     let Value::String(value) = value else {
-        return Err(error(path, format!("the value of {name:?} must be a string")));
+        return Err(error(
+            path,
+            format!("the value of {name:?} must be a string"),
+        ));
     };
     Ok((name.clone(), value.clone()))
 }
@@ -165,28 +211,45 @@ pub fn check_attribute_name(name: &str, path: &str) -> Result<(), FilterError> {
     if valid_extension_name(name) {
         Ok(())
     } else {
-        Err(error(path, format!("{name:?} is not an attribute name (lowercase a-z and 0-9)")))
+        Err(error(
+            path,
+            format!("{name:?} is not an attribute name (lowercase a-z and 0-9)"),
+        ))
     }
 }
 
 /// Parses Knative's `filter.attributes` map: an AND of exact matches.
-pub fn parse_attributes(value: &Value, path: &str) -> Result<BTreeMap<String, String>, FilterError> {
+pub fn parse_attributes(
+    value: &Value,
+    path: &str,
+) -> Result<BTreeMap<String, String>, FilterError> {
     let Value::Object(map) = value else {
-        return Err(error(path, "must be an object of attribute names to strings"));
+        return Err(error(
+            path,
+            "must be an object of attribute names to strings",
+        ));
     };
     if map.len() > MAX_FILTER_NODES {
-        return Err(error(path, format!("more than {MAX_FILTER_NODES} attributes")));
+        return Err(error(
+            path,
+            format!("more than {MAX_FILTER_NODES} attributes"),
+        ));
     }
     let mut out = BTreeMap::new();
     for (name, value) in map {
         check_attribute_name(name, path)?;
         let Value::String(value) = value else {
-            return Err(error(path, format!("the value of {name:?} must be a string")));
+            return Err(error(
+                path,
+                format!("the value of {name:?} must be a string"),
+            ));
         };
         if value.is_empty() {
             return Err(error(
                 path,
-                format!("the value of {name:?} is empty, which no event attribute has; leave the key out to match any value"),
+                format!(
+                    "the value of {name:?} is empty, which no event attribute has; leave the key out to match any value"
+                ),
             ));
         }
         out.insert(name.clone(), value.clone());
@@ -201,9 +264,14 @@ mod tests {
 
     fn event(pairs: &[(&str, &str)]) -> CloudEvent {
         let mut object = serde_json::Map::new();
-        for (k, v) in [("specversion", "1.0"), ("id", "1"), ("source", "/s"), ("type", "t")]
-            .iter()
-            .chain(pairs)
+        for (k, v) in [
+            ("specversion", "1.0"),
+            ("id", "1"),
+            ("source", "/s"),
+            ("type", "t"),
+        ]
+        .iter()
+        .chain(pairs)
         {
             object.insert(k.to_string(), json!(v));
         }
@@ -215,14 +283,29 @@ mod tests {
         let e = event(&[("type", "com.example.order.created"), ("myext", "Value")]);
         let parse = |v: Value| Filter::parse(&v, "filters[0]").unwrap();
         assert!(parse(json!({"exact": {"type": "com.example.order.created"}})).matches(&e));
-        assert!(!parse(json!({"exact": {"myext": "value"}})).matches(&e), "case-sensitive");
+        assert!(
+            !parse(json!({"exact": {"myext": "value"}})).matches(&e),
+            "case-sensitive"
+        );
         assert!(parse(json!({"prefix": {"type": "com.example."}})).matches(&e));
         assert!(parse(json!({"suffix": {"type": ".created"}})).matches(&e));
-        assert!(!parse(json!({"prefix": {"missing": "x"}})).matches(&e), "absent attribute matches nothing");
+        assert!(
+            !parse(json!({"prefix": {"missing": "x"}})).matches(&e),
+            "absent attribute matches nothing"
+        );
         assert!(parse(json!({"not": {"exact": {"missing": "x"}}})).matches(&e));
-        assert!(parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "Value"}}]})).matches(&e));
-        assert!(!parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "no"}}]})).matches(&e));
-        assert!(parse(json!({"any": [{"prefix": {"type": "org."}}, {"exact": {"myext": "Value"}}]})).matches(&e));
+        assert!(
+            parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "Value"}}]}))
+                .matches(&e)
+        );
+        assert!(
+            !parse(json!({"all": [{"prefix": {"type": "com."}}, {"exact": {"myext": "no"}}]}))
+                .matches(&e)
+        );
+        assert!(
+            parse(json!({"any": [{"prefix": {"type": "org."}}, {"exact": {"myext": "Value"}}]}))
+                .matches(&e)
+        );
         assert!(!parse(json!({"any": [{"prefix": {"type": "org."}}]})).matches(&e));
         let nested = json!({"not": {"any": [{"all": [{"suffix": {"type": "x"}}]}, {"not": {"exact": {"id": "1"}}}]}});
         assert!(parse(nested.clone()).matches(&e));
@@ -263,7 +346,8 @@ mod tests {
 
     #[test]
     fn attributes_filter_rules() {
-        let parsed = parse_attributes(&json!({"type": "a", "source": "b"}), "filter.attributes").unwrap();
+        let parsed =
+            parse_attributes(&json!({"type": "a", "source": "b"}), "filter.attributes").unwrap();
         assert_eq!(parsed.len(), 2);
         assert!(parse_attributes(&json!({}), "f").unwrap().is_empty());
         assert!(parse_attributes(&json!({"type": ""}), "f").is_err());

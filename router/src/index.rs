@@ -89,7 +89,11 @@ impl BrokerIndex {
         let mut index = BrokerIndex::default();
         for (i, trigger) in triggers.iter().enumerate() {
             match key(trigger) {
-                Key::TypeSource(ty, source) => index.by_type_source.entry((ty, source)).or_default().push(i),
+                Key::TypeSource(ty, source) => index
+                    .by_type_source
+                    .entry((ty, source))
+                    .or_default()
+                    .push(i),
                 Key::Type(ty) => index.by_type.entry(ty).or_default().push(i),
                 Key::TypePrefix(prefix) => {
                     index.longest_prefix = index.longest_prefix.max(prefix.len());
@@ -113,7 +117,9 @@ impl BrokerIndex {
             }
         };
         if !self.by_type_source.is_empty()
-            && let Some(candidates) = self.by_type_source.get(&(event.ty.clone(), event.source.clone()))
+            && let Some(candidates) = self
+                .by_type_source
+                .get(&(event.ty.clone(), event.source.clone()))
         {
             check(candidates);
         }
@@ -122,7 +128,11 @@ impl BrokerIndex {
         }
         if !self.by_type_prefix.is_empty() {
             let ty = event.ty.as_str();
-            for (end, _) in ty.char_indices().skip(1).chain(std::iter::once((ty.len(), ' '))) {
+            for (end, _) in ty
+                .char_indices()
+                .skip(1)
+                .chain(std::iter::once((ty.len(), ' ')))
+            {
                 if end > self.longest_prefix {
                     break;
                 }
@@ -150,7 +160,10 @@ impl TriggerIndex {
     pub fn build(triggers: impl IntoIterator<Item = Arc<Trigger>>) -> TriggerIndex {
         let mut by_broker: HashMap<String, Vec<Arc<Trigger>>> = HashMap::new();
         for trigger in triggers {
-            by_broker.entry(trigger.broker.clone()).or_default().push(trigger);
+            by_broker
+                .entry(trigger.broker.clone())
+                .or_default()
+                .push(trigger);
         }
         TriggerIndex {
             brokers: by_broker
@@ -176,7 +189,11 @@ impl TriggerIndex {
 }
 
 /// The reference matcher: every trigger of `broker`, checked one by one.
-pub fn linear_matches<'a>(triggers: &'a [Arc<Trigger>], broker: &str, event: &CloudEvent) -> Vec<&'a Arc<Trigger>> {
+pub fn linear_matches<'a>(
+    triggers: &'a [Arc<Trigger>],
+    broker: &str,
+    event: &CloudEvent,
+) -> Vec<&'a Arc<Trigger>> {
     triggers
         .iter()
         .filter(|t| t.broker == broker && t.matches(event))
@@ -192,7 +209,13 @@ mod tests {
 
     use super::*;
 
-    const TYPES: [&str; 5] = ["com.example.order.created", "com.example.order.paid", "com.other.x", "a", "a.b"];
+    const TYPES: [&str; 5] = [
+        "com.example.order.created",
+        "com.example.order.paid",
+        "com.other.x",
+        "a",
+        "a.b",
+    ];
     const SOURCES: [&str; 3] = ["/payments", "/orders", "payment-service"];
     const SUBJECTS: [&str; 3] = ["s1", "s2", "s3"];
 
@@ -282,18 +305,44 @@ mod tests {
 
     #[test]
     fn n_matching_triggers_give_n_matches_and_others_none() {
-        let make = |name: &str, value: serde_json::Value| Arc::new(Trigger::parse(&value, Some(name)).unwrap());
+        let make = |name: &str, value: serde_json::Value| {
+            Arc::new(Trigger::parse(&value, Some(name)).unwrap())
+        };
         let triggers = vec![
-            make("a", json!({"filter": {"attributes": {"type": "com.example.order.created"}}, "subscriber": {"function": "f"}})),
-            make("b", json!({"filters": [{"prefix": {"type": "com.example."}}], "subscriber": {"function": "f"}})),
+            make(
+                "a",
+                json!({"filter": {"attributes": {"type": "com.example.order.created"}}, "subscriber": {"function": "f"}}),
+            ),
+            make(
+                "b",
+                json!({"filters": [{"prefix": {"type": "com.example."}}], "subscriber": {"function": "f"}}),
+            ),
             make("c", json!({"subscriber": {"function": "f"}})),
-            make("d", json!({"filter": {"attributes": {"type": "other"}}, "subscriber": {"function": "f"}})),
-            make("e", json!({"broker": "b2", "subscriber": {"function": "f"}})),
+            make(
+                "d",
+                json!({"filter": {"attributes": {"type": "other"}}, "subscriber": {"function": "f"}}),
+            ),
+            make(
+                "e",
+                json!({"broker": "b2", "subscriber": {"function": "f"}}),
+            ),
         ];
         let index = TriggerIndex::build(triggers);
-        let names = |e: &CloudEvent| index.matches("default", e).iter().map(|t| t.name.clone()).collect::<BTreeSet<_>>();
-        assert_eq!(names(&event("com.example.order.created", "/s", None)), ["a", "b", "c"].map(String::from).into());
-        assert_eq!(names(&event("nothing", "/s", None)), ["c"].map(String::from).into());
+        let names = |e: &CloudEvent| {
+            index
+                .matches("default", e)
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(
+            names(&event("com.example.order.created", "/s", None)),
+            ["a", "b", "c"].map(String::from).into()
+        );
+        assert_eq!(
+            names(&event("nothing", "/s", None)),
+            ["c"].map(String::from).into()
+        );
         assert_eq!(index.matches("b2", &event("x", "/s", None)).len(), 1);
         assert!(index.matches("unknown", &event("x", "/s", None)).is_empty());
     }

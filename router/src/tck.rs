@@ -106,7 +106,11 @@ impl Parser {
             self.at += 1;
             terms.push(self.and()?);
         }
-        Some(if terms.len() == 1 { terms.remove(0) } else { Filter::Any(terms) })
+        Some(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::Any(terms)
+        })
     }
 
     fn and(&mut self) -> Option<Filter> {
@@ -115,7 +119,11 @@ impl Parser {
             self.at += 1;
             terms.push(self.unary()?);
         }
-        Some(if terms.len() == 1 { terms.remove(0) } else { Filter::All(terms) })
+        Some(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Filter::All(terms)
+        })
     }
 
     fn unary(&mut self) -> Option<Filter> {
@@ -133,14 +141,20 @@ impl Parser {
                     Token::Like => true,
                     _ => return None,
                 };
-                let Token::Str(value) = self.next()? else { return None };
+                let Token::Str(value) = self.next()? else {
+                    return None;
+                };
                 let value = value.clone();
                 if !like {
                     return Some(Filter::Exact(name, value));
                 }
                 match (value.strip_suffix('%'), value.strip_prefix('%')) {
-                    (Some(prefix), None) if !prefix.contains(['%', '_']) => Some(Filter::Prefix(name, prefix.into())),
-                    (None, Some(suffix)) if !suffix.contains(['%', '_']) => Some(Filter::Suffix(name, suffix.into())),
+                    (Some(prefix), None) if !prefix.contains(['%', '_']) => {
+                        Some(Filter::Prefix(name, prefix.into()))
+                    }
+                    (None, Some(suffix)) if !suffix.contains(['%', '_']) => {
+                        Some(Filter::Suffix(name, suffix.into()))
+                    }
                     _ => None, // not expressible in the dialects
                 }
             }
@@ -182,11 +196,19 @@ fn subscriptions_api_recreations_pass() {
     let file: TckFile = serde_yaml::from_str(&text).unwrap();
     let mut run = 0;
     for case in &file.tests {
-        let filter = translate(&case.expression)
-            .unwrap_or_else(|| panic!("{}: {:?} was expected to be expressible", case.name, case.expression));
+        let filter = translate(&case.expression).unwrap_or_else(|| {
+            panic!(
+                "{}: {:?} was expected to be expressible",
+                case.name, case.expression
+            )
+        });
         let expected = case.result.as_bool().expect("boolean result");
         let got = filter.matches(&event(case.event_overrides.as_ref()));
-        assert_eq!(got, expected, "{}: {} as {:?}", case.name, case.expression, filter);
+        assert_eq!(
+            got, expected,
+            "{}: {} as {:?}",
+            case.name, case.expression, filter
+        );
         run += 1;
     }
     assert_eq!(run, file.tests.len());

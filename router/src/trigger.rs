@@ -35,7 +35,10 @@ pub enum Destination {
 impl Destination {
     fn parse(value: &Value, path: &str) -> Result<Destination, TriggerError> {
         let Value::Object(map) = value else {
-            return Err(invalid(path, "must be {\"function\": NAME} or {\"uri\": URL}"));
+            return Err(invalid(
+                path,
+                "must be {\"function\": NAME} or {\"uri\": URL}",
+            ));
         };
         match (map.get("function"), map.get("uri"), map.len()) {
             (Some(Value::String(name)), None, 1) => {
@@ -45,13 +48,21 @@ impl Destination {
                 Ok(Destination::Function(name.clone()))
             }
             (None, Some(Value::String(uri)), 1) => {
-                let rest = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
+                let rest = uri
+                    .strip_prefix("http://")
+                    .or_else(|| uri.strip_prefix("https://"));
                 if !rest.is_some_and(|r| !r.is_empty()) || !crate::event::is_uri_reference(uri) {
-                    return Err(invalid(path, format!("{uri:?} is not an absolute http(s) URL")));
+                    return Err(invalid(
+                        path,
+                        format!("{uri:?} is not an absolute http(s) URL"),
+                    ));
                 }
                 Ok(Destination::Uri(uri.clone()))
             }
-            _ => Err(invalid(path, "must be {\"function\": NAME} or {\"uri\": URL}")),
+            _ => Err(invalid(
+                path,
+                "must be {\"function\": NAME} or {\"uri\": URL}",
+            )),
         }
     }
 
@@ -133,12 +144,32 @@ impl From<crate::filter::FilterError> for TriggerError {
     }
 }
 
-const FIELDS: [&str; 6] = ["name", "broker", "filter", "filters", "subscriber", "delivery"];
-const DELIVERY_FIELDS: [&str; 5] = ["retry", "backoffPolicy", "backoffDelay", "timeout", "deadLetterSink"];
+const FIELDS: [&str; 6] = [
+    "name",
+    "broker",
+    "filter",
+    "filters",
+    "subscriber",
+    "delivery",
+];
+const DELIVERY_FIELDS: [&str; 5] = [
+    "retry",
+    "backoffPolicy",
+    "backoffDelay",
+    "timeout",
+    "deadLetterSink",
+];
 
-fn check_fields(map: &serde_json::Map<String, Value>, known: &[&str], path: &str) -> Result<(), TriggerError> {
+fn check_fields(
+    map: &serde_json::Map<String, Value>,
+    known: &[&str],
+    path: &str,
+) -> Result<(), TriggerError> {
     match map.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(invalid(path, format!("unknown field {unknown:?}; known: {}", known.join(", ")))),
+        Some(unknown) => Err(invalid(
+            path,
+            format!("unknown field {unknown:?}; known: {}", known.join(", ")),
+        )),
         None => Ok(()),
     }
 }
@@ -146,10 +177,16 @@ fn check_fields(map: &serde_json::Map<String, Value>, known: &[&str], path: &str
 fn duration(value: Option<&Value>, path: &str) -> Result<Option<Duration>, TriggerError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => parse_iso8601(text)
-            .map(Some)
-            .ok_or_else(|| invalid(path, format!("{text:?} is not an ISO 8601 duration such as PT0.2S"))),
-        Some(_) => Err(invalid(path, "must be an ISO 8601 duration string such as PT0.2S")),
+        Some(Value::String(text)) => parse_iso8601(text).map(Some).ok_or_else(|| {
+            invalid(
+                path,
+                format!("{text:?} is not an ISO 8601 duration such as PT0.2S"),
+            )
+        }),
+        Some(_) => Err(invalid(
+            path,
+            "must be an ISO 8601 duration string such as PT0.2S",
+        )),
     }
 }
 
@@ -163,7 +200,10 @@ impl Trigger {
         check_fields(map, &FIELDS, "$")?;
         let name = match (map.get("name"), name) {
             (Some(Value::String(body)), Some(url)) if body != url => {
-                return Err(invalid("name", format!("{body:?} differs from {url:?} in the URL")));
+                return Err(invalid(
+                    "name",
+                    format!("{body:?} differs from {url:?} in the URL"),
+                ));
             }
             (Some(Value::String(body)), _) => body.clone(),
             (None, Some(url)) => url.to_string(),
@@ -171,12 +211,20 @@ impl Trigger {
             (Some(_), _) => return Err(invalid("name", "must be a string")),
         };
         if !sluice_store::is_dns_label(&name) {
-            return Err(invalid("name", format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`")));
+            return Err(invalid(
+                "name",
+                format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`"),
+            ));
         }
         let broker = match map.get("broker") {
             None => DEFAULT_BROKER.to_string(),
             Some(Value::String(b)) if sluice_store::is_dns_label(b) => b.clone(),
-            Some(_) => return Err(invalid("broker", "must be a broker name (lowercase letters, digits, `-`)")),
+            Some(_) => {
+                return Err(invalid(
+                    "broker",
+                    "must be a broker name (lowercase letters, digits, `-`)",
+                ));
+            }
         };
         let attributes = match map.get("filter") {
             None | Some(Value::Null) => BTreeMap::new(),
@@ -193,7 +241,10 @@ impl Trigger {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
                 if items.len() > MAX_FILTERS {
-                    return Err(invalid("filters", format!("more than {MAX_FILTERS} filters")));
+                    return Err(invalid(
+                        "filters",
+                        format!("more than {MAX_FILTERS} filters"),
+                    ));
                 }
                 items
                     .iter()
@@ -204,10 +255,14 @@ impl Trigger {
             Some(_) => return Err(invalid("filters", "must be an array of filters")),
         };
         if attributes.len() + filters.len() > MAX_FILTER_NODES {
-            return Err(invalid("filters", format!("more than {MAX_FILTER_NODES} filter expressions")));
+            return Err(invalid(
+                "filters",
+                format!("more than {MAX_FILTER_NODES} filter expressions"),
+            ));
         }
         let subscriber = Destination::parse(
-            map.get("subscriber").ok_or_else(|| invalid("subscriber", "is required"))?,
+            map.get("subscriber")
+                .ok_or_else(|| invalid("subscriber", "is required"))?,
             "subscriber",
         )?;
         let delivery = match map.get("delivery") {
@@ -218,7 +273,12 @@ impl Trigger {
                     None => DEFAULT_RETRY,
                     Some(Value::Number(n)) => match n.as_u64() {
                         Some(r) if r <= u64::from(MAX_RETRY) => r as u32,
-                        _ => return Err(invalid("delivery.retry", format!("must be an integer from 0 to {MAX_RETRY}"))),
+                        _ => {
+                            return Err(invalid(
+                                "delivery.retry",
+                                format!("must be an integer from 0 to {MAX_RETRY}"),
+                            ));
+                        }
                     },
                     Some(_) => return Err(invalid("delivery.retry", "must be an integer")),
                 };
@@ -226,10 +286,15 @@ impl Trigger {
                     None => BackoffPolicy::Exponential,
                     Some(Value::String(p)) if p == "exponential" => BackoffPolicy::Exponential,
                     Some(Value::String(p)) if p == "linear" => BackoffPolicy::Linear,
-                    Some(_) => return Err(invalid("delivery.backoffPolicy", "must be \"exponential\" or \"linear\"")),
+                    Some(_) => {
+                        return Err(invalid(
+                            "delivery.backoffPolicy",
+                            "must be \"exponential\" or \"linear\"",
+                        ));
+                    }
                 };
-                let backoff_delay =
-                    duration(d.get("backoffDelay"), "delivery.backoffDelay")?.unwrap_or(DEFAULT_BACKOFF_DELAY);
+                let backoff_delay = duration(d.get("backoffDelay"), "delivery.backoffDelay")?
+                    .unwrap_or(DEFAULT_BACKOFF_DELAY);
                 let timeout = duration(d.get("timeout"), "delivery.timeout")?;
                 if timeout.is_some_and(|t| t.is_zero()) {
                     return Err(invalid("delivery.timeout", "must be longer than zero"));
@@ -313,7 +378,11 @@ mod tests {
 
     #[test]
     fn defaults_are_knatives() {
-        let trigger = Trigger::parse(&json!({"subscriber": {"uri": "http://127.0.0.1:9/x"}}), Some("t")).unwrap();
+        let trigger = Trigger::parse(
+            &json!({"subscriber": {"uri": "http://127.0.0.1:9/x"}}),
+            Some("t"),
+        )
+        .unwrap();
         assert_eq!(trigger.broker, DEFAULT_BROKER);
         assert_eq!(trigger.delivery, DeliverySpec::default());
         assert!(trigger.attributes.is_empty() && trigger.filters.is_empty());
@@ -323,20 +392,72 @@ mod tests {
     fn invalid_definitions_name_the_field() {
         let cases = [
             (json!({"subscriber": {"function": "f"}}), None, "name"),
-            (json!({"name": "a", "subscriber": {"function": "f"}}), Some("b"), "name"),
-            (json!({"name": "Bad", "subscriber": {"function": "f"}}), None, "name"),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}}),
+                Some("b"),
+                "name",
+            ),
+            (
+                json!({"name": "Bad", "subscriber": {"function": "f"}}),
+                None,
+                "name",
+            ),
             (json!({"name": "a"}), None, "subscriber"),
-            (json!({"name": "a", "subscriber": {"function": "f", "uri": "http://x"}}), None, "subscriber"),
-            (json!({"name": "a", "subscriber": {"uri": "ftp://x"}}), None, "subscriber"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "broker": "B"}), None, "broker"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "filters": [{"exact": {}}]}), None, "filters[0].exact"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "filter": {"attributes": {"type": ""}}}), None, "filter.attributes"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": -1}}), None, "delivery.retry"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": 1000}}), None, "delivery.retry"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffPolicy": "random"}}), None, "delivery.backoffPolicy"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffDelay": "0.2s"}}), None, "delivery.backoffDelay"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retries": 1}}), None, "delivery"),
-            (json!({"name": "a", "subscriber": {"function": "f"}, "extra": 1}), None, "$"),
+            (
+                json!({"name": "a", "subscriber": {"function": "f", "uri": "http://x"}}),
+                None,
+                "subscriber",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"uri": "ftp://x"}}),
+                None,
+                "subscriber",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "broker": "B"}),
+                None,
+                "broker",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "filters": [{"exact": {}}]}),
+                None,
+                "filters[0].exact",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "filter": {"attributes": {"type": ""}}}),
+                None,
+                "filter.attributes",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": -1}}),
+                None,
+                "delivery.retry",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retry": 1000}}),
+                None,
+                "delivery.retry",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffPolicy": "random"}}),
+                None,
+                "delivery.backoffPolicy",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"backoffDelay": "0.2s"}}),
+                None,
+                "delivery.backoffDelay",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "delivery": {"retries": 1}}),
+                None,
+                "delivery",
+            ),
+            (
+                json!({"name": "a", "subscriber": {"function": "f"}, "extra": 1}),
+                None,
+                "$",
+            ),
         ];
         for (value, name, path) in cases {
             let error = Trigger::parse(&value, name).unwrap_err();

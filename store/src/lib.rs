@@ -3,7 +3,8 @@
 //! One [`Store`] owns one data directory. It holds function records, the
 //! component bytes they point at (content-addressed by sha256, stored once
 //! however many functions share them, and removed when no function points at
-//! them any more), and a schema version checked at open.
+//! them any more), triggers, pending event deliveries, dead letters, and a
+//! schema version checked at open.
 //!
 //! Guarantees:
 //! - Every mutating method is `async` and returns only after sled has flushed
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod events;
 mod functions;
 mod lock;
 
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use sled::Tree;
 
 pub use error::StoreError;
+pub use events::{DeadLetterRecord, DeliveryRecord};
 pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};
 
 /// The schema this build writes. A store written by a newer schema is refused.
@@ -44,6 +47,12 @@ pub struct Store {
     functions: Tree,
     blobs: Tree,
     blob_refs: Tree,
+    triggers: Tree,
+    deliveries: Tree,
+    dead_letters: Tree,
+    flusher: std::sync::Arc<
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<events::FlushRequest>>,
+    >,
     dir: PathBuf,
     _lock: std::sync::Arc<lock::DirLock>,
 }
@@ -83,6 +92,10 @@ impl Store {
             functions: open_tree("functions")?,
             blobs: open_tree("blobs")?,
             blob_refs: open_tree("blob_refs")?,
+            triggers: open_tree("triggers")?,
+            deliveries: open_tree("deliveries")?,
+            dead_letters: open_tree("dead_letters")?,
+            flusher: Default::default(),
             db,
             dir: dir.to_path_buf(),
             _lock: std::sync::Arc::new(lock),

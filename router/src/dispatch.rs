@@ -1,0 +1,721 @@
+//! The dispatcher: durable fan-out, retries with backoff, dead letters,
+//! replies.
+//!
+//! [`Router::publish`] matches each event against the broker's triggers and
+//! writes one [`DeliveryRecord`] per match; it returns (and the API answers
+//! 202) only after a grouped flush has put them on disk. On start, every
+//! pending record is loaded again: delivery is at-least-once across crashes.
+//!
+//! A worker pops due deliveries and runs each in its own task, bounded by a
+//! global and a per-trigger limit on deliveries in flight. A delivery that
+//! finds its trigger at the limit is put back a moment later without using
+//! up an attempt, so a slow function holds events in the queue instead of
+//! burning retries. Outcomes: delivered (replies re-enter the broker, one hop
+//! further), retried after the trigger's backoff, or dead-lettered after the
+//! last attempt or at once on a permanent failure.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use sluice_store::{DeadLetterRecord, DeliveryRecord, Store, StoreError};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::event::CloudEvent;
+use crate::index::TriggerIndex;
+use crate::trigger::{Destination, Trigger};
+
+/// Extension carrying how many reply or publish steps led to an event.
+pub const HOPS_EXTENSION: &str = "sluicehops";
+/// Extension carrying the id of the event that caused a reply or publish.
+pub const CAUSE_EXTENSION: &str = "sluicecause";
+/// Longest `knativeerrordata` kept on a dead letter, in bytes.
+pub const MAX_ERROR_DATA: usize = 1024;
+/// How long a delivery waits before looking again when its trigger is at
+/// its in-flight limit.
+const BUSY_RECHECK: Duration = Duration::from_millis(20);
+/// Attempts at handing a dead letter to the dead-letter sink.
+const SINK_ATTEMPTS: u32 = 3;
+
+/// A boxed future, as the [`Invoker`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What one delivery attempt needs besides the event.
+#[derive(Clone, Debug)]
+pub struct DeliveryContext {
+    /// The broker the event belongs to.
+    pub broker: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The trigger's per-attempt timeout, if it sets one.
+    pub timeout: Option<Duration>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The subscriber took the event, answering with zero or more replies.
+    Delivered(Vec<CloudEvent>),
+    /// The subscriber failed.
+    Failed {
+        /// Whether a later attempt may succeed (Knative: 404, 408, 409, 429,
+        /// 5xx, timeouts and traps are retried; other 4xx are not).
+        retryable: bool,
+        /// The HTTP status, or the status the failure maps to.
+        code: Option<u16>,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// How the router reaches subscribers. `host/` implements it.
+pub trait Invoker: Send + Sync + 'static {
+    /// Delivers `event` to `destination`.
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a Destination,
+        event: &'a CloudEvent,
+        context: DeliveryContext,
+    ) -> BoxFuture<'a, Outcome>;
+
+    /// `Err(reason)` if `destination` cannot receive events now (for a
+    /// trigger's readiness).
+    fn check(&self, destination: &Destination) -> Result<(), String>;
+}
+
+/// Limits of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatchLimits {
+    /// Deliveries in flight at once, across all triggers.
+    pub max_in_flight: usize,
+    /// Deliveries in flight at once for one trigger.
+    pub max_in_flight_per_trigger: usize,
+    /// Reply and publish steps an event may be from an outside event; past
+    /// it, events are dropped and counted, so loops end.
+    pub max_hops: u32,
+}
+
+impl Default for DispatchLimits {
+    fn default() -> Self {
+        DispatchLimits {
+            max_in_flight: 256,
+            max_in_flight_per_trigger: 32,
+            max_hops: 255,
+        }
+    }
+}
+
+/// Why events were not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store could not make them durable: answer 503, never 202.
+    #[error("events could not be stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Router metrics, registered in the host's registry.
+#[derive(Clone)]
+struct Metrics {
+    accepted: IntCounterVec,
+    unmatched: IntCounterVec,
+    dropped: IntCounterVec,
+    matched: IntCounterVec,
+    delivered: IntCounterVec,
+    retried: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    in_flight: IntGauge,
+    queue_depth: IntGauge,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Metrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap();
+            registry.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap();
+            registry.register(Box::new(g.clone())).unwrap();
+            g
+        };
+        Metrics {
+            accepted: counter(
+                "sluice_events_accepted_total",
+                "Events accepted (durable, answered 202).",
+                &["broker"],
+            ),
+            unmatched: counter(
+                "sluice_events_unmatched_total",
+                "Accepted events no trigger matched.",
+                &["broker"],
+            ),
+            dropped: counter(
+                "sluice_events_dropped_total",
+                "Events dropped, by reason.",
+                &["broker", "reason"],
+            ),
+            matched: counter(
+                "sluice_trigger_matched_total",
+                "Events a trigger matched.",
+                &["trigger"],
+            ),
+            delivered: counter(
+                "sluice_trigger_delivered_total",
+                "Deliveries that succeeded.",
+                &["trigger"],
+            ),
+            retried: counter(
+                "sluice_trigger_retried_total",
+                "Failed attempts that will be retried.",
+                &["trigger"],
+            ),
+            dead_lettered: counter(
+                "sluice_trigger_dead_lettered_total",
+                "Deliveries that failed for good.",
+                &["trigger"],
+            ),
+            in_flight: gauge("sluice_deliveries_in_flight", "Deliveries running now."),
+            queue_depth: gauge(
+                "sluice_deliveries_pending",
+                "Deliveries waiting or running.",
+            ),
+        }
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at_ms: u64,
+    id: u64,
+}
+
+/// The router: triggers, queue and workers of one server.
+pub struct Router {
+    store: Store,
+    invoker: Arc<dyn Invoker>,
+    limits: DispatchLimits,
+    triggers: RwLock<BTreeMap<String, Arc<Trigger>>>,
+    index: RwLock<Arc<TriggerIndex>>,
+    queue: Mutex<(BinaryHeap<Reverse<Due>>, HashMap<u64, DeliveryRecord>)>,
+    wake: Notify,
+    in_flight: Arc<Semaphore>,
+    per_trigger: Mutex<HashMap<String, Arc<Semaphore>>>,
+    metrics: Metrics,
+    clock: (tokio::time::Instant, u64),
+}
+
+/// Wall-clock unix milliseconds, read once; the router's clock then runs
+/// on tokio's monotonic time, so tests can pause it.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl Router {
+    /// Loads triggers and pending deliveries from `store`. Call
+    /// [`Router::run`] to start delivering.
+    pub fn new(
+        store: Store,
+        invoker: Arc<dyn Invoker>,
+        limits: DispatchLimits,
+        registry: &Registry,
+    ) -> Result<Arc<Router>, StoreError> {
+        let mut triggers = BTreeMap::new();
+        for raw in store.triggers()? {
+            let value: serde_json::Value = serde_json::from_slice(&raw)?;
+            match Trigger::parse(&value, None) {
+                Ok(trigger) => {
+                    triggers.insert(trigger.name.clone(), Arc::new(trigger));
+                }
+                Err(error) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "stored trigger is invalid: {error}"
+                    )));
+                }
+            }
+        }
+        let index = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        let router = Arc::new(Router {
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            store,
+            invoker,
+            limits,
+            triggers: RwLock::new(triggers),
+            index: RwLock::new(index),
+            queue: Mutex::new((BinaryHeap::new(), HashMap::new())),
+            wake: Notify::new(),
+            per_trigger: Mutex::new(HashMap::new()),
+            metrics: Metrics::new(registry),
+            clock: (tokio::time::Instant::now(), unix_ms()),
+        });
+        let pending = router.store.pending_deliveries()?;
+        if !pending.is_empty() {
+            tracing::info!(pending = pending.len(), "resuming pending deliveries");
+        }
+        router.metrics.queue_depth.set(pending.len() as i64);
+        router.schedule(pending);
+        Ok(router)
+    }
+
+    /// Unix milliseconds on the router's clock.
+    fn now_ms(&self) -> u64 {
+        self.clock.1 + self.clock.0.elapsed().as_millis() as u64
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs the delivery loop until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let next_due = {
+                let queue = self.queue.lock().unwrap();
+                queue.0.peek().map(|Reverse(due)| due.at_ms)
+            };
+            match next_due {
+                None => self.wake.notified().await,
+                Some(at) if at > self.now_ms() => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(at.saturating_sub(self.now_ms()))) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+                Some(_) => {
+                    let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let record = {
+                        let mut queue = self.queue.lock().unwrap();
+                        let (heap, records) = &mut *queue;
+                        heap.pop().and_then(|Reverse(due)| records.remove(&due.id))
+                    };
+                    let Some(record) = record else { continue };
+                    let router = self.clone();
+                    tokio::spawn(async move {
+                        router.metrics.in_flight.inc();
+                        router.attempt(record).await;
+                        router.metrics.in_flight.dec();
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    fn schedule(&self, records: Vec<DeliveryRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        {
+            let mut queue = self.queue.lock().unwrap();
+            let (heap, map) = &mut *queue;
+            for record in records {
+                heap.push(Reverse(Due {
+                    at_ms: record.not_before_ms,
+                    id: record.id,
+                }));
+                map.insert(record.id, record);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Accepts `events` into `broker`: matches them, stores one delivery per
+    /// matching trigger, and returns once that is on disk.
+    pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+        let index = self.index.read().unwrap().clone();
+        let mut records = Vec::new();
+        let mut unmatched = 0;
+        let mut accepted = 0;
+        for event in events {
+            let hops: u32 = event
+                .extensions
+                .get(HOPS_EXTENSION)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(0);
+            if hops > self.limits.max_hops {
+                tracing::warn!(%broker, id = %event.id, hops, "event dropped: hop limit reached (a reply or publish loop?)");
+                self.metrics
+                    .dropped
+                    .with_label_values(&[broker, "hop_limit"])
+                    .inc();
+                continue;
+            }
+            accepted += 1;
+            let matches = index.matches(broker, &event);
+            if matches.is_empty() {
+                unmatched += 1;
+                continue;
+            }
+            let json = event.to_json();
+            for trigger in matches {
+                self.metrics
+                    .matched
+                    .with_label_values(&[&trigger.name])
+                    .inc();
+                records.push(DeliveryRecord {
+                    id: self.store.next_id()?,
+                    broker: broker.to_string(),
+                    trigger: trigger.name.clone(),
+                    event: json.clone(),
+                    attempts: 0,
+                    not_before_ms: 0,
+                    dead_letter: None,
+                });
+            }
+        }
+        if !records.is_empty() {
+            self.store.insert_deliveries(&records)?;
+            self.store.flush_grouped().await?;
+        }
+        self.metrics
+            .accepted
+            .with_label_values(&[broker])
+            .inc_by(accepted);
+        self.metrics
+            .unmatched
+            .with_label_values(&[broker])
+            .inc_by(unmatched);
+        self.metrics.queue_depth.add(records.len() as i64);
+        self.schedule(records);
+        Ok(())
+    }
+
+    /// Publishes events a function produced while handling `cause` (or on
+    /// its own when `cause` is `None`): each carries one hop more, and the
+    /// id of its cause.
+    pub async fn publish_from(
+        &self,
+        broker: &str,
+        cause: Option<&CloudEvent>,
+        mut events: Vec<CloudEvent>,
+    ) -> Result<(), PublishError> {
+        let hops = cause
+            .and_then(|c| c.extensions.get(HOPS_EXTENSION))
+            .and_then(|h| h.parse::<u32>().ok())
+            .unwrap_or(0);
+        for event in &mut events {
+            event
+                .extensions
+                .insert(HOPS_EXTENSION.into(), (hops + 1).to_string());
+            if let Some(cause) = cause {
+                event
+                    .extensions
+                    .insert(CAUSE_EXTENSION.into(), cause.id.clone());
+            }
+        }
+        self.publish(broker, events).await
+    }
+
+    fn trigger_permits(&self, trigger: &str) -> Arc<Semaphore> {
+        self.per_trigger
+            .lock()
+            .unwrap()
+            .entry(trigger.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_in_flight_per_trigger)))
+            .clone()
+    }
+
+    async fn attempt(&self, mut record: DeliveryRecord) {
+        let Ok(_trigger_permit) = self.trigger_permits(&record.trigger).try_acquire_owned() else {
+            // At its limit: wait in the queue, no attempt used.
+            record.not_before_ms = self.now_ms() + BUSY_RECHECK.as_millis() as u64;
+            self.schedule(vec![record]);
+            return;
+        };
+        let trigger = self.triggers.read().unwrap().get(&record.trigger).cloned();
+        let event = match CloudEvent::from_json(record.event.as_bytes()) {
+            Ok(event) => event,
+            Err(error) => {
+                self.fail_for_good(
+                    record,
+                    None,
+                    format!("stored event is unreadable: {error}"),
+                    None,
+                );
+                return;
+            }
+        };
+        let Some(trigger) = trigger else {
+            let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
+            self.fail_for_good(record, Some(event), reason, None);
+            return;
+        };
+        let (destination, retry) = match record.dead_letter {
+            None => (trigger.subscriber.clone(), trigger.delivery.retry),
+            Some(_) => match &trigger.delivery.dead_letter_sink {
+                Some(sink) => (sink.clone(), SINK_ATTEMPTS - 1),
+                None => {
+                    self.done(&record);
+                    return;
+                }
+            },
+        };
+        record.attempts += 1;
+        let context = DeliveryContext {
+            broker: record.broker.clone(),
+            attempt: record.attempts,
+            timeout: trigger.delivery.timeout,
+        };
+        let outcome = self.invoker.deliver(&destination, &event, context).await;
+        match outcome {
+            Outcome::Delivered(replies) => {
+                if !replies.is_empty()
+                    && let Err(error) = self
+                        .publish_from(&record.broker, Some(&event), replies)
+                        .await
+                {
+                    // The replies are not safe yet: retry the delivery.
+                    tracing::warn!(trigger = %record.trigger, %error, "replies could not be stored; retrying");
+                    self.retry_or_fail(record, &trigger, retry, event, None, error.to_string());
+                    return;
+                }
+                if record.dead_letter.is_none() {
+                    self.metrics
+                        .delivered
+                        .with_label_values(&[&record.trigger])
+                        .inc();
+                }
+                self.done(&record);
+            }
+            Outcome::Failed {
+                retryable: true,
+                code,
+                reason,
+            } => {
+                self.retry_or_fail(record, &trigger, retry, event, code, reason);
+            }
+            Outcome::Failed {
+                retryable: false,
+                code,
+                reason,
+            } => {
+                tracing::warn!(trigger = %record.trigger, attempts = record.attempts, %reason, "delivery failed permanently");
+                self.dead_letter_or_drop(record, &trigger, event, code, reason);
+            }
+        }
+    }
+
+    fn done(&self, record: &DeliveryRecord) {
+        if let Err(error) = self.store.complete_delivery(record.id) {
+            tracing::error!(id = record.id, %error, "could not mark a delivery done; it may run again");
+        }
+        self.metrics.queue_depth.dec();
+    }
+
+    fn retry_or_fail(
+        &self,
+        mut record: DeliveryRecord,
+        trigger: &Trigger,
+        retry: u32,
+        event: CloudEvent,
+        code: Option<u16>,
+        reason: String,
+    ) {
+        if record.attempts <= retry {
+            let wait = trigger
+                .delivery
+                .backoff_policy
+                .delay(trigger.delivery.backoff_delay, record.attempts);
+            tracing::info!(trigger = %record.trigger, attempt = record.attempts, wait_ms = wait.as_millis() as u64, %reason, "delivery failed; will retry");
+            if record.dead_letter.is_none() {
+                self.metrics
+                    .retried
+                    .with_label_values(&[&record.trigger])
+                    .inc();
+            }
+            record.not_before_ms = self.now_ms() + wait.as_millis() as u64;
+            if let Err(error) = self.store.update_delivery(&record) {
+                tracing::error!(id = record.id, %error, "could not record a retry");
+            }
+            self.schedule(vec![record]);
+        } else {
+            tracing::warn!(trigger = %record.trigger, attempts = record.attempts, %reason, "delivery failed after its last attempt");
+            self.dead_letter_or_drop(record, trigger, event, code, reason);
+        }
+    }
+
+    fn dead_letter_or_drop(
+        &self,
+        record: DeliveryRecord,
+        trigger: &Trigger,
+        event: CloudEvent,
+        code: Option<u16>,
+        reason: String,
+    ) {
+        if record.dead_letter.is_some() {
+            // The dead letter stays stored; only its forwarding gave up.
+            tracing::warn!(trigger = %record.trigger, %reason, "dead-letter sink did not take the event; it stays in the dead letters");
+            self.done(&record);
+            return;
+        }
+        let destination = match &trigger.subscriber {
+            Destination::Function(name) => name.clone(),
+            Destination::Uri(uri) => uri.clone(),
+        };
+        self.fail_for_good(record, Some(event), reason, Some((destination, code)));
+    }
+
+    /// Stores a dead letter for `record` (with the `knativeerror*`
+    /// extensions) and queues it for the dead-letter sink if there is one.
+    fn fail_for_good(
+        &self,
+        record: DeliveryRecord,
+        event: Option<CloudEvent>,
+        reason: String,
+        error: Option<(String, Option<u16>)>,
+    ) {
+        let mut json = record.event.clone();
+        if let Some(mut event) = event {
+            if let Some((destination, code)) = &error {
+                event
+                    .extensions
+                    .insert("knativeerrordest".into(), destination.clone());
+                if let Some(code) = code {
+                    event
+                        .extensions
+                        .insert("knativeerrorcode".into(), code.to_string());
+                }
+                event.extensions.insert(
+                    "knativeerrordata".into(),
+                    truncate(&reason, MAX_ERROR_DATA).to_string(),
+                );
+            }
+            json = event.to_json();
+        }
+        let ids = (self.store.next_id(), self.store.next_id());
+        let (Ok(letter_id), Ok(sink_id)) = ids else {
+            tracing::error!(
+                id = record.id,
+                "could not allocate ids for a dead letter; the delivery stays pending"
+            );
+            return;
+        };
+        let letter = DeadLetterRecord {
+            id: letter_id,
+            broker: record.broker.clone(),
+            trigger: record.trigger.clone(),
+            event: json.clone(),
+            attempts: record.attempts,
+            reason: reason.clone(),
+            time: sluice_store::now_rfc3339(),
+        };
+        let has_sink = self
+            .triggers
+            .read()
+            .unwrap()
+            .get(&record.trigger)
+            .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
+        let sink = has_sink.then(|| DeliveryRecord {
+            id: sink_id,
+            broker: record.broker.clone(),
+            trigger: record.trigger.clone(),
+            event: json,
+            attempts: 0,
+            not_before_ms: 0,
+            dead_letter: Some(letter_id),
+        });
+        match self.store.dead_letter(record.id, &letter, sink.as_ref()) {
+            Ok(()) => {
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[&record.trigger])
+                    .inc();
+                self.metrics.queue_depth.dec();
+                if let Some(sink) = sink {
+                    self.metrics.queue_depth.inc();
+                    self.schedule(vec![sink]);
+                }
+            }
+            Err(error) => {
+                tracing::error!(id = record.id, %error, "could not store a dead letter; the delivery stays pending")
+            }
+        }
+    }
+
+    /// Creates or replaces a trigger, durably. Returns true if it replaced one.
+    pub async fn put_trigger(&self, trigger: Trigger) -> Result<bool, StoreError> {
+        let json = serde_json::to_vec(&trigger.to_json()).expect("JSON");
+        let replaced = self.store.put_trigger(&trigger.name, &json).await?;
+        let mut triggers = self.triggers.write().unwrap();
+        triggers.insert(trigger.name.clone(), Arc::new(trigger));
+        *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        Ok(replaced)
+    }
+
+    /// Deletes a trigger, durably. Returns true if it existed.
+    pub async fn delete_trigger(&self, name: &str) -> Result<bool, StoreError> {
+        let existed = self.store.delete_trigger(name).await?;
+        let mut triggers = self.triggers.write().unwrap();
+        triggers.remove(name);
+        *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        Ok(existed)
+    }
+
+    /// Trigger `name`.
+    pub fn trigger(&self, name: &str) -> Option<Arc<Trigger>> {
+        self.triggers.read().unwrap().get(name).cloned()
+    }
+
+    /// Every trigger, by name.
+    pub fn triggers(&self) -> Vec<Arc<Trigger>> {
+        self.triggers.read().unwrap().values().cloned().collect()
+    }
+
+    /// `Ok` if the trigger's subscriber can take events now, else why not.
+    pub fn readiness(&self, trigger: &Trigger) -> Result<(), String> {
+        self.invoker.check(&trigger.subscriber)
+    }
+
+    /// Redelivers dead letter `id` to its trigger. `false` if it does not
+    /// exist.
+    pub async fn replay(&self, id: u64) -> Result<bool, StoreError> {
+        let Some(letter) = self.store.dead_letter_record(id)? else {
+            return Ok(false);
+        };
+        // The redelivered event is the original: without the error extensions.
+        let event = match CloudEvent::from_json(letter.event.as_bytes()) {
+            Ok(mut event) => {
+                event
+                    .extensions
+                    .retain(|name, _| !name.starts_with("knativeerror"));
+                event.to_json()
+            }
+            Err(_) => letter.event,
+        };
+        let record = DeliveryRecord {
+            id: self.store.next_id()?,
+            broker: letter.broker,
+            trigger: letter.trigger,
+            event,
+            attempts: 0,
+            not_before_ms: 0,
+            dead_letter: None,
+        };
+        if !self.store.replay_dead_letter(id, &record).await? {
+            return Ok(false);
+        }
+        self.metrics.queue_depth.inc();
+        self.schedule(vec![record]);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests;

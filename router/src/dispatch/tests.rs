@@ -1,0 +1,420 @@
+//! The dispatcher against a fake invoker, with tokio time paused.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use super::*;
+
+/// Records every attempt; fails the first `fail_first` attempts of each event.
+#[derive(Default)]
+struct Fake {
+    fail_first: AtomicU32,
+    permanent: bool,
+    reply_type: Option<String>,
+    delay: Option<Duration>,
+    calls: Mutex<Vec<(String, String, u32, tokio::time::Instant)>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Invoker for Fake {
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a Destination,
+        event: &'a CloudEvent,
+        context: DeliveryContext,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            let name = match destination {
+                Destination::Function(f) => f.clone(),
+                Destination::Uri(u) => u.clone(),
+            };
+            self.calls.lock().unwrap().push((
+                name.clone(),
+                event.id.clone(),
+                context.attempt,
+                tokio::time::Instant::now(),
+            ));
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if name == "dlq" || context.attempt > self.fail_first.load(Ordering::SeqCst) {
+                let replies = match &self.reply_type {
+                    Some(ty) => vec![event_of(ty, &format!("{}-r", event.id))],
+                    None => Vec::new(),
+                };
+                return Outcome::Delivered(replies);
+            }
+            Outcome::Failed {
+                retryable: !self.permanent,
+                code: Some(if self.permanent { 400 } else { 503 }),
+                reason: format!("attempt {} failed", context.attempt),
+            }
+        })
+    }
+
+    fn check(&self, _destination: &Destination) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn event_of(ty: &str, id: &str) -> CloudEvent {
+    CloudEvent::from_json(
+        json!({"specversion": "1.0", "id": id, "source": "/test", "type": ty})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn trigger(name: &str, ty: &str, subscriber: &str, delivery: serde_json::Value) -> Trigger {
+    Trigger::parse(
+        &json!({"name": name, "filter": {"attributes": {"type": ty}}, "subscriber": {"function": subscriber}, "delivery": delivery}),
+        None,
+    )
+    .unwrap()
+}
+
+struct Setup {
+    router: Arc<Router>,
+    fake: Arc<Fake>,
+    _dir: tempfile::TempDir,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(fake: Fake, limits: DispatchLimits, triggers: Vec<Trigger>) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(fake);
+    let router = Router::new(store, fake.clone(), limits, &Registry::new()).unwrap();
+    for t in triggers {
+        router.put_trigger(t).await.unwrap();
+    }
+    let runner = tokio::spawn(router.clone().run());
+    Setup {
+        router,
+        fake,
+        _dir: dir,
+        runner,
+    }
+}
+
+async fn settle(router: &Router) {
+    for _ in 0..10_000 {
+        if router.store.delivery_count() == 0 && router.queue.lock().unwrap().1.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deliveries did not settle");
+}
+
+fn attempts_of(fake: &Fake, destination: &str) -> Vec<(u32, tokio::time::Instant)> {
+    fake.calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.0 == destination)
+        .map(|c| (c.2, c.3))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn n_matching_triggers_get_exactly_n_deliveries_and_others_none() {
+    let triggers = vec![
+        trigger("t1", "order.created", "a", json!({})),
+        trigger("t2", "order.created", "b", json!({})),
+        trigger("t3", "order.created", "c", json!({})),
+        trigger("t4", "order.paid", "d", json!({})),
+    ];
+    let s = setup(Fake::default(), DispatchLimits::default(), triggers).await;
+    s.router
+        .publish("default", vec![event_of("order.created", "e1")])
+        .await
+        .unwrap();
+    s.router
+        .publish("default", vec![event_of("nothing.matches", "e2")])
+        .await
+        .unwrap();
+    s.router
+        .publish("other-broker", vec![event_of("order.created", "e3")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    let mut got: Vec<_> = s
+        .fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.0.clone(), c.1.clone()))
+        .collect();
+    got.sort();
+    let want: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|d| (d.to_string(), "e1".to_string()))
+        .collect();
+    assert_eq!(got, want);
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn k_failures_within_r_retries_give_k_plus_1_attempts_with_exponential_backoff() {
+    let fake = Fake {
+        fail_first: AtomicU32::new(3),
+        ..Fake::default()
+    };
+    let t = trigger(
+        "t",
+        "x",
+        "f",
+        json!({"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"}),
+    );
+    let s = setup(fake, DispatchLimits::default(), vec![t]).await;
+    s.router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    let attempts = attempts_of(&s.fake, "f");
+    assert_eq!(
+        attempts.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // Knative: retry n waits backoffDelay * 2^n.
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let waited = pair[1].1 - pair[0].1;
+        let expected = Duration::from_millis(200 * 2u64.pow(n as u32 + 1));
+        assert!(
+            waited >= expected && waited < expected + Duration::from_millis(50),
+            "retry {}: waited {waited:?}, expected {expected:?}",
+            n + 1
+        );
+    }
+    assert!(s.router.store.dead_letters().unwrap().is_empty());
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn linear_backoff_grows_linearly() {
+    let fake = Fake {
+        fail_first: AtomicU32::new(3),
+        ..Fake::default()
+    };
+    let t = trigger(
+        "t",
+        "x",
+        "f",
+        json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT1S"}),
+    );
+    let s = setup(fake, DispatchLimits::default(), vec![t]).await;
+    s.router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    let attempts = attempts_of(&s.fake, "f");
+    assert_eq!(attempts.len(), 4);
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let waited = pair[1].1 - pair[0].1;
+        let expected = Duration::from_secs(n as u64 + 1);
+        assert!(
+            waited >= expected && waited < expected + Duration::from_millis(50),
+            "retry {}: {waited:?}",
+            n + 1
+        );
+    }
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_failures_than_retries_give_r_plus_1_attempts_and_one_dead_letter_sent_to_the_sink() {
+    let fake = Fake {
+        fail_first: AtomicU32::new(10),
+        ..Fake::default()
+    };
+    let t = trigger(
+        "t",
+        "x",
+        "f",
+        json!({"retry": 2, "backoffDelay": "PT0.1S", "deadLetterSink": {"function": "dlq"}}),
+    );
+    let s = setup(fake, DispatchLimits::default(), vec![t]).await;
+    s.router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    assert_eq!(attempts_of(&s.fake, "f").len(), 3, "R+1 attempts");
+    assert_eq!(
+        attempts_of(&s.fake, "dlq").len(),
+        1,
+        "the sink gets the dead letter once"
+    );
+    let letters = s.router.store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    let event = CloudEvent::from_json(letters[0].event.as_bytes()).unwrap();
+    assert_eq!(event.extensions["knativeerrordest"], "f");
+    assert_eq!(event.extensions["knativeerrorcode"], "503");
+    assert_eq!(event.extensions["knativeerrordata"], "attempt 3 failed");
+
+    // The subscriber recovers; a replay redelivers the original event.
+    s.fake.fail_first.store(0, Ordering::SeqCst);
+    assert!(s.router.replay(letters[0].id).await.unwrap());
+    assert!(
+        !s.router.replay(letters[0].id).await.unwrap(),
+        "a dead letter replays once"
+    );
+    settle(&s.router).await;
+    assert!(s.router.store.dead_letters().unwrap().is_empty());
+    assert_eq!(
+        attempts_of(&s.fake, "f").len(),
+        4,
+        "one successful attempt from the replay"
+    );
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_skip_retries() {
+    let fake = Fake {
+        fail_first: AtomicU32::new(10),
+        permanent: true,
+        ..Fake::default()
+    };
+    let s = setup(
+        fake,
+        DispatchLimits::default(),
+        vec![trigger("t", "x", "f", json!({"retry": 5}))],
+    )
+    .await;
+    s.router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    assert_eq!(attempts_of(&s.fake, "f").len(), 1);
+    let letters = s.router.store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].event.contains("\"knativeerrorcode\":\"400\""),
+        "{}",
+        letters[0].event
+    );
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_re_enter_the_broker_and_loops_stop_at_the_hop_limit() {
+    let fake = Fake {
+        reply_type: Some("loop".into()),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_hops: 5,
+        ..DispatchLimits::default()
+    };
+    let s = setup(fake, limits, vec![trigger("t", "loop", "f", json!({}))]).await;
+    s.router
+        .publish("default", vec![event_of("loop", "e")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    // Hops 0..=5 are delivered; the reply at hop 6 is dropped.
+    let calls = s.fake.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    assert_eq!(calls[1].1, "e-r", "a reply is a new event");
+    assert_eq!(
+        s.router
+            .metrics
+            .dropped
+            .with_label_values(&["default", "hop_limit"])
+            .get(),
+        1
+    );
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_trigger_holds_events_in_the_queue_without_burning_retries() {
+    let fake = Fake {
+        delay: Some(Duration::from_millis(100)),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_in_flight_per_trigger: 2,
+        ..DispatchLimits::default()
+    };
+    let s = setup(
+        fake,
+        limits,
+        vec![trigger("t", "x", "f", json!({"retry": 0}))],
+    )
+    .await;
+    let events = (0..10).map(|i| event_of("x", &format!("e{i}"))).collect();
+    s.router.publish("default", events).await.unwrap();
+    settle(&s.router).await;
+    assert_eq!(s.fake.max_running.load(Ordering::SeqCst), 2);
+    let attempts = attempts_of(&s.fake, "f");
+    assert_eq!(attempts.len(), 10);
+    assert!(
+        attempts.iter().all(|a| a.0 == 1),
+        "no attempt was used up waiting"
+    );
+    assert!(s.router.store.dead_letters().unwrap().is_empty());
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_deliveries_resume_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let router = Router::new(
+            store,
+            Arc::new(Fake::default()),
+            DispatchLimits::default(),
+            &Registry::new(),
+        )
+        .unwrap();
+        router
+            .put_trigger(trigger("t", "x", "f", json!({})))
+            .await
+            .unwrap();
+        // Accepted, never run: the process "dies" here.
+        router
+            .publish("default", vec![event_of("x", "e1"), event_of("x", "e2")])
+            .await
+            .unwrap();
+    }
+    let mut store = Store::open(dir.path());
+    while store.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        store = Store::open(dir.path());
+    }
+    let fake = Arc::new(Fake::default());
+    let router = Router::new(
+        store.unwrap(),
+        fake.clone(),
+        DispatchLimits::default(),
+        &Registry::new(),
+    )
+    .unwrap();
+    let runner = tokio::spawn(router.clone().run());
+    settle(&router).await;
+    let mut ids: Vec<_> = fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.1.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["e1", "e2"]);
+    runner.abort();
+}
