@@ -194,6 +194,9 @@ struct Due {
     id: u64,
 }
 
+/// Deliveries waiting to run: a heap of due times and the records by id.
+type Queue = (BinaryHeap<Reverse<Due>>, HashMap<u64, DeliveryRecord>);
+
 /// The router: triggers, queue and workers of one server.
 pub struct Router {
     store: Store,
@@ -201,7 +204,7 @@ pub struct Router {
     limits: DispatchLimits,
     triggers: RwLock<BTreeMap<String, Arc<Trigger>>>,
     index: RwLock<Arc<TriggerIndex>>,
-    queue: Mutex<(BinaryHeap<Reverse<Due>>, HashMap<u64, DeliveryRecord>)>,
+    queue: Mutex<Queue>,
     wake: Notify,
     in_flight: Arc<Semaphore>,
     per_trigger: Mutex<HashMap<String, Arc<Semaphore>>>,

@@ -332,10 +332,11 @@ impl CloudEvent {
             Data::Binary(bytes) => Some(bytes.clone()),
             Data::Json(raw) => {
                 let text = raw.get();
-                if !self.is_json_content() && text.starts_with('"') {
-                    if let Ok(s) = serde_json::from_str::<String>(text) {
-                        return Some(s.into_bytes());
-                    }
+                if !self.is_json_content()
+                    && text.starts_with('"')
+                    && let Ok(s) = serde_json::from_str::<String>(text)
+                {
+                    return Some(s.into_bytes());
                 }
                 Some(text.as_bytes().to_vec())
             }

@@ -55,11 +55,11 @@ fn required(filters: &[Filter], exact: &mut HashMap<String, String>, prefix: &mu
             Filter::Exact(name, value) if name == "type" || name == "source" => {
                 exact.entry(name.clone()).or_insert_with(|| value.clone());
             }
-            Filter::Prefix(name, value) if name == "type" => {
-                // The longest required prefix is the most selective.
-                if prefix.as_ref().is_none_or(|p| p.len() < value.len()) {
-                    *prefix = Some(value.clone());
-                }
+            // The longest required prefix is the most selective.
+            Filter::Prefix(name, value)
+                if name == "type" && prefix.as_ref().is_none_or(|p| p.len() < value.len()) =>
+            {
+                *prefix = Some(value.clone());
             }
             Filter::All(nested) => required(nested, exact, prefix),
             _ => {}

@@ -51,7 +51,7 @@ impl Destination {
                 let rest = uri
                     .strip_prefix("http://")
                     .or_else(|| uri.strip_prefix("https://"));
-                if !rest.is_some_and(|r| !r.is_empty()) || !crate::event::is_uri_reference(uri) {
+                if rest.is_none_or(str::is_empty) || !crate::event::is_uri_reference(uri) {
                     return Err(invalid(
                         path,
                         format!("{uri:?} is not an absolute http(s) URL"),
