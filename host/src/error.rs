@@ -69,7 +69,7 @@ impl ApiError {
         )
     }
 
-    fn with_retry_after(mut self, seconds: u32) -> ApiError {
+    pub(crate) fn with_retry_after(mut self, seconds: u32) -> ApiError {
         self.retry_after = Some(seconds);
         self
     }
@@ -126,31 +126,16 @@ impl From<DeployError> for ApiError {
 
 impl From<InvokeError> for ApiError {
     fn from(error: InvokeError) -> ApiError {
-        let message = error.to_string();
-        let code = error.outcome();
+        let status = error.status();
+        let code = match &error {
+            InvokeError::NotFound(_) => "function_not_found",
+            InvokeError::Internal(detail) => return ApiError::internal(detail),
+            other => other.outcome(),
+        };
+        let api = ApiError::new(status, code, error.to_string());
         match error {
-            InvokeError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "function_not_found", message)
-            }
-            InvokeError::WrongWorld { .. } => ApiError::bad_request(code, message),
-            InvokeError::Busy { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).with_retry_after(1)
-            }
-            InvokeError::PoolExhausted => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_retry_after(1)
-            }
-            InvokeError::Timeout { .. } => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, message)
-            }
-            InvokeError::MemoryLimit { .. }
-            | InvokeError::Trap { .. }
-            | InvokeError::Failed { .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
-            }
-            InvokeError::RequestTooLarge { .. } | InvokeError::ResponseTooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
-            }
-            InvokeError::Internal(detail) => ApiError::internal(detail),
+            InvokeError::Busy { .. } | InvokeError::PoolExhausted => api.with_retry_after(1),
+            _ => api,
         }
     }
 }

@@ -125,6 +125,7 @@ pub struct Functions {
     loading: tokio::sync::Mutex<()>,
     pool_permits: Arc<Semaphore>,
     started: Instant,
+    router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
 }
 
 impl Functions {
@@ -147,12 +148,23 @@ impl Functions {
             loading: tokio::sync::Mutex::new(()),
             pool_permits: Arc::new(Semaphore::new(pool)),
             started: Instant::now(),
+            router: std::sync::OnceLock::new(),
         })
     }
 
     /// The runtime.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Connects the router, so guests can publish events.
+    pub fn set_router(&self, router: Arc<sluice_router::dispatch::Router>) {
+        let _ = self.router.set(router);
+    }
+
+    /// The router, once connected.
+    pub fn router(&self) -> Option<Arc<sluice_router::dispatch::Router>> {
+        self.router.get().cloned()
     }
 
     /// The store.

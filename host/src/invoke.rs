@@ -21,8 +21,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::functions::{Function, Functions, Pre};
 use crate::outbound::OutboundPolicy;
-use crate::runtime::InvocationStore;
 use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
+use crate::runtime::{InvocationStore, PublishContext, StoreSetup};
+use sluice_router::trigger::DEFAULT_BROKER;
 
 /// Why a call did not produce a result.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,25 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
+            InvokeError::WrongWorld { .. } => StatusCode::BAD_REQUEST,
+            InvokeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::MemoryLimit { .. }
+            | InvokeError::Trap { .. }
+            | InvokeError::Failed { .. }
+            | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::RequestTooLarge { .. } | InvokeError::ResponseTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+        }
+    }
+
     /// The label used for metrics and logs.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -131,6 +151,19 @@ impl InvokeError {
                 | InvokeError::RequestTooLarge { .. }
         )
     }
+}
+
+/// Per-call options beyond the request itself.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    /// Wall-clock limit instead of the function's (a trigger's `timeout`).
+    pub timeout: Option<Duration>,
+    /// The broker published events go to (`default` when `None`).
+    pub broker: Option<String>,
+    /// The event being delivered, if this call is a delivery.
+    pub cause: Option<sluice_router::event::CloudEvent>,
+    /// The delivery attempt, from 1, exposed as `SLUICE_DELIVERY_ATTEMPT`.
+    pub attempt: Option<u32>,
 }
 
 /// How the invocation task ended.
@@ -174,6 +207,7 @@ impl Functions {
     async fn spawn<R, F, Fut>(
         &self,
         function: &Function,
+        options: &CallOptions,
         body: F,
     ) -> Result<Running<R>, InvokeError>
     where
@@ -182,12 +216,29 @@ impl Functions {
         Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
     {
         let permits = self.acquire(function).await?;
-        let outbound = OutboundPolicy {
-            function: function.record.name.clone(),
-        };
-        let invocation = self
-            .runtime()
-            .new_store(&function.env, &function.limits, outbound);
+        let extra_env: Vec<(String, String)> = options
+            .attempt
+            .map(|attempt| ("SLUICE_DELIVERY_ATTEMPT".to_string(), attempt.to_string()))
+            .into_iter()
+            .collect();
+        let publish = self.router().map(|router| PublishContext {
+            router,
+            broker: options
+                .broker
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BROKER.to_string()),
+            cause: options.cause.clone(),
+        });
+        let invocation = self.runtime().new_store(StoreSetup {
+            env: &function.env,
+            extra_env: &extra_env,
+            memory_bytes: function.limits.memory_bytes,
+            timeout: options.timeout.unwrap_or(function.limits.timeout),
+            outbound: OutboundPolicy {
+                function: function.record.name.clone(),
+            },
+            publish,
+        });
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
         let memory_exceeded = invocation.memory_exceeded.clone();
         let (stdout, stderr) = (invocation.stdout.clone(), invocation.stderr.clone());
@@ -218,13 +269,14 @@ impl Functions {
     fn classify<R>(
         &self,
         function: &Function,
+        timeout_ms: u64,
         end: Result<TaskEnd<R>, tokio::task::JoinError>,
         memory_exceeded: bool,
     ) -> InvokeError {
         let name = function.record.name.clone();
         let timeout = || InvokeError::Timeout {
             name: name.clone(),
-            timeout_ms: function.limits.timeout.as_millis() as u64,
+            timeout_ms,
         };
         let error = match end {
             Ok(TaskEnd::Done(_)) => {
@@ -289,9 +341,10 @@ impl Functions {
         &self,
         function: &Arc<Function>,
         request: http::Request<Bytes>,
+        options: &CallOptions,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let started = Instant::now();
-        let result = self.call_http_inner(function, request).await;
+        let result = self.call_http_inner(function, request, options).await;
         self.record(
             function,
             started,
@@ -304,6 +357,7 @@ impl Functions {
         &self,
         function: &Arc<Function>,
         request: http::Request<Bytes>,
+        options: &CallOptions,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let Pre::Http(pre) = &function.pre else {
             return Err(InvokeError::WrongWorld {
@@ -321,7 +375,7 @@ impl Functions {
         let (sender, receiver) = oneshot::channel();
         let metrics = self.metrics().clone();
         let running = self
-            .spawn(function, move |mut invocation| async move {
+            .spawn(function, options, move |mut invocation| async move {
                 let store = &mut invocation.store;
                 let request = request.map(Full::new);
                 let request = store
@@ -346,9 +400,13 @@ impl Functions {
             memory_exceeded,
         } = running;
         let abort = task.abort_handle();
+        let timeout_ms = options
+            .timeout
+            .unwrap_or(function.limits.timeout)
+            .as_millis() as u64;
         let timeout = || InvokeError::Timeout {
             name: function.record.name.clone(),
-            timeout_ms: function.limits.timeout.as_millis() as u64,
+            timeout_ms,
         };
 
         let head = match tokio::time::timeout_at(deadline, receiver).await {
@@ -365,7 +423,12 @@ impl Functions {
             }
             Ok(Err(_)) => {
                 let end = task.await;
-                return Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)));
+                return Err(self.classify(
+                    function,
+                    timeout_ms,
+                    end,
+                    memory_exceeded.load(Ordering::Relaxed),
+                ));
             }
         };
         let (parts, body) = head.into_parts();
@@ -388,9 +451,12 @@ impl Functions {
                     Ok(Ok(TaskEnd::Done(()))) => {
                         Ok(http::Response::from_parts(parts, collected.to_bytes()))
                     }
-                    Ok(end) => {
-                        Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)))
-                    }
+                    Ok(end) => Err(self.classify(
+                        function,
+                        timeout_ms,
+                        end,
+                        memory_exceeded.load(Ordering::Relaxed),
+                    )),
                 }
             }
             Ok(Err(error)) if error.is::<LengthLimitError>() => {
@@ -403,7 +469,12 @@ impl Functions {
             Ok(Err(_)) => {
                 // The body broke off: the guest failed while writing it.
                 let end = task.await;
-                Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed)))
+                Err(self.classify(
+                    function,
+                    timeout_ms,
+                    end,
+                    memory_exceeded.load(Ordering::Relaxed),
+                ))
             }
         }
     }
@@ -414,9 +485,10 @@ impl Functions {
         &self,
         function: &Arc<Function>,
         event: CloudEvent,
+        options: &CallOptions,
     ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
         let started = Instant::now();
-        let result = self.call_event_inner(function, event).await;
+        let result = self.call_event_inner(function, event, options).await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "guest_error",
@@ -430,6 +502,7 @@ impl Functions {
         &self,
         function: &Arc<Function>,
         event: CloudEvent,
+        options: &CallOptions,
     ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
         let Pre::Event(pre) = &function.pre else {
             return Err(InvokeError::WrongWorld {
@@ -441,7 +514,7 @@ impl Functions {
         let pre = pre.clone();
         let metrics = self.metrics().clone();
         let running = self
-            .spawn(function, move |mut invocation| async move {
+            .spawn(function, options, move |mut invocation| async move {
                 let store = &mut invocation.store;
                 let instantiating = Instant::now();
                 let instance = pre.instantiate_async(&mut *store).await?;
@@ -455,9 +528,18 @@ impl Functions {
             })
             .await?;
         let memory_exceeded = running.memory_exceeded.clone();
+        let timeout_ms = options
+            .timeout
+            .unwrap_or(function.limits.timeout)
+            .as_millis() as u64;
         match running.task.await {
             Ok(TaskEnd::Done(answer)) => Ok(answer),
-            end => Err(self.classify(function, end, memory_exceeded.load(Ordering::Relaxed))),
+            end => Err(self.classify(
+                function,
+                timeout_ms,
+                end,
+                memory_exceeded.load(Ordering::Relaxed),
+            )),
         }
     }
 }

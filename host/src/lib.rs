@@ -10,9 +10,11 @@
 //!
 //! On top: the HTTP server ([`server`]) and the CLI ([`cli`], [`client`]).
 
+pub mod api_events;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod functions;
 pub mod invoke;
 pub mod limits;

@@ -77,6 +77,30 @@ pub struct Limits {
     #[arg(long = "max-output-bytes", default_value_t = 64 * 1024)]
     pub max_output_bytes: usize,
 
+    /// Events one call may publish through the `publisher` import. Defends
+    /// the router against a guest that publishes in a tight loop.
+    #[arg(long = "max-publish-per-call", default_value_t = 1_000)]
+    pub max_publish_per_call: u32,
+
+    /// Largest event request body (one event or a batch), in bytes; 413
+    /// past it, before it is all read.
+    #[arg(long = "max-event-bytes", default_value_t = 1 << 20)]
+    pub max_event_bytes: u64,
+
+    /// Deliveries in flight at once, across all triggers.
+    #[arg(long = "max-deliveries-in-flight", default_value_t = 256)]
+    pub max_deliveries_in_flight: usize,
+
+    /// Deliveries in flight at once for one trigger; more wait in the queue
+    /// without using up attempts.
+    #[arg(long = "max-deliveries-per-trigger", default_value_t = 32)]
+    pub max_deliveries_per_trigger: usize,
+
+    /// Reply and publish steps an event may be from an outside event; past
+    /// it, events are dropped and counted, so loops end.
+    #[arg(long = "max-event-hops", default_value_t = 255)]
+    pub max_event_hops: u32,
+
     /// Compiled code of a function idle this long is dropped from memory and
     /// reloaded from its on-disk artifact on the next call, in seconds.
     #[arg(long = "idle-unload-secs", default_value_t = 300)]

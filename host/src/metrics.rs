@@ -85,6 +85,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for other crates' metrics (the router's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -20,7 +20,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::limits::{FunctionLimits, Limits};
+use sluice_router::dispatch::Router;
+
+use crate::limits::Limits;
 use crate::outbound::OutboundPolicy;
 
 /// How often the epoch advances. A guest's deadline is checked, and a busy
@@ -134,32 +136,33 @@ impl Runtime {
         format!("{:016x}", hasher.finish())
     }
 
-    /// A fresh store for one invocation of a function with `limits`.
-    pub fn new_store(
-        &self,
-        env: &[(String, String)],
-        limits: &FunctionLimits,
-        outbound: OutboundPolicy,
-    ) -> InvocationStore {
+    /// A fresh store for one invocation, set up by `setup`.
+    pub fn new_store(&self, setup: StoreSetup<'_>) -> InvocationStore {
         let stdout = MemoryOutputPipe::new(self.limits.max_output_bytes);
         let stderr = MemoryOutputPipe::new(self.limits.max_output_bytes);
         let mut wasi = WasiCtx::builder();
-        wasi.envs(env).stdout(stdout.clone()).stderr(stderr.clone());
+        wasi.envs(setup.env)
+            .envs(setup.extra_env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
         let memory_exceeded = Arc::new(AtomicBool::new(false));
         let state = InvocationState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limiter: GuestLimiter {
-                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                memory_bytes: usize::try_from(setup.memory_bytes).unwrap_or(usize::MAX),
                 table_elements: self.limits.max_table_elements,
                 memory_exceeded: memory_exceeded.clone(),
             },
-            outbound,
+            outbound: setup.outbound,
+            publish: setup.publish,
+            published: 0,
+            max_publish: self.limits.max_publish_per_call,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let deadline = Instant::now() + limits.timeout;
+        let deadline = Instant::now() + setup.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -178,6 +181,33 @@ impl Runtime {
             memory_exceeded,
         }
     }
+}
+
+/// What one invocation's store is built from.
+pub struct StoreSetup<'a> {
+    /// The function's environment variables.
+    pub env: &'a [(String, String)],
+    /// Variables of this call only (such as the delivery attempt).
+    pub extra_env: &'a [(String, String)],
+    /// Linear-memory cap.
+    pub memory_bytes: u64,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// What outbound HTTP may reach.
+    pub outbound: OutboundPolicy,
+    /// Where events the guest publishes go.
+    pub publish: Option<PublishContext>,
+}
+
+/// Where a guest's published events go.
+#[derive(Clone)]
+pub struct PublishContext {
+    /// The router.
+    pub router: Arc<Router>,
+    /// The broker of the event being handled, or `default`.
+    pub broker: String,
+    /// The event being handled, if any: published events carry its id.
+    pub cause: Option<sluice_router::event::CloudEvent>,
 }
 
 impl Drop for Runtime {
@@ -207,6 +237,9 @@ pub struct InvocationState {
     table: ResourceTable,
     limiter: GuestLimiter,
     outbound: OutboundPolicy,
+    publish: Option<PublishContext>,
+    published: u32,
+    max_publish: u32,
 }
 
 impl WasiView for InvocationState {
@@ -233,11 +266,32 @@ impl event_bindings::sluice::function::types::Host for InvocationState {}
 impl event_bindings::sluice::function::publisher::Host for InvocationState {
     async fn publish(
         &mut self,
-        _event: event_bindings::sluice::function::types::CloudEvent,
+        event: event_bindings::sluice::function::types::CloudEvent,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(Err(
-            "publishing events is not available on this server".to_string()
-        ))
+        let Some(context) = self.publish.clone() else {
+            return Ok(Err(
+                "publishing events is not available on this server".to_string()
+            ));
+        };
+        if self.published >= self.max_publish {
+            return Ok(Err(format!(
+                "this call already published {} events, the limit per call",
+                self.max_publish
+            )));
+        }
+        let event = match crate::events::from_wit(event) {
+            Ok(event) => event,
+            Err(error) => return Ok(Err(format!("invalid event ({}): {error}", error.code()))),
+        };
+        self.published += 1;
+        match context
+            .router
+            .publish_from(&context.broker, context.cause.as_ref(), vec![event])
+            .await
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(error) => Ok(Err(error.to_string())),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
+use axum::Router as Routes;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -22,11 +22,14 @@ use serde_json::json;
 use sluice_store::{FunctionRecord, FunctionSettings, Store};
 
 use crate::error::ApiError;
+use crate::events::HostInvoker;
 use crate::functions::{Function, Functions};
+use crate::invoke::CallOptions;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::settings;
+use sluice_router::dispatch::{DispatchLimits, Router};
 
 /// What `sluice serve` needs.
 #[derive(Clone, Debug)]
@@ -45,8 +48,9 @@ pub struct ServeOptions {
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
-    functions: Arc<Functions>,
-    ready: Arc<AtomicBool>,
+    pub(crate) functions: Arc<Functions>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -57,17 +61,27 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let functions = Arc::new(Functions::new(
         runtime,
         store.clone(),
-        metrics,
+        metrics.clone(),
         &options.data_dir.join("artifacts"),
     )?);
+    let limits = DispatchLimits {
+        max_in_flight: options.limits.max_deliveries_in_flight,
+        max_in_flight_per_trigger: options.limits.max_deliveries_per_trigger,
+        max_hops: options.limits.max_event_hops,
+    };
+    let invoker = Arc::new(HostInvoker::new(functions.clone()));
+    let event_router = Router::new(store.clone(), invoker, limits, metrics.registry())?;
+    functions.set_router(event_router.clone());
     if let Some(dir) = &options.examples {
         deploy_examples(&functions, dir).await?;
     }
 
     let state = AppState {
         functions: functions.clone(),
+        router: event_router.clone(),
         ready: Arc::new(AtomicBool::new(false)),
     };
+    let dispatcher = tokio::spawn(event_router.run());
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
@@ -97,6 +111,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await?;
     state.ready.store(false, Ordering::Release);
     reaper.abort();
+    dispatcher.abort();
     store.flush().await?;
     tracing::info!("sluice stopped");
     Ok(())
@@ -156,10 +171,10 @@ async fn deploy_examples(functions: &Functions, dir: &std::path::Path) -> anyhow
 }
 
 /// The router with every route.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Routes {
     let component_limit = usize::try_from(state.functions.runtime().limits().max_component_bytes)
         .unwrap_or(usize::MAX);
-    Router::new()
+    Routes::new()
         .route(
             "/v1/functions/{name}",
             get(get_function)
@@ -175,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fn/{name}", any(call_function_root))
         .route("/fn/{name}/", any(call_function_root))
         .route("/fn/{name}/{*path}", any(call_function))
+        .merge(crate::api_events::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -239,7 +255,11 @@ fn view(record: &FunctionRecord) -> serde_json::Value {
 
 /// Reads a body up to `limit` bytes; 413 past it (before reading it all
 /// when `Content-Length` says so).
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -383,7 +403,7 @@ async fn delete_function(
     Ok(axum::Json(view(&record)).into_response())
 }
 
-async fn loaded(state: &AppState, name: &str) -> Result<Arc<Function>, ApiError> {
+pub(crate) async fn loaded(state: &AppState, name: &str) -> Result<Arc<Function>, ApiError> {
     state
         .functions
         .get(name)
@@ -462,7 +482,11 @@ async fn forward(
         })?;
     let response = state
         .functions
-        .call_http(function, http::Request::from_parts(parts, body))
+        .call_http(
+            function,
+            http::Request::from_parts(parts, body),
+            &CallOptions::default(),
+        )
         .await?;
     let (mut parts, body) = response.into_parts();
     // The body is complete: let the server frame it.

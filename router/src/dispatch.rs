@@ -41,6 +41,12 @@ const BUSY_RECHECK: Duration = Duration::from_millis(20);
 /// Attempts at handing a dead letter to the dead-letter sink.
 const SINK_ATTEMPTS: u32 = 3;
 
+/// Knative's retry rule for HTTP statuses: 404, 408, 409, 429 and 5xx are
+/// retried; every other failure status is not.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 404 | 408 | 409 | 429) || (500..600).contains(&status)
+}
+
 /// A boxed future, as the [`Invoker`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -297,6 +297,27 @@ impl CloudEvent {
         })
     }
 
+    /// Builds and validates an event from attribute (name, value) pairs and
+    /// data bytes, as a function hands them over.
+    pub fn build(
+        attributes: impl IntoIterator<Item = (String, String)>,
+        data: Option<Vec<u8>>,
+    ) -> Result<CloudEvent, EventError> {
+        let mut raw = RawAttributes::default();
+        for (name, value) in attributes {
+            if name == "data" || name == "data_base64" {
+                return Err(EventError::InvalidExtensionName(name));
+            }
+            if raw.values.insert(name.clone(), value).is_some() {
+                return Err(EventError::AttributeType {
+                    name,
+                    expected: "given once",
+                });
+            }
+        }
+        CloudEvent::from_attributes(raw, data.map(Data::Binary))
+    }
+
     /// The value of attribute `name` (core or extension), if present.
     pub fn attribute(&self, name: &str) -> Option<&str> {
         match name {

@@ -1,0 +1,326 @@
+//! HTTP routes of the event router: triggers, event ingress, dead letters.
+//!
+//! `POST /v1/events` and `POST /v1/brokers/{broker}/events` answer 202 only
+//! once every matching delivery is on disk; a store that cannot flush makes
+//! them answer 503, never 202.
+
+use axum::Router as Routes;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde_json::{Value, json};
+use sluice_router::binding;
+use sluice_router::event::{CloudEvent, EventError};
+use sluice_router::trigger::{DEFAULT_BROKER, Trigger, TriggerError};
+
+use crate::error::ApiError;
+use crate::events::{from_wit, to_wit};
+use crate::functions::Function;
+use crate::invoke::CallOptions;
+use crate::runtime::event_bindings::sluice::function::types::HandlerError;
+use crate::server::{AppState, read_body};
+
+/// The router's routes.
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .route("/v1/triggers", get(list_triggers).post(create_trigger))
+        .route(
+            "/v1/triggers/{name}",
+            get(get_trigger).put(put_trigger).delete(delete_trigger),
+        )
+        .route("/v1/events", post(post_default_events))
+        .route("/v1/brokers/{broker}/events", post(post_broker_events))
+        .route("/v1/deadletters", get(list_dead_letters))
+        .route(
+            "/v1/deadletters/{id}",
+            axum::routing::delete(delete_dead_letter),
+        )
+        .route("/v1/deadletters/{id}/replay", post(replay_dead_letter))
+}
+
+impl From<EventError> for ApiError {
+    fn from(error: EventError) -> ApiError {
+        ApiError::bad_request(error.code(), error.to_string())
+    }
+}
+
+impl From<TriggerError> for ApiError {
+    fn from(error: TriggerError) -> ApiError {
+        ApiError::bad_request("invalid_trigger", error.to_string())
+    }
+}
+
+fn trigger_view(state: &AppState, trigger: &Trigger) -> Value {
+    let mut view = trigger.to_json();
+    view["status"] = match state.router.readiness(trigger) {
+        Ok(()) => json!({"ready": true}),
+        Err(reason) => json!({"ready": false, "reason": reason}),
+    };
+    view
+}
+
+async fn json_body(request: Request) -> Result<Value, ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(&parts.headers, body, 1 << 20).await?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::bad_request("malformed_json", format!("invalid JSON body: {error}"))
+    })
+}
+
+async fn list_triggers(State(state): State<AppState>) -> Response {
+    let triggers: Vec<Value> = state
+        .router
+        .triggers()
+        .iter()
+        .map(|t| trigger_view(&state, t))
+        .collect();
+    axum::Json(json!({"triggers": triggers})).into_response()
+}
+
+async fn create_trigger(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let trigger = Trigger::parse(&json_body(request).await?, None)?;
+    if state.router.trigger(&trigger.name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "trigger_exists",
+            format!(
+                "trigger {:?} exists; PUT /v1/triggers/{} replaces it",
+                trigger.name, trigger.name
+            ),
+        ));
+    }
+    state.router.put_trigger(trigger.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(trigger_view(&state, &trigger)),
+    )
+        .into_response())
+}
+
+async fn put_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let trigger = Trigger::parse(&json_body(request).await?, Some(&name))?;
+    let replaced = state.router.put_trigger(trigger.clone()).await?;
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(trigger_view(&state, &trigger))).into_response())
+}
+
+fn trigger_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "trigger_not_found",
+        format!("trigger {name:?} not found"),
+    )
+}
+
+async fn get_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let trigger = state
+        .router
+        .trigger(&name)
+        .ok_or_else(|| trigger_not_found(&name))?;
+    Ok(axum::Json(trigger_view(&state, &trigger)).into_response())
+}
+
+async fn delete_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let trigger = state
+        .router
+        .trigger(&name)
+        .ok_or_else(|| trigger_not_found(&name))?;
+    state.router.delete_trigger(&name).await?;
+    Ok(axum::Json(trigger.to_json()).into_response())
+}
+
+async fn post_default_events(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    ingest(&state, DEFAULT_BROKER, request).await
+}
+
+async fn post_broker_events(
+    State(state): State<AppState>,
+    Path(broker): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if !sluice_store::is_dns_label(&broker) {
+        return Err(ApiError::bad_request(
+            "invalid_broker",
+            format!("{broker:?} is not a broker name (lowercase letters, digits, `-`)"),
+        ));
+    }
+    ingest(&state, &broker, request).await
+}
+
+/// Reads, validates and durably accepts the events of one request.
+async fn ingest(state: &AppState, broker: &str, request: Request) -> Result<Response, ApiError> {
+    let limit = state.functions.runtime().limits().max_event_bytes;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let events = binding::parse_request(&parts.headers, &body)?;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    state
+        .router
+        .publish(broker, events)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "events not accepted");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "events could not be stored; retry later",
+            )
+            .with_retry_after(1)
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": ids.len(), "ids": ids})),
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct DeadLetterQuery {
+    trigger: Option<String>,
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Response, ApiError> {
+    let letters: Vec<Value> = state
+        .router
+        .store()
+        .dead_letters()?
+        .into_iter()
+        .filter(|l| query.trigger.as_ref().is_none_or(|t| *t == l.trigger))
+        .map(|l| {
+            json!({
+                "id": l.id.to_string(),
+                "broker": l.broker,
+                "trigger": l.trigger,
+                "attempts": l.attempts,
+                "reason": l.reason,
+                "time": l.time,
+                "event": serde_json::from_str::<Value>(&l.event).unwrap_or(Value::String(l.event.clone())),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"deadletters": letters})).into_response())
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "dead_letter_not_found",
+            format!("dead letter {id:?} not found"),
+        )
+    })
+}
+
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !state.router.replay(parse_id(&id)?).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "dead_letter_not_found",
+            format!("dead letter {id:?} not found"),
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"replayed": id}))).into_response())
+}
+
+async fn delete_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !state
+        .router
+        .store()
+        .delete_dead_letter(parse_id(&id)?)
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "dead_letter_not_found",
+            format!("dead letter {id:?} not found"),
+        ));
+    }
+    Ok(axum::Json(json!({"deleted": id})).into_response())
+}
+
+/// `POST /v1/functions/{name}/invoke` of an event function: the body is a
+/// CloudEvent in any mode; the answer lists the replies (not routed).
+pub async fn invoke_event_function(
+    state: &AppState,
+    function: &std::sync::Arc<Function>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.functions.runtime().limits().max_event_bytes;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let mut events = binding::parse_request(&parts.headers, &body)?;
+    if events.len() != 1 {
+        return Err(ApiError::bad_request(
+            "one_event",
+            "invoke takes exactly one event; post batches to /v1/events",
+        ));
+    }
+    let event = events.remove(0);
+    let answer = state
+        .functions
+        .call_event(
+            function,
+            to_wit(&event),
+            &CallOptions {
+                cause: Some(event.clone()),
+                ..CallOptions::default()
+            },
+        )
+        .await?;
+    match answer {
+        Ok(replies) => {
+            let replies: Vec<Value> = replies
+                .into_iter()
+                .map(|reply| match from_wit(reply) {
+                    Ok(reply) => reply_json(&reply),
+                    Err(error) => json!({"invalid": error.to_string()}),
+                })
+                .collect();
+            Ok(axum::Json(json!({"replies": replies})).into_response())
+        }
+        Err(HandlerError::Retryable(reason)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "guest_error",
+            format!("the function failed (retryable): {reason}"),
+        )),
+        Err(HandlerError::Permanent(reason)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guest_error",
+            format!("the function failed (permanent): {reason}"),
+        )),
+    }
+}
+
+fn reply_json(event: &CloudEvent) -> Value {
+    serde_json::from_str(&event.to_json()).unwrap_or(Value::Null)
+}

@@ -1,0 +1,249 @@
+//! How the router reaches functions: the host's [`Invoker`], and the
+//! conversion between the router's CloudEvent and the WIT record.
+//!
+//! An event function gets the typed record; a `wasi:http` function gets a
+//! binary-mode POST, as Knative delivers it; an external sink gets the same
+//! POST over the network. HTTP outcomes follow Knative: a 2xx acknowledges
+//! (and a CloudEvent in it is a reply), 404, 408, 409, 429 and 5xx are
+//! retried, other statuses are not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_router::binding;
+use sluice_router::dispatch::{BoxFuture, DeliveryContext, Invoker, Outcome, is_retryable_status};
+use sluice_router::event::{CloudEvent, EventError};
+use sluice_router::trigger::Destination;
+use sluice_store::World;
+
+use crate::functions::Functions;
+use crate::invoke::CallOptions;
+use crate::runtime::event_bindings::sluice::function::types as wit;
+
+/// Timeout of a delivery to an external sink when the trigger sets none.
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The router's event as the WIT record.
+pub fn to_wit(event: &CloudEvent) -> wit::CloudEvent {
+    wit::CloudEvent {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        specversion: event.specversion.clone(),
+        type_: event.ty.clone(),
+        datacontenttype: event.datacontenttype.clone(),
+        dataschema: event.dataschema.clone(),
+        subject: event.subject.clone(),
+        time: event.time.clone(),
+        extensions: event
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        data: event.data_bytes(),
+    }
+}
+
+/// A WIT record from a guest, validated like any incoming event.
+pub fn from_wit(event: wit::CloudEvent) -> Result<CloudEvent, EventError> {
+    let mut attributes = vec![
+        ("id".to_string(), event.id),
+        ("source".to_string(), event.source),
+        ("specversion".to_string(), event.specversion),
+        ("type".to_string(), event.type_),
+    ];
+    let optional = [
+        ("datacontenttype", event.datacontenttype),
+        ("dataschema", event.dataschema),
+        ("subject", event.subject),
+        ("time", event.time),
+    ];
+    attributes.extend(
+        optional
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?))),
+    );
+    attributes.extend(event.extensions);
+    CloudEvent::build(attributes, event.data)
+}
+
+/// Delivers events to functions and external sinks.
+pub struct HostInvoker {
+    functions: Arc<Functions>,
+    http: reqwest::Client,
+}
+
+impl HostInvoker {
+    /// An invoker over `functions`.
+    pub fn new(functions: Arc<Functions>) -> HostInvoker {
+        HostInvoker {
+            functions,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn to_function(
+        &self,
+        name: &str,
+        event: &CloudEvent,
+        context: DeliveryContext,
+    ) -> Outcome {
+        let function = match self.functions.get(name).await {
+            Ok(Some(function)) => function,
+            Ok(None) => {
+                return Outcome::Failed {
+                    retryable: true,
+                    code: Some(404),
+                    reason: format!("function {name:?} not found"),
+                };
+            }
+            Err(error) => {
+                return Outcome::Failed {
+                    retryable: true,
+                    code: Some(503),
+                    reason: format!("function {name:?} could not be loaded: {error}"),
+                };
+            }
+        };
+        let options = CallOptions {
+            timeout: context.timeout,
+            broker: Some(context.broker.clone()),
+            cause: Some(event.clone()),
+            attempt: Some(context.attempt),
+        };
+        match function.record.world {
+            World::Event => match self.functions.call_event(&function, to_wit(event), &options).await {
+                Ok(Ok(replies)) => Outcome::Delivered(
+                    replies
+                        .into_iter()
+                        .filter_map(|reply| match from_wit(reply) {
+                            Ok(reply) => Some(reply),
+                            Err(error) => {
+                                tracing::warn!(function = %name, %error, "dropped an invalid reply event");
+                                None
+                            }
+                        })
+                        .collect(),
+                ),
+                Ok(Err(wit::HandlerError::Retryable(reason))) => Outcome::Failed {
+                    retryable: true,
+                    code: Some(500),
+                    reason,
+                },
+                Ok(Err(wit::HandlerError::Permanent(reason))) => Outcome::Failed {
+                    retryable: false,
+                    code: Some(400),
+                    reason,
+                },
+                Err(error) => Outcome::Failed {
+                    retryable: error.is_retryable(),
+                    code: Some(error.status().as_u16()),
+                    reason: error.to_string(),
+                },
+            },
+            World::Http => {
+                let (headers, body) = binding::to_binary(event);
+                let mut request = http::Request::post("http://localhost/");
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let request = match request.body(Bytes::from(body)) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        return Outcome::Failed {
+                            retryable: false,
+                            code: Some(400),
+                            reason: format!("the event cannot be sent as HTTP headers: {error}"),
+                        };
+                    }
+                };
+                match self.functions.call_http(&function, request, &options).await {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        http_outcome(parts.status.as_u16(), &parts.headers, &body, name)
+                    }
+                    Err(error) => Outcome::Failed {
+                        retryable: error.is_retryable(),
+                        code: Some(error.status().as_u16()),
+                        reason: error.to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn to_uri(&self, uri: &str, event: &CloudEvent, context: DeliveryContext) -> Outcome {
+        let (headers, body) = binding::to_binary(event);
+        let mut request = self
+            .http
+            .post(uri)
+            .timeout(context.timeout.unwrap_or(DEFAULT_SINK_TIMEOUT))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                http_outcome(status, &headers, &body, uri)
+            }
+            Err(error) => Outcome::Failed {
+                retryable: true,
+                code: error.status().map(|s| s.as_u16()),
+                reason: format!("sending to {uri} failed: {error}"),
+            },
+        }
+    }
+}
+
+/// Knative's reading of an HTTP answer to a delivery.
+fn http_outcome(status: u16, headers: &http::HeaderMap, body: &[u8], destination: &str) -> Outcome {
+    if (200..300).contains(&status) {
+        let carries_event = headers.contains_key("ce-specversion")
+            || binding::mode(headers) != binding::Mode::Binary;
+        if !carries_event {
+            return Outcome::Delivered(Vec::new());
+        }
+        return match binding::parse_request(headers, body) {
+            Ok(replies) => Outcome::Delivered(replies),
+            Err(error) => {
+                tracing::warn!(%destination, %error, "dropped an invalid reply event");
+                Outcome::Delivered(Vec::new())
+            }
+        };
+    }
+    Outcome::Failed {
+        retryable: is_retryable_status(status),
+        code: Some(status),
+        reason: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+impl Invoker for HostInvoker {
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a Destination,
+        event: &'a CloudEvent,
+        context: DeliveryContext,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match destination {
+                Destination::Function(name) => self.to_function(name, event, context).await,
+                Destination::Uri(uri) => self.to_uri(uri, event, context).await,
+            }
+        })
+    }
+
+    fn check(&self, destination: &Destination) -> Result<(), String> {
+        match destination {
+            Destination::Function(name) => match self.functions.store().function(name) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("function {name:?} does not exist")),
+                Err(error) => Err(format!("function {name:?} cannot be read: {error}")),
+            },
+            Destination::Uri(_) => Ok(()),
+        }
+    }
+}
