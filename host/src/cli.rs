@@ -25,6 +25,138 @@ pub enum Command {
     /// Manage and call functions.
     #[command(name = "fn", subcommand)]
     Function(FunctionCommand),
+    /// Manage triggers.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// Send events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Inspect and redrive dead letters.
+    #[command(name = "deadletter", subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+/// `sluice trigger ...`
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[derive(Debug, Subcommand)]
+pub enum TriggerCommand {
+    /// Create or replace a trigger.
+    Create {
+        /// Trigger name.
+        name: String,
+        /// Function that receives matching events.
+        #[arg(long, conflicts_with = "uri", required_unless_present = "uri")]
+        function: Option<String>,
+        /// External sink URL that receives matching events.
+        #[arg(long)]
+        uri: Option<String>,
+        /// Broker whose events it sees.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        /// Exact attribute match, ATTR=VALUE (repeatable, ANDed).
+        #[arg(long = "filter", value_name = "ATTR=VALUE")]
+        filters: Vec<String>,
+        /// Attribute prefix match, ATTR=PREFIX (repeatable, ANDed).
+        #[arg(long = "prefix", value_name = "ATTR=PREFIX")]
+        prefixes: Vec<String>,
+        /// Attribute suffix match, ATTR=SUFFIX (repeatable, ANDed).
+        #[arg(long = "suffix", value_name = "ATTR=SUFFIX")]
+        suffixes: Vec<String>,
+        /// Retries after the first attempt.
+        #[arg(long)]
+        retry: Option<u32>,
+        /// Backoff policy: exponential or linear.
+        #[arg(long)]
+        backoff_policy: Option<String>,
+        /// Backoff base delay, ISO 8601 (PT0.2S).
+        #[arg(long)]
+        backoff_delay: Option<String>,
+        /// Function that receives events whose delivery failed for good.
+        #[arg(long)]
+        dead_letter: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List triggers.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one trigger.
+    Get {
+        /// Trigger name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a trigger.
+    Delete {
+        /// Trigger name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice event ...`
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send one event (binary mode).
+    Send {
+        /// `type` attribute.
+        #[arg(long = "type")]
+        ty: String,
+        /// `source` attribute.
+        #[arg(long)]
+        source: String,
+        /// `id` attribute (default: a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+        /// `subject` attribute.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Extension attribute, NAME=VALUE (repeatable).
+        #[arg(long = "ext", value_name = "NAME=VALUE")]
+        extensions: Vec<String>,
+        /// Data: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Media type of the data.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Broker to send to.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice deadletter ...`
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters.
+    List {
+        /// Only those of this trigger.
+        #[arg(long)]
+        trigger: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Redeliver a dead letter to its trigger.
+    Replay {
+        /// Dead letter id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Discard a dead letter.
+    Delete {
+        /// Dead letter id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `sluice serve` flags.

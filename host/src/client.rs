@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{ClientArgs, FunctionCommand};
+use crate::cli::{ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, TriggerCommand};
 
 struct Client {
     base: String,
@@ -192,6 +192,225 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&bytes)?;
             stdout.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn pair(spec: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => bail!("{flag} {spec:?} is not NAME=VALUE"),
+    }
+}
+
+/// Runs one `sluice trigger` command.
+pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> {
+    match command {
+        TriggerCommand::Create {
+            name,
+            function,
+            uri,
+            broker,
+            filters,
+            prefixes,
+            suffixes,
+            retry,
+            backoff_policy,
+            backoff_delay,
+            dead_letter,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let mut attributes = serde_json::Map::new();
+            for spec in &filters {
+                let (k, v) = pair(spec, "--filter")?;
+                attributes.insert(k, v.into());
+            }
+            let mut dialects = Vec::new();
+            for (flag, dialect, specs) in [
+                ("--prefix", "prefix", &prefixes),
+                ("--suffix", "suffix", &suffixes),
+            ] {
+                for spec in specs {
+                    let (k, v) = pair(spec, flag)?;
+                    dialects.push(serde_json::json!({ dialect: { k: v } }));
+                }
+            }
+            let subscriber = match (function, uri) {
+                (Some(f), _) => serde_json::json!({"function": f}),
+                (None, Some(u)) => serde_json::json!({"uri": u}),
+                (None, None) => bail!("give --function or --uri"),
+            };
+            let mut delivery = serde_json::Map::new();
+            if let Some(retry) = retry {
+                delivery.insert("retry".into(), retry.into());
+            }
+            if let Some(policy) = backoff_policy {
+                delivery.insert("backoffPolicy".into(), policy.into());
+            }
+            if let Some(delay) = backoff_delay {
+                delivery.insert("backoffDelay".into(), delay.into());
+            }
+            if let Some(dl) = dead_letter {
+                delivery.insert("deadLetterSink".into(), serde_json::json!({"function": dl}));
+            }
+            let body = serde_json::json!({
+                "name": name,
+                "broker": broker,
+                "filter": {"attributes": attributes},
+                "filters": dialects,
+                "subscriber": subscriber,
+                "delivery": delivery,
+            });
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/triggers/{name}")))
+                .json(&body);
+            let trigger: serde_json::Value = client.send(request).await?.json().await?;
+            print_json(&trigger)
+        }
+        TriggerCommand::List { client } => {
+            let client = Client::new(&client);
+            let list: serde_json::Value = client
+                .send(client.http.get(client.url("/v1/triggers")))
+                .await?
+                .json()
+                .await?;
+            let triggers = list["triggers"].as_array().cloned().unwrap_or_default();
+            if triggers.is_empty() {
+                println!("no triggers");
+            }
+            for t in triggers {
+                let ready = if t["status"]["ready"] == true {
+                    "ready".to_string()
+                } else {
+                    format!(
+                        "not ready: {}",
+                        t["status"]["reason"].as_str().unwrap_or_default()
+                    )
+                };
+                println!(
+                    "{:<32} {:<12} -> {:<32} {}",
+                    t["name"].as_str().unwrap_or_default(),
+                    t["broker"].as_str().unwrap_or_default(),
+                    t["subscriber"].to_string(),
+                    ready
+                );
+            }
+            Ok(())
+        }
+        TriggerCommand::Get { name, client } => {
+            let client = Client::new(&client);
+            let t: serde_json::Value = client
+                .send(client.http.get(client.url(&format!("/v1/triggers/{name}"))))
+                .await?
+                .json()
+                .await?;
+            print_json(&t)
+        }
+        TriggerCommand::Delete { name, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/triggers/{name}"))),
+                )
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice event` command.
+pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
+    match command {
+        EventCommand::Send {
+            ty,
+            source,
+            id,
+            subject,
+            extensions,
+            data,
+            content_type,
+            broker,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let id = id.unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("{nanos:x}-{}", std::process::id())
+            });
+            let path = if broker == "default" {
+                "/v1/events".to_string()
+            } else {
+                format!("/v1/brokers/{broker}/events")
+            };
+            let encode = sluice_router::binding::percent_encode;
+            let mut request = client
+                .http
+                .post(client.url(&path))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", encode(&id))
+                .header("ce-type", encode(&ty))
+                .header("ce-source", encode(&source))
+                .header("content-type", content_type);
+            if let Some(subject) = subject {
+                request = request.header("ce-subject", encode(&subject));
+            }
+            for spec in &extensions {
+                let (k, v) = pair(spec, "--ext")?;
+                request = request.header(format!("ce-{k}"), encode(&v));
+            }
+            let answer: serde_json::Value = client
+                .send(request.body(read_data(data.as_deref())?))
+                .await?
+                .json()
+                .await?;
+            println!("accepted event {id} ({} accepted)", answer["accepted"]);
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice deadletter` command.
+pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List { trigger, client } => {
+            let client = Client::new(&client);
+            let mut request = client.http.get(client.url("/v1/deadletters"));
+            if let Some(trigger) = trigger {
+                request = request.query(&[("trigger", trigger)]);
+            }
+            let list: serde_json::Value = client.send(request).await?.json().await?;
+            print_json(&list)
+        }
+        DeadLetterCommand::Replay { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .post(client.url(&format!("/v1/deadletters/{id}/replay"))),
+                )
+                .await?;
+            println!("replaying {id}");
+            Ok(())
+        }
+        DeadLetterCommand::Delete { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/deadletters/{id}"))),
+                )
+                .await?;
+            println!("deleted {id}");
             Ok(())
         }
     }

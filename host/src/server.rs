@@ -417,6 +417,9 @@ async fn invoke_function(
     request: Request,
 ) -> Result<Response, ApiError> {
     let function = loaded(&state, &name).await?;
+    if function.record.world == sluice_store::World::Event {
+        return crate::api_events::invoke_event_function(&state, &function, request).await;
+    }
     let query = request
         .uri()
         .query()

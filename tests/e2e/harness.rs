@@ -188,3 +188,175 @@ pub fn error_message(body: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// One request an external sink received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Headers, lowercase names.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// Header `name`, percent-decoded as the CloudEvents binding says.
+    pub fn ce(&self, name: &str) -> Option<String> {
+        let raw = self.headers.get(&format!("ce-{name}"))?;
+        let bytes = raw.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        Some(String::from_utf8(out).unwrap())
+    }
+}
+
+/// An external HTTP sink on 127.0.0.1 that records what it receives and
+/// answers 200, or a given status for the first `fail_first` requests.
+pub struct Sink {
+    /// Base URL.
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// Starts a sink.
+    pub async fn start() -> Sink {
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let log = received.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap()
+                    .to_vec();
+                let headers = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                log.lock().unwrap().push(Received {
+                    path: parts.uri.path().to_string(),
+                    headers,
+                    body,
+                });
+                http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Sink {
+            url,
+            received,
+            task,
+        }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (within 30 s) and returns all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sink got {} of {n} requests: {got:#?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    /// `POST path` with a JSON body; returns status and body text.
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, String) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Creates a trigger and asserts success.
+    pub async fn trigger(&self, body: serde_json::Value) {
+        let (status, text) = self.post_json("/v1/triggers", body).await;
+        assert_eq!(status, 201, "{text}");
+    }
+
+    /// Posts one binary-mode event to `/v1/events`; returns the status.
+    pub async fn send_event(&self, id: &str, ty: &str, extra: &[(&str, &str)], body: &[u8]) -> u16 {
+        let mut request = self
+            .http
+            .post(self.url("/v1/events"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/e2e")
+            .header("ce-type", ty);
+        for (k, v) in extra {
+            request = request.header(*k, *v);
+        }
+        request
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

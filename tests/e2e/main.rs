@@ -5,3 +5,4 @@
 mod cli;
 mod functions;
 mod harness;
+mod router;

@@ -1,5 +1,7 @@
-//! `event-echo`: an event function that replies with one event carrying the
-//! same data, its type suffixed with `.echo`.
+//! `event-echo`: an event function that replies with one event carrying every
+//! attribute and the data of the event it got, byte for byte, except `id`
+//! (suffixed `-echo`) and `type` (suffixed `.echo`). Events whose type already
+//! ends in `.echo` get no reply, so it never loops on its own replies.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -16,18 +18,9 @@ impl Guest for EventEcho {
         if event.type_.ends_with(".echo") {
             return Ok(Vec::new());
         }
-        Ok(vec![CloudEvent {
-            id: format!("{}-echo", event.id),
-            source: "sluice/event-echo".to_string(),
-            specversion: "1.0".to_string(),
-            type_: format!("{}.echo", event.type_),
-            datacontenttype: event.datacontenttype.clone(),
-            dataschema: None,
-            subject: event.subject.clone(),
-            time: None,
-            extensions: Vec::new(),
-            data: event.data,
-        }])
+        let id = format!("{}-echo", event.id);
+        let type_ = format!("{}.echo", event.type_);
+        Ok(vec![CloudEvent { id, type_, ..event }])
     }
 }
 

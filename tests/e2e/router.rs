@@ -1,0 +1,730 @@
+//! The event router end to end: ingress validation, fan-out, replies,
+//! chains, retries, dead letters, restart and crash recovery.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+use sluice_test_artifacts as guests;
+
+use crate::harness::{Received, Server, Sink, error_code};
+
+fn sink_trigger(
+    name: &str,
+    sink: &Sink,
+    path: &str,
+    filters: serde_json::Value,
+) -> serde_json::Value {
+    json!({"name": name, "filters": filters, "subscriber": {"uri": format!("{}{path}", sink.url)}})
+}
+
+#[tokio::test]
+async fn fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    server
+        .deploy_ok("order-processor", guests::ORDER_PROCESSOR, "")
+        .await;
+    server.deploy_ok("inventory", guests::INVENTORY, "").await;
+    for (name, function) in [("orders", "order-processor"), ("stock", "inventory")] {
+        server
+            .trigger(json!({
+                "name": name,
+                "filter": {"attributes": {"type": "com.example.order.created"}},
+                "subscriber": {"function": function},
+            }))
+            .await;
+    }
+    server
+        .trigger(sink_trigger(
+            "replies",
+            &sink,
+            "/replies",
+            json!([{"any": [{"exact": {"type": "com.example.order.processed"}}, {"exact": {"type": "com.example.inventory.reserved"}}]}]),
+        ))
+        .await;
+
+    let status = server
+        .send_event(
+            "order-1",
+            "com.example.order.created",
+            &[
+                ("content-type", "application/json"),
+                ("ce-subject", "cart-9"),
+            ],
+            br#"{"sku":"A1","qty":2}"#,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = sink.wait_for(2).await;
+    let types: BTreeSet<String> = got.iter().map(|r| r.ce("type").unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "com.example.inventory.reserved",
+            "com.example.order.processed"
+        ]
+        .map(String::from)
+        .into()
+    );
+    for reply in &got {
+        assert_eq!(reply.body, br#"{"sku":"A1","qty":2}"#);
+        assert_eq!(reply.ce("subject").as_deref(), Some("cart-9"));
+        assert_eq!(
+            reply.ce("sluicecause").as_deref(),
+            Some("order-1"),
+            "a reply carries its cause"
+        );
+        assert_eq!(reply.ce("sluicehops").as_deref(), Some("1"));
+    }
+    // A non-matching event reaches nobody.
+    assert_eq!(
+        server
+            .send_event("x-1", "com.example.unrelated", &[], b"")
+            .await,
+        202
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.received().len(),
+        2,
+        "each subscriber got the event once, and nothing else arrived"
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"sluice_trigger_delivered_total{trigger="orders"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_trigger_delivered_total{trigger="stock"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_events_unmatched_total{broker="default"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn attributes_and_data_arrive_at_the_guest_byte_identical() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;
+    server
+        .trigger(json!({"name": "echo", "filters": [{"prefix": {"type": "rt."}}, {"not": {"suffix": {"type": ".echo"}}}], "subscriber": {"function": "event-echo"}}))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "out",
+            &sink,
+            "/",
+            json!([{"suffix": {"type": ".echo"}}]),
+        ))
+        .await;
+
+    // Binary mode, non-UTF-8 data, percent-encoded unicode, every optional attribute.
+    let data: Vec<u8> = vec![0, 159, 146, 150, 255, b'\n', b'x'];
+    let status = server
+        .send_event(
+            "rt-1",
+            "rt.binary",
+            &[
+                ("content-type", "application/octet-stream"),
+                ("ce-subject", "caf%C3%A9 %25 %22q%22"),
+                ("ce-time", "2026-11-22T10:00:00.123+01:00"),
+                ("ce-dataschema", "https://example.com/schema.json"),
+                ("ce-myext", "Mixed Case value"),
+            ],
+            &data,
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Structured mode: JSON data with its own spacing must survive as is.
+    let structured = r#"{"specversion":"1.0","id":"rt-2","source":"/e2e","type":"rt.structured","datacontenttype":"application/json","data":{ "a" : [1,  2.50, "ü"] }}"#;
+    let response = server
+        .http()
+        .post(server.url("/v1/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(structured)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let got = sink.wait_for(2).await;
+    let by_id: BTreeMap<String, &Received> = got.iter().map(|r| (r.ce("id").unwrap(), r)).collect();
+    let binary = by_id["rt-1-echo"];
+    assert_eq!(binary.body, data);
+    assert_eq!(binary.headers["content-type"], "application/octet-stream");
+    assert_eq!(binary.ce("subject").as_deref(), Some("café % \"q\""));
+    assert_eq!(
+        binary.ce("time").as_deref(),
+        Some("2026-11-22T10:00:00.123+01:00")
+    );
+    assert_eq!(
+        binary.ce("dataschema").as_deref(),
+        Some("https://example.com/schema.json")
+    );
+    assert_eq!(binary.ce("myext").as_deref(), Some("Mixed Case value"));
+    assert_eq!(binary.ce("source").as_deref(), Some("/e2e"));
+    let structured = by_id["rt-2-echo"];
+    assert_eq!(structured.body, r#"{ "a" : [1,  2.50, "ü"] }"#.as_bytes());
+}
+
+#[tokio::test]
+async fn a_chain_of_three_functions_linked_by_published_events_completes() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    for step in 1..=3 {
+        server
+            .deploy_ok(
+                &format!("step{step}"),
+                guests::CHAIN_STEP,
+                &format!("env=STEP={step}"),
+            )
+            .await;
+        server
+            .trigger(json!({
+                "name": format!("to-step{step}"),
+                "filter": {"attributes": {"type": format!("com.example.chain.step{step}")}},
+                "subscriber": {"function": format!("step{step}")},
+            }))
+            .await;
+    }
+    server
+        .trigger(sink_trigger(
+            "done",
+            &sink,
+            "/done",
+            json!([{"exact": {"type": "com.example.chain.completed"}}]),
+        ))
+        .await;
+    assert_eq!(
+        server
+            .send_event(
+                "job-7",
+                "com.example.chain.step1",
+                &[("content-type", "text/plain")],
+                b"payload"
+            )
+            .await,
+        202
+    );
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].ce("id").as_deref(), Some("job-7-s1-s2-s3"));
+    assert_eq!(got[0].ce("sluicehops").as_deref(), Some("3"));
+    assert_eq!(got[0].ce("sluicecause").as_deref(), Some("job-7-s1-s2"));
+    assert_eq!(got[0].body, b"payload");
+}
+
+#[tokio::test]
+async fn retries_follow_the_trigger_policy_then_dead_letter_and_replay() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    // k = 2 failures, R = 3 retries: k + 1 = 3 attempts, then success.
+    server
+        .deploy_ok("flaky", guests::FLAKY, "env=FAIL_FIRST=2")
+        .await;
+    server
+        .trigger(json!({"name": "flaky", "filter": {"attributes": {"type": "job"}}, "subscriber": {"function": "flaky"},
+                        "delivery": {"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}}))
+        .await;
+    // k = 5 failures, R = 2 retries: R + 1 = 3 attempts, then a dead letter.
+    server
+        .deploy_ok("doomed", guests::FLAKY, "env=FAIL_FIRST=5")
+        .await;
+    server
+        .trigger(json!({"name": "doomed", "filter": {"attributes": {"type": "doomed-job"}}, "subscriber": {"function": "doomed"},
+                        "delivery": {"retry": 2, "backoffDelay": "PT0.05S", "deadLetterSink": {"uri": format!("{}/dlq", sink.url)}}}))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "ok",
+            &sink,
+            "/ok",
+            json!([{"exact": {"type": "com.example.flaky.succeeded"}}]),
+        ))
+        .await;
+
+    assert_eq!(server.send_event("j1", "job", &[], b"").await, 202);
+    assert_eq!(server.send_event("j2", "doomed-job", &[], b"").await, 202);
+    let got = sink.wait_for(2).await;
+    let ok = got
+        .iter()
+        .find(|r| r.path == "/ok")
+        .expect("the flaky job succeeded");
+    assert_eq!(ok.ce("subject").as_deref(), Some("j1"));
+    assert_eq!(ok.body, b"3", "succeeded on attempt k + 1");
+    let dlq = got
+        .iter()
+        .find(|r| r.path == "/dlq")
+        .expect("the dead letter reached the sink");
+    assert_eq!(dlq.ce("id").as_deref(), Some("j2"));
+    assert_eq!(dlq.ce("knativeerrordest").as_deref(), Some("doomed"));
+    assert_eq!(dlq.ce("knativeerrorcode").as_deref(), Some("500"));
+    assert!(
+        dlq.ce("knativeerrordata").unwrap().contains("attempt 3"),
+        "{dlq:?}"
+    );
+
+    let (_, letters) = server.get("/v1/deadletters?trigger=doomed").await;
+    let letters: serde_json::Value = serde_json::from_str(&letters).unwrap();
+    let letters = letters["deadletters"].as_array().unwrap().clone();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["attempts"], 3, "R + 1 attempts");
+    let (_, none) = server.get("/v1/deadletters?trigger=flaky").await;
+    assert_eq!(none, r#"{"deadletters":[]}"#);
+
+    // Fix the function, replay the dead letter: it is delivered.
+    let response = server
+        .http()
+        .patch(server.url("/v1/functions/doomed"))
+        .body(r#"{"env": {"FAIL_FIRST": "0"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = letters[0]["id"].as_str().unwrap();
+    let (status, body) = server
+        .post_json(&format!("/v1/deadletters/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = sink.wait_for(3).await;
+    let replayed = got
+        .iter()
+        .filter(|r| r.path == "/ok")
+        .find(|r| r.ce("subject").as_deref() == Some("j2"));
+    assert!(replayed.is_some(), "{got:#?}");
+    let (_, after) = server.get("/v1/deadletters").await;
+    assert_eq!(after, r#"{"deadletters":[]}"#);
+    let (status, _) = server
+        .post_json(&format!("/v1/deadletters/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(status, 404, "a dead letter replays once");
+}
+
+#[tokio::test]
+async fn permanent_failures_are_dead_lettered_without_retries() {
+    let server = Server::start();
+    server.deploy_ok("flaky", guests::FLAKY, "").await;
+    server
+        .trigger(json!({"name": "p", "filter": {"attributes": {"type": "x.permanent"}}, "subscriber": {"function": "flaky"},
+                        "delivery": {"retry": 5, "backoffDelay": "PT5S"}}))
+        .await;
+    assert_eq!(server.send_event("p1", "x.permanent", &[], b"").await, 202);
+    let letters = crate::harness::eventually(std::time::Duration::from_secs(10), || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let letters = v["deadletters"].as_array().unwrap().clone();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters[0]["attempts"], 1);
+    assert_eq!(letters[0]["event"]["knativeerrorcode"], "400");
+}
+
+#[tokio::test]
+async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
+    let server = Server::start_with(&["--max-event-bytes", "4096"]);
+    let sink = Sink::start().await;
+    server
+        .trigger(sink_trigger("all", &sink, "/", json!([])))
+        .await;
+    let binary = |headers: &[(&str, &str)]| {
+        let mut all: Vec<(String, String)> = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in headers {
+            all.retain(|(name, _)| name != k);
+            if !v.is_empty() || *k == "ce-id" || *k == "ce-type" {
+                all.push((k.to_string(), v.to_string()));
+            }
+        }
+        all
+    };
+    type Headers = Vec<(String, String)>;
+    let cases: Vec<(&str, Headers, &str)> = vec![
+        (
+            "binary_mode_missing_ce_id_is_400",
+            binary(&[])
+                .into_iter()
+                .filter(|(k, _)| k != "ce-id")
+                .collect(),
+            "missing_attribute",
+        ),
+        (
+            "binary_mode_missing_ce_source_is_400",
+            binary(&[])
+                .into_iter()
+                .filter(|(k, _)| k != "ce-source")
+                .collect(),
+            "missing_attribute",
+        ),
+        (
+            "binary_mode_empty_ce_type_is_400",
+            binary(&[("ce-type", "")]),
+            "empty_attribute",
+        ),
+        (
+            "binary_mode_specversion_0_3_is_400",
+            binary(&[("ce-specversion", "0.3")]),
+            "unsupported_specversion",
+        ),
+        (
+            "binary_mode_source_not_a_uri_reference_is_400",
+            binary(&[("ce-source", "a%20b c")]),
+            "invalid_source",
+        ),
+        (
+            "binary_mode_time_not_rfc3339_is_400",
+            binary(&[("ce-time", "yesterday")]),
+            "invalid_time",
+        ),
+        (
+            "binary_mode_extension_name_not_lowercase_alnum_is_400",
+            binary(&[("ce-my_ext", "v")]),
+            "invalid_extension_name",
+        ),
+        (
+            "binary_mode_invalid_utf8_after_decoding_is_400",
+            binary(&[("ce-subject", "%C3%28")]),
+            "invalid_utf8",
+        ),
+        (
+            "binary_mode_bad_percent_encoding_is_400",
+            binary(&[("ce-subject", "50%")]),
+            "invalid_percent_encoding",
+        ),
+        (
+            "binary_mode_without_ce_headers_is_400",
+            vec![],
+            "not_a_cloudevent",
+        ),
+    ];
+    for (name, headers, code) in cases {
+        let mut request = server.http().post(server.url("/v1/events"));
+        for (k, v) in &headers {
+            request = request.header(k, v);
+        }
+        let response = request.body("{}").send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (400, code),
+            "{name}: {body}"
+        );
+    }
+
+    let structured = |body: &str| {
+        server
+            .http()
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/cloudevents+json")
+            .body(body.to_string())
+            .send()
+    };
+    let cases = [
+        (
+            "structured_mode_missing_id_is_400",
+            r#"{"specversion":"1.0","source":"/s","type":"t"}"#,
+            "missing_attribute",
+        ),
+        (
+            "structured_mode_empty_id_is_400",
+            r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#,
+            "empty_attribute",
+        ),
+        (
+            "structured_mode_numeric_type_is_400",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":7}"#,
+            "invalid_attribute_type",
+        ),
+        (
+            "structured_mode_data_and_data_base64_is_400",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#,
+            "data_and_data_base64",
+        ),
+        (
+            "structured_mode_invalid_base64_is_400",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"*"}"#,
+            "invalid_data_base64",
+        ),
+        (
+            "structured_mode_malformed_json_is_400",
+            r#"{"specversion":"1.0""#,
+            "malformed_json",
+        ),
+        (
+            "structured_mode_bad_extension_name_is_400",
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Ext":"v"}"#,
+            "invalid_extension_name",
+        ),
+    ];
+    for (name, body, code) in cases {
+        let response = structured(body).await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(
+            (status, error_code(&text).as_str()),
+            (400, code),
+            "{name}: {text}"
+        );
+    }
+
+    let batch = |body: &str| {
+        server
+            .http()
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(body.to_string())
+            .send()
+    };
+    let response = batch("[]").await.unwrap();
+    assert_eq!(response.status(), 400, "batch_mode_empty_array_is_400");
+    assert_eq!(error_code(&response.text().await.unwrap()), "empty_batch");
+    let response = batch(r#"[{"specversion":"1.0","id":"b1","source":"/s","type":"t"},{"specversion":"1.0","id":"","source":"/s","type":"t"}]"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "batch_mode_is_all_or_nothing");
+    let response = batch(r#"[{"specversion":"1.0","id":"b2","source":"/s","type":"t"},{"specversion":"1.0","id":"b3","source":"/s","type":"t"}]"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let response = server
+        .http()
+        .post(server.url("/v1/events"))
+        .header("ce-specversion", "1.0")
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413, "body_over_the_cap_is_413");
+    for method in [reqwest::Method::GET, reqwest::Method::PUT] {
+        let response = server
+            .http()
+            .request(method.clone(), server.url("/v1/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method}_on_ingress_is_405");
+    }
+    let response = server
+        .http()
+        .post(server.url("/v1/brokers/Not_A_Broker/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Only the valid batch got through: b2 and b3, nothing of the rejected one.
+    let got = sink.wait_for(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let ids: BTreeSet<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.ce("id").unwrap())
+        .collect();
+    assert_eq!(ids, ["b2", "b3"].map(String::from).into(), "{got:?}");
+}
+
+#[tokio::test]
+async fn triggers_validate_report_readiness_and_survive_restart() {
+    let mut server = Server::start();
+    let (status, body) = server
+        .post_json(
+            "/v1/triggers",
+            json!({"name": "bad", "filters": [{"exact": {}}], "subscriber": {"function": "f"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "invalid_trigger"),
+        "{body}"
+    );
+    assert!(body.contains("filters[0].exact"), "{body}");
+    server
+        .trigger(json!({"name": "later", "broker": "b2", "filter": {"attributes": {"type": "t"}}, "subscriber": {"function": "not-yet"}}))
+        .await;
+    let (status, body) = server
+        .post_json(
+            "/v1/triggers",
+            json!({"name": "later", "subscriber": {"function": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (409, "trigger_exists")
+    );
+    let (_, body) = server.get("/v1/triggers/later").await;
+    let trigger: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(trigger["status"]["ready"], false);
+    assert!(
+        trigger["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not-yet"),
+        "{body}"
+    );
+    assert_eq!(trigger["delivery"]["retry"], 10, "Knative's default");
+
+    server.restart();
+    server.deploy_ok("not-yet", guests::EVENT_ECHO, "").await;
+    let (_, body) = server.get("/v1/triggers/later").await;
+    let trigger: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(trigger["status"]["ready"], true, "{body}");
+    assert_eq!(trigger["broker"], "b2");
+    let response = server
+        .http()
+        .delete(server.url("/v1/triggers/later"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = server.get("/v1/triggers/later").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn an_event_function_can_be_invoked_directly_with_an_event() {
+    let server = Server::start();
+    server
+        .deploy_ok("order-processor", guests::ORDER_PROCESSOR, "")
+        .await;
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/order-processor/invoke"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"o1","source":"/shop","type":"com.example.order.created","data":{"n":1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["replies"][0]["type"], "com.example.order.processed");
+    assert_eq!(answer["replies"][0]["data"], json!({"n": 1}));
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/order-processor/invoke"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"o2","source":"/shop","type":"other"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422, "a permanent guest error");
+}
+
+/// Sends numbered events with fan-out 2 while the server is killed with
+/// SIGKILL at a random moment; after a restart every event that got a 202
+/// reaches both triggers at least once.
+#[tokio::test]
+async fn crash_during_fan_out_loses_no_acknowledged_event() {
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let cycles: u64 = std::env::var("SLUICE_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    println!("crash test seed {seed} ({cycles} cycles); rerun with SLUICE_CRASH_SEED={seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+
+    let mut server = Server::start();
+    let sink = Sink::start().await;
+    for path in ["a", "b"] {
+        server
+            .trigger(sink_trigger(
+                path,
+                &sink,
+                &format!("/{path}"),
+                json!([{"prefix": {"type": "crash."}}]),
+            ))
+            .await;
+    }
+    let mut acknowledged = BTreeSet::new();
+    let mut sent = 0u64;
+    for cycle in 0..cycles {
+        let kill_after = std::time::Duration::from_millis(next() % 400);
+        let url = server.url("/v1/events");
+        let client = server.http().clone();
+        let start = sent;
+        let sender = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in start..start + 10_000 {
+                let result = client
+                    .post(&url)
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", format!("e{n}"))
+                    .header("ce-source", "/crash")
+                    .header("ce-type", "crash.test")
+                    .send()
+                    .await;
+                match result {
+                    Ok(response) if response.status() == 202 => acked.push(format!("e{n}")),
+                    Ok(response) => panic!("unexpected status {}", response.status()),
+                    Err(_) => break, // the server died
+                }
+            }
+            acked
+        });
+        tokio::time::sleep(kill_after).await;
+        server.kill();
+        let acked = sender.await.unwrap();
+        sent += 10_000;
+        println!(
+            "cycle {cycle}: killed after {kill_after:?}, {} events acknowledged",
+            acked.len()
+        );
+        acknowledged.extend(acked);
+        server.restart();
+    }
+    let expected = acknowledged.len() * 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = sink.received();
+        let delivered: BTreeSet<(String, String)> = got
+            .iter()
+            .map(|r| (r.path.clone(), r.ce("id").unwrap()))
+            .collect();
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .flat_map(|id| ["/a", "/b"].map(|p| (p.to_string(), id.clone())))
+            .filter(|key| !delivered.contains(key))
+            .collect();
+        if missing.is_empty() {
+            println!(
+                "all {expected} deliveries arrived ({} requests, duplicates {})",
+                got.len(),
+                got.len() - delivered.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {} acknowledged deliveries missing, such as {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
