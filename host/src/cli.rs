@@ -31,6 +31,9 @@ pub enum Command {
     /// Send events.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Asynchronous invocations.
+    #[command(subcommand)]
+    Invocation(InvocationCommand),
     /// Inspect and redrive dead letters.
     #[command(name = "deadletter", subcommand)]
     DeadLetter(DeadLetterCommand),
@@ -250,6 +253,19 @@ pub enum FunctionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a function's log (guest stdout and stderr).
+    Logs {
+        /// Function name.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Call a function and print its response body.
     Invoke {
         /// Function name.
@@ -257,6 +273,21 @@ pub enum FunctionCommand {
         /// Request body: `@FILE`, `-` for stdin, or literal text.
         #[arg(long, short)]
         data: Option<String>,
+        /// Queue the call and print its invocation id (see `sluice invocation get`).
+        #[arg(long = "async")]
+        asynchronous: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice invocation ...`
+#[derive(Debug, Subcommand)]
+pub enum InvocationCommand {
+    /// Show the status and result of an asynchronous invocation.
+    Get {
+        /// Invocation id.
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, TriggerCommand};
+use crate::cli::{
+    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, TriggerCommand,
+};
 
 struct Client {
     base: String,
@@ -177,17 +179,57 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
             println!("deleted {name}");
             Ok(())
         }
-        FunctionCommand::Invoke { name, data, client } => {
+        FunctionCommand::Logs {
+            name,
+            follow,
+            mut since,
+            client,
+        } => {
+            let client = Client::new(&client);
+            loop {
+                let request = client
+                    .http
+                    .get(client.url(&format!("/v1/functions/{name}/logs")))
+                    .query(&[("since", since.to_string()), ("limit", "1000".to_string())]);
+                let page: serde_json::Value = client.send(request).await?.json().await?;
+                let lines = page["logs"].as_array().cloned().unwrap_or_default();
+                for line in &lines {
+                    println!(
+                        "{} {} [{}] {}",
+                        line["time"].as_str().unwrap_or_default(),
+                        line["invocation"].as_str().unwrap_or_default(),
+                        line["stream"].as_str().unwrap_or_default(),
+                        line["line"].as_str().unwrap_or_default()
+                    );
+                }
+                since = page["next"].as_u64().unwrap_or(since);
+                if !follow && lines.len() < 1000 {
+                    return Ok(());
+                }
+                if lines.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        FunctionCommand::Invoke {
+            name,
+            data,
+            asynchronous,
+            client,
+        } => {
             let client = Client::new(&client);
             let body = read_data(data.as_deref())?;
-            let response = client
-                .send(
-                    client
-                        .http
-                        .post(client.url(&format!("/v1/functions/{name}/invoke")))
-                        .body(body),
-                )
-                .await?;
+            let mut request = client
+                .http
+                .post(client.url(&format!("/v1/functions/{name}/invoke")))
+                .body(body);
+            if asynchronous {
+                request = request.query(&[("async", "true")]);
+                let answer: serde_json::Value = client.send(request).await?.json().await?;
+                println!("{}", answer["id"].as_str().unwrap_or_default());
+                return Ok(());
+            }
+            let response = client.send(request).await?;
             let bytes = response.bytes().await?;
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&bytes)?;
@@ -412,6 +454,25 @@ pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Resu
                 .await?;
             println!("deleted {id}");
             Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice invocation` command.
+pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Result<()> {
+    match command {
+        InvocationCommand::Get { id, client } => {
+            let client = Client::new(&client);
+            let record: serde_json::Value = client
+                .send(
+                    client
+                        .http
+                        .get(client.url(&format!("/v1/invocations/{id}"))),
+                )
+                .await?
+                .json()
+                .await?;
+            print_json(&record)
         }
     }
 }

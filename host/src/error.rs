@@ -75,6 +75,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as a plain HTTP response (for in-process callers).
+    pub fn to_http(&self) -> http::Response<bytes::Bytes> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = http::Response::new(bytes::Bytes::from(body.to_string()));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});

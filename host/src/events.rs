@@ -110,6 +110,8 @@ impl HostInvoker {
             broker: Some(context.broker.clone()),
             cause: Some(event.clone()),
             attempt: Some(context.attempt),
+            depth: 0,
+            invocation: None,
         };
         match function.record.world {
             World::Event => match self.functions.call_event(&function, to_wit(event), &options).await {

@@ -21,7 +21,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::limits::{FunctionLimits, InvalidSetting};
 use crate::metrics::Metrics;
-use crate::runtime::event_bindings::EventFunctionPre;
+use crate::runtime::event_bindings::EventHandlerPre;
 use crate::runtime::{InvocationState, Runtime};
 
 /// A function's pre-instantiated component, by world.
@@ -30,7 +30,7 @@ pub enum Pre {
     /// A `wasi:http/proxy` component.
     Http(ProxyPre<InvocationState>),
     /// A `sluice:function/event-function` component.
-    Event(EventFunctionPre<InvocationState>),
+    Event(EventHandlerPre<InvocationState>),
 }
 
 /// A loaded function: everything a call needs except the instance.
@@ -41,8 +41,11 @@ pub struct Function {
     pub limits: FunctionLimits,
     /// The pre-instantiated component.
     pub pre: Pre,
-    /// Environment variables, ready for the WASI context.
+    /// Environment variables (settings `env` and `secrets`), ready for the
+    /// WASI context.
     pub env: Vec<(String, String)>,
+    /// The same values for `wasi:config`.
+    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
     last_used_ms: AtomicU64,
@@ -117,6 +120,7 @@ pub fn check_component_bytes(bytes: &[u8]) -> Result<(), DeployError> {
 
 /// Every loaded function, and the means to load more.
 pub struct Functions {
+    me: std::sync::Weak<Functions>,
     runtime: Arc<Runtime>,
     store: Store,
     metrics: Metrics,
@@ -135,11 +139,12 @@ impl Functions {
         store: Store,
         metrics: Metrics,
         artifacts_root: &Path,
-    ) -> anyhow::Result<Functions> {
+    ) -> anyhow::Result<Arc<Functions>> {
         let artifacts = artifacts_root.join(runtime.engine_hash());
         std::fs::create_dir_all(&artifacts)?;
         let pool = runtime.limits().pool_instances as usize;
-        Ok(Functions {
+        Ok(Arc::new_cyclic(|me| Functions {
+            me: me.clone(),
             runtime,
             store,
             metrics,
@@ -149,7 +154,13 @@ impl Functions {
             pool_permits: Arc::new(Semaphore::new(pool)),
             started: Instant::now(),
             router: std::sync::OnceLock::new(),
-        })
+        }))
+    }
+
+    /// A handle on this registry, for calls that outlive a borrow of it
+    /// (function-to-function calls).
+    pub(crate) fn handle(&self) -> std::sync::Weak<Functions> {
+        self.me.clone()
     }
 
     /// The runtime.
@@ -249,6 +260,7 @@ impl Functions {
             .await?
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         self.loaded.write().unwrap().remove(name);
+        self.store.delete_logs(name)?;
         if self.store.blob(&record.digest)?.is_none() {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
         }
@@ -321,13 +333,16 @@ impl Functions {
 
     fn build(&self, record: FunctionRecord, pre: Pre) -> Function {
         let limits = self.runtime.limits().resolve(&record.settings);
+        let env: Vec<(String, String)> = record
+            .settings
+            .env
+            .iter()
+            .chain(&record.settings.secrets)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Function {
-            env: record
-                .settings
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            config: Arc::new(env.iter().cloned().collect()),
+            env,
             permits: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
             limits,
             pre,
@@ -442,7 +457,7 @@ impl Functions {
                     .map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?,
             ),
             World::Event => Pre::Event(
-                EventFunctionPre::new(instance_pre)
+                EventHandlerPre::new(instance_pre)
                     .map_err(|error| DeployError::InvalidComponent(format!("{error:#}")))?,
             ),
         };

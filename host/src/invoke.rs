@@ -20,7 +20,9 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::functions::{Function, Functions, Pre};
+use crate::keyvalue::KvContext;
 use crate::outbound::OutboundPolicy;
+use crate::output::CappedOutput;
 use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
 use crate::runtime::{InvocationStore, PublishContext, StoreSetup};
 use sluice_router::trigger::DEFAULT_BROKER;
@@ -154,7 +156,7 @@ impl InvokeError {
 }
 
 /// Per-call options beyond the request itself.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     /// Wall-clock limit instead of the function's (a trigger's `timeout`).
     pub timeout: Option<Duration>,
@@ -164,6 +166,10 @@ pub struct CallOptions {
     pub cause: Option<sluice_router::event::CloudEvent>,
     /// The delivery attempt, from 1, exposed as `SLUICE_DELIVERY_ATTEMPT`.
     pub attempt: Option<u32>,
+    /// How many function-to-function calls led to this one (0 from outside).
+    pub depth: u32,
+    /// The invocation id (a fresh one when `None`).
+    pub invocation: Option<String>,
 }
 
 /// How the invocation task ended.
@@ -181,6 +187,47 @@ struct Running<R> {
 }
 
 impl Functions {
+    /// A fresh invocation id.
+    pub fn new_invocation_id(&self) -> String {
+        format!(
+            "{:016x}",
+            self.store().next_id().unwrap_or_else(|_| rand_id())
+        )
+    }
+
+    /// Writes an invocation's captured output to its function's log ring.
+    fn keep_output(
+        &self,
+        function: &str,
+        invocation: &str,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
+    ) {
+        let max_line = 4096;
+        let mut lines = Vec::new();
+        for (stream, output) in [("stdout", stdout), ("stderr", stderr)] {
+            let (bytes, dropped) = output.take();
+            for line in crate::output::lines(&bytes, dropped, max_line) {
+                lines.push((stream, line));
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        tracing::debug!(%function, %invocation, lines = lines.len(), "guest output");
+        let rows: Vec<(&str, &str, &str)> = lines
+            .iter()
+            .map(|(s, l)| (invocation, *s, l.as_str()))
+            .collect();
+        if let Err(error) = self.store().append_logs(
+            function,
+            &rows,
+            self.runtime().limits().log_lines_per_function,
+        ) {
+            tracing::warn!(%function, %error, "could not keep guest output");
+        }
+    }
+
     async fn acquire(
         &self,
         function: &Function,
@@ -236,13 +283,38 @@ impl Functions {
             timeout: options.timeout.unwrap_or(function.limits.timeout),
             outbound: OutboundPolicy {
                 function: function.record.name.clone(),
+                allow: function.record.settings.allow_outbound.clone(),
+                functions: self.handle(),
+                nested: CallOptions {
+                    timeout: None,
+                    broker: options.broker.clone(),
+                    cause: options.cause.clone(),
+                    attempt: None,
+                    depth: options.depth + 1,
+                    invocation: None,
+                },
+                max_depth: self.runtime().limits().max_call_depth,
             },
             publish,
+            kv: Some(KvContext {
+                store: self.store().clone(),
+                function: function.record.name.clone(),
+                shared: function.record.settings.kv_buckets.clone(),
+                max_key_bytes: self.runtime().limits().kv_max_key_bytes,
+                max_value_bytes: self.runtime().limits().kv_max_value_bytes,
+                max_keys: self.runtime().limits().kv_max_keys,
+            }),
+            config: function.config.clone(),
         });
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
         let memory_exceeded = invocation.memory_exceeded.clone();
         let (stdout, stderr) = (invocation.stdout.clone(), invocation.stderr.clone());
         let name = function.record.name.clone();
+        let invocation_id = options
+            .invocation
+            .clone()
+            .unwrap_or_else(|| self.new_invocation_id());
+        let functions = self.handle();
         let task = tokio::spawn(async move {
             let _permits = permits;
             let end = match tokio::time::timeout_at(deadline, body(invocation)).await {
@@ -250,11 +322,8 @@ impl Functions {
                 Ok(Err(error)) => TaskEnd::Failed(error),
                 Err(_) => TaskEnd::TimedOut,
             };
-            for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
-                let output = pipe.contents();
-                if !output.is_empty() {
-                    tracing::info!(function = %name, stream, output = %String::from_utf8_lossy(&output).trim_end(), "guest output");
-                }
+            if let Some(functions) = functions.upgrade() {
+                functions.keep_output(&name, &invocation_id, &stdout, &stderr);
             }
             end
         });
@@ -542,4 +611,11 @@ impl Functions {
             )),
         }
     }
+}
+
+/// An id from the clock, when the store cannot give one.
+fn rand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -101,6 +101,33 @@ pub struct Limits {
     #[arg(long = "max-event-hops", default_value_t = 255)]
     pub max_event_hops: u32,
 
+    /// Depth of a chain of function-to-function calls (A calls B calls C
+    /// ...). Defends against calls that recurse forever: past it the call
+    /// fails in the caller with `loop-detected`.
+    #[arg(long = "max-call-depth", default_value_t = 16)]
+    pub max_call_depth: u32,
+
+    /// Longest key-value key, in bytes.
+    #[arg(long = "kv-max-key-bytes", default_value_t = 1024)]
+    pub kv_max_key_bytes: usize,
+
+    /// Largest key-value value, in bytes.
+    #[arg(long = "kv-max-value-bytes", default_value_t = 1 << 20)]
+    pub kv_max_value_bytes: usize,
+
+    /// Most keys in one key-value bucket. Defends the disk against a guest
+    /// that writes keys without end.
+    #[arg(long = "kv-max-keys", default_value_t = 10_000)]
+    pub kv_max_keys: u64,
+
+    /// Log lines kept per function (older ones are dropped).
+    #[arg(long = "log-lines-per-function", default_value_t = 1_000)]
+    pub log_lines_per_function: usize,
+
+    /// How long the result of an asynchronous invocation is kept, in seconds.
+    #[arg(long = "invocation-retention-secs", default_value_t = 3_600)]
+    pub invocation_retention_secs: u64,
+
     /// Compiled code of a function idle this long is dropped from memory and
     /// reloaded from its on-disk artifact on the next call, in seconds.
     #[arg(long = "idle-unload-secs", default_value_t = 300)]
@@ -190,7 +217,12 @@ impl Limits {
             1 << 40,
             "bytes",
         )?;
-        if let Some(name) = settings.env.keys().find(|name| !valid_env_name(name)) {
+        if let Some(name) = settings
+            .env
+            .keys()
+            .chain(settings.secrets.keys())
+            .find(|name| !valid_env_name(name))
+        {
             return Err(InvalidSetting {
                 setting: "env",
                 reason: format!(

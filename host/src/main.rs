@@ -43,6 +43,9 @@ fn main() -> std::process::ExitCode {
             }
             Command::Function(command) => sluice_host::client::run_function_command(command).await,
             Command::Trigger(command) => sluice_host::client::run_trigger_command(command).await,
+            Command::Invocation(command) => {
+                sluice_host::client::run_invocation_command(command).await
+            }
             Command::Event(command) => sluice_host::client::run_event_command(command).await,
             Command::DeadLetter(command) => {
                 sluice_host::client::run_dead_letter_command(command).await

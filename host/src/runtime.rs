@@ -16,7 +16,6 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -24,6 +23,7 @@ use sluice_router::dispatch::Router;
 
 use crate::limits::Limits;
 use crate::outbound::OutboundPolicy;
+use crate::output::CappedOutput;
 
 /// How often the epoch advances. A guest's deadline is checked, and a busy
 /// guest yields to other tasks, once per tick.
@@ -33,7 +33,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub mod event_bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "event-function",
+        world: "event-handler",
         imports: { default: async | trappable },
         exports: { default: async },
         require_store_data_send: true,
@@ -87,6 +87,10 @@ impl Runtime {
             &mut linker,
             |state| state,
         )?;
+        crate::keyvalue::add_to_linker(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut InvocationState| {
+            wasmtime_wasi_config::WasiConfig::new(&state.config)
+        })?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         {
@@ -138,8 +142,8 @@ impl Runtime {
 
     /// A fresh store for one invocation, set up by `setup`.
     pub fn new_store(&self, setup: StoreSetup<'_>) -> InvocationStore {
-        let stdout = MemoryOutputPipe::new(self.limits.max_output_bytes);
-        let stderr = MemoryOutputPipe::new(self.limits.max_output_bytes);
+        let stdout = CappedOutput::new(self.limits.max_output_bytes);
+        let stderr = CappedOutput::new(self.limits.max_output_bytes);
         let mut wasi = WasiCtx::builder();
         wasi.envs(setup.env)
             .envs(setup.extra_env)
@@ -157,6 +161,8 @@ impl Runtime {
             },
             outbound: setup.outbound,
             publish: setup.publish,
+            kv: setup.kv,
+            config: setup.config,
             published: 0,
             max_publish: self.limits.max_publish_per_call,
         };
@@ -197,6 +203,10 @@ pub struct StoreSetup<'a> {
     pub outbound: OutboundPolicy,
     /// Where events the guest publishes go.
     pub publish: Option<PublishContext>,
+    /// Key-value access.
+    pub kv: Option<crate::keyvalue::KvContext>,
+    /// `wasi:config` values (the function's env and secrets).
+    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
 }
 
 /// Where a guest's published events go.
@@ -223,9 +233,9 @@ pub struct InvocationStore {
     /// When the invocation's time is up.
     pub deadline: Instant,
     /// Captured guest stdout (bounded).
-    pub stdout: MemoryOutputPipe,
+    pub stdout: CappedOutput,
     /// Captured guest stderr (bounded).
-    pub stderr: MemoryOutputPipe,
+    pub stderr: CappedOutput,
     /// Set when the guest tried to grow memory past its cap.
     pub memory_exceeded: Arc<AtomicBool>,
 }
@@ -238,8 +248,22 @@ pub struct InvocationState {
     limiter: GuestLimiter,
     outbound: OutboundPolicy,
     publish: Option<PublishContext>,
+    kv: Option<crate::keyvalue::KvContext>,
+    config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     published: u32,
     max_publish: u32,
+}
+
+impl InvocationState {
+    /// Key-value access of this invocation.
+    pub(crate) fn kv_context(&self) -> Option<&crate::keyvalue::KvContext> {
+        self.kv.as_ref()
+    }
+
+    /// The resource table.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for InvocationState {

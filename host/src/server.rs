@@ -58,12 +58,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store = Store::open(&options.data_dir)?;
     let runtime = Arc::new(Runtime::new(&options.limits)?);
     let metrics = Metrics::new();
-    let functions = Arc::new(Functions::new(
+    let functions = Functions::new(
         runtime,
         store.clone(),
         metrics.clone(),
         &options.data_dir.join("artifacts"),
-    )?);
+    )?;
     let limits = DispatchLimits {
         max_in_flight: options.limits.max_deliveries_in_flight,
         max_in_flight_per_trigger: options.limits.max_deliveries_per_trigger,
@@ -82,6 +82,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         ready: Arc::new(AtomicBool::new(false)),
     };
     let dispatcher = tokio::spawn(event_router.run());
+    let invocations = crate::invocations::start(state.clone())?;
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
@@ -112,6 +113,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::Release);
     reaper.abort();
     dispatcher.abort();
+    invocations.abort();
     store.flush().await?;
     tracing::info!("sluice stopped");
     Ok(())
@@ -187,6 +189,11 @@ pub fn router(state: AppState) -> Routes {
         )
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{name}/invoke", post(invoke_function))
+        .route("/v1/functions/{name}/logs", get(function_logs))
+        .route(
+            "/v1/invocations/{id}",
+            get(crate::invocations::get_invocation),
+        )
         .route("/fn/{name}", any(call_function_root))
         .route("/fn/{name}/", any(call_function_root))
         .route("/fn/{name}/{*path}", any(call_function))
@@ -239,14 +246,21 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The API view of a function record.
+/// What the API shows instead of a secret's value.
+pub const REDACTED: &str = "<redacted>";
+
+/// The API view of a function record: secrets' values are never shown.
 fn view(record: &FunctionRecord) -> serde_json::Value {
+    let mut settings = record.settings.clone();
+    for value in settings.secrets.values_mut() {
+        *value = REDACTED.to_string();
+    }
     json!({
         "name": record.name,
         "digest": record.digest,
         "version": record.version,
         "world": record.world,
-        "settings": record.settings,
+        "settings": settings,
         "created": record.created,
         "updated": record.updated,
         "url": format!("/fn/{}/", record.name),
@@ -395,6 +409,30 @@ async fn patch_function(
     Ok(axum::Json(view(&record)).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most log lines one request returns.
+const MAX_LOG_PAGE: usize = 1000;
+
+async fn function_logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    if state.functions.store().function(&name)?.is_none() {
+        return Err(ApiError::function_not_found(&name));
+    }
+    let since = query.since.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100).min(MAX_LOG_PAGE);
+    let lines = state.functions.store().logs(&name, since, limit)?;
+    let next = lines.last().map_or(since, |line| line.seq);
+    Ok(axum::Json(json!({"logs": lines, "next": next})).into_response())
+}
+
 async fn delete_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -416,16 +454,45 @@ async fn invoke_function(
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let function = loaded(&state, &name).await?;
+    let asynchronous = request.uri().query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "async" && v == "true")
+    });
+    if asynchronous {
+        return crate::invocations::enqueue(&state, &name, request).await;
+    }
+    run_invoke(&state, &name, request).await
+}
+
+/// One synchronous `invoke` of function `name`: an event function takes a
+/// CloudEvent, an HTTP function gets the request at `/`.
+pub(crate) async fn run_invoke(
+    state: &AppState,
+    name: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(state, name).await?;
     if function.record.world == sluice_store::World::Event {
-        return crate::api_events::invoke_event_function(&state, &function, request).await;
+        return crate::api_events::invoke_event_function(state, &function, request).await;
     }
     let query = request
         .uri()
         .query()
-        .map(|q| format!("?{q}"))
+        .map(|q| {
+            let kept: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k != "async")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let encoded = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .finish();
+            if encoded.is_empty() {
+                String::new()
+            } else {
+                format!("?{encoded}")
+            }
+        })
         .unwrap_or_default();
-    forward(&state, &function, request, format!("/{query}")).await
+    forward(state, &function, request, format!("/{query}")).await
 }
 
 async fn call_function_root(

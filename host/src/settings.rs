@@ -48,9 +48,18 @@ pub fn apply_query(settings: &mut FunctionSettings, query: Option<&str>) -> Resu
                 settings.env.insert(name.to_string(), value.to_string());
             }
             "allow_outbound" => settings.allow_outbound.push(value.into_owned()),
+            "kv_bucket" => settings.kv_buckets.push(value.into_owned()),
+            "secret" => {
+                let (name, value) = value.split_once('=').ok_or_else(|| {
+                    bad(format!(
+                        "invalid setting `secret`: {value:?} is not KEY=VALUE"
+                    ))
+                })?;
+                settings.secrets.insert(name.to_string(), value.to_string());
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown setting `{other}`; known: visibility, timeout_ms, memory_mb, max_concurrency, max_request_bytes, max_response_bytes, env, allow_outbound"
+                    "unknown setting `{other}`; known: visibility, timeout_ms, memory_mb, max_concurrency, max_request_bytes, max_response_bytes, env, secret, allow_outbound, kv_bucket"
                 )));
             }
         }

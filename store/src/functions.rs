@@ -74,6 +74,13 @@ pub struct FunctionSettings {
     /// `*.example.com`).
     #[serde(default)]
     pub allow_outbound: Vec<String>,
+    /// Secret settings: the guest sees them as environment variables and
+    /// `wasi:config` values; the API never returns their values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// Shared key-value buckets the function may open by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv_buckets: Vec<String>,
 }
 
 /// A deployed function, as stored.

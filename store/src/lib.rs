@@ -21,7 +21,9 @@
 mod error;
 mod events;
 mod functions;
+mod kv;
 mod lock;
+mod logs;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,8 @@ use sled::Tree;
 pub use error::StoreError;
 pub use events::{DeadLetterRecord, DeliveryRecord};
 pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};
+pub use kv::KvError;
+pub use logs::LogLine;
 
 /// The schema this build writes. A store written by a newer schema is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,6 +54,10 @@ pub struct Store {
     triggers: Tree,
     deliveries: Tree,
     dead_letters: Tree,
+    kv: Tree,
+    kv_counts: Tree,
+    logs: Tree,
+    invocations: Tree,
     flusher: std::sync::Arc<
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<events::FlushRequest>>,
     >,
@@ -95,6 +103,10 @@ impl Store {
             triggers: open_tree("triggers")?,
             deliveries: open_tree("deliveries")?,
             dead_letters: open_tree("dead_letters")?,
+            kv: open_tree("kv")?,
+            kv_counts: open_tree("kv_counts")?,
+            logs: open_tree("logs")?,
+            invocations: open_tree("invocations")?,
             flusher: Default::default(),
             db,
             dir: dir.to_path_buf(),

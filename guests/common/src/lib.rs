@@ -41,3 +41,118 @@ pub fn write_all(outgoing: &OutgoingBody, body: &[u8]) {
     stream.write_all(body).expect("host accepts the body");
     stream.flush().expect("host accepts the body");
 }
+
+/// Sends an HTTP request from the guest and returns the status and body, or
+/// the `wasi:http` error code as text.
+pub fn fetch(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Method, OutgoingRequest, Scheme};
+
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some(("https", rest)) => (Scheme::Https, rest),
+        _ => return Err(format!("unsupported URL {url:?}")),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let fields = Fields::new();
+    for (name, value) in headers {
+        fields
+            .append(name, value)
+            .map_err(|e| format!("header {name}: {e:?}"))?;
+    }
+    let request = OutgoingRequest::new(fields);
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        other => Method::Other(other.to_string()),
+    };
+    request
+        .set_method(&method)
+        .map_err(|_| "bad method".to_string())?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|_| "bad scheme".to_string())?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|_| "bad authority".to_string())?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|_| "bad path".to_string())?;
+    let outgoing = request.body().expect("body is taken once");
+    if !body.is_empty() {
+        write_all(&outgoing, body);
+    }
+    OutgoingBody::finish(outgoing, None).map_err(|e| format!("{e:?}"))?;
+    let future = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let incoming = response
+        .consume()
+        .map_err(|()| "body taken twice".to_string())?;
+    let mut bytes = Vec::new();
+    {
+        let mut stream = incoming
+            .stream()
+            .map_err(|()| "stream taken twice".to_string())?;
+        let _ = stream.read_to_end(&mut bytes);
+    }
+    Ok((status, bytes))
+}
+
+/// The path and query of `request`, split.
+pub fn path_and_query(request: &IncomingRequest) -> (String, String) {
+    let full = request.path_with_query().unwrap_or_else(|| "/".to_string());
+    match full.split_once('?') {
+        Some((path, query)) => (path.to_string(), query.to_string()),
+        None => (full, String::new()),
+    }
+}
+
+/// The current UTC time as RFC 3339 (seconds precision).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Answers with a JSON body.
+pub fn respond_json(out: ResponseOutparam, status: u16, body: &str) {
+    respond(
+        out,
+        status,
+        &[("content-type", b"application/json")],
+        body.as_bytes(),
+    );
+}

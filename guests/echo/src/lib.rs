@@ -1,5 +1,6 @@
 //! `echo`: returns the request's method, path, headers and body as JSON-ish text,
-//! and the body itself verbatim in the response body after a blank line.
+//! and the body itself verbatim in the response body after a blank line. It
+//! also prints the body to stdout.
 
 use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
@@ -28,6 +29,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             ));
         }
         let body = common::read_body(&request);
+        // The body also goes to stdout, so the function's log shows it.
+        print!("{}", String::from_utf8_lossy(&body));
         head.push('\n');
         let mut response = head.into_bytes();
         response.extend_from_slice(&body);

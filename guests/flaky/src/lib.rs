@@ -7,6 +7,7 @@
 wit_bindgen::generate!({
     path: "../../wit",
     world: "event-function",
+    generate_all,
 });
 
 use exports::sluice::function::handler::Guest;

@@ -1,0 +1,240 @@
+//! Guest key-value data, for `wasi:keyvalue`.
+//!
+//! `kv`: `<bucket>\0<key>` → value. `kv_counts`: bucket → number of keys
+//! (big-endian u64), kept in the same transaction as every insert and
+//! delete, so the per-bucket key limit is exact. Buckets are named by the
+//! host (`fn/<function>` for a function's own data, `shared/<name>` for a
+//! shared bucket); the store only keeps them apart.
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use crate::{Result, Store, StoreError};
+
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The bucket holds its maximum number of keys.
+    #[error("the bucket holds its limit of {0} keys")]
+    TooManyKeys(u64),
+    /// The stored value is not a decimal integer (increment).
+    #[error("the value of {0:?} is not a decimal u64")]
+    NotANumber(String),
+    /// Increment would overflow.
+    #[error("incrementing {0:?} would overflow")]
+    Overflow(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn kv_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bucket.len() + 1 + key.len());
+    out.extend_from_slice(bucket.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn count_of(raw: Option<sled::IVec>) -> u64 {
+    raw.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0)
+}
+
+type Tx<T> = std::result::Result<T, ConflictableTransactionError<KvError>>;
+
+impl From<sled::transaction::TransactionError<KvError>> for KvError {
+    fn from(error: sled::transaction::TransactionError<KvError>) -> KvError {
+        match error {
+            sled::transaction::TransactionError::Abort(error) => error,
+            sled::transaction::TransactionError::Storage(error) => KvError::Store(error.into()),
+        }
+    }
+}
+
+impl Store {
+    /// The value of `key` in `bucket`.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(kv_key(bucket, key))?.map(|v| v.to_vec()))
+    }
+
+    /// True if `key` exists in `bucket`.
+    pub fn kv_exists(&self, bucket: &str, key: &str) -> Result<bool> {
+        Ok(self.kv.contains_key(kv_key(bucket, key))?)
+    }
+
+    /// Sets `key` in `bucket`, refusing a new key past `max_keys`.
+    pub fn kv_set(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: u64,
+    ) -> std::result::Result<(), KvError> {
+        let full = kv_key(bucket, key);
+        (&self.kv, &self.kv_counts).transaction(|(kv, counts)| -> Tx<()> {
+            if kv.insert(full.as_slice(), value)?.is_none() {
+                let count = count_of(counts.get(bucket.as_bytes())?);
+                if count >= max_keys {
+                    return Err(ConflictableTransactionError::Abort(KvError::TooManyKeys(
+                        max_keys,
+                    )));
+                }
+                counts.insert(bucket.as_bytes(), &(count + 1).to_be_bytes())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Deletes `key` from `bucket` (no error if absent).
+    pub fn kv_delete(&self, bucket: &str, key: &str) -> std::result::Result<(), KvError> {
+        let full = kv_key(bucket, key);
+        (&self.kv, &self.kv_counts).transaction(|(kv, counts)| -> Tx<()> {
+            if kv.remove(full.as_slice())?.is_some() {
+                let count = count_of(counts.get(bucket.as_bytes())?);
+                counts.insert(bucket.as_bytes(), &count.saturating_sub(1).to_be_bytes())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Adds `delta` to the decimal value of `key` (0 if absent), atomically.
+    pub fn kv_increment(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> std::result::Result<u64, KvError> {
+        let full = kv_key(bucket, key);
+        let value = (&self.kv, &self.kv_counts).transaction(|(kv, counts)| -> Tx<u64> {
+            let current = match kv.get(full.as_slice())? {
+                Some(raw) => std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ConflictableTransactionError::Abort(KvError::NotANumber(key.to_string()))
+                    })?,
+                None => {
+                    let count = count_of(counts.get(bucket.as_bytes())?);
+                    if count >= max_keys {
+                        return Err(ConflictableTransactionError::Abort(KvError::TooManyKeys(
+                            max_keys,
+                        )));
+                    }
+                    counts.insert(bucket.as_bytes(), &(count + 1).to_be_bytes())?;
+                    0
+                }
+            };
+            let next = current.checked_add(delta).ok_or_else(|| {
+                ConflictableTransactionError::Abort(KvError::Overflow(key.to_string()))
+            })?;
+            kv.insert(full.as_slice(), next.to_string().as_bytes())?;
+            Ok(next)
+        })?;
+        Ok(value)
+    }
+
+    /// Up to `page` keys of `bucket` in order, starting at position `cursor`;
+    /// and the cursor of the next page, if any.
+    pub fn kv_list(
+        &self,
+        bucket: &str,
+        cursor: u64,
+        page: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        let prefix = kv_key(bucket, "");
+        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in self.kv.scan_prefix(&prefix).keys().skip(skip) {
+            if keys.len() == page {
+                more = true;
+                break;
+            }
+            let full = entry?;
+            keys.push(String::from_utf8_lossy(&full[prefix.len()..]).into_owned());
+        }
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok((keys, next))
+    }
+
+    /// Number of keys in `bucket`.
+    pub fn kv_count(&self, bucket: &str) -> Result<u64> {
+        Ok(count_of(self.kv_counts.get(bucket.as_bytes())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_apart_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.kv_set("fn/a", "k", b"1", 10).unwrap();
+        store.kv_set("fn/a", "k", b"2", 10).unwrap();
+        store.kv_set("fn/ab", "k", b"x", 10).unwrap();
+        assert_eq!(store.kv_get("fn/a", "k").unwrap().unwrap(), b"2");
+        assert_eq!(store.kv_get("fn/b", "k").unwrap(), None);
+        assert_eq!(store.kv_count("fn/a").unwrap(), 1);
+        assert_eq!(
+            store.kv_list("fn/a", 0, 10).unwrap(),
+            (vec!["k".to_string()], None)
+        );
+        store.kv_delete("fn/a", "k").unwrap();
+        store.kv_delete("fn/a", "k").unwrap();
+        assert_eq!(store.kv_count("fn/a").unwrap(), 0);
+        assert!(store.kv_exists("fn/ab", "k").unwrap());
+    }
+
+    #[test]
+    fn key_limit_is_exact_and_overwrites_are_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.kv_set("b", "1", b"", 2).unwrap();
+        store.kv_set("b", "2", b"", 2).unwrap();
+        store.kv_set("b", "2", b"again", 2).unwrap();
+        assert!(matches!(
+            store.kv_set("b", "3", b"", 2),
+            Err(KvError::TooManyKeys(2))
+        ));
+        assert!(matches!(
+            store.kv_increment("b", "n", 1, 2),
+            Err(KvError::TooManyKeys(2))
+        ));
+        assert_eq!(
+            store.kv_get("b", "3").unwrap(),
+            None,
+            "a refused write changes nothing"
+        );
+        assert_eq!(store.kv_count("b").unwrap(), 2);
+    }
+
+    #[test]
+    fn increment_and_paging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.kv_increment("b", "n", 5, 10).unwrap(), 5);
+        assert_eq!(store.kv_increment("b", "n", 2, 10).unwrap(), 7);
+        store.kv_set("b", "s", b"text", 10).unwrap();
+        assert!(matches!(
+            store.kv_increment("b", "s", 1, 10),
+            Err(KvError::NotANumber(_))
+        ));
+        store
+            .kv_set("b", "max", u64::MAX.to_string().as_bytes(), 10)
+            .unwrap();
+        assert!(matches!(
+            store.kv_increment("b", "max", 1, 10),
+            Err(KvError::Overflow(_))
+        ));
+        let (page, next) = store.kv_list("b", 0, 2).unwrap();
+        assert_eq!(page, vec!["max", "n"]);
+        let (page, next) = store.kv_list("b", next.unwrap(), 2).unwrap();
+        assert_eq!((page, next), (vec!["s".to_string()], None));
+    }
+}

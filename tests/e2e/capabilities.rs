@@ -1,0 +1,401 @@
+//! Guest capabilities end to end: function-to-function calls, outbound
+//! allow-list, key-value storage, configuration and secrets, logs, and
+//! asynchronous invocation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_test_artifacts as guests;
+
+use crate::harness::{Server, Sink, eventually};
+
+async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let response = server
+        .http()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn logs(server: &Server, function: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(&format!("/v1/functions/{function}/logs?limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let value: Value = serde_json::from_str(&body).unwrap();
+    value["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit_log() {
+    let mut server = Server::start();
+    server
+        .deploy_ok("transaction-processor", guests::TRANSACTION_PROCESSOR, "")
+        .await;
+    server
+        .deploy_ok("balance-manager", guests::BALANCE_MANAGER, "")
+        .await;
+    server
+        .deploy_ok("audit-logger", guests::AUDIT_LOGGER, "")
+        .await;
+
+    let (status, first) = post(
+        &server,
+        "/fn/transaction-processor/",
+        json!({"account": "acc-1", "amount": 100}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["new_balance"], 100);
+    let (status, second) = post(
+        &server,
+        "/fn/transaction-processor/",
+        json!({"account": "acc-1", "amount": -30}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        second["new_balance"], 70,
+        "the balance outlived the fresh instance of each request"
+    );
+    for field in [
+        "account",
+        "amount",
+        "new_balance",
+        "status",
+        "transaction_id",
+        "timestamp",
+    ] {
+        assert!(!second[field].is_null(), "{field} missing in {second}");
+    }
+    assert_ne!(first["transaction_id"], second["transaction_id"]);
+
+    let (_, entries) = server.get("/fn/audit-logger/entries").await;
+    let entries: Value = serde_json::from_str(&entries).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["transaction_id"], first["transaction_id"]);
+    assert_eq!(entries[1]["new_balance"], 70);
+
+    for (function, needle) in [
+        ("transaction-processor", "transaction-processor: txn-000002"),
+        ("balance-manager", "balance-manager: acc-1 -30 -> 70"),
+        ("audit-logger", "audit-logger: logged entry 2"),
+    ] {
+        let lines = logs(&server, function).await;
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{function} log: {lines:?}"
+        );
+    }
+
+    server.restart();
+    let (_, balance) = server.get("/fn/balance-manager/balance/acc-1").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&balance).unwrap()["balance"],
+        70,
+        "balances survive a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404() {
+    let server = Server::start_with(&["--max-call-depth", "5"]);
+    server
+        .deploy_ok("ping", guests::CALLER, "env=CALL=http://pong.internal/")
+        .await;
+    server
+        .deploy_ok(
+            "pong",
+            guests::CALLER,
+            "env=CALL=http://ping.default.svc.cluster.local/",
+        )
+        .await;
+    let (status, body) = server.get("/fn/ping/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("LoopDetected"), "{body}");
+    assert_eq!(
+        body.matches("status: ").count(),
+        5,
+        "five nested calls succeeded, the sixth was refused: {body}"
+    );
+
+    let (_, body) = server.get("/fn/ping/?url=http://nope.internal/").await;
+    assert!(body.starts_with("status: 404"), "{body}");
+    assert!(body.contains("function_not_found"), "{body}");
+    let (_, body) = server
+        .get("/fn/ping/?url=http://pong.other.svc.cluster.local/")
+        .await;
+    assert!(body.starts_with("status: 404"), "{body}");
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_only_allowed_hosts() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    let host = sink.url.trim_start_matches("http://").to_string();
+    server
+        .deploy_ok("allowed", guests::CALLER, &format!("allow_outbound={host}"))
+        .await;
+    server
+        .deploy_ok("denied", guests::CALLER, "allow_outbound=api.example.com")
+        .await;
+
+    let (status, body) = server
+        .get(&format!("/fn/allowed/?url={}/hello", sink.url))
+        .await;
+    assert_eq!(
+        (status, body.lines().next()),
+        (200, Some("status: 200")),
+        "{body}"
+    );
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.received()[0].path, "/hello");
+
+    let (status, body) = server
+        .get(&format!("/fn/denied/?url={}/hello", sink.url))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("HttpRequestDenied"),
+        "the guest sees why: {body}"
+    );
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "nothing left the machine for the denied call"
+    );
+    assert!(
+        server.log().contains("outbound request denied"),
+        "the host logs it"
+    );
+}
+
+#[tokio::test]
+async fn key_value_data_persists_is_namespaced_and_bounded() {
+    let mut server = Server::start_with(&[
+        "--kv-max-value-bytes",
+        "16",
+        "--kv-max-key-bytes",
+        "8",
+        "--kv-max-keys",
+        "3",
+    ]);
+    server.deploy_ok("kv-a", guests::KV, "kv_bucket=team").await;
+    server.deploy_ok("kv-b", guests::KV, "kv_bucket=team").await;
+    server.deploy_ok("kv-c", guests::KV, "").await;
+    let put = |path: &str, body: &str| {
+        server
+            .http()
+            .put(server.url(path))
+            .body(body.to_string())
+            .send()
+    };
+    assert_eq!(put("/fn/kv-a/set/k", "v1").await.unwrap().status(), 200);
+    assert_eq!(server.get("/fn/kv-a/get/k").await, (200, "v1".to_string()));
+    assert_eq!(
+        server.get("/fn/kv-b/get/k").await.0,
+        404,
+        "kv-b cannot read kv-a's own bucket"
+    );
+
+    assert_eq!(
+        put("/fn/kv-a/set/s?bucket=team", "shared")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        server.get("/fn/kv-b/get/s?bucket=team").await,
+        (200, "shared".to_string())
+    );
+    let (status, body) = server.get("/fn/kv-c/get/s?bucket=team").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("AccessDenied"), "{body}");
+
+    let response = put("/fn/kv-a/set/big", &"x".repeat(17)).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("larger than the limit of 16 bytes")
+    );
+    let response = put("/fn/kv-a/set/longkey99", "v").await.unwrap();
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("longer than the limit of 8 bytes")
+    );
+    assert_eq!(server.get("/fn/kv-a/incr/n").await, (200, "1".to_string()));
+    assert_eq!(
+        server.get("/fn/kv-a/incr/n?by=4").await,
+        (200, "5".to_string())
+    );
+    assert_eq!(put("/fn/kv-a/set/third", "v").await.unwrap().status(), 200);
+    let response = put("/fn/kv-a/set/fourth", "v").await.unwrap();
+    assert!(response.text().await.unwrap().contains("limit of 3 keys"));
+    assert_eq!(
+        server.get("/fn/kv-a/exists/fourth").await,
+        (200, "false".to_string()),
+        "a refused write changes nothing"
+    );
+    assert_eq!(server.get("/fn/kv-a/list").await.1, "k\nn\nthird");
+
+    server.restart();
+    assert_eq!(
+        server.get("/fn/kv-a/get/k").await,
+        (200, "v1".to_string()),
+        "values survive a restart"
+    );
+    assert_eq!(server.get("/fn/kv-a/incr/n").await, (200, "6".to_string()));
+}
+
+#[tokio::test]
+async fn config_returns_settings_and_secrets_are_never_shown() {
+    let server = Server::start();
+    let record = server
+        .deploy_ok("kv", guests::KV, "env=MODE=fast&secret=TOKEN=s3cr3t-value")
+        .await;
+    assert_eq!(record["settings"]["secrets"]["TOKEN"], "<redacted>");
+    assert_eq!(
+        server.get("/fn/kv/config/MODE").await,
+        (200, "fast".to_string())
+    );
+    assert_eq!(
+        server.get("/fn/kv/config/TOKEN").await,
+        (200, "s3cr3t-value".to_string())
+    );
+    assert_eq!(server.get("/fn/kv/config/NOPE").await.0, 404);
+    for path in ["/v1/functions/kv", "/v1/functions"] {
+        let (_, body) = server.get(path).await;
+        assert!(!body.contains("s3cr3t"), "{path}: {body}");
+        assert!(body.contains("TOKEN"), "{path}: the name is shown: {body}");
+    }
+    // A settings change keeps the secret.
+    let response = server
+        .http()
+        .patch(server.url("/v1/functions/kv"))
+        .body(r#"{"env": {"MODE": "slow"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.text().await.unwrap().contains("s3cr3t"));
+    assert_eq!(
+        server.get("/fn/kv/config/TOKEN").await,
+        (200, "s3cr3t-value".to_string())
+    );
+    assert_eq!(
+        server.get("/fn/kv/config/MODE").await,
+        (200, "slow".to_string())
+    );
+}
+
+#[tokio::test]
+async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
+    let server = Server::start_with(&["--max-output-bytes", "64", "--log-lines-per-function", "5"]);
+    server.deploy_ok("echo", guests::ECHO, "").await;
+    let response = server
+        .http()
+        .post(server.url("/fn/echo/"))
+        .body("first line\n".to_string() + &"y".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "a guest writing past the cap is cut, not killed"
+    );
+    let lines = logs(&server, "echo").await;
+    assert_eq!(lines[0], "first line");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("more bytes of output were dropped"),
+        "{lines:?}"
+    );
+    for i in 0..10 {
+        server
+            .http()
+            .post(server.url("/fn/echo/"))
+            .body(format!("call {i}\n"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let lines = logs(&server, "echo").await;
+    assert_eq!(lines.len(), 5, "the ring keeps the newest lines: {lines:?}");
+    assert_eq!(lines.last().unwrap(), "call 9");
+    let (status, _) = server.get("/v1/functions/nope/logs").await;
+    assert_eq!(status, 404);
+
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["fn", "logs", "echo", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("[stdout] call 9"));
+}
+
+#[tokio::test]
+async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
+    let mut server = Server::start();
+    server
+        .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=1500")
+        .await;
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/sleepy/invoke?async=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let id = answer["id"].as_str().unwrap().to_string();
+    let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+    let status = serde_json::from_str::<Value>(&body).unwrap()["status"].clone();
+    assert!(status == "queued" || status == "running", "{body}");
+
+    server.kill();
+    server.restart();
+    let done = eventually(Duration::from_secs(20), || async {
+        let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        (value["status"] == "succeeded").then_some(value)
+    })
+    .await;
+    assert_eq!(done["response"]["status"], 200);
+    assert_eq!(done["response"]["body"], "slept 1500 ms");
+    assert_eq!(server.get("/v1/invocations/unknown").await.0, 404);
+
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["fn", "invoke", "sleepy", "--async", "--server", &server.url])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(!id.is_empty());
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["invocation", "get", &id, "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"function\": \"sleepy\""));
+}
