@@ -31,6 +31,9 @@ pub enum Command {
     /// Send events.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Asynchronous invocations.
     #[command(subcommand)]
     Invocation(InvocationCommand),
@@ -177,6 +180,12 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Accept this admin token instead of creating `<data-dir>/admin.token`.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// A broker that accepts events without a token (repeatable).
+    #[arg(long = "public-broker", value_name = "BROKER")]
+    pub public_brokers: Vec<String>,
     /// Limits.
     #[command(flatten)]
     pub limits: Limits,
@@ -191,7 +200,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where the server is.
+/// Where the server is, and how to authenticate.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// URL of the Sluice server.
@@ -202,6 +211,18 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
+    /// API token. Default: `<data-dir>/admin.token` when the server is on
+    /// this machine.
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server's data directory, to find its admin token.
+    #[arg(
+        long = "data-dir",
+        global = true,
+        env = "SLUICE_DATA_DIR",
+        default_value = "sluice-data"
+    )]
+    pub data_dir: PathBuf,
 }
 
 /// `sluice fn ...`
@@ -276,6 +297,34 @@ pub enum FunctionCommand {
         /// Queue the call and print its invocation id (see `sluice invocation get`).
         #[arg(long = "async")]
         asynchronous: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token; prints it once.
+    Create {
+        /// What it may do.
+        #[arg(long, value_enum)]
+        scope: crate::auth::Scope,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tokens (ids and scopes, never secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id.
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use crate::cli::{
-    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, TriggerCommand,
+    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, TokenCommand,
+    TriggerCommand,
 };
 
 struct Client {
@@ -15,11 +16,37 @@ struct Client {
     http: reqwest::Client,
 }
 
+/// The token to send: `--token`/`SLUICE_TOKEN`, else the admin token in the
+/// data directory when the server runs on this machine.
+fn token(args: &ClientArgs) -> Option<String> {
+    if let Some(token) = &args.token {
+        return Some(token.clone());
+    }
+    let local = ["://127.0.0.1", "://localhost", "://[::1]"]
+        .iter()
+        .any(|h| args.server.contains(h));
+    if !local {
+        return None;
+    }
+    std::fs::read_to_string(crate::auth::admin_token_path(&args.data_dir))
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
 impl Client {
     fn new(args: &ClientArgs) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token(args)
+            && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Client {
             base: args.server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("a plain HTTP client builds"),
         }
     }
 
@@ -54,6 +81,11 @@ impl Client {
                 ))
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!(
+                "{status}: {reason}\nset SLUICE_TOKEN (or --token), or run on the server's machine with --data-dir pointing at its data directory"
+            );
+        }
         bail!("{status}: {reason}")
     }
 }
@@ -473,6 +505,57 @@ pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Resul
                 .json()
                 .await?;
             print_json(&record)
+        }
+    }
+}
+
+/// Runs one `sluice token` command.
+pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            scope,
+            name,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let request = client
+                .http
+                .post(client.url("/v1/tokens"))
+                .json(&serde_json::json!({"scope": scope.as_str(), "name": name}));
+            let token: serde_json::Value = client.send(request).await?.json().await?;
+            eprintln!(
+                "token {} ({}); it is shown only now:",
+                token["id"].as_str().unwrap_or_default(),
+                scope.as_str()
+            );
+            println!("{}", token["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        TokenCommand::List { client } => {
+            let client = Client::new(&client);
+            let list: serde_json::Value = client
+                .send(client.http.get(client.url("/v1/tokens")))
+                .await?
+                .json()
+                .await?;
+            for t in list["tokens"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<14} {:<8} {:<24} {}",
+                    t["id"].as_str().unwrap_or_default(),
+                    t["scope"].as_str().unwrap_or_default(),
+                    t["created"].as_str().unwrap_or_default(),
+                    t["name"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(client.http.delete(client.url(&format!("/v1/tokens/{id}"))))
+                .await?;
+            println!("revoked {id}");
+            Ok(())
         }
     }
 }

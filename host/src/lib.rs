@@ -11,6 +11,8 @@
 //! On top: the HTTP server ([`server`]) and the CLI ([`cli`], [`client`]).
 
 pub mod api_events;
+pub mod api_tokens;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod error;

@@ -38,11 +38,14 @@ fn main() -> std::process::ExitCode {
                     data_dir: args.data_dir,
                     limits: args.limits,
                     examples: args.examples,
+                    admin_token: args.admin_token,
+                    public_brokers: args.public_brokers,
                 })
                 .await
             }
             Command::Function(command) => sluice_host::client::run_function_command(command).await,
             Command::Trigger(command) => sluice_host::client::run_trigger_command(command).await,
+            Command::Token(command) => sluice_host::client::run_token_command(command).await,
             Command::Invocation(command) => {
                 sluice_host::client::run_invocation_command(command).await
             }

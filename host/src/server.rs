@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use sluice_store::{FunctionRecord, FunctionSettings, Store};
 
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::events::HostInvoker;
 use crate::functions::{Function, Functions};
@@ -43,6 +44,10 @@ pub struct ServeOptions {
     /// Deploy every `NAME.wasm` in this folder at start, unless a function
     /// of that name already runs the same bytes.
     pub examples: Option<PathBuf>,
+    /// An admin token to accept instead of creating one (`SLUICE_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Brokers that accept events without a token.
+    pub public_brokers: Vec<String>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -51,6 +56,7 @@ pub struct AppState {
     pub(crate) functions: Arc<Functions>,
     pub(crate) router: Arc<Router>,
     pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -76,10 +82,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         deploy_examples(&functions, dir).await?;
     }
 
+    let auth = Auth::init(
+        store.clone(),
+        &options.data_dir,
+        options.admin_token.clone(),
+        options.public_brokers.clone(),
+    )
+    .await?;
     let state = AppState {
         functions: functions.clone(),
         router: event_router.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        auth,
     };
     let dispatcher = tokio::spawn(event_router.run());
     let invocations = crate::invocations::start(state.clone())?;
@@ -201,8 +215,13 @@ pub fn router(state: AppState) -> Routes {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api_tokens::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::check,
+        ))
         .with_state(state)
 }
 

@@ -24,6 +24,7 @@ mod functions;
 mod kv;
 mod lock;
 mod logs;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +59,7 @@ pub struct Store {
     kv_counts: Tree,
     logs: Tree,
     invocations: Tree,
+    tokens: Tree,
     flusher: std::sync::Arc<
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<events::FlushRequest>>,
     >,
@@ -107,6 +109,7 @@ impl Store {
             kv_counts: open_tree("kv_counts")?,
             logs: open_tree("logs")?,
             invocations: open_tree("invocations")?,
+            tokens: open_tree("tokens")?,
             flusher: Default::default(),
             db,
             dir: dir.to_path_buf(),

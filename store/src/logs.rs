@@ -1,4 +1,5 @@
-//! Guest output, kept per function in a bounded ring.
+//! Guest output, kept per function in a bounded ring; and the small
+//! records of asynchronous invocations.
 //!
 //! `logs`: `<function>\0<seq>` (big-endian) → JSON [`LogLine`]. After each
 //! append the oldest lines past the function's bound are removed, so a guest

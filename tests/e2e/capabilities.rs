@@ -350,7 +350,15 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
     assert_eq!(status, 404);
 
     let output = std::process::Command::new(crate::harness::SLUICE)
-        .args(["fn", "logs", "echo", "--server", &server.url])
+        .args([
+            "fn",
+            "logs",
+            "echo",
+            "--server",
+            &server.url,
+            "--token",
+            server.admin_token(),
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("[stdout] call 9"));
@@ -388,13 +396,30 @@ async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
     assert_eq!(server.get("/v1/invocations/unknown").await.0, 404);
 
     let output = std::process::Command::new(crate::harness::SLUICE)
-        .args(["fn", "invoke", "sleepy", "--async", "--server", &server.url])
+        .args([
+            "fn",
+            "invoke",
+            "sleepy",
+            "--async",
+            "--server",
+            &server.url,
+            "--token",
+            server.admin_token(),
+        ])
         .output()
         .unwrap();
     let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
     assert!(!id.is_empty());
     let output = std::process::Command::new(crate::harness::SLUICE)
-        .args(["invocation", "get", &id, "--server", &server.url])
+        .args([
+            "invocation",
+            "get",
+            &id,
+            "--server",
+            &server.url,
+            "--token",
+            server.admin_token(),
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("\"function\": \"sleepy\""));

@@ -10,6 +10,7 @@ fn sluice(server: &Server, args: &[&str]) -> Output {
     Command::new(SLUICE)
         .args(args)
         .env("SLUICE_URL", &server.url)
+        .env("SLUICE_TOKEN", server.admin_token())
         .output()
         .unwrap()
 }

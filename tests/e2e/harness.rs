@@ -18,6 +18,7 @@ pub struct Server {
     data: tempfile::TempDir,
     args: Vec<String>,
     http: reqwest::Client,
+    admin_token: String,
 }
 
 impl Server {
@@ -26,18 +27,64 @@ impl Server {
         Server::start_with(&[])
     }
 
+    /// Starts a server that creates its own admin token file, as on a
+    /// first real start; the client sends that token.
+    pub fn start_creating_admin_token() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let (child, url) = spawn(data.path(), &[])
+            .unwrap_or_else(|error| panic!("{error}\n{}", read_log(data.path())));
+        let admin_token = std::fs::read_to_string(data.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {admin_token}").parse().unwrap(),
+        );
+        Server {
+            child: Some(child),
+            url,
+            data,
+            args: Vec::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            admin_token,
+        }
+    }
+
     /// Starts a server with extra `sluice serve` flags.
     pub fn start_with(args: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let admin_token = format!(
+            "test-admin-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        args.extend(["--admin-token".to_string(), admin_token.clone()]);
         let (child, url) = spawn(data.path(), &args)
             .unwrap_or_else(|error| panic!("{error}\n{}", read_log(data.path())));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {admin_token}").parse().unwrap(),
+        );
         Server {
             child: Some(child),
             url,
             data,
             args,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            admin_token,
         }
     }
 
@@ -74,9 +121,14 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
-    /// A shared HTTP client.
+    /// A shared HTTP client that sends the admin token.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The admin token the server was started with.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// `PUT /v1/functions/{name}?{query}` with the bytes of `component`.

@@ -2,6 +2,7 @@
 //! with real sled files and real wasmtime. Guests come from `guests/`, built
 //! by `sluice-test-artifacts`.
 
+mod auth;
 mod capabilities;
 mod cli;
 mod functions;

@@ -1,0 +1,75 @@
+//! `/v1/tokens`: minting, listing and revoking API tokens (admin only).
+
+use axum::Router as Routes;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Scope, new_token};
+use crate::error::ApiError;
+use crate::server::{AppState, read_body};
+
+/// The token routes.
+pub fn routes() -> Routes<AppState> {
+    Routes::new()
+        .route("/v1/tokens", get(list).post(create))
+        .route("/v1/tokens/{id}", delete(revoke))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    scope: Scope,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, 64 * 1024).await?;
+    let wanted: CreateToken = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_token_request",
+            format!("expected {{\"scope\": \"admin|deploy|invoke|publish\", \"name\": \"...\"}}: {error}"),
+        )
+    })?;
+    let token = new_token().map_err(ApiError::internal)?;
+    let record = state
+        .auth
+        .create(&token, wanted.scope, &wanted.name)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "id": record.id,
+            "scope": record.scope,
+            "name": record.name,
+            "created": record.created,
+            "token": token,
+        })),
+    )
+        .into_response())
+}
+
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let tokens = state.auth.list().map_err(ApiError::internal)?;
+    Ok(axum::Json(json!({"tokens": tokens})).into_response())
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !state.auth.revoke(&id).await.map_err(ApiError::internal)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "token_not_found",
+            format!("token {id:?} not found"),
+        ));
+    }
+    Ok(axum::Json(json!({"revoked": id})).into_response())
+}
