@@ -387,9 +387,10 @@ impl Functions {
             };
         }
         tracing::warn!(function = %name, error = ?error, "guest failed");
+        // The root cause says what happened; the wasm backtrace stays in the log.
         InvokeError::Failed {
             name,
-            reason: format!("{error:#}"),
+            reason: error.root_cause().to_string(),
         }
     }
 

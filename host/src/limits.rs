@@ -68,6 +68,18 @@ pub struct Limits {
     #[arg(long = "pool-instances", default_value_t = 1_000)]
     pub pool_instances: u32,
 
+    /// Bytes the host copies out of a guest in one host call (a list or
+    /// string argument), wasmtime's "hostcall fuel". Defends the host's
+    /// memory against a guest passing a giant value to an import.
+    #[arg(long = "hostcall-fuel", default_value_t = 16 << 20)]
+    pub hostcall_fuel: usize,
+
+    /// Resource handles (streams, header maps, requests, buckets) one call
+    /// may hold at once. Defends the host against a guest that creates
+    /// handles and never drops them.
+    #[arg(long = "max-resources", default_value_t = 10_000)]
+    pub max_resources: usize,
+
     /// Elements one guest table may hold. Defends against table growth bombs.
     #[arg(long = "max-table-elements", default_value_t = 20_000)]
     pub max_table_elements: usize,

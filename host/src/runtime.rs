@@ -150,10 +150,12 @@ impl Runtime {
             .stdout(stdout.clone())
             .stderr(stderr.clone());
         let memory_exceeded = Arc::new(AtomicBool::new(false));
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.limits.max_resources);
         let state = InvocationState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
             limiter: GuestLimiter {
                 memory_bytes: usize::try_from(setup.memory_bytes).unwrap_or(usize::MAX),
                 table_elements: self.limits.max_table_elements,
@@ -168,6 +170,7 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(self.limits.hostcall_fuel);
         let deadline = Instant::now() + setup.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {

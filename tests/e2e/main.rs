@@ -7,4 +7,5 @@ mod capabilities;
 mod cli;
 mod functions;
 mod harness;
+mod hostile;
 mod router;

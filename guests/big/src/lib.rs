@@ -1,4 +1,5 @@
-//! `big` (hostile): answers with a 100 MiB body, written in 64 KiB chunks.
+//! `big` (hostile): answers with a 100 MiB body (or `BIG_KB` KiB when that is
+//! set), written in 64 KiB chunks.
 
 use std::io::Write;
 
@@ -16,10 +17,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Big {
         let response = OutgoingResponse::new(Fields::new());
         let body = response.body().expect("body is taken once");
         ResponseOutparam::set(out, Ok(response));
+        let total = std::env::var("BIG_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(TOTAL, |kb| kb << 10);
         let chunk = vec![b'x'; CHUNK];
         {
             let mut stream = body.write().expect("body stream is taken once");
-            for _ in 0..TOTAL / CHUNK {
+            for _ in 0..total.div_ceil(CHUNK) {
                 // The host stops accepting past its response cap.
                 if stream.write_all(&chunk).is_err() {
                     return;

@@ -1,5 +1,6 @@
-//! `hog` (hostile): grows its memory without end, 1 MiB at a time, touching
-//! every page. The host's memory cap stops it.
+//! `hog` (hostile): grows its memory 1 MiB at a time, touching every page,
+//! without end, or up to `HOG_MB` MiB when that is set (then answers). The
+//! host's memory cap stops the endless one.
 
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -7,14 +8,20 @@ struct Hog;
 
 impl wasip2::exports::http::incoming_handler::Guest for Hog {
     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+        let limit: usize = std::env::var("HOG_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
         let mut hoard: Vec<Vec<u8>> = Vec::new();
-        loop {
+        while hoard.len() < limit {
             hoard.push(std::hint::black_box(vec![0xA5; 1 << 20]));
-            if hoard.len() == usize::MAX {
-                break;
-            }
         }
-        common::respond(out, 200, &[], b"unreachable");
+        common::respond(
+            out,
+            200,
+            &[],
+            format!("held {} MiB", hoard.len()).as_bytes(),
+        );
     }
 }
 

@@ -1,0 +1,247 @@
+//! Hostile guests, at volume: every guest-facing limit, obeyed and violated,
+//! many rounds interleaved with a well-behaved function, over HTTP and
+//! through event delivery. The host never panics, and `hello` keeps
+//! answering.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_test_artifacts as guests;
+
+use crate::harness::{Server, Sink, error_code, eventually};
+
+struct Limit {
+    /// The named setting under test.
+    setting: &'static str,
+    guest: &'static str,
+    obeyed: &'static str,
+    violated: &'static str,
+    path: &'static str,
+    /// Status and error code when violated; `None` code means the guest
+    /// itself answers 200 with `reason` in its body.
+    status: u16,
+    code: Option<&'static str>,
+    reason: &'static str,
+}
+
+const LIMITS: &[Limit] = &[
+    Limit {
+        setting: "timeout_ms",
+        guest: guests::SPIN,
+        obeyed: "timeout_ms=3000&env=SPIN_MS=20",
+        violated: "timeout_ms=150",
+        path: "/",
+        status: 504,
+        code: Some("timeout"),
+        reason: "150 ms",
+    },
+    Limit {
+        setting: "memory_mb",
+        guest: guests::HOG,
+        obeyed: "memory_mb=32&env=HOG_MB=8",
+        violated: "memory_mb=16",
+        path: "/",
+        status: 500,
+        code: Some("memory_limit"),
+        reason: "16 MiB",
+    },
+    Limit {
+        setting: "--max-wasm-stack",
+        guest: guests::DEEP,
+        obeyed: "env=DEPTH=500",
+        violated: "",
+        path: "/",
+        status: 500,
+        code: Some("trap"),
+        reason: "stack",
+    },
+    Limit {
+        setting: "max_response_bytes",
+        guest: guests::BIG,
+        obeyed: "env=BIG_KB=256",
+        violated: "",
+        path: "/",
+        status: 413,
+        code: Some("response_too_large"),
+        reason: "1048576 bytes",
+    },
+    Limit {
+        setting: "--max-resources",
+        guest: guests::LEAK,
+        obeyed: "env=LEAK_N=100",
+        violated: "",
+        path: "/",
+        status: 500,
+        code: Some("failed"),
+        reason: "resource table",
+    },
+    Limit {
+        setting: "--max-publish-per-call",
+        guest: guests::FLOOD,
+        obeyed: "env=FLOOD_N=5",
+        violated: "",
+        path: "/",
+        status: 200,
+        code: None,
+        reason: "published 20; stopped: this call already published 20 events",
+    },
+    Limit {
+        setting: "--hostcall-fuel",
+        guest: guests::FLOOD,
+        obeyed: "",
+        violated: "",
+        path: "/?kv_bytes=200000",
+        status: 500,
+        code: Some("failed"),
+        reason: "fuel allocated for hostcalls has been exhausted",
+    },
+    Limit {
+        setting: "--max-call-depth",
+        guest: guests::CALLER,
+        obeyed: "env=CALL=http://hello.internal/",
+        violated: "env=CALL=http://violated-7.internal/",
+        path: "/",
+        status: 200,
+        code: None,
+        reason: "LoopDetected",
+    },
+];
+
+fn server() -> Server {
+    Server::start_with(&[
+        "--max-response-bytes",
+        "1048576",
+        "--max-resources",
+        "500",
+        "--max-publish-per-call",
+        "20",
+        "--hostcall-fuel",
+        "65536",
+        "--max-call-depth",
+        "4",
+    ])
+}
+
+#[tokio::test]
+async fn every_limit_is_obeyed_below_and_enforced_above_many_times_over() {
+    let server = server();
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    for (i, limit) in LIMITS.iter().enumerate() {
+        server
+            .deploy_ok(&format!("obeyed-{i}"), limit.guest, limit.obeyed)
+            .await;
+        server
+            .deploy_ok(&format!("violated-{i}"), limit.guest, limit.violated)
+            .await;
+    }
+    // The fuel case's obeyed side is a small value.
+    let (status, body) = server.get("/fn/obeyed-6/?kv_bytes=1000").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "stored: Ok(())"),
+        "--hostcall-fuel obeyed"
+    );
+
+    for round in 0..5 {
+        for (i, limit) in LIMITS.iter().enumerate() {
+            if i != 6 {
+                let (status, body) = server.get(&format!("/fn/obeyed-{i}/")).await;
+                assert_eq!(
+                    status,
+                    200,
+                    "round {round}: {} obeyed: {}",
+                    limit.setting,
+                    &body[..body.len().min(300)]
+                );
+            }
+            let (status, body) = server.get(&format!("/fn/violated-{i}{}", limit.path)).await;
+            let shown = &body[..body.len().min(400)];
+            assert_eq!(
+                status, limit.status,
+                "round {round}: {} violated: {shown}",
+                limit.setting
+            );
+            match limit.code {
+                Some(code) => {
+                    assert_eq!(error_code(&body), code, "{}: {shown}", limit.setting);
+                    assert!(
+                        body.to_lowercase().contains(&limit.reason.to_lowercase()),
+                        "{}: {shown}",
+                        limit.setting
+                    );
+                }
+                None => assert!(body.contains(limit.reason), "{}: {shown}", limit.setting),
+            }
+            let (status, _) = server.get("/fn/hello/").await;
+            assert_eq!(status, 200, "hello after {} (round {round})", limit.setting);
+        }
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("panicked"),
+        "the server log has a panic:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_guests_behind_triggers_are_dead_lettered_while_others_are_delivered() {
+    let server = server();
+    let sink = Sink::start().await;
+    server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;
+    server.deploy_ok("trap", guests::TRAP, "").await;
+    server
+        .deploy_ok("spin", guests::SPIN, "timeout_ms=100")
+        .await;
+    server.deploy_ok("hog", guests::HOG, "memory_mb=16").await;
+    for (name, function) in [
+        ("to-trap", "trap"),
+        ("to-spin", "spin"),
+        ("to-hog", "hog"),
+        ("to-echo", "event-echo"),
+    ] {
+        server
+            .trigger(json!({"name": name, "filter": {"attributes": {"type": "load"}}, "subscriber": {"function": function},
+                            "delivery": {"retry": 1, "backoffDelay": "PT0.01S"}}))
+            .await;
+    }
+    server
+        .trigger(json!({"name": "out", "filter": {"attributes": {"type": "load.echo"}}, "subscriber": {"uri": format!("{}/", sink.url)}}))
+        .await;
+    const EVENTS: usize = 10;
+    for i in 0..EVENTS {
+        assert_eq!(
+            server.send_event(&format!("e{i}"), "load", &[], b"x").await,
+            202
+        );
+    }
+    let got = sink.wait_for(EVENTS).await;
+    assert_eq!(
+        got.len(),
+        EVENTS,
+        "every event reached the well-behaved function once"
+    );
+    let letters = eventually(Duration::from_secs(30), || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        let letters = value["deadletters"].as_array().unwrap().clone();
+        (letters.len() == 3 * EVENTS).then_some(letters)
+    })
+    .await;
+    let code_of = |trigger: &str| -> Vec<String> {
+        letters
+            .iter()
+            .filter(|l| l["trigger"] == trigger)
+            .map(|l| l["event"]["knativeerrorcode"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(code_of("to-trap").iter().all(|c| c == "500"), "{letters:?}");
+    assert!(code_of("to-spin").iter().all(|c| c == "504"), "{letters:?}");
+    assert!(code_of("to-hog").iter().all(|c| c == "500"), "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l["attempts"] == 2),
+        "retry 1 = two attempts each"
+    );
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(!server.log().contains("panicked"));
+}
