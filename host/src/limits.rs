@@ -140,6 +140,12 @@ pub struct Limits {
     #[arg(long = "invocation-retention-secs", default_value_t = 3_600)]
     pub invocation_retention_secs: u64,
 
+    /// On SIGTERM or SIGINT: how long in-flight requests and deliveries may
+    /// take to finish before the server exits anyway, in seconds. Pending
+    /// deliveries are durable and resume at the next start either way.
+    #[arg(long = "shutdown-timeout-secs", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
     /// Compiled code of a function idle this long is dropped from memory and
     /// reloaded from its on-disk artifact on the next call, in seconds.
     #[arg(long = "idle-unload-secs", default_value_t = 300)]

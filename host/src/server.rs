@@ -57,6 +57,10 @@ pub struct AppState {
     pub(crate) router: Arc<Router>,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) auth: Arc<Auth>,
+    /// Set once shutdown began: new requests get 503.
+    pub(crate) draining: Arc<AtomicBool>,
+    /// Requests being served now.
+    pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -94,6 +98,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         router: event_router.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         auth,
+        draining: Arc::new(AtomicBool::new(false)),
+        in_flight: Arc::default(),
     };
     let dispatcher = tokio::spawn(event_router.run());
     let invocations = crate::invocations::start(state.clone())?;
@@ -121,10 +127,36 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     };
 
     state.ready.store(true, Ordering::Release);
+    let drain = Duration::from_secs(options.limits.shutdown_timeout_secs);
+    let draining = {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            state.draining.store(true, Ordering::Release);
+            state.ready.store(false, Ordering::Release);
+            // New requests now get 503 with Retry-After; wait for the ones
+            // already running and for deliveries in flight.
+            let deadline = tokio::time::Instant::now() + drain;
+            let requests = async {
+                while state.in_flight.load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let drained = tokio::time::timeout_at(deadline, async {
+                tokio::join!(requests, state.router.stop())
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    in_flight = state.in_flight.load(Ordering::Acquire),
+                    "shutdown deadline passed with work in flight; unfinished deliveries resume at the next start"
+                );
+            }
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(draining)
         .await?;
-    state.ready.store(false, Ordering::Release);
     reaper.abort();
     dispatcher.abort();
     invocations.abort();
@@ -149,7 +181,7 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: refusing new requests, finishing in-flight ones");
 }
 
 async fn deploy_examples(functions: &Functions, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -222,7 +254,38 @@ pub fn router(state: AppState) -> Routes {
             state.clone(),
             crate::auth::check,
         ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Counts requests in flight, and refuses new ones once shutdown began.
+async fn track(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.draining.load(Ordering::Acquire) && request.uri().path() != "/healthz" {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; retry shortly",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
+        return response;
+    }
+    state.in_flight.fetch_add(1, Ordering::AcqRel);
+    struct Done(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _done = Done(state.in_flight.clone());
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

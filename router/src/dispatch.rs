@@ -216,6 +216,7 @@ pub struct Router {
     per_trigger: Mutex<HashMap<String, Arc<Semaphore>>>,
     metrics: Metrics,
     clock: (tokio::time::Instant, u64),
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Wall-clock unix milliseconds, read once; the router's clock then runs
@@ -270,6 +271,7 @@ impl Router {
             per_trigger: Mutex::new(HashMap::new()),
             metrics: Metrics::new(registry),
             clock: (tokio::time::Instant::now(), unix_ms()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let pending = router.store.pending_deliveries()?;
         if !pending.is_empty() {
@@ -656,6 +658,16 @@ impl Router {
                 tracing::error!(id = record.id, %error, "could not store a dead letter; the delivery stays pending")
             }
         }
+    }
+
+    /// Stops starting deliveries and waits for those in flight to end. What
+    /// is still queued stays durable and runs after the next start.
+    pub async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+        let all = u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX);
+        let _all_permits = self.in_flight.acquire_many(all).await;
     }
 
     /// Creates or replaces a trigger, durably. Returns true if it replaced one.

@@ -111,6 +111,27 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits for the server to exit; returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    /// Starts the server again on the same data directory (after `kill` or
+    /// `terminate`).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        let (child, url) = spawn(self.data.path(), &self.args)
+            .unwrap_or_else(|error| panic!("{error}\n{}", self.log()));
+        self.child = Some(child);
+        self.url = url;
+    }
+
     /// Everything the server wrote to stderr, across restarts.
     pub fn log(&self) -> String {
         read_log(self.data.path())

@@ -8,4 +8,5 @@ mod cli;
 mod functions;
 mod harness;
 mod hostile;
+mod lifecycle;
 mod router;
