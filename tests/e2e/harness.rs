@@ -132,6 +132,28 @@ impl Server {
         self.url = url;
     }
 
+    /// Starts the server on the same data directory and SIGKILLs it after
+    /// `delay`, wherever it is (opening the store, recovering, serving).
+    pub fn crash_during_start(&mut self, delay: Duration) {
+        assert!(self.child.is_none(), "the server is still running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(self.data.path()))
+            .unwrap();
+        let mut child = Command::new(SLUICE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Everything the server wrote to stderr, across restarts.
     pub fn log(&self) -> String {
         read_log(self.data.path())
