@@ -63,6 +63,7 @@ fn trigger_view(state: &AppState, trigger: &Trigger) -> Value {
 async fn json_body(request: Request) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, 1 << 20).await?;
+    sluice_router::event::check_depth(&bytes)?;
     serde_json::from_slice(&bytes).map_err(|error| {
         ApiError::bad_request("malformed_json", format!("invalid JSON body: {error}"))
     })
@@ -93,6 +94,7 @@ async fn create_trigger(
             ),
         ));
     }
+    check_trigger_count(&state, &trigger.name)?;
     state.router.put_trigger(trigger.clone()).await?;
     Ok((
         StatusCode::CREATED,
@@ -107,6 +109,7 @@ async fn put_trigger(
     request: Request,
 ) -> Result<Response, ApiError> {
     let trigger = Trigger::parse(&json_body(request).await?, Some(&name))?;
+    check_trigger_count(&state, &trigger.name)?;
     let replaced = state.router.put_trigger(trigger.clone()).await?;
     let status = if replaced {
         StatusCode::OK
@@ -114,6 +117,19 @@ async fn put_trigger(
         StatusCode::CREATED
     };
     Ok((status, axum::Json(trigger_view(&state, &trigger))).into_response())
+}
+
+/// Refuses a new trigger past `--max-triggers` (replacing one is fine).
+fn check_trigger_count(state: &AppState, name: &str) -> Result<(), ApiError> {
+    let max = state.functions.runtime().limits().max_triggers;
+    if state.router.trigger(name).is_none() && state.router.store().trigger_count() >= max {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_triggers",
+            format!("the server already holds its limit of {max} triggers; delete one first"),
+        ));
+    }
+    Ok(())
 }
 
 fn trigger_not_found(name: &str) -> ApiError {

@@ -129,6 +129,9 @@ impl From<DeployError> for ApiError {
                 "component_too_large",
                 message,
             ),
+            DeployError::TooMany { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_functions", message)
+            }
             DeployError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "function_not_found", message)
             }

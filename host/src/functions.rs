@@ -71,6 +71,12 @@ pub enum DeployError {
         /// The limit.
         limit: u64,
     },
+    /// The server holds `--max-functions` functions already.
+    #[error("the server already holds its limit of {limit} functions; delete one first")]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
     /// No such function (settings change, delete).
     #[error("function {0:?} not found")]
     NotFound(String),
@@ -211,6 +217,10 @@ impl Functions {
             return Err(DeployError::TooLarge { limit });
         }
         self.runtime.limits().validate(&settings)?;
+        let max = self.runtime.limits().max_functions;
+        if self.store.function(name)?.is_none() && self.store.function_count() >= max {
+            return Err(DeployError::TooMany { limit: max });
+        }
         check_component_bytes(&bytes)?;
         let digest = digest_of(&bytes);
         let (component, bytes) = match self.load_artifact(&digest).await {

@@ -140,6 +140,15 @@ pub struct Limits {
     #[arg(long = "invocation-retention-secs", default_value_t = 3_600)]
     pub invocation_retention_secs: u64,
 
+    /// Functions the server holds at most. Defends the store and memory
+    /// against unbounded deploys.
+    #[arg(long = "max-functions", default_value_t = 10_000)]
+    pub max_functions: usize,
+
+    /// Triggers the server holds at most. Defends matching and the store.
+    #[arg(long = "max-triggers", default_value_t = 10_000)]
+    pub max_triggers: usize,
+
     /// On SIGTERM or SIGINT: how long in-flight requests and deliveries may
     /// take to finish before the server exits anyway, in seconds. Pending
     /// deliveries are durable and resume at the next start either way.

@@ -56,6 +56,7 @@ pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<Vec<CloudEvent>
     match mode(headers) {
         Mode::Structured => Ok(vec![CloudEvent::from_json(body)?]),
         Mode::Batch => {
+            crate::event::check_depth(body)?;
             let items: Vec<HashMap<String, Box<RawValue>>> = serde_json::from_slice(body)
                 .map_err(|e| EventError::MalformedJson(e.to_string()))?;
             if items.is_empty() {

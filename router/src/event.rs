@@ -18,6 +18,37 @@ use serde_json::value::RawValue;
 /// The only accepted `specversion`.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// Deepest JSON nesting accepted in a structured or batch body. Defends the
+/// parser's stack (and every later reader's) against hostile input.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in JSON `bytes` (strings are
+/// skipped; the text need not be valid).
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Context attributes defined by the spec (everything else is an extension).
 pub const CORE_ATTRIBUTES: [&str; 8] = [
     "id",
@@ -142,6 +173,9 @@ pub enum EventError {
     /// A batch is empty.
     #[error("a batch must hold at least one event")]
     EmptyBatch,
+    /// JSON nested deeper than [`MAX_JSON_DEPTH`].
+    #[error("JSON nested {0} levels deep; the limit is {MAX_JSON_DEPTH}")]
+    TooDeep(usize),
     /// A binary-mode request without `ce-specversion`.
     #[error(
         "not a CloudEvent: send binary mode (ce-* headers, at least ce-specversion, ce-id, ce-source, ce-type) or structured mode (Content-Type: application/cloudevents+json)"
@@ -176,6 +210,7 @@ impl EventError {
             EventError::InvalidBase64 => "invalid_data_base64",
             EventError::MalformedJson(_) => "malformed_json",
             EventError::EmptyBatch => "empty_batch",
+            EventError::TooDeep(_) => "json_too_deep",
             EventError::NotACloudEvent => "not_a_cloudevent",
             EventError::InBatch { error, .. } => error.code(),
         }
@@ -405,9 +440,18 @@ impl CloudEvent {
 
     /// Parses one event in the structured JSON format.
     pub fn from_json(bytes: &[u8]) -> Result<CloudEvent, EventError> {
+        check_depth(bytes)?;
         let object: HashMap<String, Box<RawValue>> =
             serde_json::from_slice(bytes).map_err(|e| EventError::MalformedJson(e.to_string()))?;
         from_json_object(object)
+    }
+}
+
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`].
+pub fn check_depth(bytes: &[u8]) -> Result<(), EventError> {
+    match json_depth(bytes) {
+        depth if depth > MAX_JSON_DEPTH => Err(EventError::TooDeep(depth)),
+        _ => Ok(()),
     }
 }
 
@@ -492,6 +536,19 @@ mod tests {
     fn with(field: &str) -> Vec<u8> {
         let base = minimal();
         format!("{},{field}}}", &base[..base.len() - 1]).into_bytes()
+    }
+
+    #[test]
+    fn json_depth_skips_strings_and_is_bounded() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[{{"}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[""#), 0);
+        let deep = "[".repeat(MAX_JSON_DEPTH + 1) + &"]".repeat(MAX_JSON_DEPTH + 1);
+        assert_eq!(
+            check_depth(deep.as_bytes()).unwrap_err().code(),
+            "json_too_deep"
+        );
+        let ok = "[".repeat(MAX_JSON_DEPTH) + &"]".repeat(MAX_JSON_DEPTH);
+        assert!(check_depth(ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod cli;
 mod functions;
 mod harness;
 mod hostile;
+mod input_limits;
 mod lifecycle;
 mod router;
