@@ -98,32 +98,6 @@ pub fn validate_name(name: &str) -> Result<(), DeployError> {
     }
 }
 
-/// Checks that `bytes` are a component binary before compiling them, so the
-/// common mistakes get a reason a person can act on.
-pub fn check_component_bytes(bytes: &[u8]) -> Result<(), DeployError> {
-    if bytes.is_empty() {
-        return Err(DeployError::InvalidComponent(
-            "the body is empty; send the component bytes (application/wasm)".into(),
-        ));
-    }
-    if !bytes.starts_with(b"\0asm") {
-        return Err(DeployError::InvalidComponent(
-            "not a WebAssembly binary (it does not start with the \\0asm magic)".into(),
-        ));
-    }
-    if wasmparser::Parser::is_core_wasm(bytes) {
-        return Err(DeployError::InvalidComponent(
-            "this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2`, or wrap it with `wasm-tools component new`".into(),
-        ));
-    }
-    if !wasmparser::Parser::is_component(bytes) {
-        return Err(DeployError::InvalidComponent(
-            "unsupported WebAssembly binary version or layer".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Every loaded function, and the means to load more.
 pub struct Functions {
     me: std::sync::Weak<Functions>,
@@ -221,7 +195,7 @@ impl Functions {
         if self.store.function(name)?.is_none() && self.store.function_count() >= max {
             return Err(DeployError::TooMany { limit: max });
         }
-        check_component_bytes(&bytes)?;
+        sluice_store::check_component_bytes(&bytes).map_err(DeployError::InvalidComponent)?;
         let digest = digest_of(&bytes);
         let (component, bytes) = match self.load_artifact(&digest).await {
             Some(component) => (component, bytes),
@@ -503,15 +477,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn core_modules_and_garbage_are_refused_with_reasons() {
-        let core = b"\0asm\x01\0\0\0";
-        let reason = check_component_bytes(core).unwrap_err().to_string();
-        assert!(reason.contains("core WebAssembly module"), "{reason}");
-        let reason = check_component_bytes(b"hello").unwrap_err().to_string();
-        assert!(reason.contains("\\0asm"), "{reason}");
-        let reason = check_component_bytes(b"").unwrap_err().to_string();
-        assert!(reason.contains("empty"), "{reason}");
-        check_component_bytes(b"\0asm\x0d\0\x01\0").unwrap();
-    }
 }

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod component;
 mod error;
 mod events;
 mod functions;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use sled::Tree;
 
+pub use component::{check_component_bytes, validate_component};
 pub use error::StoreError;
 pub use events::{DeadLetterRecord, DeliveryRecord};
 pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};

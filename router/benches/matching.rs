@@ -1,0 +1,54 @@
+//! Trigger matching with 10,000 triggers: the index against the linear
+//! reference. A realistic mix: 60 % exact `type`, 25 % `type` + `source`,
+//! 10 % `type` prefixes, 5 % filters the index cannot narrow (scanned).
+//!
+//! `cargo bench -p sluice-router --bench matching`
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use sluice_router::event::CloudEvent;
+use sluice_router::index::{TriggerIndex, linear_matches};
+use sluice_router::trigger::Trigger;
+
+const TRIGGERS: usize = 10_000;
+
+fn triggers() -> Vec<Arc<Trigger>> {
+    (0..TRIGGERS)
+        .map(|i| {
+            let name = format!("t{i}");
+            let ty = format!("com.example.domain{}.event{}", i % 50, i % 200);
+            let definition = match i % 20 {
+                0..=11 => json!({"filter": {"attributes": {"type": ty}}}),
+                12..=16 => json!({"filter": {"attributes": {"type": ty, "source": format!("/svc/{}", i % 30)}}}),
+                17 | 18 => json!({"filters": [{"prefix": {"type": format!("com.example.domain{}.", i % 50)}}]}),
+                _ => json!({"filters": [{"suffix": {"subject": format!(".{}", i % 100)}}]}),
+            };
+            let mut definition = definition;
+            definition["subscriber"] = json!({"function": "f"});
+            Arc::new(Trigger::parse(&definition, Some(&name)).unwrap())
+        })
+        .collect()
+}
+
+fn event() -> CloudEvent {
+    let value = json!({"specversion": "1.0", "id": "1", "source": "/svc/7", "type": "com.example.domain7.event57", "subject": "order.42"});
+    CloudEvent::from_json(value.to_string().as_bytes()).unwrap()
+}
+
+fn matching(c: &mut Criterion) {
+    let triggers = triggers();
+    let index = TriggerIndex::build(triggers.clone());
+    let event = event();
+    let indexed = index.matches("default", &event).len();
+    let linear = linear_matches(&triggers, "default", &event).len();
+    assert_eq!(indexed, linear, "the index and the reference agree");
+    let mut group = c.benchmark_group("match_10k_triggers");
+    group.bench_function("indexed", |b| b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event)))));
+    group.bench_function("linear", |b| b.iter(|| std::hint::black_box(linear_matches(&triggers, "default", std::hint::black_box(&event)))));
+    group.finish();
+}
+
+criterion_group!(benches, matching);
+criterion_main!(benches);
