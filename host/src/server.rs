@@ -309,6 +309,14 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.functions.store().healthy() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_failed",
+            "a write to disk failed (full disk?); fix it and restart the server",
+        )
+        .into_response();
+    }
     if state.ready.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {

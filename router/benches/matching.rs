@@ -45,8 +45,18 @@ fn matching(c: &mut Criterion) {
     let linear = linear_matches(&triggers, "default", &event).len();
     assert_eq!(indexed, linear, "the index and the reference agree");
     let mut group = c.benchmark_group("match_10k_triggers");
-    group.bench_function("indexed", |b| b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event)))));
-    group.bench_function("linear", |b| b.iter(|| std::hint::black_box(linear_matches(&triggers, "default", std::hint::black_box(&event)))));
+    group.bench_function("indexed", |b| {
+        b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event))))
+    });
+    group.bench_function("linear", |b| {
+        b.iter(|| {
+            std::hint::black_box(linear_matches(
+                &triggers,
+                "default",
+                std::hint::black_box(&event),
+            ))
+        })
+    });
     group.finish();
 }
 

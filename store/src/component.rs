@@ -41,7 +41,13 @@ mod tests {
         let reason = check_component_bytes(b"").unwrap_err();
         assert!(reason.contains("empty"), "{reason}");
         check_component_bytes(b"\0asm\x0d\0\x01\0").unwrap();
-        assert!(validate_component(b"\0asm\x0d\0\x01\0").is_ok(), "the empty component is valid");
-        assert!(validate_component(b"\0asm\x0d\0\x01\0\x07\x05").is_err(), "a truncated section is not");
+        assert!(
+            validate_component(b"\0asm\x0d\0\x01\0").is_ok(),
+            "the empty component is valid"
+        );
+        assert!(
+            validate_component(b"\0asm\x0d\0\x01\0\x07\x05").is_err(),
+            "a truncated section is not"
+        );
     }
 }

@@ -104,9 +104,12 @@ impl Store {
             .map_err(|_| StoreError::Conflict("the flusher stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Io {
-                context: "flushing the store".into(),
-                source: std::io::Error::other(message),
+            Ok(Err(message)) => Err({
+                self.mark_failed();
+                StoreError::Io {
+                    context: "flushing the store".into(),
+                    source: std::io::Error::other(message),
+                }
             }),
             Err(_) => Err(StoreError::Conflict("the flusher stopped".into())),
         }
@@ -158,8 +161,7 @@ impl Store {
         for record in records {
             batch.insert(&key(record.id), encode(record));
         }
-        self.deliveries.apply_batch(batch)?;
-        Ok(())
+        self.checked(self.deliveries.apply_batch(batch))
     }
 
     /// Records a changed attempt count and schedule.

@@ -62,6 +62,7 @@ pub struct Store {
     logs: Tree,
     invocations: Tree,
     tokens: Tree,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     flusher: std::sync::Arc<
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<events::FlushRequest>>,
     >,
@@ -113,6 +114,7 @@ impl Store {
             invocations: open_tree("invocations")?,
             tokens: open_tree("tokens")?,
             flusher: Default::default(),
+            failed: Default::default(),
             db,
             dir: dir.to_path_buf(),
             _lock: std::sync::Arc::new(lock),
@@ -155,8 +157,31 @@ impl Store {
 
     /// Flushes every pending write to disk.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        if let Err(error) = self.db.flush_async().await {
+            self.mark_failed();
+            return Err(error.into());
+        }
         Ok(())
+    }
+
+    /// Records that a write to disk failed. sled refuses writes after an I/O
+    /// error, so the store stays failed until the process restarts.
+    pub(crate) fn mark_failed(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Passes `result` on, recording an I/O failure of the medium.
+    pub(crate) fn checked<T>(&self, result: sled::Result<T>) -> Result<T> {
+        if let Err(sled::Error::Io(_)) = &result {
+            self.mark_failed();
+        }
+        Ok(result?)
+    }
+
+    /// False once a write or flush has failed (full disk, I/O error).
+    pub fn healthy(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -118,3 +118,106 @@ async fn a_corrupt_store_is_a_clear_error_not_a_panic() {
     assert!(stderr.contains("store"), "names the store: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Mounts a small tmpfs (needs root; skips, saying so, where mounting is
+/// not permitted) and returns its path.
+fn small_filesystem(megabytes: u32) -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .ok()?;
+    status.success().then_some(dir)
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_makes_ingress_answer_503_never_202() {
+    let Some(mount) = small_filesystem(24) else {
+        eprintln!("skipping: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let data = mount.path().join("data");
+    let token = "full-disk-test-token";
+    let mut child = std::process::Command::new(SLUICE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            token,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines
+            .find_map(|l| {
+                l.ok()?
+                    .strip_prefix("sluice listening on ")
+                    .map(str::to_string)
+            })
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let post = |id: String, body: Vec<u8>| {
+        http.post(format!("{url}/v1/events"))
+            .bearer_auth(token)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/disk")
+            .header("ce-type", "t")
+            .body(body)
+            .send()
+    };
+    let response = http
+        .post(format!("{url}/v1/triggers"))
+        .bearer_auth(token)
+        .json(&json!({"name": "t", "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 100, "backoffDelay": "PT60S"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        post("before".into(), b"x".to_vec()).await.unwrap().status(),
+        202
+    );
+
+    // Fill the disk.
+    let filler = mount.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 << 20]);
+    for i in 0..5 {
+        let status = post(format!("full-{i}"), vec![b'y'; 100_000])
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status, 503,
+            "a write that cannot be flushed is never acknowledged"
+        );
+    }
+    let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readiness reports the failed store");
+    let _ = child.kill();
+    let _ = child.wait();
+}
