@@ -1,6 +1,7 @@
 //! Trigger matching with 10,000 triggers: the index against the linear
-//! reference. A realistic mix: 60 % exact `type`, 25 % `type` + `source`,
-//! 10 % `type` prefixes, 5 % filters the index cannot narrow (scanned).
+//! reference. A realistic mix over 100 domains and 2,000 event types: 60 %
+//! exact `type`, 25 % `type` + `source`, 10 % `type` prefixes (a domain),
+//! 5 % `subject` suffixes. The event matches 5 triggers.
 //!
 //! `cargo bench -p sluice-router --bench matching`
 
@@ -18,11 +19,11 @@ fn triggers() -> Vec<Arc<Trigger>> {
     (0..TRIGGERS)
         .map(|i| {
             let name = format!("t{i}");
-            let ty = format!("com.example.domain{}.event{}", i % 50, i % 200);
+            let ty = format!("com.example.domain{}.event{}", i % 100, i % 2000);
             let definition = match i % 20 {
                 0..=11 => json!({"filter": {"attributes": {"type": ty}}}),
                 12..=16 => json!({"filter": {"attributes": {"type": ty, "source": format!("/svc/{}", i % 30)}}}),
-                17 | 18 => json!({"filters": [{"prefix": {"type": format!("com.example.domain{}.", i % 50)}}]}),
+                17 | 18 => json!({"filters": [{"prefix": {"type": format!("com.example.domain{}.", i % 100)}}]}),
                 _ => json!({"filters": [{"suffix": {"subject": format!(".{}", i % 100)}}]}),
             };
             let mut definition = definition;
@@ -33,7 +34,7 @@ fn triggers() -> Vec<Arc<Trigger>> {
 }
 
 fn event() -> CloudEvent {
-    let value = json!({"specversion": "1.0", "id": "1", "source": "/svc/7", "type": "com.example.domain7.event57", "subject": "order.42"});
+    let value = json!({"specversion": "1.0", "id": "1", "source": "/svc/7", "type": "com.example.domain7.event1207", "subject": "order.42"});
     CloudEvent::from_json(value.to_string().as_bytes()).unwrap()
 }
 
@@ -44,6 +45,7 @@ fn matching(c: &mut Criterion) {
     let indexed = index.matches("default", &event).len();
     let linear = linear_matches(&triggers, "default", &event).len();
     assert_eq!(indexed, linear, "the index and the reference agree");
+    println!("the event matches {indexed} of {TRIGGERS} triggers");
     let mut group = c.benchmark_group("match_10k_triggers");
     group.bench_function("indexed", |b| {
         b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event))))
