@@ -94,8 +94,18 @@ pub fn merge_patch(current: &FunctionSettings, patch: &[u8]) -> Result<FunctionS
             merged.insert(key, value);
         }
     }
-    serde_json::from_value(serde_json::Value::Object(merged))
-        .map_err(|error| bad(format!("invalid settings: {error}")))
+    let mut merged: FunctionSettings = serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|error| bad(format!("invalid settings: {error}")))?;
+    // A settings view sent back as a patch carries redacted secrets: keep
+    // the stored values instead of storing the placeholder.
+    for (name, value) in merged.secrets.iter_mut() {
+        if value == crate::server::REDACTED
+            && let Some(stored) = current.secrets.get(name)
+        {
+            value.clone_from(stored);
+        }
+    }
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -147,6 +157,20 @@ mod tests {
         assert_eq!(merged.memory_mb, None);
         assert_eq!(merged.env["K"], "V");
         assert!(merge_patch(&current, br#"{"timeout": 7}"#).is_err());
+        let with_secret = FunctionSettings {
+            secrets: [("TOKEN".to_string(), "s3cr3t".to_string())].into(),
+            ..FunctionSettings::default()
+        };
+        let merged = merge_patch(
+            &with_secret,
+            br#"{"secrets": {"TOKEN": "<redacted>", "NEW": "n"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            merged.secrets["TOKEN"], "s3cr3t",
+            "a redacted view sent back keeps the secret"
+        );
+        assert_eq!(merged.secrets["NEW"], "n");
         assert!(merge_patch(&current, b"[1]").is_err());
     }
 }
