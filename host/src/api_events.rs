@@ -241,14 +241,16 @@ async fn list_dead_letters(
     Ok(axum::Json(json!({"deadletters": letters})).into_response())
 }
 
+fn dead_letter_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "dead_letter_not_found",
+        format!("dead letter {id:?} not found"),
+    )
+}
+
 fn parse_id(id: &str) -> Result<u64, ApiError> {
-    id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "dead_letter_not_found",
-            format!("dead letter {id:?} not found"),
-        )
-    })
+    id.parse().map_err(|_| dead_letter_not_found(id))
 }
 
 async fn replay_dead_letter(
@@ -256,11 +258,7 @@ async fn replay_dead_letter(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !state.router.replay(parse_id(&id)?).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "dead_letter_not_found",
-            format!("dead letter {id:?} not found"),
-        ));
+        return Err(dead_letter_not_found(&id));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"replayed": id}))).into_response())
 }
@@ -275,11 +273,7 @@ async fn delete_dead_letter(
         .delete_dead_letter(parse_id(&id)?)
         .await?
     {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "dead_letter_not_found",
-            format!("dead letter {id:?} not found"),
-        ));
+        return Err(dead_letter_not_found(&id));
     }
     Ok(axum::Json(json!({"deleted": id})).into_response())
 }

@@ -37,20 +37,12 @@ impl Server {
             .unwrap()
             .trim()
             .to_string();
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {admin_token}").parse().unwrap(),
-        );
         Server {
             child: Some(child),
             url,
             data,
             args: Vec::new(),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap(),
+            http: client_with_token(&admin_token),
             admin_token,
         }
     }
@@ -70,20 +62,12 @@ impl Server {
         args.extend(["--admin-token".to_string(), admin_token.clone()]);
         let (child, url) = spawn(data.path(), &args)
             .unwrap_or_else(|error| panic!("{error}\n{}", read_log(data.path())));
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {admin_token}").parse().unwrap(),
-        );
         Server {
             child: Some(child),
             url,
             data,
             args,
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap(),
+            http: client_with_token(&admin_token),
             admin_token,
         }
     }
@@ -220,6 +204,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An HTTP client that sends `token` as a bearer token.
+fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 fn log_path(data: &Path) -> PathBuf {
