@@ -22,6 +22,7 @@ pub mod invocations;
 pub mod invoke;
 pub mod keyvalue;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod output;

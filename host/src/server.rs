@@ -120,6 +120,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 every.tick().await;
                 let dropped = functions.unload_idle(idle);
                 if dropped > 0 {
+                    crate::memory::release_freed();
                     tracing::debug!(dropped, "unloaded idle functions");
                 }
             }
