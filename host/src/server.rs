@@ -259,9 +259,47 @@ pub fn router(state: AppState) -> Routes {
         .with_state(state)
 }
 
-/// Counts requests in flight, and refuses new ones once shutdown began.
+/// The header carrying a request's id, echoed when the client sends one.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The client's request id if it is a sane one, else a fresh one.
+fn request_id(request: &Request) -> http::HeaderValue {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(given) = request.headers().get(REQUEST_ID)
+        && !given.is_empty()
+        && given.len() <= 128
+        && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return given.clone();
+    }
+    let epoch = EPOCH.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    http::HeaderValue::from_str(&format!("{epoch:x}-{n:x}")).expect("hex is a valid header")
+}
+
+/// Gives every response a request id (and every log line of the request a
+/// span with it), counts requests in flight, and refuses new ones once
+/// shutdown began.
 async fn track(
     State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request_id(&request);
+    let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), method = %request.method(), path = %request.uri().path());
+    let mut response =
+        tracing::Instrument::instrument(serve_tracked(state, request, next), span).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+async fn serve_tracked(
+    state: AppState,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {

@@ -403,3 +403,26 @@ async fn delete_removes_the_function_and_its_route() {
     let (_, list) = server.get("/v1/functions").await;
     assert_eq!(list, r#"{"functions":[]}"#);
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_a_given_one_is_echoed() {
+    let server = Server::start();
+    let mut seen = std::collections::BTreeSet::new();
+    for path in ["/healthz", "/v1/functions", "/fn/missing/", "/no/route"] {
+        let response = server.http().get(server.url(path)).send().await.unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(!id.is_empty(), "{path}");
+        assert!(seen.insert(id), "ids are unique");
+    }
+    let response = server
+        .http()
+        .get(server.url("/healthz"))
+        .header("x-request-id", "client-chosen-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-42");
+}
