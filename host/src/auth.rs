@@ -271,13 +271,7 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
         Need::Nothing => return next.run(request).await,
         Need::Scopes(scopes) => scopes,
         Need::Invoke(name) => {
-            let public = state
-                .functions
-                .store()
-                .function(&name)
-                .ok()
-                .flatten()
-                .is_some_and(|f| f.settings.visibility == Visibility::Public);
+            let public = state.functions.visibility(&name) == Some(Visibility::Public);
             if public {
                 return next.run(request).await;
             }

@@ -288,6 +288,22 @@ impl Functions {
         Ok(Some(function))
     }
 
+    /// Who may invoke function `name`: from the loaded function when it is
+    /// in memory (no store read on the hot path), else from its stored
+    /// record. Never loads a component, so an anonymous caller cannot make
+    /// the server compile or load anything. `None` if there is no such
+    /// function.
+    pub fn visibility(&self, name: &str) -> Option<sluice_store::Visibility> {
+        if let Some(function) = self.loaded.read().unwrap().get(name) {
+            return Some(function.record.settings.visibility);
+        }
+        self.store
+            .function(name)
+            .ok()
+            .flatten()
+            .map(|record| record.settings.visibility)
+    }
+
     fn cached(&self, name: &str) -> Option<Arc<Function>> {
         let function = self.loaded.read().unwrap().get(name).cloned()?;
         function
