@@ -26,6 +26,7 @@ fn setup() -> StoreSetup<'static> {
         publish: None,
         kv: None,
         config: Arc::default(),
+        usage: Default::default(),
     }
 }
 

@@ -57,6 +57,7 @@ fn trigger_view(state: &AppState, trigger: &Trigger) -> Value {
         Ok(()) => json!({"ready": true}),
         Err(reason) => json!({"ready": false, "reason": reason}),
     };
+    view["stats"] = json!(state.router.trigger_stats(&trigger.name));
     view
 }
 
@@ -184,8 +185,21 @@ async fn post_broker_events(
     ingest(&state, &broker, request).await
 }
 
-/// Reads, validates and durably accepts the events of one request.
+/// Reads, validates and durably accepts the events of one request; a
+/// refusal is counted by its error code.
 async fn ingest(state: &AppState, broker: &str, request: Request) -> Result<Response, ApiError> {
+    let result = ingest_checked(state, broker, request).await;
+    if let Err(error) = &result {
+        state.router.reject(broker, error.code, 1);
+    }
+    result
+}
+
+async fn ingest_checked(
+    state: &AppState,
+    broker: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
     let limit = state.functions.runtime().limits().max_event_bytes;
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;

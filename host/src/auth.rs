@@ -265,6 +265,7 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// The middleware: checks the request's token against what its route needs.
+/// A refused event post counts as rejected (`unauthorized`, `forbidden`).
 pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let auth = &state.auth;
     let scopes = match need(request.method(), request.uri().path()) {
@@ -281,18 +282,42 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
             if auth.public_brokers.contains(&broker) {
                 return next.run(request).await;
             }
-            PUBLISH
+            if let Some(refused) = refusal(auth, PUBLISH, &request) {
+                if sluice_store::is_dns_label(&broker) {
+                    let reason = if refused.status() == StatusCode::FORBIDDEN {
+                        "forbidden"
+                    } else {
+                        "unauthorized"
+                    };
+                    state.router.reject(&broker, reason, 1);
+                }
+                return refused;
+            }
+            return next.run(request).await;
         }
     };
-    let Some(token) = bearer(&request) else {
-        return unauthorized("this route needs `Authorization: Bearer <token>`");
+    match refusal(auth, scopes, &request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
+/// The response refusing `request`, or `None` if its token has one of `scopes`.
+fn refusal(auth: &Auth, scopes: &[Scope], request: &Request) -> Option<Response> {
+    let Some(token) = bearer(request) else {
+        return Some(unauthorized(
+            "this route needs `Authorization: Bearer <token>`",
+        ));
     };
     let Some(scope) = auth.scope_of(token) else {
-        return unauthorized("the token is not valid (unknown or revoked)");
+        return Some(unauthorized("the token is not valid (unknown or revoked)"));
     };
-    if !scopes.contains(&scope) {
-        let wanted: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-        return ApiError::new(
+    if scopes.contains(&scope) {
+        return None;
+    }
+    let wanted: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    Some(
+        ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
@@ -301,9 +326,8 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
                 wanted.join(", ")
             ),
         )
-        .into_response();
-    }
-    next.run(request).await
+        .into_response(),
+    )
 }
 
 #[cfg(test)]

@@ -49,6 +49,41 @@ pub struct Function {
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
     last_used_ms: AtomicU64,
+    /// True until the first invocation of this loaded copy.
+    cold: std::sync::atomic::AtomicBool,
+}
+
+impl Function {
+    /// True for the first invocation after the function was loaded (a cold
+    /// start), false after.
+    pub fn take_cold(&self) -> bool {
+        self.cold.load(Ordering::Relaxed) && self.cold.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// One finished invocation, for the function's recent list.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecentInvocation {
+    /// Unix milliseconds when it ended.
+    pub time_ms: u64,
+    /// `ok`, `timeout`, `trap`, ...
+    pub outcome: &'static str,
+    /// Wall-clock time in microseconds.
+    pub duration_us: u64,
+    /// The most linear memory it held.
+    pub memory_peak_bytes: u64,
+    /// Whether it was a cold start.
+    pub cold: bool,
+}
+
+/// Recent invocations kept per function (in memory, since start).
+pub const RECENT_INVOCATIONS: usize = 50;
+
+/// Wall-clock unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a deploy or settings change was refused.
@@ -110,6 +145,7 @@ pub struct Functions {
     pool_permits: Arc<Semaphore>,
     started: Instant,
     router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
+    recent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<RecentInvocation>>>,
 }
 
 impl Functions {
@@ -134,7 +170,31 @@ impl Functions {
             pool_permits: Arc::new(Semaphore::new(pool)),
             started: Instant::now(),
             router: std::sync::OnceLock::new(),
+            recent: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Keeps `invocation` in `function`'s recent list.
+    pub(crate) fn remember(&self, function: &str, invocation: RecentInvocation) {
+        let mut recent = self.recent.lock().unwrap();
+        let list = match recent.get_mut(function) {
+            Some(list) => list,
+            None => recent.entry(function.to_string()).or_default(),
+        };
+        if list.len() == RECENT_INVOCATIONS {
+            list.pop_front();
+        }
+        list.push_back(invocation);
+    }
+
+    /// `function`'s recent invocations, newest first.
+    pub fn recent(&self, function: &str) -> Vec<RecentInvocation> {
+        self.recent
+            .lock()
+            .unwrap()
+            .get(function)
+            .map(|list| list.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A handle on this registry, for calls that outlive a borrow of it
@@ -244,6 +304,7 @@ impl Functions {
             .await?
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         self.loaded.write().unwrap().remove(name);
+        self.recent.lock().unwrap().remove(name);
         self.store.delete_logs(name)?;
         if self.store.blob(&record.digest)?.is_none() {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
@@ -348,6 +409,7 @@ impl Functions {
             pre,
             record,
             last_used_ms: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            cold: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

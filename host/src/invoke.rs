@@ -24,7 +24,7 @@ use crate::keyvalue::KvContext;
 use crate::outbound::OutboundPolicy;
 use crate::output::CappedOutput;
 use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
-use crate::runtime::{InvocationStore, PublishContext, StoreSetup};
+use crate::runtime::{InvocationStore, PublishContext, StoreSetup, Usage};
 use sluice_router::trigger::DEFAULT_BROKER;
 
 /// Why a call did not produce a result.
@@ -183,7 +183,7 @@ enum TaskEnd<R> {
 struct Running<R> {
     task: tokio::task::JoinHandle<TaskEnd<R>>,
     deadline: tokio::time::Instant,
-    memory_exceeded: Arc<std::sync::atomic::AtomicBool>,
+    usage: Arc<Usage>,
 }
 
 impl Functions {
@@ -255,6 +255,7 @@ impl Functions {
         &self,
         function: &Function,
         options: &CallOptions,
+        usage: &Arc<Usage>,
         body: F,
     ) -> Result<Running<R>, InvokeError>
     where
@@ -305,9 +306,10 @@ impl Functions {
                 max_keys: self.runtime().limits().kv_max_keys,
             }),
             config: function.config.clone(),
+            usage: usage.clone(),
         });
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
-        let memory_exceeded = invocation.memory_exceeded.clone();
+        let usage = invocation.usage.clone();
         let (stdout, stderr) = (invocation.stdout.clone(), invocation.stderr.clone());
         let name = function.record.name.clone();
         let invocation_id = options
@@ -315,9 +317,14 @@ impl Functions {
             .clone()
             .unwrap_or_else(|| self.new_invocation_id());
         let functions = self.handle();
+        let running_usage = usage.clone();
         let task = tokio::spawn(async move {
             let _permits = permits;
-            let end = match tokio::time::timeout_at(deadline, body(invocation)).await {
+            let cpu = CpuTimed {
+                inner: body(invocation),
+                usage: usage.clone(),
+            };
+            let end = match tokio::time::timeout_at(deadline, cpu).await {
                 Ok(Ok(value)) => TaskEnd::Done(value),
                 Ok(Err(error)) => TaskEnd::Failed(error),
                 Err(_) => TaskEnd::TimedOut,
@@ -330,7 +337,7 @@ impl Functions {
         Ok(Running {
             task,
             deadline,
-            memory_exceeded,
+            usage: running_usage,
         })
     }
 
@@ -394,16 +401,42 @@ impl Functions {
         }
     }
 
-    fn record(&self, function: &Function, started: Instant, outcome: &str) {
+    fn record(&self, function: &Function, started: Instant, outcome: &'static str, usage: &Usage) {
         let name = function.record.name.as_str();
-        self.metrics()
+        let metrics = self.metrics();
+        let elapsed = started.elapsed();
+        metrics
             .invocations
             .with_label_values(&[name, outcome])
             .inc();
-        self.metrics()
+        metrics
             .invocation_seconds
             .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        let start = if function.take_cold() { "cold" } else { "warm" };
+        metrics.starts.with_label_values(&[name, start]).inc();
+        let peak = usage.memory_peak.load(Ordering::Relaxed);
+        if peak > 0 {
+            metrics
+                .memory_peak_bytes
+                .with_label_values(&[name])
+                .observe(peak as f64);
+        }
+        let cpu_ns = usage.cpu_ns.load(Ordering::Relaxed);
+        metrics
+            .cpu_seconds
+            .with_label_values(&[name])
+            .inc_by(cpu_ns as f64 / 1e9);
+        self.remember(
+            name,
+            crate::functions::RecentInvocation {
+                time_ms: crate::functions::unix_ms(),
+                outcome,
+                duration_us: elapsed.as_micros() as u64,
+                memory_peak_bytes: peak as u64,
+                cold: start == "cold",
+            },
+        );
     }
 
     /// Calls a `wasi:http` function with `request` and collects its response.
@@ -414,11 +447,15 @@ impl Functions {
         options: &CallOptions,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let started = Instant::now();
-        let result = self.call_http_inner(function, request, options).await;
+        let usage = Arc::default();
+        let result = self
+            .call_http_inner(function, request, options, &usage)
+            .await;
         self.record(
             function,
             started,
             result.as_ref().map_or_else(InvokeError::outcome, |_| "ok"),
+            &usage,
         );
         result
     }
@@ -428,6 +465,7 @@ impl Functions {
         function: &Arc<Function>,
         request: http::Request<Bytes>,
         options: &CallOptions,
+        usage: &Arc<Usage>,
     ) -> Result<http::Response<Bytes>, InvokeError> {
         let Pre::Http(pre) = &function.pre else {
             return Err(InvokeError::WrongWorld {
@@ -445,7 +483,7 @@ impl Functions {
         let (sender, receiver) = oneshot::channel();
         let metrics = self.metrics().clone();
         let running = self
-            .spawn(function, options, move |mut invocation| async move {
+            .spawn(function, options, usage, move |mut invocation| async move {
                 let store = &mut invocation.store;
                 let request = request.map(Full::new);
                 let request = store
@@ -467,8 +505,9 @@ impl Functions {
         let Running {
             task,
             deadline,
-            memory_exceeded,
+            usage,
         } = running;
+        let memory_exceeded = || usage.memory_exceeded.load(Ordering::Relaxed);
         let abort = task.abort_handle();
         let timeout_ms = options
             .timeout
@@ -493,12 +532,7 @@ impl Functions {
             }
             Ok(Err(_)) => {
                 let end = task.await;
-                return Err(self.classify(
-                    function,
-                    timeout_ms,
-                    end,
-                    memory_exceeded.load(Ordering::Relaxed),
-                ));
+                return Err(self.classify(function, timeout_ms, end, memory_exceeded()));
             }
         };
         let (parts, body) = head.into_parts();
@@ -521,12 +555,7 @@ impl Functions {
                     Ok(Ok(TaskEnd::Done(()))) => {
                         Ok(http::Response::from_parts(parts, collected.to_bytes()))
                     }
-                    Ok(end) => Err(self.classify(
-                        function,
-                        timeout_ms,
-                        end,
-                        memory_exceeded.load(Ordering::Relaxed),
-                    )),
+                    Ok(end) => Err(self.classify(function, timeout_ms, end, memory_exceeded())),
                 }
             }
             Ok(Err(error)) if error.is::<LengthLimitError>() => {
@@ -539,12 +568,7 @@ impl Functions {
             Ok(Err(_)) => {
                 // The body broke off: the guest failed while writing it.
                 let end = task.await;
-                Err(self.classify(
-                    function,
-                    timeout_ms,
-                    end,
-                    memory_exceeded.load(Ordering::Relaxed),
-                ))
+                Err(self.classify(function, timeout_ms, end, memory_exceeded()))
             }
         }
     }
@@ -558,13 +582,16 @@ impl Functions {
         options: &CallOptions,
     ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
         let started = Instant::now();
-        let result = self.call_event_inner(function, event, options).await;
+        let usage = Arc::default();
+        let result = self
+            .call_event_inner(function, event, options, &usage)
+            .await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "guest_error",
             Err(error) => error.outcome(),
         };
-        self.record(function, started, outcome);
+        self.record(function, started, outcome, &usage);
         result
     }
 
@@ -573,6 +600,7 @@ impl Functions {
         function: &Arc<Function>,
         event: CloudEvent,
         options: &CallOptions,
+        usage: &Arc<Usage>,
     ) -> Result<Result<Vec<CloudEvent>, HandlerError>, InvokeError> {
         let Pre::Event(pre) = &function.pre else {
             return Err(InvokeError::WrongWorld {
@@ -584,7 +612,7 @@ impl Functions {
         let pre = pre.clone();
         let metrics = self.metrics().clone();
         let running = self
-            .spawn(function, options, move |mut invocation| async move {
+            .spawn(function, options, usage, move |mut invocation| async move {
                 let store = &mut invocation.store;
                 let instantiating = Instant::now();
                 let instance = pre.instantiate_async(&mut *store).await?;
@@ -597,21 +625,58 @@ impl Functions {
                     .await
             })
             .await?;
-        let memory_exceeded = running.memory_exceeded.clone();
+        let memory_exceeded = running.usage.memory_exceeded.load(Ordering::Relaxed);
         let timeout_ms = options
             .timeout
             .unwrap_or(function.limits.timeout)
             .as_millis() as u64;
         match running.task.await {
             Ok(TaskEnd::Done(answer)) => Ok(answer),
-            end => Err(self.classify(
-                function,
-                timeout_ms,
-                end,
-                memory_exceeded.load(Ordering::Relaxed),
-            )),
+            end => Err(self.classify(function, timeout_ms, end, memory_exceeded)),
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that adds the CPU time its polls take (this thread's CPU
+    /// clock around each poll) to its invocation's usage.
+    struct CpuTimed<F> {
+        #[pin]
+        inner: F,
+        usage: Arc<Usage>,
+    }
+}
+
+impl<F: Future> Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let before = thread_cpu_ns();
+        let poll = this.inner.poll(cx);
+        this.usage
+            .cpu_ns
+            .fetch_add(thread_cpu_ns().saturating_sub(before), Ordering::Relaxed);
+        poll
+    }
+}
+
+/// This thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the call writes only it.
+    #[allow(unsafe_code)]
+    let failed = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0;
+    if failed {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// An id from the clock, when the store cannot give one.

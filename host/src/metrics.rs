@@ -2,8 +2,8 @@
 //! `sluice_<noun>_<verb>_total` for counters.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -20,6 +20,13 @@ pub struct Metrics {
     pub invocation_seconds: HistogramVec,
     /// Time to instantiate a fresh instance from its `InstancePre`.
     pub instantiate_seconds: Histogram,
+    /// Invocations by function and start: `cold` (the first after the
+    /// function was compiled or loaded into memory) or `warm`.
+    pub starts: IntCounterVec,
+    /// The most linear memory one invocation held, by function.
+    pub memory_peak_bytes: HistogramVec,
+    /// CPU time spent running invocations, by function.
+    pub cpu_seconds: CounterVec,
 }
 
 impl Metrics {
@@ -66,12 +73,40 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let starts = IntCounterVec::new(
+            Opts::new(
+                "sluice_function_starts_total",
+                "Invocations by start: cold (first after the function was loaded) or warm.",
+            ),
+            &["function", "start"],
+        )
+        .unwrap();
+        let memory_peak_bytes = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_function_memory_peak_bytes",
+                "Most linear memory one invocation held.",
+            )
+            .buckets(prometheus::exponential_buckets(65536.0, 4.0, 10).unwrap()),
+            &["function"],
+        )
+        .unwrap();
+        let cpu_seconds = CounterVec::new(
+            Opts::new(
+                "sluice_function_cpu_seconds_total",
+                "CPU time spent running invocations (thread CPU clock).",
+            ),
+            &["function"],
+        )
+        .unwrap();
         for metric in [
             Box::new(components_compiled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(artifacts_loaded.clone()),
             Box::new(invocations.clone()),
             Box::new(invocation_seconds.clone()),
             Box::new(instantiate_seconds.clone()),
+            Box::new(starts.clone()),
+            Box::new(memory_peak_bytes.clone()),
+            Box::new(cpu_seconds.clone()),
         ] {
             registry.register(metric).unwrap();
         }
@@ -82,6 +117,9 @@ impl Metrics {
             invocations,
             invocation_seconds,
             instantiate_seconds,
+            starts,
+            memory_peak_bytes,
+            cpu_seconds,
         }
     }
 

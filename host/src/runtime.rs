@@ -9,7 +9,7 @@
 //! per call and dropped when the call ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -150,7 +150,6 @@ impl Runtime {
             .envs(setup.extra_env)
             .stdout(stdout.clone())
             .stderr(stderr.clone());
-        let memory_exceeded = Arc::new(AtomicBool::new(false));
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.limits.max_resources);
         let state = InvocationState {
@@ -160,7 +159,7 @@ impl Runtime {
             limiter: GuestLimiter {
                 memory_bytes: usize::try_from(setup.memory_bytes).unwrap_or(usize::MAX),
                 table_elements: self.limits.max_table_elements,
-                memory_exceeded: memory_exceeded.clone(),
+                usage: setup.usage.clone(),
             },
             outbound: setup.outbound,
             publish: setup.publish,
@@ -188,7 +187,7 @@ impl Runtime {
             deadline,
             stdout,
             stderr,
-            memory_exceeded,
+            usage: setup.usage,
         }
     }
 }
@@ -211,6 +210,8 @@ pub struct StoreSetup<'a> {
     pub kv: Option<crate::keyvalue::KvContext>,
     /// `wasi:config` values (the function's env and secrets).
     pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    /// Where the invocation's usage is counted.
+    pub usage: Arc<Usage>,
 }
 
 /// Where a guest's published events go.
@@ -240,8 +241,21 @@ pub struct InvocationStore {
     pub stdout: CappedOutput,
     /// Captured guest stderr (bounded).
     pub stderr: CappedOutput,
+    /// What the invocation used.
+    pub usage: Arc<Usage>,
+}
+
+/// What one invocation used, read after it ends.
+#[derive(Debug, Default)]
+pub struct Usage {
     /// Set when the guest tried to grow memory past its cap.
-    pub memory_exceeded: Arc<AtomicBool>,
+    pub memory_exceeded: AtomicBool,
+    /// Linear memory the instance holds now, in bytes.
+    memory_bytes: AtomicUsize,
+    /// The most linear memory the instance held at once, in bytes.
+    pub memory_peak: AtomicUsize,
+    /// CPU time spent running the invocation's task, in nanoseconds.
+    pub cpu_ns: AtomicU64,
 }
 
 /// The data of one invocation's `Store`.
@@ -328,20 +342,23 @@ impl event_bindings::sluice::function::publisher::Host for InvocationState {
 struct GuestLimiter {
     memory_bytes: usize,
     table_elements: usize,
-    memory_exceeded: Arc<AtomicBool>,
+    usage: Arc<Usage>,
 }
 
 impl wasmtime::ResourceLimiter for GuestLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            self.memory_exceeded.store(true, Ordering::Relaxed);
+            self.usage.memory_exceeded.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        let grown = desired.saturating_sub(current);
+        let now = self.usage.memory_bytes.fetch_add(grown, Ordering::Relaxed) + grown;
+        self.usage.memory_peak.fetch_max(now, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -238,6 +238,10 @@ pub fn router(state: AppState) -> Routes {
         .route("/v1/functions/{name}/invoke", post(invoke_function))
         .route("/v1/functions/{name}/logs", get(function_logs))
         .route(
+            "/v1/functions/{name}/invocations",
+            get(function_invocations),
+        )
+        .route(
             "/v1/invocations/{id}",
             get(crate::invocations::get_invocation),
         )
@@ -560,6 +564,18 @@ async fn function_logs(
     let lines = state.functions.store().logs(&name, since, limit)?;
     let next = lines.last().map_or(since, |line| line.seq);
     Ok(axum::Json(json!({"logs": lines, "next": next})).into_response())
+}
+
+/// The function's recent invocations (kept in memory since start), newest first.
+async fn function_invocations(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if state.functions.store().function(&name)?.is_none() {
+        return Err(ApiError::function_not_found(&name));
+    }
+    let recent = state.functions.recent(&name);
+    Ok(axum::Json(json!({"invocations": recent})).into_response())
 }
 
 async fn delete_function(

@@ -21,9 +21,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use sluice_store::{DeadLetterRecord, DeliveryRecord, Store, StoreError};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, broadcast};
 
 use crate::event::CloudEvent;
 use crate::index::TriggerIndex;
@@ -127,12 +127,17 @@ pub enum PublishError {
 #[derive(Clone)]
 struct Metrics {
     accepted: IntCounterVec,
+    rejected: IntCounterVec,
     unmatched: IntCounterVec,
     dropped: IntCounterVec,
+    events_delivered: IntCounterVec,
+    events_dead_lettered: IntCounterVec,
     matched: IntCounterVec,
     delivered: IntCounterVec,
     retried: IntCounterVec,
     dead_lettered: IntCounterVec,
+    replayed: IntCounterVec,
+    trigger_in_flight: IntGaugeVec,
     in_flight: IntGauge,
     queue_depth: IntGauge,
 }
@@ -153,6 +158,21 @@ impl Metrics {
             accepted: counter(
                 "sluice_events_accepted_total",
                 "Events accepted (durable, answered 202).",
+                &["broker"],
+            ),
+            rejected: counter(
+                "sluice_events_rejected_total",
+                "Events refused at ingress, by reason (the error code answered).",
+                &["broker", "reason"],
+            ),
+            events_delivered: counter(
+                "sluice_events_delivered_total",
+                "Accepted events every matching trigger delivered.",
+                &["broker"],
+            ),
+            events_dead_lettered: counter(
+                "sluice_events_dead_lettered_total",
+                "Accepted events at least one matching trigger dead-lettered.",
                 &["broker"],
             ),
             unmatched: counter(
@@ -185,6 +205,23 @@ impl Metrics {
                 "Deliveries that failed for good.",
                 &["trigger"],
             ),
+            replayed: counter(
+                "sluice_trigger_replayed_total",
+                "Dead letters replayed to the trigger (each a new delivery).",
+                &["trigger"],
+            ),
+            trigger_in_flight: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_trigger_in_flight",
+                        "Deliveries of the trigger running now.",
+                    ),
+                    &["trigger"],
+                )
+                .unwrap();
+                registry.register(Box::new(g.clone())).unwrap();
+                g
+            },
             in_flight: gauge("sluice_deliveries_in_flight", "Deliveries running now."),
             queue_depth: gauge(
                 "sluice_deliveries_pending",
@@ -192,6 +229,57 @@ impl Metrics {
             ),
         }
     }
+}
+
+/// The deliveries of one accepted event still to end, and whether one of
+/// them was dead-lettered.
+#[derive(Default)]
+struct Group {
+    remaining: u32,
+    dead: bool,
+}
+
+/// Counts of one trigger since the server started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TriggerStats {
+    /// Events the trigger matched.
+    pub matched: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Failed attempts that were retried.
+    pub retried: u64,
+    /// Deliveries that failed for good.
+    pub dead_lettered: u64,
+    /// Deliveries running now.
+    pub in_flight: i64,
+}
+
+/// What the live event stream carries: an event accepted, or the end of
+/// one delivery of it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamEntry {
+    /// `accepted`, `delivered`, `retrying` or `dead_lettered`.
+    pub kind: &'static str,
+    /// The broker.
+    pub broker: String,
+    /// The trigger, for delivery outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The event's `id`, `type` and `source`.
+    pub id: String,
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The event's source.
+    pub source: String,
+    /// Triggers that matched, for `accepted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<Vec<String>>,
+    /// The delivery attempt, for outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Unix milliseconds.
+    pub time_ms: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -217,6 +305,10 @@ pub struct Router {
     metrics: Metrics,
     clock: (tokio::time::Instant, u64),
     stopping: std::sync::atomic::AtomicBool,
+    /// Open groups: accepted events whose deliveries have not all ended.
+    groups: Mutex<HashMap<u64, Group>>,
+    /// The live event stream (lossy: a slow reader misses entries).
+    stream: broadcast::Sender<StreamEntry>,
 }
 
 /// Wall-clock unix milliseconds, read once; the router's clock then runs
@@ -233,6 +325,13 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+impl StreamEntry {
+    fn with_matched(mut self, matched: Vec<String>) -> StreamEntry {
+        self.matched = Some(matched);
+        self
+    }
 }
 
 impl Router {
@@ -272,12 +371,15 @@ impl Router {
             metrics: Metrics::new(registry),
             clock: (tokio::time::Instant::now(), unix_ms()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            groups: Mutex::new(HashMap::new()),
+            stream: broadcast::channel(1024).0,
         });
         let pending = router.store.pending_deliveries()?;
         if !pending.is_empty() {
             tracing::info!(pending = pending.len(), "resuming pending deliveries");
         }
         router.metrics.queue_depth.set(pending.len() as i64);
+        router.open_groups(&pending);
         router.schedule(pending);
         Ok(router)
     }
@@ -354,6 +456,8 @@ impl Router {
         let mut records = Vec::new();
         let mut unmatched = 0;
         let mut accepted = 0;
+        let watched = self.stream.receiver_count() > 0;
+        let mut seen = Vec::new();
         for event in events {
             let hops: u32 = event
                 .extensions
@@ -370,30 +474,49 @@ impl Router {
             }
             accepted += 1;
             let matches = index.matches(broker, &event);
+            if watched {
+                seen.push(
+                    self.entry("accepted", broker, None, &event, None)
+                        .with_matched(matches.iter().map(|t| t.name.clone()).collect()),
+                );
+            }
             if matches.is_empty() {
                 unmatched += 1;
                 continue;
             }
             let json = event.to_json();
+            let mut group = 0;
             for trigger in matches {
-                self.metrics
-                    .matched
-                    .with_label_values(&[&trigger.name])
-                    .inc();
+                let id = self.store.next_id()?;
+                if group == 0 {
+                    group = id;
+                }
                 records.push(DeliveryRecord {
-                    id: self.store.next_id()?,
+                    id,
                     broker: broker.to_string(),
                     trigger: trigger.name.clone(),
                     event: json.clone(),
                     attempts: 0,
                     not_before_ms: 0,
                     dead_letter: None,
+                    group,
                 });
             }
         }
         if !records.is_empty() {
             self.store.insert_deliveries(&records)?;
             self.store.flush_grouped().await?;
+        }
+        // Durable now: count and announce.
+        for record in &records {
+            self.metrics
+                .matched
+                .with_label_values(&[&record.trigger])
+                .inc();
+        }
+        self.open_groups(&records);
+        for entry in seen {
+            let _ = self.stream.send(entry);
         }
         self.metrics
             .accepted
@@ -450,6 +573,18 @@ impl Router {
             self.schedule(vec![record]);
             return;
         };
+        let gauge = self
+            .metrics
+            .trigger_in_flight
+            .with_label_values(&[&record.trigger]);
+        gauge.inc();
+        struct Running(IntGauge);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let _running = Running(gauge);
         let trigger = self.triggers.read().unwrap().get(&record.trigger).cloned();
         let event = match CloudEvent::from_json(record.event.as_bytes()) {
             Ok(event) => event,
@@ -502,8 +637,10 @@ impl Router {
                         .delivered
                         .with_label_values(&[&record.trigger])
                         .inc();
+                    self.announce("delivered", &record, &event);
                 }
                 self.done(&record);
+                self.settle(&record, false);
             }
             Outcome::Failed {
                 retryable: true,
@@ -550,6 +687,7 @@ impl Router {
                     .retried
                     .with_label_values(&[&record.trigger])
                     .inc();
+                self.announce("retrying", &record, &event);
             }
             record.not_before_ms = self.now_ms() + wait.as_millis() as u64;
             if let Err(error) = self.store.update_delivery(&record) {
@@ -593,6 +731,9 @@ impl Router {
         error: Option<(String, Option<u16>)>,
     ) {
         let mut json = record.event.clone();
+        if let Some(event) = &event {
+            self.announce("dead_lettered", &record, event);
+        }
         if let Some(mut event) = event {
             if let Some((destination, code)) = &error {
                 event
@@ -641,6 +782,7 @@ impl Router {
             attempts: 0,
             not_before_ms: 0,
             dead_letter: Some(letter_id),
+            group: 0,
         });
         match self.store.dead_letter(record.id, &letter, sink.as_ref()) {
             Ok(()) => {
@@ -649,6 +791,7 @@ impl Router {
                     .with_label_values(&[&record.trigger])
                     .inc();
                 self.metrics.queue_depth.dec();
+                self.settle(&record, true);
                 if let Some(sink) = sink {
                     self.metrics.queue_depth.inc();
                     self.schedule(vec![sink]);
@@ -657,6 +800,105 @@ impl Router {
             Err(error) => {
                 tracing::error!(id = record.id, %error, "could not store a dead letter; the delivery stays pending")
             }
+        }
+    }
+
+    /// Counts an event (or a batch) refused at ingress into `broker`.
+    pub fn reject(&self, broker: &str, reason: &str, events: u64) {
+        self.metrics
+            .rejected
+            .with_label_values(&[broker, reason])
+            .inc_by(events);
+    }
+
+    /// Counts of trigger `name` since the server started.
+    pub fn trigger_stats(&self, name: &str) -> TriggerStats {
+        let m = &self.metrics;
+        let labels = &[name];
+        TriggerStats {
+            matched: m.matched.with_label_values(labels).get(),
+            delivered: m.delivered.with_label_values(labels).get(),
+            retried: m.retried.with_label_values(labels).get(),
+            dead_lettered: m.dead_lettered.with_label_values(labels).get(),
+            in_flight: m.trigger_in_flight.with_label_values(labels).get(),
+        }
+    }
+
+    /// Deliveries waiting or running.
+    pub fn pending(&self) -> i64 {
+        self.metrics.queue_depth.get()
+    }
+
+    /// The live stream of accepted events and delivery outcomes. Lossy: a
+    /// reader that falls 1,024 entries behind misses some (and is told so).
+    pub fn subscribe(&self) -> broadcast::Receiver<StreamEntry> {
+        self.stream.subscribe()
+    }
+
+    fn entry(
+        &self,
+        kind: &'static str,
+        broker: &str,
+        trigger: Option<&str>,
+        event: &CloudEvent,
+        attempt: Option<u32>,
+    ) -> StreamEntry {
+        StreamEntry {
+            kind,
+            broker: broker.to_string(),
+            trigger: trigger.map(str::to_string),
+            id: event.id.clone(),
+            ty: event.ty.clone(),
+            source: event.source.clone(),
+            matched: None,
+            attempt,
+            time_ms: self.now_ms(),
+        }
+    }
+
+    fn announce(&self, kind: &'static str, record: &DeliveryRecord, event: &CloudEvent) {
+        if self.stream.receiver_count() > 0 {
+            let entry = self.entry(
+                kind,
+                &record.broker,
+                Some(&record.trigger),
+                event,
+                Some(record.attempts),
+            );
+            let _ = self.stream.send(entry);
+        }
+    }
+
+    /// Counts `records` into their events' groups.
+    fn open_groups(&self, records: &[DeliveryRecord]) {
+        let mut groups = self.groups.lock().unwrap();
+        for record in records {
+            if record.group != 0 && record.dead_letter.is_none() {
+                groups.entry(record.group).or_default().remaining += 1;
+            }
+        }
+    }
+
+    /// One delivery of an event ended for good; once all have, the event
+    /// counts as delivered, or as dead-lettered if any delivery was.
+    fn settle(&self, record: &DeliveryRecord, dead: bool) {
+        if record.group == 0 || record.dead_letter.is_some() {
+            return;
+        }
+        let mut groups = self.groups.lock().unwrap();
+        let Some(group) = groups.get_mut(&record.group) else {
+            return;
+        };
+        group.remaining = group.remaining.saturating_sub(1);
+        group.dead |= dead;
+        if group.remaining == 0 {
+            let counter = if group.dead {
+                &self.metrics.events_dead_lettered
+            } else {
+                &self.metrics.events_delivered
+            };
+            counter.with_label_values(&[&record.broker]).inc();
+            groups.remove(&record.group);
         }
     }
 
@@ -728,10 +970,15 @@ impl Router {
             attempts: 0,
             not_before_ms: 0,
             dead_letter: None,
+            group: 0,
         };
         if !self.store.replay_dead_letter(id, &record).await? {
             return Ok(false);
         }
+        self.metrics
+            .replayed
+            .with_label_values(&[&record.trigger])
+            .inc();
         self.metrics.queue_depth.inc();
         self.schedule(vec![record]);
         Ok(true)

@@ -39,6 +39,15 @@ pub struct DeliveryRecord {
     /// dead-letter sink instead of the event to its subscriber.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<u64>,
+    /// The deliveries of one accepted event share a group (the id of the
+    /// first of them), so the event's outcome is known when all have ended.
+    /// 0 for deliveries outside any event's count (replays, dead-letter sinks).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An event whose delivery failed for good.
@@ -262,6 +271,7 @@ mod tests {
             attempts: 0,
             not_before_ms: 0,
             dead_letter: None,
+            group: 0,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Starts the real `sluice` binary on a free port with a temporary data
 //! directory, and talks HTTP to it.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -287,7 +288,7 @@ pub struct Received {
     /// Request path.
     pub path: String,
     /// Headers, lowercase names.
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
     /// Body bytes.
     pub body: Vec<u8>,
 }
@@ -450,5 +451,41 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every sample of a Prometheus text exposition, keyed by metric name and
+/// its labels rendered `k=v,k=v` in the order given.
+pub fn parse_metrics(text: &str) -> BTreeMap<(String, String), f64> {
+    let mut samples = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').expect("labels end with }");
+                let labels: Vec<String> = inner
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.trim_end_matches('"').replacen("=\"", "=", 1))
+                    .collect();
+                (name.to_string(), labels.join(","))
+            }
+            None => (series.to_string(), String::new()),
+        };
+        let value: f64 = value.parse().expect("sample value is a number");
+        samples.insert((name, labels), value);
+    }
+    samples
+}
+
+impl Server {
+    /// Every sample at `/metrics`.
+    pub async fn metrics(&self) -> BTreeMap<(String, String), f64> {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        parse_metrics(&text)
     }
 }

@@ -10,4 +10,5 @@ mod harness;
 mod hostile;
 mod input_limits;
 mod lifecycle;
+mod observability;
 mod router;
