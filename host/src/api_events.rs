@@ -310,6 +310,17 @@ pub async fn invoke_event_function(
         ));
     }
     let event = events.remove(0);
+    let incoming = event
+        .extensions
+        .get(crate::trace::TRACEPARENT)
+        .map(String::as_str)
+        .or_else(|| {
+            parts
+                .headers
+                .get(crate::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+        });
+    let trace = crate::trace::TraceContext::for_invocation(incoming);
     let answer = state
         .functions
         .call_event(
@@ -317,6 +328,7 @@ pub async fn invoke_event_function(
             to_wit(&event),
             &CallOptions {
                 cause: Some(event.clone()),
+                trace: Some(trace),
                 ..CallOptions::default()
             },
         )

@@ -20,6 +20,7 @@ use sluice_store::World;
 use crate::functions::Functions;
 use crate::invoke::CallOptions;
 use crate::runtime::event_bindings::sluice::function::types as wit;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// Timeout of a delivery to an external sink when the trigger sets none.
 pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,6 +88,7 @@ impl HostInvoker {
         name: &str,
         event: &CloudEvent,
         context: DeliveryContext,
+        trace: TraceContext,
     ) -> Outcome {
         let function = match self.functions.get(name).await {
             Ok(Some(function)) => function,
@@ -112,6 +114,7 @@ impl HostInvoker {
             attempt: Some(context.attempt),
             depth: 0,
             invocation: None,
+            trace: Some(trace),
         };
         match function.record.world {
             World::Event => match self.functions.call_event(&function, to_wit(event), &options).await {
@@ -149,6 +152,7 @@ impl HostInvoker {
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }
+                request = request.header(TRACEPARENT, trace.to_string());
                 let request = match request.body(Bytes::from(body)) {
                     Ok(request) => request,
                     Err(error) => {
@@ -174,12 +178,19 @@ impl HostInvoker {
         }
     }
 
-    async fn to_uri(&self, uri: &str, event: &CloudEvent, context: DeliveryContext) -> Outcome {
+    async fn to_uri(
+        &self,
+        uri: &str,
+        event: &CloudEvent,
+        context: DeliveryContext,
+        trace: TraceContext,
+    ) -> Outcome {
         let (headers, body) = binding::to_binary(event);
         let mut request = self
             .http
             .post(uri)
             .timeout(context.timeout.unwrap_or(DEFAULT_SINK_TIMEOUT))
+            .header(TRACEPARENT, trace.to_string())
             .body(body);
         for (name, value) in headers {
             request = request.header(name, value);
@@ -231,9 +242,25 @@ impl Invoker for HostInvoker {
         context: DeliveryContext,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match destination {
-                Destination::Function(name) => self.to_function(name, event, context).await,
-                Destination::Uri(uri) => self.to_uri(uri, event, context).await,
+            // This delivery's span, in the event's trace (or a new one).
+            let trace =
+                TraceContext::for_invocation(event.extensions.get(TRACEPARENT).map(String::as_str));
+            let outcome = match destination {
+                Destination::Function(name) => self.to_function(name, event, context, trace).await,
+                Destination::Uri(uri) => self.to_uri(uri, event, context, trace).await,
+            };
+            match outcome {
+                // Replies continue the trace, as children of this delivery.
+                Outcome::Delivered(mut replies) => {
+                    for reply in &mut replies {
+                        reply
+                            .extensions
+                            .entry(TRACEPARENT.to_string())
+                            .or_insert_with(|| trace.to_string());
+                    }
+                    Outcome::Delivered(replies)
+                }
+                failed => failed,
             }
         })
     }

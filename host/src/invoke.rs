@@ -25,6 +25,7 @@ use crate::outbound::OutboundPolicy;
 use crate::output::CappedOutput;
 use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
 use crate::runtime::{InvocationStore, PublishContext, StoreSetup, Usage};
+use crate::trace::TraceContext;
 use sluice_router::trigger::DEFAULT_BROKER;
 
 /// Why a call did not produce a result.
@@ -170,6 +171,8 @@ pub struct CallOptions {
     pub depth: u32,
     /// The invocation id (a fresh one when `None`).
     pub invocation: Option<String>,
+    /// The invocation's span (a new trace when `None`): see [`crate::trace`].
+    pub trace: Option<TraceContext>,
 }
 
 /// How the invocation task ended.
@@ -269,7 +272,9 @@ impl Functions {
             .map(|attempt| ("SLUICE_DELIVERY_ATTEMPT".to_string(), attempt.to_string()))
             .into_iter()
             .collect();
+        let trace = options.trace.unwrap_or_else(TraceContext::root);
         let publish = self.router().map(|router| PublishContext {
+            trace,
             router,
             broker: options
                 .broker
@@ -293,7 +298,9 @@ impl Functions {
                     attempt: None,
                     depth: options.depth + 1,
                     invocation: None,
+                    trace: None,
                 },
+                trace,
                 max_depth: self.runtime().limits().max_call_depth,
             },
             publish,
@@ -318,22 +325,26 @@ impl Functions {
             .unwrap_or_else(|| self.new_invocation_id());
         let functions = self.handle();
         let running_usage = usage.clone();
-        let task = tokio::spawn(async move {
-            let _permits = permits;
-            let cpu = CpuTimed {
-                inner: body(invocation),
-                usage: usage.clone(),
-            };
-            let end = match tokio::time::timeout_at(deadline, cpu).await {
-                Ok(Ok(value)) => TaskEnd::Done(value),
-                Ok(Err(error)) => TaskEnd::Failed(error),
-                Err(_) => TaskEnd::TimedOut,
-            };
-            if let Some(functions) = functions.upgrade() {
-                functions.keep_output(&name, &invocation_id, &stdout, &stderr);
-            }
-            end
-        });
+        let span = tracing::info_span!("invocation", function = %name, id = %invocation_id, trace_id = %trace.trace_id_hex());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _permits = permits;
+                let cpu = CpuTimed {
+                    inner: body(invocation),
+                    usage: usage.clone(),
+                };
+                let end = match tokio::time::timeout_at(deadline, cpu).await {
+                    Ok(Ok(value)) => TaskEnd::Done(value),
+                    Ok(Err(error)) => TaskEnd::Failed(error),
+                    Err(_) => TaskEnd::TimedOut,
+                };
+                if let Some(functions) = functions.upgrade() {
+                    functions.keep_output(&name, &invocation_id, &stdout, &stderr);
+                }
+                end
+            },
+            span,
+        ));
         Ok(Running {
             task,
             deadline,

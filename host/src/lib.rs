@@ -29,3 +29,4 @@ pub mod output;
 pub mod runtime;
 pub mod server;
 pub mod settings;
+pub mod trace;

@@ -19,6 +19,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 use crate::error::ApiError;
 use crate::functions::Functions;
 use crate::invoke::CallOptions;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// What one invocation may reach with outbound HTTP.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +34,8 @@ pub struct OutboundPolicy {
     pub nested: CallOptions,
     /// Deepest chain allowed.
     pub max_depth: u32,
+    /// The invocation's span: outbound requests carry it as `traceparent`.
+    pub trace: TraceContext,
 }
 
 type SendFuture = Box<
@@ -88,6 +91,12 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
+        let mut request = request;
+        if !request.headers().contains_key(TRACEPARENT) {
+            let value = http::HeaderValue::from_str(&self.trace.to_string())
+                .expect("a traceparent is a valid header value");
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
         let host = request.uri().host().unwrap_or_default().to_string();
         let port = request.uri().port_u16();
         match internal_target(&host) {
@@ -124,7 +133,7 @@ async fn call_function(
     functions: Weak<Functions>,
     target: Result<String, String>,
     request: http::Request<WasiBody>,
-    options: CallOptions,
+    mut options: CallOptions,
 ) -> wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
     Box<dyn Future<Output = Result<(), HttpError>> + Send>,
@@ -133,6 +142,9 @@ async fn call_function(
         .upgrade()
         .ok_or_else(|| HttpError::InternalError(Some("the server is stopping".into())))?;
     let (parts, body) = request.into_parts();
+    options.trace = Some(TraceContext::for_invocation(
+        parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+    ));
     let body = body.collect().await?.to_bytes();
     let response = match target {
         Err(reason) => {

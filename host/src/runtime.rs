@@ -223,6 +223,8 @@ pub struct PublishContext {
     pub broker: String,
     /// The event being handled, if any: published events carry its id.
     pub cause: Option<sluice_router::event::CloudEvent>,
+    /// The invocation's span: published events carry it as `traceparent`.
+    pub trace: crate::trace::TraceContext,
 }
 
 impl Drop for Runtime {
@@ -321,11 +323,15 @@ impl event_bindings::sluice::function::publisher::Host for InvocationState {
                 self.max_publish
             )));
         }
-        let event = match crate::events::from_wit(event) {
+        let mut event = match crate::events::from_wit(event) {
             Ok(event) => event,
             Err(error) => return Ok(Err(format!("invalid event ({}): {error}", error.code()))),
         };
         self.published += 1;
+        event
+            .extensions
+            .entry(crate::trace::TRACEPARENT.to_string())
+            .or_insert_with(|| context.trace.to_string());
         match context
             .router
             .publish_from(&context.broker, context.cause.as_ref(), vec![event])

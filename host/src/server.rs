@@ -695,13 +695,19 @@ async fn forward(
         .map_err(|error| {
             ApiError::bad_request("bad_uri", format!("cannot forward this URI: {error}"))
         })?;
+    let trace = crate::trace::TraceContext::for_invocation(
+        parts
+            .headers
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let options = CallOptions {
+        trace: Some(trace),
+        ..CallOptions::default()
+    };
     let response = state
         .functions
-        .call_http(
-            function,
-            http::Request::from_parts(parts, body),
-            &CallOptions::default(),
-        )
+        .call_http(function, http::Request::from_parts(parts, body), &options)
         .await?;
     let (mut parts, body) = response.into_parts();
     // The body is complete: let the server frame it.

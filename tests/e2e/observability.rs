@@ -7,7 +7,7 @@ use serde_json::json;
 use sluice_test_artifacts as guests;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Server, eventually};
+use crate::harness::{Server, Sink, eventually};
 
 fn sample(
     metrics: &std::collections::BTreeMap<(String, String), f64>,
@@ -231,4 +231,107 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
     assert_eq!(recent.iter().filter(|i| i["cold"] == true).count(), 1);
     let (status, _) = server.get("/v1/functions/nope/invocations").await;
     assert_eq!(status, 404);
+}
+
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// `(trace id, span id)` of a `traceparent` value, checking its shape.
+fn trace_parts(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(parts[0], "00", "{value}");
+    assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{value}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+#[tokio::test]
+async fn traceparent_flows_from_requests_and_events_into_calls_and_published_events() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    let host = sink.url.trim_start_matches("http://").to_string();
+    server
+        .deploy_ok("caller", guests::CALLER, &format!("allow_outbound={host}"))
+        .await;
+
+    // An HTTP call with a traceparent: the outbound call continues the trace
+    // in a span of its own.
+    let response = server
+        .http()
+        .get(server.url(&format!("/fn/caller/?url={}/out", sink.url)))
+        .header("traceparent", PARENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = sink.wait_for(1).await;
+    let (trace, span) = trace_parts(&got[0].headers["traceparent"]);
+    assert_eq!(trace, TRACE_ID);
+    assert_ne!(span, "00f067aa0ba902b7");
+
+    // Without one (or with a malformed one), a new trace starts.
+    for given in [None, Some("00-zz-zz-01")] {
+        let mut request = server
+            .http()
+            .get(server.url(&format!("/fn/caller/?url={}/out", sink.url)));
+        if let Some(given) = given {
+            request = request.header("traceparent", given);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+    }
+    let got = sink.wait_for(3).await;
+    let (a, _) = trace_parts(&got[1].headers["traceparent"]);
+    let (b, _) = trace_parts(&got[2].headers["traceparent"]);
+    assert!(a != TRACE_ID && b != TRACE_ID && a != b);
+
+    // An event with the traceparent extension: the delivery to an external
+    // subscriber carries it as a header; an event the function publishes
+    // carries it (same trace, the delivery's span) as its extension.
+    server
+        .deploy_ok("step3", guests::CHAIN_STEP, "env=STEP=3")
+        .await;
+    server
+        .trigger(
+            json!({"name": "step3", "filter": {"attributes": {"type": "com.example.chain.step3"}},
+                        "subscriber": {"function": "step3"}}),
+        )
+        .await;
+    server
+        .trigger(json!({"name": "done", "filter": {"attributes": {"type": "com.example.chain.completed"}},
+                        "subscriber": {"uri": format!("{}/done", sink.url)}}))
+        .await;
+    let status = server
+        .send_event(
+            "t1",
+            "com.example.chain.step3",
+            &[("ce-traceparent", PARENT)],
+            b"x",
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = sink.wait_for(4).await;
+    let done = &got[3];
+    assert_eq!(done.path, "/done");
+    let (extension_trace, published_span) = trace_parts(&done.ce("traceparent").unwrap());
+    assert_eq!(extension_trace, TRACE_ID);
+    assert_ne!(published_span, "00f067aa0ba902b7");
+    let (header_trace, delivery_span) = trace_parts(&done.headers["traceparent"]);
+    assert_eq!(header_trace, TRACE_ID);
+    assert_ne!(delivery_span, published_span);
+
+    // Every invocation's log lines carry its trace id (here: the warning
+    // about a denied outbound call).
+    let response = server
+        .http()
+        .get(server.url("/fn/caller/?url=http://denied.example.com/"))
+        .header("traceparent", PARENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(
+        server.log().contains(&format!("trace_id={TRACE_ID}")),
+        "no trace_id in the log:\n{}",
+        server.log()
+    );
 }
