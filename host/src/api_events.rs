@@ -4,15 +4,14 @@
 //! once every matching delivery is on disk; a store that cannot flush makes
 //! them answer 503, never 202.
 
-use axum::Router as Routes;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use http::StatusCode;
 use serde_json::{Value, json};
 use sluice_router::binding;
 use sluice_router::event::{CloudEvent, EventError};
 use sluice_router::trigger::{DEFAULT_BROKER, Trigger, TriggerError};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::ApiError;
 use crate::events::{from_wit, to_wit};
@@ -22,21 +21,15 @@ use crate::runtime::event_bindings::sluice::function::types::HandlerError;
 use crate::server::{AppState, read_body};
 
 /// The router's routes.
-pub fn routes() -> Routes<AppState> {
-    Routes::new()
-        .route("/v1/triggers", get(list_triggers).post(create_trigger))
-        .route(
-            "/v1/triggers/{name}",
-            get(get_trigger).put(put_trigger).delete(delete_trigger),
-        )
-        .route("/v1/events", post(post_default_events))
-        .route("/v1/brokers/{broker}/events", post(post_broker_events))
-        .route("/v1/deadletters", get(list_dead_letters))
-        .route(
-            "/v1/deadletters/{id}",
-            axum::routing::delete(delete_dead_letter),
-        )
-        .route("/v1/deadletters/{id}/replay", post(replay_dead_letter))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_triggers, create_trigger))
+        .routes(routes!(get_trigger, put_trigger, delete_trigger))
+        .routes(routes!(post_default_events))
+        .routes(routes!(post_broker_events))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(delete_dead_letter))
+        .routes(routes!(replay_dead_letter))
 }
 
 impl From<EventError> for ApiError {
@@ -70,6 +63,11 @@ async fn json_body(request: Request) -> Result<Value, ApiError> {
     })
 }
 
+/// Every trigger, with readiness and counts.
+#[utoipa::path(get, path = "/v1/triggers", tag = "triggers", responses(
+        (status = 200, description = "Triggers", body = crate::openapi::TriggerList),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn list_triggers(State(state): State<AppState>) -> Response {
     let triggers: Vec<Value> = state
         .router
@@ -80,6 +78,15 @@ async fn list_triggers(State(state): State<AppState>) -> Response {
     axum::Json(json!({"triggers": triggers})).into_response()
 }
 
+/// Creates a trigger (409 if the name exists).
+#[utoipa::path(post, path = "/v1/triggers", tag = "triggers",
+    request_body = crate::openapi::Trigger,
+    responses(
+        (status = 201, description = "Created", body = crate::openapi::Trigger),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 409, description = "The name exists, or the server holds its limit of triggers", body = crate::openapi::Error)))]
 async fn create_trigger(
     State(state): State<AppState>,
     request: Request,
@@ -104,6 +111,16 @@ async fn create_trigger(
         .into_response())
 }
 
+/// Creates or replaces trigger `name`.
+#[utoipa::path(put, path = "/v1/triggers/{name}", tag = "triggers",
+    params(("name" = String, Path, description = "Trigger name")),
+    request_body = crate::openapi::Trigger,
+    responses(
+        (status = 200, description = "Replaced", body = crate::openapi::Trigger),
+        (status = 201, description = "Created", body = crate::openapi::Trigger),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn put_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -141,6 +158,14 @@ fn trigger_not_found(name: &str) -> ApiError {
     )
 }
 
+/// Trigger `name`, with readiness and counts.
+#[utoipa::path(get, path = "/v1/triggers/{name}", tag = "triggers",
+    params(("name" = String, Path, description = "Trigger name")),
+    responses(
+        (status = 200, description = "The trigger", body = crate::openapi::Trigger),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such trigger", body = crate::openapi::Error)))]
 async fn get_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -152,6 +177,14 @@ async fn get_trigger(
     Ok(axum::Json(trigger_view(&state, &trigger)).into_response())
 }
 
+/// Deletes trigger `name`; its pending deliveries are dead-lettered.
+#[utoipa::path(delete, path = "/v1/triggers/{name}", tag = "triggers",
+    params(("name" = String, Path, description = "Trigger name")),
+    responses(
+        (status = 200, description = "The deleted trigger", body = crate::openapi::Trigger),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such trigger", body = crate::openapi::Error)))]
 async fn delete_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -164,6 +197,17 @@ async fn delete_trigger(
     Ok(axum::Json(trigger.to_json()).into_response())
 }
 
+/// Posts CloudEvents (binary, structured or batch mode) to the `default`
+/// broker; 202 once they are on disk.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = String, description = "A CloudEvent in binary mode (`ce-*` headers), structured mode (`application/cloudevents+json`) or batch mode (`application/cloudevents-batch+json`)"),
+    responses(
+        (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error),
+        (status = 503, description = "The store cannot take writes; retry later", body = crate::openapi::Error)))]
 async fn post_default_events(
     State(state): State<AppState>,
     request: Request,
@@ -171,6 +215,17 @@ async fn post_default_events(
     ingest(&state, DEFAULT_BROKER, request).await
 }
 
+/// Posts CloudEvents to broker `broker`.
+#[utoipa::path(post, path = "/v1/brokers/{broker}/events", tag = "events",
+    params(("broker" = String, Path, description = "Broker name")),
+    request_body(content = String, description = "A CloudEvent in binary, structured or batch mode"),
+    responses(
+        (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error),
+        (status = 503, description = "The store cannot take writes; retry later", body = crate::openapi::Error)))]
 async fn post_broker_events(
     State(state): State<AppState>,
     Path(broker): Path<String>,
@@ -230,6 +285,13 @@ struct DeadLetterQuery {
     trigger: Option<String>,
 }
 
+/// Dead letters, optionally of one trigger.
+#[utoipa::path(get, path = "/v1/deadletters", tag = "deadletters",
+    params(("trigger" = Option<String>, Query, description = "Only this trigger's")),
+    responses(
+        (status = 200, description = "Dead letters", body = crate::openapi::DeadLetterList),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn list_dead_letters(
     State(state): State<AppState>,
     Query(query): Query<DeadLetterQuery>,
@@ -267,6 +329,14 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
     id.parse().map_err(|_| dead_letter_not_found(id))
 }
 
+/// Delivers dead letter `id` to its trigger again.
+#[utoipa::path(post, path = "/v1/deadletters/{id}/replay", tag = "deadletters",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 202, description = "Queued for delivery", body = crate::openapi::Replayed),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such dead letter", body = crate::openapi::Error)))]
 async fn replay_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -277,6 +347,14 @@ async fn replay_dead_letter(
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"replayed": id}))).into_response())
 }
 
+/// Discards dead letter `id`.
+#[utoipa::path(delete, path = "/v1/deadletters/{id}", tag = "deadletters",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "Deleted", body = crate::openapi::Deleted),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such dead letter", body = crate::openapi::Error)))]
 async fn delete_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,22 +1,21 @@
 //! `/v1/tokens`: minting, listing and revoking API tokens (admin only).
 
-use axum::Router as Routes;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::{Scope, new_token};
 use crate::error::ApiError;
 use crate::server::{AppState, read_body};
 
 /// The token routes.
-pub fn routes() -> Routes<AppState> {
-    Routes::new()
-        .route("/v1/tokens", get(list).post(create))
-        .route("/v1/tokens/{id}", delete(revoke))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 #[derive(Deserialize)]
@@ -27,6 +26,14 @@ struct CreateToken {
     name: String,
 }
 
+/// Creates a token; the answer holds its secret, shown only this once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body = crate::openapi::TokenRequest,
+    responses(
+        (status = 201, description = "Created", body = crate::openapi::Token),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, 64 * 1024).await?;
@@ -55,11 +62,24 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         .into_response())
 }
 
+/// Every token, without secrets.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses(
+        (status = 200, description = "Tokens", body = crate::openapi::TokenList),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let tokens = state.auth.list().map_err(ApiError::internal)?;
     Ok(axum::Json(json!({"tokens": tokens})).into_response())
 }
 
+/// Revokes token `id`.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses(
+        (status = 200, description = "Revoked", body = crate::openapi::Deleted),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such token", body = crate::openapi::Error)))]
 async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -8,7 +8,8 @@
 //!   the server need nothing.
 //! - Event ingress needs `publish` (or `admin`) unless the broker is public
 //!   (`--public-broker NAME`).
-//! - `/healthz`, `/readyz` and `/metrics` are anonymous.
+//! - `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` and the
+//!   dashboard's page (`/ui`; its API calls need a token) are anonymous.
 //!
 //! Missing or unknown token: 401. Known token, wrong scope: 403.
 //! Tokens are random 256-bit secrets; only their SHA-256 is stored, and
@@ -228,7 +229,8 @@ const PUBLISH: &[Scope] = &[Scope::Admin, Scope::Publish];
 fn need(method: &http::Method, path: &str) -> Need {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz"] | ["readyz"] | ["metrics"] => Need::Nothing,
+        ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "openapi.json"] => Need::Nothing,
+        ["ui", ..] => Need::Nothing,
         ["fn", name, ..] => Need::Invoke(name.to_string()),
         ["v1", "functions", name, "invoke"] if method == http::Method::POST => {
             Need::Invoke(name.to_string())

@@ -212,6 +212,14 @@ pub fn start(state: AppState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
 }
 
 /// `GET /v1/invocations/{id}`.
+/// The state and, once finished, the response of asynchronous invocation `id`.
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invoke",
+    params(("id" = String, Path, description = "Invocation id")),
+    responses(
+        (status = 200, description = "The invocation", body = crate::openapi::Invocation),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "Unknown, or past its retention", body = crate::openapi::Error)))]
 pub async fn get_invocation(
     State(state): State<AppState>,
     Path(id): Path<String>,

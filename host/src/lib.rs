@@ -24,6 +24,7 @@ pub mod keyvalue;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod openapi;
 pub mod outbound;
 pub mod output;
 pub mod runtime;

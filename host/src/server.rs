@@ -14,12 +14,13 @@ use axum::Router as Routes;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use sluice_store::{FunctionRecord, FunctionSettings, Store};
+use utoipa::OpenApi as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -219,40 +220,35 @@ async fn deploy_examples(functions: &Functions, dir: &std::path::Path) -> anyhow
     Ok(())
 }
 
-/// The router with every route.
+/// The router with every route. Every route goes through an
+/// [`OpenApiRouter`], so each is in the OpenAPI document by construction.
 pub fn router(state: AppState) -> Routes {
     let component_limit = usize::try_from(state.functions.runtime().limits().max_component_bytes)
         .unwrap_or(usize::MAX);
-    Routes::new()
-        .route(
-            "/v1/functions/{name}",
-            get(get_function)
-                .put(put_function)
-                .patch(patch_function)
-                .delete(delete_function)
-                .layer(DefaultBodyLimit::max(
-                    component_limit.saturating_add(1 << 20),
-                )),
-        )
-        .route("/v1/functions", get(list_functions))
-        .route("/v1/functions/{name}/invoke", post(invoke_function))
-        .route("/v1/functions/{name}/logs", get(function_logs))
-        .route(
-            "/v1/functions/{name}/invocations",
-            get(function_invocations),
-        )
-        .route(
-            "/v1/invocations/{id}",
-            get(crate::invocations::get_invocation),
-        )
-        .route("/fn/{name}", any(call_function_root))
-        .route("/fn/{name}/", any(call_function_root))
-        .route("/fn/{name}/{*path}", any(call_function))
+    let (deploy_schemas, deploy_paths, deploy) =
+        routes!(get_function, put_function, patch_function, delete_function);
+    let deploy = deploy.layer(DefaultBodyLimit::max(
+        component_limit.saturating_add(1 << 20),
+    ));
+    let (routes, openapi) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes((deploy_schemas, deploy_paths, deploy))
+        .routes(routes!(list_functions))
+        .routes(routes!(invoke_function))
+        .routes(routes!(function_logs))
+        .routes(routes!(function_invocations))
+        .routes(routes!(crate::invocations::get_invocation))
+        .routes(routes!(call_function_root))
+        .routes(routes!(call_function_slash))
+        .routes(routes!(call_function))
         .merge(crate::api_events::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(crate::api_tokens::routes())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    crate::openapi::publish(crate::openapi::finish(openapi));
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -261,6 +257,17 @@ pub fn router(state: AppState) -> Routes {
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
 }
 
 /// The header carrying a request's id, echoed when the client sends one.
@@ -335,7 +342,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such route; see DESIGN.md for the API",
+        "no such route; GET /v1/openapi.json lists every route",
     )
 }
 
@@ -347,10 +354,18 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Alive", body = crate::openapi::Status)))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
+/// 200 once started, until shutdown begins or a disk write fails.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "Starting, draining, or the store failed", body = crate::openapi::Error)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.functions.store().healthy() {
         return ApiError::new(
@@ -372,6 +387,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics (text exposition format); see docs/observability.md.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -434,6 +452,30 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
+/// Deploys (or replaces) function `name`. The body is the component
+/// (`application/wasm`), or multipart with a `component` part and a
+/// `settings` JSON part; settings may also come as query parameters.
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name"),
+        ("visibility" = Option<String>, Query, description = "`private` or `public`"),
+        ("timeout_ms" = Option<u64>, Query, description = "Wall-clock limit per call"),
+        ("memory_mb" = Option<u64>, Query, description = "Linear memory cap"),
+        ("max_concurrency" = Option<u32>, Query, description = "Instances at once"),
+        ("max_request_bytes" = Option<u64>, Query, description = "Largest request body"),
+        ("max_response_bytes" = Option<u64>, Query, description = "Largest response body"),
+        ("env" = Option<String>, Query, description = "`KEY=VALUE`; repeatable"),
+        ("secret" = Option<String>, Query, description = "`KEY=VALUE`, redacted in every view; repeatable"),
+        ("allow_outbound" = Option<String>, Query, description = "A host outbound HTTP may reach; repeatable"),
+        ("kv_bucket" = Option<String>, Query, description = "A shared key-value bucket; repeatable")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    responses(
+        (status = 200, description = "Replaced", body = crate::openapi::Function),
+        (status = 201, description = "Deployed", body = crate::openapi::Function),
+        (status = 400, description = "Invalid name, settings or component (a core module, another world, imports Sluice does not provide)", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 409, description = "The server holds its limit of functions", body = crate::openapi::Error),
+        (status = 413, description = "Past `--max-component-bytes`", body = crate::openapi::Error)))]
 async fn put_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -501,6 +543,13 @@ async fn put_function(
     Ok((status, axum::Json(view(&record))).into_response())
 }
 
+/// Function `name` (secrets redacted).
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "The function", body = crate::openapi::Function),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn get_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -513,12 +562,38 @@ async fn get_function(
     Ok(axum::Json(view(&record)).into_response())
 }
 
+/// Every function.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions",
+    responses(
+        (status = 200, description = "Functions", body = crate::openapi::FunctionList),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
 async fn list_functions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = state.functions.store().functions()?;
     let views: Vec<_> = records.iter().map(view).collect();
     Ok(axum::Json(json!({"functions": views})).into_response())
 }
 
+/// Changes settings: a JSON merge patch body and/or query parameters.
+#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name"),
+        ("visibility" = Option<String>, Query, description = "`private` or `public`"),
+        ("timeout_ms" = Option<u64>, Query, description = "Wall-clock limit per call"),
+        ("memory_mb" = Option<u64>, Query, description = "Linear memory cap"),
+        ("max_concurrency" = Option<u32>, Query, description = "Instances at once"),
+        ("max_request_bytes" = Option<u64>, Query, description = "Largest request body"),
+        ("max_response_bytes" = Option<u64>, Query, description = "Largest response body"),
+        ("env" = Option<String>, Query, description = "`KEY=VALUE`; repeatable"),
+        ("secret" = Option<String>, Query, description = "`KEY=VALUE`, redacted in every view; repeatable"),
+        ("allow_outbound" = Option<String>, Query, description = "A host outbound HTTP may reach; repeatable"),
+        ("kv_bucket" = Option<String>, Query, description = "A shared key-value bucket; repeatable")),
+    request_body(content = crate::openapi::FunctionSettings, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Changed", body = crate::openapi::Function),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn patch_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -551,6 +626,16 @@ struct LogQuery {
 /// Most log lines one request returns.
 const MAX_LOG_PAGE: usize = 1000;
 
+/// What the function's guests wrote to stdout and stderr, oldest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "functions",
+    params(("name" = String, Path, description = "Function name"),
+        ("since" = Option<u64>, Query, description = "Lines after this `seq`"),
+        ("limit" = Option<u64>, Query, description = "At most this many (1000 at most)")),
+    responses(
+        (status = 200, description = "A page of lines", body = crate::openapi::LogPage),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn function_logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -567,6 +652,12 @@ async fn function_logs(
 }
 
 /// The function's recent invocations (kept in memory since start), newest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "functions", params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Recent invocations", body = crate::openapi::RecentInvocations),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn function_invocations(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -578,6 +669,13 @@ async fn function_invocations(
     Ok(axum::Json(json!({"invocations": recent})).into_response())
 }
 
+/// Deletes function `name`.
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "The deleted function", body = crate::openapi::Function),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn delete_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -594,6 +692,23 @@ pub(crate) async fn loaded(state: &AppState, name: &str) -> Result<Arc<Function>
         .ok_or_else(|| ApiError::function_not_found(name))
 }
 
+/// Invokes function `name`: an event function takes one CloudEvent (any
+/// mode) and answers its replies; an HTTP function gets the request at `/`.
+/// With `?async=true`: 202 and an invocation id to poll.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke",
+    params(("name" = String, Path, description = "Function name"),
+        ("async" = Option<bool>, Query, description = "Run in the background")),
+    request_body(content = String, description = "A CloudEvent for an event function; any body for an HTTP one"),
+    responses(
+        (status = 200, description = "The function's answer (`{\"replies\": [...]}` for an event function)"),
+        (status = 202, description = "Queued (`?async=true`)", body = crate::openapi::Invocation),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 422, description = "The event function failed permanently", body = crate::openapi::Error),
+        (status = 500, description = "The function failed", body = crate::openapi::Error)),
+    security((), ("bearer" = [])))]
 async fn invoke_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -640,6 +755,21 @@ pub(crate) async fn run_invoke(
     forward(state, &function, request, format!("/{query}")).await
 }
 
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}", tag = "invoke",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
+        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
+        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
+        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+    security((), ("bearer" = [])))]
 async fn call_function_root(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -654,6 +784,45 @@ async fn call_function_root(
     forward(&state, &function, request, format!("/{query}")).await
 }
 
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/", tag = "invoke",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
+        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
+        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
+        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+    security((), ("bearer" = [])))]
+async fn call_function_slash(
+    state: State<AppState>,
+    name: Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    call_function_root(state, name, request).await
+}
+
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/{*path}", tag = "invoke",
+    params(("name" = String, Path, description = "Function name"),
+        ("path" = String, Path, description = "The rest of the path, given to the guest")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        (status = 401, description = "No valid token", body = crate::openapi::Error),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
+        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
+        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
+        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+    security((), ("bearer" = [])))]
 async fn call_function(
     State(state): State<AppState>,
     Path((name, _path)): Path<(String, String)>,
