@@ -373,6 +373,11 @@ impl Functions {
         Some(function)
     }
 
+    /// Time since the registry (the server) started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Number of functions whose compiled code is in memory.
     pub fn loaded_count(&self) -> usize {
         self.loaded.read().unwrap().len()

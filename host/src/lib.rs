@@ -15,6 +15,7 @@ pub mod api_tokens;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod functions;

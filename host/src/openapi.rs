@@ -36,7 +36,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine,
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
-        Invocation, Status, Deleted
+        Invocation, Status, Deleted, ServerStatus
     ))
 )]
 pub struct ApiDoc;
@@ -354,6 +354,22 @@ pub struct Invocation {
 pub struct Status {
     /// `ok` or `ready`.
     status: String,
+}
+
+/// The server at a glance (`GET /v1/status`).
+#[derive(ToSchema)]
+pub struct ServerStatus {
+    version: String,
+    uptime_secs: u64,
+    ready: bool,
+    store_healthy: bool,
+    functions: u64,
+    /// Functions whose compiled code is in memory now.
+    functions_loaded: u64,
+    triggers: u64,
+    deliveries_pending: i64,
+    dead_letters: u64,
+    requests_in_flight: u64,
 }
 
 #[cfg(test)]

@@ -246,6 +246,7 @@ pub fn router(state: AppState) -> Routes {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
+        .merge(crate::dashboard::routes())
         .split_for_parts();
     crate::openapi::publish(crate::openapi::finish(openapi));
     routes

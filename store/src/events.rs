@@ -218,6 +218,11 @@ impl Store {
         Ok(())
     }
 
+    /// Number of dead letters.
+    pub fn dead_letter_count(&self) -> usize {
+        self.dead_letters.len()
+    }
+
     /// Every dead letter, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRecord>> {
         self.dead_letters

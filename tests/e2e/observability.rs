@@ -401,3 +401,70 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
     assert_eq!(status, 404);
     assert!(body.contains("no_route"), "{body}");
 }
+
+#[tokio::test]
+async fn the_event_stream_shows_events_live_and_ends_at_shutdown() {
+    let mut server = Server::start_with(&["--shutdown-timeout-secs", "60"]);
+    server.deploy_ok("echo", guests::EVENT_ECHO, "").await;
+    server
+        .trigger(json!({"name": "echo", "filter": {"attributes": {"type": "job"}}, "subscriber": {"function": "echo"}}))
+        .await;
+    let (status, _) = {
+        let response = reqwest::Client::new()
+            .get(server.url("/v1/events/stream"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), ())
+    };
+    assert_eq!(status, 401, "the stream needs a token");
+
+    let mut stream = server
+        .http()
+        .get(server.url("/v1/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    assert_eq!(server.send_event("live-1", "job", &[], b"{}").await, 202);
+    let mut seen = String::new();
+    let wanted = [
+        "event: accepted",
+        "\"id\":\"live-1\"",
+        "\"matched\":[\"echo\"]",
+        "event: delivered",
+        "\"trigger\":\"echo\"",
+    ];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !wanted.iter().all(|w| seen.contains(w)) {
+            let chunk = stream
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not all of {wanted:?} in:\n{seen}"));
+
+    // An open stream does not hold up shutdown (the drain timeout is 60 s).
+    let started = std::time::Instant::now();
+    let exit = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown waited for the stream: {:?}",
+        started.elapsed()
+    );
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ended");
+}

@@ -1,0 +1,69 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium`, driven by
+//! `tests/ui/dashboard.mjs` with playwright-core): sign-in, functions,
+//! recent invocations, the live event stream, triggers, dead letters with
+//! replay and delete, charts. Screenshots go to `target/dashboard*.png`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_test_artifacts as guests;
+
+use crate::harness::{Server, eventually};
+
+#[tokio::test]
+async fn the_dashboard_shows_functions_events_and_dead_letters() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("tests/ui/dashboard.mjs");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ready = root.join("tests/ui/node_modules/playwright-core").exists()
+        && Path::new(&chromium).exists();
+    if !ready {
+        // CI installs both (`.ci/run`); a developer machine may not have them.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the dashboard test needs chromium and `npm ci` in tests/ui"
+        );
+        eprintln!("skipped: install chromium and run `npm ci` in tests/ui (scripts/test does)");
+        return;
+    }
+
+    let server = Server::start();
+    server.deploy_ok("echo", guests::EVENT_ECHO, "").await;
+    server
+        .deploy_ok("doomed", guests::FLAKY, "env=FAIL_FIRST=1000")
+        .await;
+    server
+        .trigger(json!({"name": "echo", "filter": {"attributes": {"type": "job"}}, "subscriber": {"function": "echo"}}))
+        .await;
+    server
+        .trigger(json!({"name": "doomed", "filter": {"attributes": {"type": "doomed"}}, "subscriber": {"function": "doomed"},
+                        "delivery": {"retry": 0}}))
+        .await;
+    assert_eq!(server.send_event("before-1", "job", &[], b"{}").await, 202);
+    assert_eq!(server.send_event("d-1", "doomed", &[], b"").await, 202);
+    eventually(Duration::from_secs(10), || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        body.contains("d-1").then_some(())
+    })
+    .await;
+
+    let shots = root.join("target");
+    let output = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(server.url(""))
+        .arg(server.admin_token())
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the dashboard checks failed:\n{stdout}\n{stderr}\n(see target/dashboard-failure.png)"
+    );
+    assert!(stdout.contains("ok: no errors in the page"), "{stdout}");
+    assert!(shots.join("dashboard.png").exists());
+}
