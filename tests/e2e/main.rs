@@ -12,4 +12,5 @@ mod hostile;
 mod input_limits;
 mod lifecycle;
 mod observability;
+mod polyglot;
 mod router;
