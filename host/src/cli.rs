@@ -40,6 +40,27 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(name = "deadletter", subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Show the server's health and counts.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a shell completion script (`sluice completions bash > /etc/bash_completion.d/sluice`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How read commands print what they get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people: tables and summaries.
+    #[default]
+    Text,
+    /// The API's JSON, for scripts.
+    Json,
 }
 
 /// `sluice trigger ...`
@@ -223,6 +244,9 @@ pub struct ClientArgs {
         default_value = "sluice-data"
     )]
     pub data_dir: PathBuf,
+    /// Output format of read commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// `sluice fn ...`
@@ -337,6 +361,9 @@ pub enum InvocationCommand {
     Get {
         /// Invocation id.
         id: String,
+        /// Wait until it has finished.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

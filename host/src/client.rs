@@ -7,13 +7,15 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use crate::cli::{
-    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, TokenCommand,
-    TriggerCommand,
+    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, Output,
+    TokenCommand, TriggerCommand,
 };
 
 struct Client {
     base: String,
     http: reqwest::Client,
+    output: Output,
+    has_token: bool,
 }
 
 /// The token to send: `--token`/`SLUICE_TOKEN`, else the admin token in the
@@ -36,10 +38,12 @@ fn token(args: &ClientArgs) -> Option<String> {
 impl Client {
     fn new(args: &ClientArgs) -> Client {
         let mut headers = reqwest::header::HeaderMap::new();
+        let mut has_token = false;
         if let Some(token) = token(args)
             && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
         {
             headers.insert(reqwest::header::AUTHORIZATION, value);
+            has_token = true;
         }
         Client {
             base: args.server.trim_end_matches('/').to_string(),
@@ -47,6 +51,32 @@ impl Client {
                 .default_headers(headers)
                 .build()
                 .expect("a plain HTTP client builds"),
+            output: args.output,
+            has_token,
+        }
+    }
+
+    /// `GET path` as JSON.
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .send(self.http.get(self.url(path)))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Prints `value` as JSON with `--output json`, else with `text`.
+    fn show(
+        &self,
+        value: &serde_json::Value,
+        text: impl FnOnce(&serde_json::Value),
+    ) -> anyhow::Result<()> {
+        match self.output {
+            Output::Json => print_json(value),
+            Output::Text => {
+                text(value);
+                Ok(())
+            }
         }
     }
 
@@ -56,7 +86,12 @@ impl Client {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let response = request.send().await.map_err(|error| {
-            if error.is_connect() {
+            if error.is_builder() {
+                anyhow::anyhow!(
+                    "{:?} is not a server URL: give one like http://127.0.0.1:8080 (--server or SLUICE_URL)",
+                    self.base
+                )
+            } else if error.is_connect() {
                 anyhow::anyhow!(
                     "cannot reach the Sluice server at {}: is `sluice serve` running? (pick another with --server or SLUICE_URL)",
                     self.base
@@ -81,12 +116,25 @@ impl Client {
                 ))
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            bail!(
-                "{status}: {reason}\nset SLUICE_TOKEN (or --token), or run on the server's machine with --data-dir pointing at its data directory"
-            );
-        }
-        bail!("{status}: {reason}")
+        let hint = match status {
+            reqwest::StatusCode::UNAUTHORIZED if !self.has_token => {
+                "\nno token was sent: set SLUICE_TOKEN (or --token), or run on the server's machine with --data-dir pointing at its data directory (where admin.token is)"
+            }
+            reqwest::StatusCode::UNAUTHORIZED => {
+                "\nthe token was refused: check SLUICE_TOKEN (or --token); `sluice token list` on the server shows the live ones"
+            }
+            reqwest::StatusCode::FORBIDDEN => {
+                "\nuse a token with the right scope: `sluice token create --scope deploy` (or admin)"
+            }
+            reqwest::StatusCode::NOT_FOUND if reason.contains("function_not_found") => {
+                "\n`sluice fn list` shows the deployed functions"
+            }
+            reqwest::StatusCode::NOT_FOUND if reason.contains("trigger_not_found") => {
+                "\n`sluice trigger list` shows the triggers"
+            }
+            _ => "",
+        };
+        bail!("{status}: {reason}{hint}")
     }
 }
 
@@ -125,11 +173,21 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
             client,
         } => {
             let client = Client::new(&client);
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            if bytes.starts_with(b"\0asm") && wasmparser::Parser::is_core_wasm(&bytes) {
+            let bytes = std::fs::read(&file).with_context(|| {
+                format!(
+                    "cannot read {}: build the component first (for Rust: `cargo build --target wasm32-wasip2 --release`)",
+                    file.display()
+                )
+            })?;
+            if !bytes.starts_with(b"\0asm") {
                 bail!(
-                    "{} is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`",
+                    "{} is not a WebAssembly file: deploy the `.wasm` component your build produced",
+                    file.display()
+                );
+            }
+            if wasmparser::Parser::is_core_wasm(&bytes) {
+                bail!(
+                    "{} is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), or wrap it with `wasm-tools component new`",
                     file.display()
                 );
             }
@@ -155,49 +213,83 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
             if public {
                 query.push(("visibility".into(), "public".into()));
             }
+            let (body, progress) = upload(bytes, &format!("uploading {name}"));
             let request = client
                 .http
                 .put(client.url(&format!("/v1/functions/{name}")))
                 .query(&query)
                 .header(reqwest::header::CONTENT_TYPE, "application/wasm")
-                .body(bytes);
-            let record: serde_json::Value = client.send(request).await?.json().await?;
-            print_json(&record)
-        }
-        FunctionCommand::List { client } => {
-            let client = Client::new(&client);
-            let list: serde_json::Value = client
-                .send(client.http.get(client.url("/v1/functions")))
-                .await?
-                .json()
-                .await?;
-            let functions = list["functions"].as_array().cloned().unwrap_or_default();
-            if functions.is_empty() {
-                println!("no functions deployed");
-            }
-            for f in functions {
+                .body(body);
+            let response = client.send(request).await;
+            progress.finish_and_clear();
+            let record: serde_json::Value = response?.json().await?;
+            client.show(&record, |f| {
                 println!(
-                    "{:<32} v{:<4} {:<6} {}",
+                    "deployed {} v{} ({}, {}) at {}",
                     f["name"].as_str().unwrap_or_default(),
                     f["version"],
                     f["world"].as_str().unwrap_or_default(),
+                    f["settings"]["visibility"].as_str().unwrap_or("private"),
                     f["url"].as_str().unwrap_or_default()
                 );
-            }
-            Ok(())
+            })
+        }
+        FunctionCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/functions").await?;
+            client.show(&list, |list| {
+                let functions = list["functions"].as_array().cloned().unwrap_or_default();
+                if functions.is_empty() {
+                    println!("no functions deployed (`sluice fn deploy NAME FILE.wasm`)");
+                    return;
+                }
+                println!(
+                    "{:<32} {:<5} {:<6} {:<8} URL",
+                    "NAME", "VER", "WORLD", "ACCESS"
+                );
+                for f in functions {
+                    println!(
+                        "{:<32} {:<5} {:<6} {:<8} {}",
+                        f["name"].as_str().unwrap_or_default(),
+                        format!("v{}", f["version"]),
+                        f["world"].as_str().unwrap_or_default(),
+                        f["settings"]["visibility"].as_str().unwrap_or("private"),
+                        f["url"].as_str().unwrap_or_default()
+                    );
+                }
+            })
         }
         FunctionCommand::Get { name, client } => {
             let client = Client::new(&client);
-            let record: serde_json::Value = client
-                .send(
-                    client
-                        .http
-                        .get(client.url(&format!("/v1/functions/{name}"))),
-                )
-                .await?
-                .json()
+            let record = client.get(&format!("/v1/functions/{name}")).await?;
+            let recent = client
+                .get(&format!("/v1/functions/{name}/invocations"))
                 .await?;
-            print_json(&record)
+            client.show(&record, |f| {
+                for key in [
+                    "name", "version", "world", "digest", "url", "created", "updated",
+                ] {
+                    println!("{key:<10} {}", plain(&f[key]));
+                }
+                println!("settings   {}", f["settings"]);
+                let calls = recent["invocations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                println!(
+                    "recent     {} invocations since the server started",
+                    calls.len()
+                );
+                for call in calls.iter().take(10) {
+                    println!(
+                        "  {} {:<16} {:>9.2} ms {}",
+                        call["time_ms"],
+                        call["outcome"].as_str().unwrap_or_default(),
+                        call["duration_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                        if call["cold"] == true { "cold" } else { "" }
+                    );
+                }
+            })
         }
         FunctionCommand::Delete { name, client } => {
             let client = Client::new(&client);
@@ -226,13 +318,17 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                 let page: serde_json::Value = client.send(request).await?.json().await?;
                 let lines = page["logs"].as_array().cloned().unwrap_or_default();
                 for line in &lines {
-                    println!(
-                        "{} {} [{}] {}",
-                        line["time"].as_str().unwrap_or_default(),
-                        line["invocation"].as_str().unwrap_or_default(),
-                        line["stream"].as_str().unwrap_or_default(),
-                        line["line"].as_str().unwrap_or_default()
-                    );
+                    match client.output {
+                        // One JSON object per line, so `--follow` streams too.
+                        Output::Json => println!("{line}"),
+                        Output::Text => println!(
+                            "{} {} [{}] {}",
+                            line["time"].as_str().unwrap_or_default(),
+                            line["invocation"].as_str().unwrap_or_default(),
+                            line["stream"].as_str().unwrap_or_default(),
+                            line["line"].as_str().unwrap_or_default()
+                        ),
+                    }
                 }
                 since = page["next"].as_u64().unwrap_or(since);
                 if !follow && lines.len() < 1000 {
@@ -346,42 +442,59 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
         }
         TriggerCommand::List { client } => {
             let client = Client::new(&client);
-            let list: serde_json::Value = client
-                .send(client.http.get(client.url("/v1/triggers")))
-                .await?
-                .json()
-                .await?;
-            let triggers = list["triggers"].as_array().cloned().unwrap_or_default();
-            if triggers.is_empty() {
-                println!("no triggers");
-            }
-            for t in triggers {
-                let ready = if t["status"]["ready"] == true {
-                    "ready".to_string()
-                } else {
-                    format!(
-                        "not ready: {}",
-                        t["status"]["reason"].as_str().unwrap_or_default()
-                    )
-                };
+            let list = client.get("/v1/triggers").await?;
+            client.show(&list, |list| {
+                let triggers = list["triggers"].as_array().cloned().unwrap_or_default();
+                if triggers.is_empty() {
+                    println!(
+                        "no triggers (`sluice trigger create NAME --filter type=... --function F`)"
+                    );
+                    return;
+                }
                 println!(
-                    "{:<32} {:<12} -> {:<32} {}",
-                    t["name"].as_str().unwrap_or_default(),
-                    t["broker"].as_str().unwrap_or_default(),
-                    t["subscriber"].to_string(),
-                    ready
+                    "{:<24} {:<10} {:<28} {:>8} {:>9} {:>7} {:>5}  STATUS",
+                    "NAME", "BROKER", "SUBSCRIBER", "MATCHED", "DELIVERED", "RETRIED", "DEAD"
                 );
-            }
-            Ok(())
+                for t in triggers {
+                    let subscriber = t["subscriber"]["function"]
+                        .as_str()
+                        .map(|f| format!("fn {f}"))
+                        .or_else(|| t["subscriber"]["uri"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let stats = &t["stats"];
+                    println!(
+                        "{:<24} {:<10} {:<28} {:>8} {:>9} {:>7} {:>5}  {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["broker"].as_str().unwrap_or_default(),
+                        subscriber,
+                        stats["matched"],
+                        stats["delivered"],
+                        stats["retried"],
+                        stats["dead_lettered"],
+                        readiness(&t)
+                    );
+                }
+            })
         }
         TriggerCommand::Get { name, client } => {
             let client = Client::new(&client);
-            let t: serde_json::Value = client
-                .send(client.http.get(client.url(&format!("/v1/triggers/{name}"))))
-                .await?
-                .json()
-                .await?;
-            print_json(&t)
+            let t = client.get(&format!("/v1/triggers/{name}")).await?;
+            client.show(&t, |t| {
+                for key in [
+                    "name",
+                    "broker",
+                    "subscriber",
+                    "filter",
+                    "filters",
+                    "delivery",
+                    "stats",
+                ] {
+                    if !t[key].is_null() {
+                        println!("{key:<10} {}", plain(&t[key]));
+                    }
+                }
+                println!("status     {}", readiness(t));
+            })
         }
         TriggerCommand::Delete { name, client } => {
             let client = Client::new(&client);
@@ -461,7 +574,32 @@ pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Resu
                 request = request.query(&[("trigger", trigger)]);
             }
             let list: serde_json::Value = client.send(request).await?.json().await?;
-            print_json(&list)
+            client.show(&list, |list| {
+                let letters = list["deadletters"].as_array().cloned().unwrap_or_default();
+                if letters.is_empty() {
+                    println!("no dead letters");
+                    return;
+                }
+                println!(
+                    "{:<8} {:<25} {:<20} {:<32} {:<8} REASON",
+                    "ID", "TIME", "TRIGGER", "EVENT", "ATTEMPTS"
+                );
+                for l in letters {
+                    println!(
+                        "{:<8} {:<25} {:<20} {:<32} {:<8} {}",
+                        plain(&l["id"]),
+                        plain(&l["time"]),
+                        plain(&l["trigger"]),
+                        format!(
+                            "{} {}",
+                            plain(&l["event"]["type"]),
+                            plain(&l["event"]["id"])
+                        ),
+                        l["attempts"],
+                        plain(&l["reason"])
+                    );
+                }
+            })
         }
         DeadLetterCommand::Replay { id, client } => {
             let client = Client::new(&client);
@@ -493,18 +631,35 @@ pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Resu
 /// Runs one `sluice invocation` command.
 pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Result<()> {
     match command {
-        InvocationCommand::Get { id, client } => {
+        InvocationCommand::Get { id, wait, client } => {
             let client = Client::new(&client);
-            let record: serde_json::Value = client
-                .send(
-                    client
-                        .http
-                        .get(client.url(&format!("/v1/invocations/{id}"))),
-                )
-                .await?
-                .json()
-                .await?;
-            print_json(&record)
+            let path = format!("/v1/invocations/{id}");
+            let spinner = wait.then(|| spinner(&format!("waiting for invocation {id}")));
+            let record = loop {
+                let record = client.get(&path).await?;
+                let done = matches!(record["status"].as_str(), Some("succeeded" | "failed"));
+                if done || !wait {
+                    break record;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            client.show(&record, |r| {
+                println!(
+                    "{} {} {}",
+                    plain(&r["id"]),
+                    plain(&r["function"]),
+                    plain(&r["status"])
+                );
+                if let Some(response) = r["response"].as_object() {
+                    println!("status {}", response["status"]);
+                    if let Some(body) = response.get("body").and_then(|b| b.as_str()) {
+                        print!("{body}");
+                    }
+                }
+            })
         }
     }
 }
@@ -533,21 +688,18 @@ pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { client } => {
             let client = Client::new(&client);
-            let list: serde_json::Value = client
-                .send(client.http.get(client.url("/v1/tokens")))
-                .await?
-                .json()
-                .await?;
-            for t in list["tokens"].as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{:<14} {:<8} {:<24} {}",
-                    t["id"].as_str().unwrap_or_default(),
-                    t["scope"].as_str().unwrap_or_default(),
-                    t["created"].as_str().unwrap_or_default(),
-                    t["name"].as_str().unwrap_or_default()
-                );
-            }
-            Ok(())
+            let list = client.get("/v1/tokens").await?;
+            client.show(&list, |list| {
+                for t in list["tokens"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<14} {:<8} {:<24} {}",
+                        t["id"].as_str().unwrap_or_default(),
+                        t["scope"].as_str().unwrap_or_default(),
+                        t["created"].as_str().unwrap_or_default(),
+                        t["name"].as_str().unwrap_or_default()
+                    );
+                }
+            })
         }
         TokenCommand::Revoke { id, client } => {
             let client = Client::new(&client);
@@ -558,4 +710,102 @@ pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `sluice status`.
+pub async fn run_status(args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args);
+    let status = client.get("/v1/status").await?;
+    client.show(&status, |s| {
+        let health = match (s["ready"] == true, s["store_healthy"] == true) {
+            (true, true) => "ready".to_string(),
+            (false, true) => "not ready (starting or shutting down)".to_string(),
+            (_, false) => "store failed: a disk write failed; fix the disk and restart".to_string(),
+        };
+        println!(
+            "server      {} (sluice {})",
+            client.base,
+            plain(&s["version"])
+        );
+        println!("health      {health}");
+        println!(
+            "uptime      {}",
+            humantime(s["uptime_secs"].as_u64().unwrap_or(0))
+        );
+        println!(
+            "functions   {} ({} in memory)",
+            s["functions"], s["functions_loaded"]
+        );
+        println!("triggers    {}", s["triggers"]);
+        println!("pending     {} deliveries", s["deliveries_pending"]);
+        println!("dead        {} dead letters", s["dead_letters"]);
+        println!("in flight   {} requests", s["requests_in_flight"]);
+        println!("dashboard   {}/ui/", client.base);
+    })
+}
+
+/// A JSON value as text: strings without quotes.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn readiness(trigger: &serde_json::Value) -> String {
+    if trigger["status"]["ready"] == true {
+        "ready".to_string()
+    } else {
+        format!(
+            "not ready: {}",
+            trigger["status"]["reason"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+fn humantime(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h{}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{}h", secs / 86400, secs / 3600 % 24),
+    }
+}
+
+/// A spinner on stderr (drawn only when stderr is a terminal).
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    spinner
+}
+
+/// `bytes` as a request body that moves a progress bar as it is sent; once
+/// sent, the bar turns into a spinner while the server compiles.
+fn upload(bytes: Vec<u8>, message: &str) -> (reqwest::Body, indicatif::ProgressBar) {
+    const CHUNK: usize = 256 * 1024;
+    let bar = indicatif::ProgressBar::new(bytes.len() as u64).with_message(message.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let sent = bar.clone();
+    let total = bytes.len();
+    let bytes = bytes::Bytes::from(bytes);
+    let chunks = (0..total.div_ceil(CHUNK).max(1)).map(move |i| {
+        let chunk = bytes.slice(i * CHUNK..((i + 1) * CHUNK).min(total));
+        sent.inc(chunk.len() as u64);
+        if sent.position() >= total as u64 {
+            sent.set_style(indicatif::ProgressStyle::default_spinner());
+            sent.set_message("compiling on the server");
+            sent.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    (
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+        bar,
+    )
 }

@@ -55,6 +55,17 @@ fn main() -> std::process::ExitCode {
             Command::DeadLetter(command) => {
                 sluice_host::client::run_dead_letter_command(command).await
             }
+            Command::Status { client } => sluice_host::client::run_status(client).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "sluice",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     match result {

@@ -39,12 +39,28 @@ async fn deploy_list_invoke_delete_round_trip() {
             "GREETING=Hi!",
         ],
     ));
-    assert!(deployed.contains("\"name\": \"hello\""), "{deployed}");
+    assert!(
+        deployed.starts_with("deployed hello v1 (http, private) at /fn/hello/"),
+        "{deployed}"
+    );
 
     let list = stdout(&sluice(&server, &["fn", "list"]));
-    assert!(list.contains("hello"), "{list}");
+    assert!(list.contains("hello") && list.contains("v1"), "{list}");
     let got = stdout(&sluice(&server, &["fn", "get", "hello"]));
-    assert!(got.contains("\"GREETING\": \"Hi!\""), "{got}");
+    assert!(got.contains("\"GREETING\":\"Hi!\""), "{got}");
+    // Every read command answers the API's JSON with `--output json`.
+    let got: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &["fn", "get", "hello", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(got["settings"]["env"]["GREETING"], "Hi!");
+    let list: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &["fn", "list", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(list["functions"][0]["name"], "hello");
 
     let invoked = stdout(&sluice(
         &server,
@@ -166,8 +182,16 @@ async fn trigger_event_and_dead_letter_commands_round_trip() {
         out.contains("cli-1").then_some(out)
     })
     .await;
-    let value: serde_json::Value = serde_json::from_str(&letters).unwrap();
+    assert!(
+        letters.contains("jobs") && letters.contains("job cli-1"),
+        "{letters}"
+    );
+    let json = stdout(&sluice(&server, &["deadletter", "list", "-o", "json"]));
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     let id = value["deadletters"][0]["id"].as_str().unwrap().to_string();
+    let triggers = stdout(&sluice(&server, &["trigger", "list", "-o", "json"]));
+    let triggers: serde_json::Value = serde_json::from_str(&triggers).unwrap();
+    assert_eq!(triggers["triggers"].as_array().unwrap().len(), 2);
     stdout(&sluice(&server, &["deadletter", "delete", &id]));
     let output = sluice(&server, &["deadletter", "replay", &id]);
     assert!(
@@ -177,4 +201,92 @@ async fn trigger_event_and_dead_letter_commands_round_trip() {
     stdout(&sluice(&server, &["trigger", "delete", "jobs"]));
     let output = sluice(&server, &["trigger", "get", "jobs"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("not found"));
+}
+
+#[tokio::test]
+async fn status_completions_and_helpful_messages() {
+    let server = Server::start();
+    stdout(&sluice(&server, &["fn", "deploy", "hello", guests::HELLO]));
+    let status = stdout(&sluice(&server, &["status"]));
+    assert!(status.contains("health      ready"), "{status}");
+    assert!(status.contains("functions   1 (1 in memory)"), "{status}");
+    assert!(status.contains("/ui/"), "{status}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&sluice(&server, &["status", "-o", "json"]))).unwrap();
+    assert_eq!(status["functions"], 1);
+    assert_eq!(status["ready"], true);
+
+    // Completion scripts for the shells clap knows.
+    let bash = stdout(
+        &Command::new(SLUICE)
+            .args(["completions", "bash"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        bash.contains("complete -F") && bash.contains("deadletter"),
+        "{bash}"
+    );
+    let zsh = stdout(
+        &Command::new(SLUICE)
+            .args(["completions", "zsh"])
+            .output()
+            .unwrap(),
+    );
+    assert!(zsh.contains("#compdef sluice"), "{zsh}");
+
+    // Common mistakes get the reason and the way out.
+    let failed = |output: Output| {
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let no_token = failed(
+        Command::new(SLUICE)
+            .args(["fn", "list", "--data-dir", "/nonexistent"])
+            .env("SLUICE_URL", &server.url)
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        no_token.contains("no token was sent") && no_token.contains("SLUICE_TOKEN"),
+        "{no_token}"
+    );
+    let bad_token = failed(
+        Command::new(SLUICE)
+            .args(["fn", "list"])
+            .env("SLUICE_URL", &server.url)
+            .env("SLUICE_TOKEN", "sluice_nope")
+            .output()
+            .unwrap(),
+    );
+    assert!(bad_token.contains("the token was refused"), "{bad_token}");
+    let missing = failed(sluice(
+        &server,
+        &["fn", "deploy", "x", "/nonexistent/x.wasm"],
+    ));
+    assert!(
+        missing.contains("cannot read /nonexistent/x.wasm: build the component first"),
+        "{missing}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "hello").unwrap();
+    let not_wasm = failed(sluice(
+        &server,
+        &["fn", "deploy", "x", text.to_str().unwrap()],
+    ));
+    assert!(not_wasm.contains("is not a WebAssembly file"), "{not_wasm}");
+    let unknown = failed(sluice(&server, &["fn", "get", "nope"]));
+    assert!(
+        unknown.contains("`sluice fn list` shows the deployed functions"),
+        "{unknown}"
+    );
+    let bad_url = failed(
+        Command::new(SLUICE)
+            .args(["status", "--server", "127.0.0.1:8080"])
+            .output()
+            .unwrap(),
+    );
+    assert!(bad_url.contains("is not a server URL"), "{bad_url}");
 }
