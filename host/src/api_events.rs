@@ -405,7 +405,7 @@ pub async fn invoke_event_function(
             function,
             to_wit(&event),
             &CallOptions {
-                cause: Some(event.clone()),
+                cause: Some(std::sync::Arc::new(event.clone())),
                 trace: Some(trace),
                 ..CallOptions::default()
             },

@@ -86,7 +86,7 @@ impl HostInvoker {
     async fn to_function(
         &self,
         name: &str,
-        event: &CloudEvent,
+        event: &Arc<CloudEvent>,
         context: DeliveryContext,
         trace: TraceContext,
     ) -> Outcome {
@@ -238,7 +238,7 @@ impl Invoker for HostInvoker {
     fn deliver<'a>(
         &'a self,
         destination: &'a Destination,
-        event: &'a CloudEvent,
+        event: &'a Arc<CloudEvent>,
         context: DeliveryContext,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {

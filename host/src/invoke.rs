@@ -164,7 +164,7 @@ pub struct CallOptions {
     /// The broker published events go to (`default` when `None`).
     pub broker: Option<String>,
     /// The event being delivered, if this call is a delivery.
-    pub cause: Option<sluice_router::event::CloudEvent>,
+    pub cause: Option<Arc<sluice_router::event::CloudEvent>>,
     /// The delivery attempt, from 1, exposed as `SLUICE_DELIVERY_ATTEMPT`.
     pub attempt: Option<u32>,
     /// How many function-to-function calls led to this one (0 from outside).

@@ -222,7 +222,7 @@ pub struct PublishContext {
     /// The broker of the event being handled, or `default`.
     pub broker: String,
     /// The event being handled, if any: published events carry its id.
-    pub cause: Option<sluice_router::event::CloudEvent>,
+    pub cause: Option<Arc<sluice_router::event::CloudEvent>>,
     /// The invocation's span: published events carry it as `traceparent`.
     pub trace: crate::trace::TraceContext,
 }
@@ -334,7 +334,7 @@ impl event_bindings::sluice::function::publisher::Host for InvocationState {
             .or_insert_with(|| context.trace.to_string());
         match context
             .router
-            .publish_from(&context.broker, context.cause.as_ref(), vec![event])
+            .publish_from(&context.broker, context.cause.as_deref(), vec![event])
             .await
         {
             Ok(()) => Ok(Ok(())),

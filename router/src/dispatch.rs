@@ -84,7 +84,7 @@ pub trait Invoker: Send + Sync + 'static {
     fn deliver<'a>(
         &'a self,
         destination: &'a Destination,
-        event: &'a CloudEvent,
+        event: &'a Arc<CloudEvent>,
         context: DeliveryContext,
     ) -> BoxFuture<'a, Outcome>;
 
@@ -289,7 +289,12 @@ struct Due {
 }
 
 /// Deliveries waiting to run: a heap of due times and the records by id.
-type Queue = (BinaryHeap<Reverse<Due>>, HashMap<u64, DeliveryRecord>);
+type Queue = (BinaryHeap<Reverse<Due>>, HashMap<u64, Queued>);
+
+/// A queued delivery, with its event already parsed when the router has it
+/// (shared by the deliveries of one event), so an attempt need not parse
+/// the stored JSON.
+type Queued = (DeliveryRecord, Option<Arc<CloudEvent>>);
 
 /// The router: triggers, queue and workers of one server.
 pub struct Router {
@@ -413,16 +418,18 @@ impl Router {
                     let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let record = {
+                    let queued = {
                         let mut queue = self.queue.lock().unwrap();
                         let (heap, records) = &mut *queue;
                         heap.pop().and_then(|Reverse(due)| records.remove(&due.id))
                     };
-                    let Some(record) = record else { continue };
+                    let Some((record, event)) = queued else {
+                        continue;
+                    };
                     let router = self.clone();
                     tokio::spawn(async move {
                         router.metrics.in_flight.inc();
-                        router.attempt(record).await;
+                        router.attempt(record, event).await;
                         router.metrics.in_flight.dec();
                         drop(permit);
                     });
@@ -432,21 +439,26 @@ impl Router {
     }
 
     fn schedule(&self, records: Vec<DeliveryRecord>) {
-        if records.is_empty() {
-            return;
-        }
+        self.schedule_parsed(records.into_iter().map(|record| (record, None)));
+    }
+
+    fn schedule_parsed(&self, queued: impl IntoIterator<Item = Queued>) {
+        let mut any = false;
         {
             let mut queue = self.queue.lock().unwrap();
             let (heap, map) = &mut *queue;
-            for record in records {
+            for (record, event) in queued {
                 heap.push(Reverse(Due {
                     at_ms: record.not_before_ms,
                     id: record.id,
                 }));
-                map.insert(record.id, record);
+                map.insert(record.id, (record, event));
+                any = true;
             }
         }
-        self.wake.notify_one();
+        if any {
+            self.wake.notify_one();
+        }
     }
 
     /// Accepts `events` into `broker`: matches them, stores one delivery per
@@ -454,6 +466,7 @@ impl Router {
     pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
         let index = self.index.read().unwrap().clone();
         let mut records = Vec::new();
+        let mut shared = Vec::new();
         let mut unmatched = 0;
         let mut accepted = 0;
         let watched = self.stream.receiver_count() > 0;
@@ -485,6 +498,7 @@ impl Router {
                 continue;
             }
             let json = event.to_json();
+            let parsed = Arc::new(event);
             let mut group = 0;
             for trigger in matches {
                 let id = self.store.next_id()?;
@@ -501,6 +515,7 @@ impl Router {
                     dead_letter: None,
                     group,
                 });
+                shared.push(parsed.clone());
             }
         }
         if !records.is_empty() {
@@ -527,7 +542,7 @@ impl Router {
             .with_label_values(&[broker])
             .inc_by(unmatched);
         self.metrics.queue_depth.add(records.len() as i64);
-        self.schedule(records);
+        self.schedule_parsed(records.into_iter().zip(shared.into_iter().map(Some)));
         Ok(())
     }
 
@@ -558,19 +573,21 @@ impl Router {
     }
 
     fn trigger_permits(&self, trigger: &str) -> Arc<Semaphore> {
-        self.per_trigger
-            .lock()
-            .unwrap()
+        let mut permits = self.per_trigger.lock().unwrap();
+        if let Some(semaphore) = permits.get(trigger) {
+            return semaphore.clone();
+        }
+        permits
             .entry(trigger.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_in_flight_per_trigger)))
             .clone()
     }
 
-    async fn attempt(&self, mut record: DeliveryRecord) {
+    async fn attempt(&self, mut record: DeliveryRecord, parsed: Option<Arc<CloudEvent>>) {
         let Ok(_trigger_permit) = self.trigger_permits(&record.trigger).try_acquire_owned() else {
             // At its limit: wait in the queue, no attempt used.
             record.not_before_ms = self.now_ms() + BUSY_RECHECK.as_millis() as u64;
-            self.schedule(vec![record]);
+            self.schedule_parsed([(record, parsed)]);
             return;
         };
         let gauge = self
@@ -586,7 +603,11 @@ impl Router {
         }
         let _running = Running(gauge);
         let trigger = self.triggers.read().unwrap().get(&record.trigger).cloned();
-        let event = match CloudEvent::from_json(record.event.as_bytes()) {
+        let parsed = match parsed {
+            Some(event) => Ok(event),
+            None => CloudEvent::from_json(record.event.as_bytes()).map(Arc::new),
+        };
+        let event = match parsed {
             Ok(event) => event,
             Err(error) => {
                 self.fail_for_good(
@@ -624,7 +645,7 @@ impl Router {
             Outcome::Delivered(replies) => {
                 if !replies.is_empty()
                     && let Err(error) = self
-                        .publish_from(&record.broker, Some(&event), replies)
+                        .publish_from(&record.broker, Some(&*event), replies)
                         .await
                 {
                     // The replies are not safe yet: retry the delivery.
@@ -672,7 +693,7 @@ impl Router {
         mut record: DeliveryRecord,
         trigger: &Trigger,
         retry: u32,
-        event: CloudEvent,
+        event: Arc<CloudEvent>,
         code: Option<u16>,
         reason: String,
     ) {
@@ -693,7 +714,7 @@ impl Router {
             if let Err(error) = self.store.update_delivery(&record) {
                 tracing::error!(id = record.id, %error, "could not record a retry");
             }
-            self.schedule(vec![record]);
+            self.schedule_parsed([(record, Some(event))]);
         } else {
             tracing::warn!(trigger = %record.trigger, attempts = record.attempts, %reason, "delivery failed after its last attempt");
             self.dead_letter_or_drop(record, trigger, event, code, reason);
@@ -704,7 +725,7 @@ impl Router {
         &self,
         record: DeliveryRecord,
         trigger: &Trigger,
-        event: CloudEvent,
+        event: Arc<CloudEvent>,
         code: Option<u16>,
         reason: String,
     ) {
@@ -726,7 +747,7 @@ impl Router {
     fn fail_for_good(
         &self,
         record: DeliveryRecord,
-        event: Option<CloudEvent>,
+        event: Option<Arc<CloudEvent>>,
         reason: String,
         error: Option<(String, Option<u16>)>,
     ) {
@@ -734,7 +755,8 @@ impl Router {
         if let Some(event) = &event {
             self.announce("dead_lettered", &record, event);
         }
-        if let Some(mut event) = event {
+        if let Some(event) = event {
+            let mut event = Arc::unwrap_or_clone(event);
             if let Some((destination, code)) = &error {
                 event
                     .extensions

@@ -1,5 +1,6 @@
 //! The dispatcher against a fake invoker, with tokio time paused.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use serde_json::json;
@@ -22,7 +23,7 @@ impl Invoker for Fake {
     fn deliver<'a>(
         &'a self,
         destination: &'a Destination,
-        event: &'a CloudEvent,
+        event: &'a Arc<CloudEvent>,
         context: DeliveryContext,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
