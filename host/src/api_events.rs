@@ -66,8 +66,7 @@ async fn json_body(request: Request) -> Result<Value, ApiError> {
 /// Every trigger, with readiness and counts.
 #[utoipa::path(get, path = "/v1/triggers", tag = "triggers", responses(
         (status = 200, description = "Triggers", body = crate::openapi::TriggerList),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn list_triggers(State(state): State<AppState>) -> Response {
     let triggers: Vec<Value> = state
         .router
@@ -84,8 +83,7 @@ async fn list_triggers(State(state): State<AppState>) -> Response {
     responses(
         (status = 201, description = "Created", body = crate::openapi::Trigger),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 409, description = "The name exists, or the server holds its limit of triggers", body = crate::openapi::Error)))]
 async fn create_trigger(
     State(state): State<AppState>,
@@ -119,8 +117,7 @@ async fn create_trigger(
         (status = 200, description = "Replaced", body = crate::openapi::Trigger),
         (status = 201, description = "Created", body = crate::openapi::Trigger),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn put_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -163,8 +160,7 @@ fn trigger_not_found(name: &str) -> ApiError {
     params(("name" = String, Path, description = "Trigger name")),
     responses(
         (status = 200, description = "The trigger", body = crate::openapi::Trigger),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such trigger", body = crate::openapi::Error)))]
 async fn get_trigger(
     State(state): State<AppState>,
@@ -182,8 +178,7 @@ async fn get_trigger(
     params(("name" = String, Path, description = "Trigger name")),
     responses(
         (status = 200, description = "The deleted trigger", body = crate::openapi::Trigger),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such trigger", body = crate::openapi::Error)))]
 async fn delete_trigger(
     State(state): State<AppState>,
@@ -203,11 +198,7 @@ async fn delete_trigger(
     request_body(content = String, description = "A CloudEvent in binary mode (`ce-*` headers), structured mode (`application/cloudevents+json`) or batch mode (`application/cloudevents-batch+json`)"),
     responses(
         (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
-        (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
-        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error),
-        (status = 503, description = "The store cannot take writes; retry later", body = crate::openapi::Error)))]
+        crate::openapi::IngestErrors))]
 async fn post_default_events(
     State(state): State<AppState>,
     request: Request,
@@ -221,11 +212,7 @@ async fn post_default_events(
     request_body(content = String, description = "A CloudEvent in binary, structured or batch mode"),
     responses(
         (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
-        (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
-        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error),
-        (status = 503, description = "The store cannot take writes; retry later", body = crate::openapi::Error)))]
+        crate::openapi::IngestErrors))]
 async fn post_broker_events(
     State(state): State<AppState>,
     Path(broker): Path<String>,
@@ -290,8 +277,7 @@ struct DeadLetterQuery {
     params(("trigger" = Option<String>, Query, description = "Only this trigger's")),
     responses(
         (status = 200, description = "Dead letters", body = crate::openapi::DeadLetterList),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn list_dead_letters(
     State(state): State<AppState>,
     Query(query): Query<DeadLetterQuery>,
@@ -334,8 +320,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
     params(("id" = String, Path, description = "Dead letter id")),
     responses(
         (status = 202, description = "Queued for delivery", body = crate::openapi::Replayed),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such dead letter", body = crate::openapi::Error)))]
 async fn replay_dead_letter(
     State(state): State<AppState>,
@@ -352,8 +337,7 @@ async fn replay_dead_letter(
     params(("id" = String, Path, description = "Dead letter id")),
     responses(
         (status = 200, description = "Deleted", body = crate::openapi::Deleted),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such dead letter", body = crate::openapi::Error)))]
 async fn delete_dead_letter(
     State(state): State<AppState>,

@@ -32,8 +32,7 @@ struct CreateToken {
     responses(
         (status = 201, description = "Created", body = crate::openapi::Token),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, 64 * 1024).await?;
@@ -65,8 +64,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
 /// Every token, without secrets.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses(
         (status = 200, description = "Tokens", body = crate::openapi::TokenList),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let tokens = state.auth.list().map_err(ApiError::internal)?;
     Ok(axum::Json(json!({"tokens": tokens})).into_response())
@@ -77,8 +75,7 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     params(("id" = String, Path, description = "Token id")),
     responses(
         (status = 200, description = "Revoked", body = crate::openapi::Deleted),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such token", body = crate::openapi::Error)))]
 async fn revoke(
     State(state): State<AppState>,

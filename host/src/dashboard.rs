@@ -86,8 +86,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events",
     responses(
         (status = 200, description = "A text/event-stream", content_type = "text/event-stream"),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn event_stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -217,8 +217,7 @@ pub fn start(state: AppState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     params(("id" = String, Path, description = "Invocation id")),
     responses(
         (status = 200, description = "The invocation", body = crate::openapi::Invocation),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "Unknown, or past its retention", body = crate::openapi::Error)))]
 pub async fn get_invocation(
     State(state): State<AppState>,

@@ -123,6 +123,63 @@ fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(&'static str, &m
     .collect()
 }
 
+/// The refusals of a route that needs a token.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No valid token.
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+}
+
+/// How a call of a function can fail.
+#[derive(utoipa::IntoResponses)]
+pub enum CallErrors {
+    /// No valid token (private function).
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the `invoke` scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+    /// No such function.
+    #[response(status = 404)]
+    NotFound(Error),
+    /// Request body past the function's limit.
+    #[response(status = 413)]
+    TooLarge(Error),
+    /// The guest trapped or failed.
+    #[response(status = 500)]
+    Failed(Error),
+    /// At its concurrency limit, or the instance pool is full.
+    #[response(status = 503)]
+    Busy(Error),
+    /// Past its timeout.
+    #[response(status = 504)]
+    Timeout(Error),
+}
+
+/// How posting events can fail.
+#[derive(utoipa::IntoResponses)]
+pub enum IngestErrors {
+    /// Not a valid CloudEvent (the code names the rule).
+    #[response(status = 400)]
+    Invalid(Error),
+    /// No valid token (the broker is not public).
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the `publish` scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+    /// Body past `--max-event-bytes`.
+    #[response(status = 413)]
+    TooLarge(Error),
+    /// The store cannot take writes; nothing was accepted; retry later.
+    #[response(status = 503)]
+    Unavailable(Error),
+}
+
 /// Every error: a stable code and a message for a person.
 #[derive(ToSchema)]
 pub struct Error {

@@ -473,8 +473,7 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         (status = 200, description = "Replaced", body = crate::openapi::Function),
         (status = 201, description = "Deployed", body = crate::openapi::Function),
         (status = 400, description = "Invalid name, settings or component (a core module, another world, imports Sluice does not provide)", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 409, description = "The server holds its limit of functions", body = crate::openapi::Error),
         (status = 413, description = "Past `--max-component-bytes`", body = crate::openapi::Error)))]
 async fn put_function(
@@ -548,8 +547,7 @@ async fn put_function(
 #[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")),
     responses(
         (status = 200, description = "The function", body = crate::openapi::Function),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn get_function(
     State(state): State<AppState>,
@@ -567,8 +565,7 @@ async fn get_function(
 #[utoipa::path(get, path = "/v1/functions", tag = "functions",
     responses(
         (status = 200, description = "Functions", body = crate::openapi::FunctionList),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn list_functions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = state.functions.store().functions()?;
     let views: Vec<_> = records.iter().map(view).collect();
@@ -592,8 +589,7 @@ async fn list_functions(State(state): State<AppState>) -> Result<Response, ApiEr
     responses(
         (status = 200, description = "Changed", body = crate::openapi::Function),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn patch_function(
     State(state): State<AppState>,
@@ -634,8 +630,7 @@ const MAX_LOG_PAGE: usize = 1000;
         ("limit" = Option<u64>, Query, description = "At most this many (1000 at most)")),
     responses(
         (status = 200, description = "A page of lines", body = crate::openapi::LogPage),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn function_logs(
     State(state): State<AppState>,
@@ -656,8 +651,7 @@ async fn function_logs(
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "functions", params(("name" = String, Path, description = "Function name")),
     responses(
         (status = 200, description = "Recent invocations", body = crate::openapi::RecentInvocations),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn function_invocations(
     State(state): State<AppState>,
@@ -674,8 +668,7 @@ async fn function_invocations(
 #[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")),
     responses(
         (status = 200, description = "The deleted function", body = crate::openapi::Function),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn delete_function(
     State(state): State<AppState>,
@@ -704,8 +697,7 @@ pub(crate) async fn loaded(state: &AppState, name: &str) -> Result<Arc<Function>
         (status = 200, description = "The function's answer (`{\"replies\": [...]}` for an event function)"),
         (status = 202, description = "Queued (`?async=true`)", body = crate::openapi::Invocation),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error),
         (status = 422, description = "The event function failed permanently", body = crate::openapi::Error),
         (status = 500, description = "The function failed", body = crate::openapi::Error)),
@@ -763,13 +755,7 @@ pub(crate) async fn run_invoke(
     request_body(content = String, description = "Passed to the guest as is"),
     responses(
         (status = 200, description = "Whatever the function answers"),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
-        (status = 404, description = "No such function", body = crate::openapi::Error),
-        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
-        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
-        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
-        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+        crate::openapi::CallErrors),
     security((), ("bearer" = [])))]
 async fn call_function_root(
     State(state): State<AppState>,
@@ -792,13 +778,7 @@ async fn call_function_root(
     request_body(content = String, description = "Passed to the guest as is"),
     responses(
         (status = 200, description = "Whatever the function answers"),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
-        (status = 404, description = "No such function", body = crate::openapi::Error),
-        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
-        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
-        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
-        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+        crate::openapi::CallErrors),
     security((), ("bearer" = [])))]
 async fn call_function_slash(
     state: State<AppState>,
@@ -816,13 +796,7 @@ async fn call_function_slash(
     request_body(content = String, description = "Passed to the guest as is"),
     responses(
         (status = 200, description = "Whatever the function answers"),
-        (status = 401, description = "No valid token", body = crate::openapi::Error),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::Error),
-        (status = 404, description = "No such function", body = crate::openapi::Error),
-        (status = 413, description = "Request body past the function's limit", body = crate::openapi::Error),
-        (status = 500, description = "The guest trapped or failed", body = crate::openapi::Error),
-        (status = 503, description = "At its concurrency limit or the instance pool is full", body = crate::openapi::Error),
-        (status = 504, description = "Past its timeout", body = crate::openapi::Error)),
+        crate::openapi::CallErrors),
     security((), ("bearer" = [])))]
 async fn call_function(
     State(state): State<AppState>,
