@@ -68,6 +68,15 @@ pub struct Limits {
     #[arg(long = "pool-instances", default_value_t = 1_000)]
     pub pool_instances: u32,
 
+    /// Linear memory (and table) of a freed pool slot kept resident, in KiB:
+    /// reset in place (only the pages the guest dirtied, found with Linux's
+    /// PAGEMAP_SCAN where the kernel has it) instead of released to the
+    /// kernel and faulted in again by the next instance. More is faster for
+    /// busy functions; what each slot keeps is what a function idle since
+    /// its last call costs (bounded by the pool size).
+    #[arg(long = "pool-keep-resident-kib", default_value_t = 0)]
+    pub pool_keep_resident_kib: u64,
+
     /// Bytes the host copies out of a guest in one host call (a list or
     /// string argument), wasmtime's "hostcall fuel". Defends the host's
     /// memory against a guest passing a giant value to an import.
