@@ -424,14 +424,16 @@ impl Functions {
             .invocation_seconds
             .with_label_values(&[name])
             .observe(elapsed.as_secs_f64());
-        let start = if function.take_cold() { "cold" } else { "warm" };
-        metrics.starts.with_label_values(&[name, start]).inc();
+        let cold = function.take_cold();
+        if cold {
+            metrics.cold_starts.with_label_values(&[name]).inc();
+        }
         let peak = usage.memory_peak.load(Ordering::Relaxed);
         if peak > 0 {
-            metrics
-                .memory_peak_bytes
-                .with_label_values(&[name])
-                .observe(peak as f64);
+            let gauge = metrics.memory_peak_bytes.with_label_values(&[name]);
+            if gauge.get() < peak as i64 {
+                gauge.set(peak as i64);
+            }
         }
         let cpu_ns = usage.cpu_ns.load(Ordering::Relaxed);
         metrics
@@ -445,7 +447,7 @@ impl Functions {
                 outcome,
                 duration_us: elapsed.as_micros() as u64,
                 memory_peak_bytes: peak as u64,
-                cold: start == "cold",
+                cold,
             },
         );
     }

@@ -74,7 +74,7 @@ pub struct Limits {
     /// kernel and faulted in again by the next instance. More is faster for
     /// busy functions; what each slot keeps is what a function idle since
     /// its last call costs (bounded by the pool size).
-    #[arg(long = "pool-keep-resident-kib", default_value_t = 0)]
+    #[arg(long = "pool-keep-resident-kib", default_value_t = 8)]
     pub pool_keep_resident_kib: u64,
 
     /// Bytes the host copies out of a guest in one host call (a list or

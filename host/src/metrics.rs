@@ -2,8 +2,8 @@
 //! `sluice_<noun>_<verb>_total` for counters.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -20,11 +20,11 @@ pub struct Metrics {
     pub invocation_seconds: HistogramVec,
     /// Time to instantiate a fresh instance from its `InstancePre`.
     pub instantiate_seconds: Histogram,
-    /// Invocations by function and start: `cold` (the first after the
-    /// function was compiled or loaded into memory) or `warm`.
-    pub starts: IntCounterVec,
-    /// The most linear memory one invocation held, by function.
-    pub memory_peak_bytes: HistogramVec,
+    /// Cold starts by function: the first invocation after the function was
+    /// compiled or loaded into memory (the others are warm).
+    pub cold_starts: IntCounterVec,
+    /// The most linear memory one invocation of the function held.
+    pub memory_peak_bytes: IntGaugeVec,
     /// CPU time spent running invocations, by function.
     pub cpu_seconds: CounterVec,
 }
@@ -73,20 +73,21 @@ impl Metrics {
             ]),
         )
         .unwrap();
-        let starts = IntCounterVec::new(
+        // Per-function series cost memory for as long as the server runs, so
+        // these are the cheap kinds: a counter and a gauge.
+        let cold_starts = IntCounterVec::new(
             Opts::new(
-                "sluice_function_starts_total",
-                "Invocations by start: cold (first after the function was loaded) or warm.",
+                "sluice_function_cold_starts_total",
+                "Invocations that were the first after the function was compiled or loaded.",
             ),
-            &["function", "start"],
+            &["function"],
         )
         .unwrap();
-        let memory_peak_bytes = HistogramVec::new(
-            HistogramOpts::new(
+        let memory_peak_bytes = IntGaugeVec::new(
+            Opts::new(
                 "sluice_function_memory_peak_bytes",
-                "Most linear memory one invocation held.",
-            )
-            .buckets(prometheus::exponential_buckets(65536.0, 4.0, 10).unwrap()),
+                "The most linear memory one invocation of the function held.",
+            ),
             &["function"],
         )
         .unwrap();
@@ -104,7 +105,7 @@ impl Metrics {
             Box::new(invocations.clone()),
             Box::new(invocation_seconds.clone()),
             Box::new(instantiate_seconds.clone()),
-            Box::new(starts.clone()),
+            Box::new(cold_starts.clone()),
             Box::new(memory_peak_bytes.clone()),
             Box::new(cpu_seconds.clone()),
         ] {
@@ -117,7 +118,7 @@ impl Metrics {
             invocations,
             invocation_seconds,
             instantiate_seconds,
-            starts,
+            cold_starts,
             memory_peak_bytes,
             cpu_seconds,
         }

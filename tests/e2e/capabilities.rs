@@ -415,6 +415,9 @@ async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
             "invocation",
             "get",
             &id,
+            "--wait",
+            "--output",
+            "json",
             "--server",
             &server.url,
             "--token",
@@ -422,5 +425,7 @@ async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
         ])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&output.stdout).contains("\"function\": \"sleepy\""));
+    let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(record["function"], "sleepy");
+    assert_eq!(record["status"], "succeeded", "--wait waits for the end");
 }

@@ -186,14 +186,7 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
     );
 
     // Function metrics: one cold start, then warm ones; CPU and memory seen.
-    assert_eq!(
-        m("sluice_function_starts_total", "function=echo,start=cold"),
-        1.0
-    );
-    assert_eq!(
-        m("sluice_function_starts_total", "function=echo,start=warm"),
-        11.0
-    );
+    assert_eq!(m("sluice_function_cold_starts_total", "function=echo"), 1.0);
     assert_eq!(
         m(
             "sluice_function_invocations_total",
@@ -209,11 +202,8 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
         8.0
     );
     assert!(m("sluice_function_cpu_seconds_total", "function=echo") > 0.0);
-    assert_eq!(
-        m("sluice_function_memory_peak_bytes_count", "function=echo"),
-        12.0
-    );
-    assert!(m("sluice_function_memory_peak_bytes_sum", "function=echo") >= 12.0 * 65536.0);
+    // A Rust guest's linear memory starts above 1 MiB.
+    assert!(m("sluice_function_memory_peak_bytes", "function=echo") >= 1048576.0);
 
     // The API shows the same counts.
     let (_, body) = server.get("/v1/triggers/retried").await;
