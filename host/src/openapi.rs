@@ -195,6 +195,32 @@ pub struct ErrorDetail {
     message: String,
 }
 
+/// Settings given as query parameters of a deploy or a settings change.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SettingsQuery {
+    /// `private` or `public`.
+    visibility: Option<String>,
+    /// Wall-clock limit per call, in milliseconds.
+    timeout_ms: Option<u64>,
+    /// Linear memory cap, in MiB.
+    memory_mb: Option<u64>,
+    /// Instances at once.
+    max_concurrency: Option<u32>,
+    /// Largest request body, in bytes.
+    max_request_bytes: Option<u64>,
+    /// Largest response body, in bytes.
+    max_response_bytes: Option<u64>,
+    /// `KEY=VALUE`; repeatable.
+    env: Option<String>,
+    /// `KEY=VALUE`, redacted in every view; repeatable.
+    secret: Option<String>,
+    /// A host outbound HTTP may reach; repeatable.
+    allow_outbound: Option<String>,
+    /// A shared key-value bucket; repeatable.
+    kv_bucket: Option<String>,
+}
+
 /// A deployed function.
 #[derive(ToSchema)]
 pub struct Function {

@@ -61,40 +61,30 @@ async fn python_and_javascript_functions_serve_http_and_handle_events() {
 
     // HTTP functions: path, query, method, body and (Python) the environment.
     let anonymous = reqwest::Client::new();
-    let answer: Value = anonymous
-        .get(server.url("/fn/py-hello/some/path?x=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer_of = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().json::<Value>().await.unwrap()
+    };
+    let answer = answer_of(anonymous.get(server.url("/fn/py-hello/some/path?x=1"))).await;
     assert_eq!(
         answer,
         json!({"greeting": "Hi from a test", "method": "GET", "path": "/some/path?x=1", "body_bytes": 0})
     );
-    let answer: Value = anonymous
-        .post(server.url("/fn/js-hello/p?name=Ada"))
-        .body("twelve bytes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = answer_of(
+        anonymous
+            .post(server.url("/fn/js-hello/p?name=Ada"))
+            .body("twelve bytes"),
+    )
+    .await;
     assert_eq!(
         answer,
         json!({"greeting": "Hello, Ada, from JavaScript!", "method": "POST", "path": "/p?name=Ada", "body_bytes": 12})
     );
-    let answer: Value = anonymous
-        .post(server.url("/fn/py-hello/"))
-        .body(vec![7u8; 100_000])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = answer_of(
+        anonymous
+            .post(server.url("/fn/py-hello/"))
+            .body(vec![7u8; 100_000]),
+    )
+    .await;
     assert_eq!(answer["body_bytes"], 100_000);
 
     // Event functions behind triggers: both price each order; replies reach
