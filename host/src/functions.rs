@@ -305,6 +305,7 @@ impl Functions {
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         self.loaded.write().unwrap().remove(name);
         self.recent.lock().unwrap().remove(name);
+        self.metrics.forget_function(name);
         self.store.delete_logs(name)?;
         if self.store.blob(&record.digest)?.is_none() {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;

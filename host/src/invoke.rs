@@ -127,7 +127,7 @@ impl InvokeError {
         }
     }
 
-    /// The label used for metrics and logs.
+    /// The label used for metrics and logs (one of [`OUTCOMES`]).
     pub fn outcome(&self) -> &'static str {
         match self {
             InvokeError::NotFound(_) => "not_found",
@@ -155,6 +155,23 @@ impl InvokeError {
         )
     }
 }
+
+/// Every outcome label of `sluice_function_invocations_total`.
+pub const OUTCOMES: [&str; 13] = [
+    "ok",
+    "guest_error",
+    "not_found",
+    "wrong_world",
+    "busy",
+    "pool_exhausted",
+    "timeout",
+    "memory_limit",
+    "trap",
+    "failed",
+    "request_too_large",
+    "response_too_large",
+    "internal",
+];
 
 /// Per-call options beyond the request itself.
 #[derive(Clone, Debug, Default)]

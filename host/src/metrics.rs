@@ -124,6 +124,17 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of function `name` (it was deleted).
+    pub fn forget_function(&self, name: &str) {
+        for outcome in crate::invoke::OUTCOMES {
+            let _ = self.invocations.remove_label_values(&[name, outcome]);
+        }
+        let _ = self.invocation_seconds.remove_label_values(&[name]);
+        let _ = self.cold_starts.remove_label_values(&[name]);
+        let _ = self.memory_peak_bytes.remove_label_values(&[name]);
+        let _ = self.cpu_seconds.remove_label_values(&[name]);
+    }
+
     /// The registry, for other crates' metrics (the router's).
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -297,7 +297,7 @@ pub struct RecentInvocations {
 #[derive(ToSchema)]
 pub struct RecentInvocation {
     time_ms: u64,
-    /// `ok`, `guest_error`, `timeout`, `trap`, `memory_exceeded`, ...
+    /// `ok`, `guest_error`, `timeout`, `trap`, `memory_limit`, ...
     outcome: String,
     duration_us: u64,
     memory_peak_bytes: u64,

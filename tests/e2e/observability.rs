@@ -221,6 +221,18 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
     assert_eq!(recent.iter().filter(|i| i["cold"] == true).count(), 1);
     let (status, _) = server.get("/v1/functions/nope/invocations").await;
     assert_eq!(status, 404);
+
+    // A deleted function's series go with it.
+    let deleted = server
+        .http()
+        .delete(server.url("/v1/functions/doomed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (_, text) = server.get("/metrics").await;
+    assert!(!text.contains("function=\"doomed\""), "{text}");
+    assert!(text.contains("function=\"echo\""));
 }
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
