@@ -162,7 +162,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     reaper.abort();
     dispatcher.abort();
     invocations.abort();
-    store.flush().await?;
+    store.flush_all().await?;
     tracing::info!("sluice stopped");
     Ok(())
 }

@@ -519,8 +519,7 @@ impl Router {
             }
         }
         if !records.is_empty() {
-            self.store.insert_deliveries(&records)?;
-            self.store.flush_grouped().await?;
+            self.store.insert_deliveries(&records).await?;
         }
         // Durable now: count and announce.
         for record in &records {
@@ -615,13 +614,14 @@ impl Router {
                     None,
                     format!("stored event is unreadable: {error}"),
                     None,
-                );
+                )
+                .await;
                 return;
             }
         };
         let Some(trigger) = trigger else {
             let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
-            self.fail_for_good(record, Some(event), reason, None);
+            self.fail_for_good(record, Some(event), reason, None).await;
             return;
         };
         let (destination, retry) = match record.dead_letter {
@@ -650,7 +650,8 @@ impl Router {
                 {
                     // The replies are not safe yet: retry the delivery.
                     tracing::warn!(trigger = %record.trigger, %error, "replies could not be stored; retrying");
-                    self.retry_or_fail(record, &trigger, retry, event, None, error.to_string());
+                    self.retry_or_fail(record, &trigger, retry, event, None, error.to_string())
+                        .await;
                     return;
                 }
                 if record.dead_letter.is_none() {
@@ -668,7 +669,8 @@ impl Router {
                 code,
                 reason,
             } => {
-                self.retry_or_fail(record, &trigger, retry, event, code, reason);
+                self.retry_or_fail(record, &trigger, retry, event, code, reason)
+                    .await;
             }
             Outcome::Failed {
                 retryable: false,
@@ -676,7 +678,8 @@ impl Router {
                 reason,
             } => {
                 tracing::warn!(trigger = %record.trigger, attempts = record.attempts, %reason, "delivery failed permanently");
-                self.dead_letter_or_drop(record, &trigger, event, code, reason);
+                self.dead_letter_or_drop(record, &trigger, event, code, reason)
+                    .await;
             }
         }
     }
@@ -688,7 +691,7 @@ impl Router {
         self.metrics.queue_depth.dec();
     }
 
-    fn retry_or_fail(
+    async fn retry_or_fail(
         &self,
         mut record: DeliveryRecord,
         trigger: &Trigger,
@@ -717,11 +720,12 @@ impl Router {
             self.schedule_parsed([(record, Some(event))]);
         } else {
             tracing::warn!(trigger = %record.trigger, attempts = record.attempts, %reason, "delivery failed after its last attempt");
-            self.dead_letter_or_drop(record, trigger, event, code, reason);
+            self.dead_letter_or_drop(record, trigger, event, code, reason)
+                .await;
         }
     }
 
-    fn dead_letter_or_drop(
+    async fn dead_letter_or_drop(
         &self,
         record: DeliveryRecord,
         trigger: &Trigger,
@@ -739,12 +743,13 @@ impl Router {
             Destination::Function(name) => name.clone(),
             Destination::Uri(uri) => uri.clone(),
         };
-        self.fail_for_good(record, Some(event), reason, Some((destination, code)));
+        self.fail_for_good(record, Some(event), reason, Some((destination, code)))
+            .await;
     }
 
     /// Stores a dead letter for `record` (with the `knativeerror*`
     /// extensions) and queues it for the dead-letter sink if there is one.
-    fn fail_for_good(
+    async fn fail_for_good(
         &self,
         record: DeliveryRecord,
         event: Option<Arc<CloudEvent>>,
@@ -773,11 +778,13 @@ impl Router {
             }
             json = event.to_json();
         }
-        let ids = (self.store.next_id(), self.store.next_id());
-        let (Ok(letter_id), Ok(sink_id)) = ids else {
+        // The dead letter takes the delivery's id: a delivery run again
+        // after a crash overwrites its own dead letter.
+        let letter_id = record.id;
+        let Ok(sink_id) = self.store.next_id() else {
             tracing::error!(
                 id = record.id,
-                "could not allocate ids for a dead letter; the delivery stays pending"
+                "could not allocate an id for a dead letter's delivery; the delivery stays pending"
             );
             return;
         };
@@ -806,7 +813,11 @@ impl Router {
             dead_letter: Some(letter_id),
             group: 0,
         });
-        match self.store.dead_letter(record.id, &letter, sink.as_ref()) {
+        match self
+            .store
+            .dead_letter(record.id, &letter, sink.as_ref())
+            .await
+        {
             Ok(()) => {
                 self.metrics
                     .dead_lettered

@@ -5,17 +5,19 @@
 //! bookkeeping fields it needs to order and find them.
 //!
 //! - `triggers`: name → trigger JSON.
-//! - `deliveries`: id (big-endian u64) → [`DeliveryRecord`]. An event that got
-//!   a 202 lives here, one record per matching trigger, until delivered or
-//!   dead-lettered.
-//! - `dead_letters`: id → [`DeadLetterRecord`].
+//! - Pending deliveries, in the delivery journal (not sled): an event that
+//!   got a 202 lives there, with one [`DeliveryRecord`] per matching trigger,
+//!   until delivered or dead-lettered. [`Store::insert_deliveries`] returns
+//!   once they are synced; concurrent callers share one sync.
+//! - `dead_letters`: id → [`DeadLetterRecord`], in sled. A dead letter takes
+//!   the id of the delivery that failed, so a delivery run again after a
+//!   crash overwrites its own dead letter instead of adding a second.
 //!
-//! Ingress writes go through [`Store::flush_grouped`]: many concurrent
-//! writers share one disk flush, and each returns only once a flush that
-//! began after its write has finished.
+//! sled writes on acknowledged paths go through [`Store::flush_grouped`]:
+//! many concurrent writers share one disk flush, and each returns only once
+//! a flush that began after its write has finished.
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Result, Store, StoreError};
@@ -163,59 +165,95 @@ impl Store {
         Ok(old.is_some())
     }
 
-    /// Writes `records` atomically (not yet flushed: call
-    /// [`Store::flush_grouped`] before acknowledging).
-    pub fn insert_deliveries(&self, records: &[DeliveryRecord]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for record in records {
-            batch.insert(&key(record.id), encode(record));
+    /// Writes `records` and returns once they are on disk (concurrent
+    /// callers share one sync).
+    pub async fn insert_deliveries(&self, records: &[DeliveryRecord]) -> Result<()> {
+        let Some(synced) = self.journal.put(records, true)? else {
+            unreachable!("a durable put answers");
+        };
+        match synced.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Io {
+                context: "syncing the delivery journal".into(),
+                source: std::io::Error::other(message),
+            }),
+            Err(_) => Err(StoreError::Conflict("the journal writer stopped".into())),
         }
-        self.checked(self.deliveries.apply_batch(batch))
     }
 
-    /// Records a changed attempt count and schedule.
+    /// Records a changed attempt count and schedule (written soon, not
+    /// synced on its own: a crash before that runs the attempt again).
     pub fn update_delivery(&self, record: &DeliveryRecord) -> Result<()> {
-        self.deliveries.insert(key(record.id), encode(record))?;
+        self.journal.put(std::slice::from_ref(record), false)?;
         Ok(())
     }
 
     /// Removes a delivery that is done.
     pub fn complete_delivery(&self, id: u64) -> Result<()> {
-        self.deliveries.remove(key(id))?;
-        Ok(())
+        self.journal.done(&[id])
     }
 
     /// Every pending delivery, oldest first.
     pub fn pending_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
-        self.deliveries
-            .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
-            .collect()
+        self.journal.pending()
     }
 
     /// Number of pending deliveries.
     pub fn delivery_count(&self) -> usize {
-        self.deliveries.len()
+        self.journal.len()
+    }
+
+    /// Moves deliveries left in sled by an earlier version into the journal.
+    pub(crate) fn migrate_deliveries(&self) -> Result<()> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"deliveries")
+        {
+            return Ok(());
+        }
+        let tree = self.db.open_tree("deliveries")?;
+        let records: Vec<DeliveryRecord> = tree
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect::<Result<_>>()?;
+        if !records.is_empty() {
+            tracing::info!(
+                deliveries = records.len(),
+                "moving pending deliveries from sled into the delivery journal"
+            );
+            let fresh: Vec<DeliveryRecord> = records
+                .into_iter()
+                .filter(|r| !self.journal.contains(r.id))
+                .collect();
+            self.journal.put(&fresh, false)?;
+            self.journal.sync_blocking()?;
+        }
+        self.db.drop_tree("deliveries")?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Moves delivery `delivery` to the dead letters as `letter`, and queues
-    /// `sink` (the dead letter's delivery to a dead-letter sink), atomically.
-    pub fn dead_letter(
+    /// `sink` (the dead letter's delivery to a dead-letter sink). The dead
+    /// letter is on disk before the delivery ends, so a crash between the
+    /// two runs the delivery again (and, `letter.id` being the delivery's
+    /// id, overwrites the same dead letter) instead of losing it.
+    pub async fn dead_letter(
         &self,
         delivery: u64,
         letter: &DeadLetterRecord,
         sink: Option<&DeliveryRecord>,
     ) -> Result<()> {
-        (&self.deliveries, &self.dead_letters).transaction(|(deliveries, dead_letters)| {
-            deliveries.remove(&key(delivery))?;
-            dead_letters.insert(&key(letter.id), encode(letter))?;
-            if let Some(sink) = sink {
-                deliveries.insert(&key(sink.id), encode(sink))?;
-            }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        let inserted = self.dead_letters.insert(key(letter.id), encode(letter));
+        self.checked(inserted)?;
+        self.flush_grouped().await?;
+        if let Some(sink) = sink {
+            self.insert_deliveries(std::slice::from_ref(sink)).await?;
+        }
+        self.journal.done(&[delivery])
     }
 
     /// Number of dead letters.
@@ -241,18 +279,25 @@ impl Store {
     }
 
     /// Replaces dead letter `id` with `delivery` (a redelivery), durably.
-    /// `false` if there is no such dead letter.
+    /// `false` if there is no such dead letter. The redelivery is on disk
+    /// before the dead letter goes, so a crash between leaves both, never
+    /// neither.
     pub async fn replay_dead_letter(&self, id: u64, delivery: &DeliveryRecord) -> Result<bool> {
-        let replayed =
-            (&self.deliveries, &self.dead_letters).transaction(|(deliveries, dead_letters)| {
-                if dead_letters.remove(&key(id))?.is_none() {
-                    return Ok(false);
-                }
-                deliveries.insert(&key(delivery.id), encode(delivery))?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(true)
-            })?;
+        let Some(old) = self.dead_letters.get(key(id))? else {
+            return Ok(false);
+        };
+        self.insert_deliveries(std::slice::from_ref(delivery))
+            .await?;
+        let swapped = self
+            .dead_letters
+            .compare_and_swap(key(id), Some(old), None::<&[u8]>)?;
+        if swapped.is_err() {
+            // Replayed or deleted meanwhile: take the redelivery back.
+            self.journal.done(&[delivery.id])?;
+            return Ok(false);
+        }
         self.flush().await?;
-        Ok(replayed)
+        Ok(true)
     }
 
     /// Deletes dead letter `id`, durably. `false` if there was none.
@@ -288,8 +333,10 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             a = delivery(&store, "t1");
             b = delivery(&store, "t2");
-            store.insert_deliveries(&[a.clone(), b.clone()]).unwrap();
-            store.flush_grouped().await.unwrap();
+            store
+                .insert_deliveries(&[a.clone(), b.clone()])
+                .await
+                .unwrap();
         }
         // The flusher task releases its handle on the database once it sees
         // the store dropped; wait for that instead of sleeping blindly.
@@ -314,6 +361,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn deliveries_an_earlier_version_kept_in_sled_move_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let record;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            record = delivery(&store, "t");
+            let tree = store.db.open_tree("deliveries").unwrap();
+            tree.insert(key(record.id), encode(&record)).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.pending_deliveries().unwrap(), vec![record.clone()]);
+        assert!(
+            !store
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"deliveries")
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.pending_deliveries().unwrap(), vec![record]);
+    }
+
     #[tokio::test]
     async fn concurrent_grouped_flushes_all_return() {
         let dir = tempfile::tempdir().unwrap();
@@ -323,8 +395,7 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let record = delivery(&store, &format!("t{i}"));
-                store.insert_deliveries(&[record]).unwrap();
-                store.flush_grouped().await.unwrap();
+                store.insert_deliveries(&[record]).await.unwrap();
             }));
         }
         for task in tasks {
@@ -340,9 +411,10 @@ mod tests {
         let record = delivery(&store, "t");
         store
             .insert_deliveries(std::slice::from_ref(&record))
+            .await
             .unwrap();
         let letter = DeadLetterRecord {
-            id: store.next_id().unwrap(),
+            id: record.id,
             broker: "default".into(),
             trigger: "t".into(),
             event: record.event.clone(),
@@ -350,7 +422,7 @@ mod tests {
             reason: "boom".into(),
             time: crate::now_rfc3339(),
         };
-        store.dead_letter(record.id, &letter, None).unwrap();
+        store.dead_letter(record.id, &letter, None).await.unwrap();
         assert_eq!(store.delivery_count(), 0);
         assert_eq!(store.dead_letters().unwrap(), vec![letter.clone()]);
         let again = delivery(&store, "t");

@@ -1,14 +1,18 @@
-//! `sluice-store`: everything Sluice keeps durable, on [sled].
+//! `sluice-store`: everything Sluice keeps durable, on [sled] and, for
+//! pending event deliveries, an append-only journal beside it.
 //!
-//! One [`Store`] owns one data directory. It holds function records, the
-//! component bytes they point at (content-addressed by sha256, stored once
-//! however many functions share them, and removed when no function points at
-//! them any more), triggers, pending event deliveries, dead letters, and a
-//! schema version checked at open.
+//! One [`Store`] owns one data directory. In sled (`db/`): function records,
+//! the component bytes they point at (content-addressed by sha256, stored
+//! once however many functions share them, and removed when no function
+//! points at them any more), triggers, dead letters, guest key-value data,
+//! logs, tokens, and a schema version checked at open. In the delivery
+//! journal (`deliveries/`, see `journal.rs`): pending event deliveries, the
+//! one queue-shaped thing Sluice keeps, written once per accepted event.
 //!
 //! Guarantees:
-//! - Every mutating method is `async` and returns only after sled has flushed
-//!   the change to disk: a write the API acknowledges survives a crash.
+//! - Every mutating method that an acknowledgement depends on is `async` and
+//!   returns only after the change is on disk (sled flushed, or the journal
+//!   synced): a write the API acknowledges survives a crash.
 //! - Multi-tree changes (a function record and its blob reference counts) are
 //!   one sled transaction: a crash leaves either the old or the new state.
 //! - A data directory held by another process, or written by a newer schema,
@@ -22,6 +26,7 @@ mod component;
 mod error;
 mod events;
 mod functions;
+mod journal;
 mod kv;
 mod lock;
 mod logs;
@@ -55,7 +60,7 @@ pub struct Store {
     blobs: Tree,
     blob_refs: Tree,
     triggers: Tree,
-    deliveries: Tree,
+    journal: std::sync::Arc<journal::Journal>,
     dead_letters: Tree,
     kv: Tree,
     kv_counts: Tree,
@@ -100,13 +105,15 @@ impl Store {
             db.open_tree(name)
                 .map_err(|error| StoreError::from_open(&db_path, error))
         };
+        let failed: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let journal = journal::Journal::open(&dir.join("deliveries"), failed.clone())?;
         let store = Store {
             meta: open_tree("meta")?,
             functions: open_tree("functions")?,
             blobs: open_tree("blobs")?,
             blob_refs: open_tree("blob_refs")?,
             triggers: open_tree("triggers")?,
-            deliveries: open_tree("deliveries")?,
+            journal: std::sync::Arc::new(journal),
             dead_letters: open_tree("dead_letters")?,
             kv: open_tree("kv")?,
             kv_counts: open_tree("kv_counts")?,
@@ -114,12 +121,13 @@ impl Store {
             invocations: open_tree("invocations")?,
             tokens: open_tree("tokens")?,
             flusher: Default::default(),
-            failed: Default::default(),
+            failed,
             db,
             dir: dir.to_path_buf(),
             _lock: std::sync::Arc::new(lock),
         };
         store.check_schema()?;
+        store.migrate_deliveries()?;
         Ok(store)
     }
 
@@ -162,6 +170,15 @@ impl Store {
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// Flushes sled and syncs the delivery journal (for shutdown).
+    pub async fn flush_all(&self) -> Result<()> {
+        self.flush().await?;
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.sync_blocking())
+            .await
+            .map_err(|e| StoreError::Conflict(format!("syncing the delivery journal: {e}")))?
     }
 
     /// Records that a write to disk failed. sled refuses writes after an I/O

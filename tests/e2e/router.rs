@@ -789,12 +789,16 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
             );
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "seed {seed}: {} acknowledged deliveries missing, such as {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
+        if std::time::Instant::now() >= deadline {
+            let metrics = server.metrics().await;
+            panic!(
+                "seed {seed}: {} acknowledged deliveries missing, such as {:?}; pending {:?}, in flight {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                metrics.get(&("sluice_deliveries_pending".to_string(), String::new())),
+                metrics.get(&("sluice_deliveries_in_flight".to_string(), String::new())),
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
