@@ -99,6 +99,7 @@ impl Store {
             // Acknowledged writes are flushed explicitly; the background
             // flusher only bounds what an unacknowledged write can lose.
             .flush_every_ms(Some(500))
+            .idgen_persist_interval(events::ID_PERSIST_INTERVAL)
             .open()
             .map_err(|error| StoreError::from_open(&db_path, error))?;
         let open_tree = |name: &str| {
@@ -128,6 +129,9 @@ impl Store {
         };
         store.check_schema()?;
         store.migrate_deliveries()?;
+        // The first id of this run makes sled persist its id counter; have
+        // that on disk before any id is handed out (see `next_id`).
+        store.next_id()?;
         Ok(store)
     }
 
