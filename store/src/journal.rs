@@ -18,10 +18,10 @@
 //! deliveries that ended. A new segment starts at each open and when the
 //! active one passes [`SEGMENT_BYTES`]. The oldest segment is deleted once no
 //! pending delivery lives in it (oldest first, so an end record is never
-//! dropped while the put it cancels remains). A delivery still retrying
-//! keeps its segment, and the segments after it, on disk until it ends:
-//! disk use is bounded by the ingress rate times the longest retry schedule.
-//! (Copying such deliveries forward to free old segments is not done yet.)
+//! dropped while the put it cancels remains); when more than
+//! [`MAX_SEALED`] sealed segments pile up behind long-retrying deliveries,
+//! the oldest one's live deliveries are copied forward, synced, and the
+//! segment deleted.
 //!
 //! Recovery reads every segment in order. A frame cut short or failing its
 //! checksum at the end of the last segment is a write a crash interrupted
@@ -47,6 +47,10 @@ pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 
 /// How long writes nobody waits for (ends, retries) may sit in memory.
 pub(crate) const IDLE_WRITE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Sealed segments kept before the oldest one's live deliveries are copied
+/// forward.
+pub(crate) const MAX_SEALED: usize = 4;
 
 const PUT: u8 = 1;
 const DONE: u8 = 2;
@@ -278,6 +282,8 @@ struct State {
     /// Deliveries that ended since the last write: one end frame, written
     /// after the chunks (so after every put it cancels).
     done: Vec<u64>,
+    /// A sync is due even without waiters (deliveries copied forward).
+    sync_due: bool,
     /// Answered once everything appended before them is synced.
     waiters: Vec<oneshot::Sender<std::result::Result<(), String>>>,
     /// Pending delivery id → the segment holding its latest record.
@@ -331,6 +337,7 @@ impl Journal {
             state: Mutex::new(State {
                 chunks: Vec::new(),
                 done: Vec::new(),
+                sync_due: false,
                 waiters: Vec::new(),
                 live,
                 counts,
@@ -553,11 +560,11 @@ impl Shared {
     /// answer them, then drop segments nothing lives in.
     fn run(&self) {
         loop {
-            let (waiters, closing) = {
+            let (waiters, sync_due, closing) = {
                 let mut state = self.state.lock().unwrap();
                 // Wake for someone waiting; write what nobody waits for
                 // after a short while, in one go.
-                while state.waiters.is_empty() && !state.closing {
+                while state.waiters.is_empty() && !state.sync_due && !state.closing {
                     if state.chunks.is_empty() && state.done.is_empty() {
                         state = self.work.wait(state).unwrap();
                     } else {
@@ -568,9 +575,10 @@ impl Shared {
                         }
                     }
                 }
-                (std::mem::take(&mut state.waiters), state.closing)
+                let sync_due = std::mem::take(&mut state.sync_due);
+                (std::mem::take(&mut state.waiters), sync_due, state.closing)
             };
-            let sync = !waiters.is_empty() || closing;
+            let sync = !waiters.is_empty() || sync_due || closing;
             let result = self.write_out(sync).map_err(|e| e.to_string());
             for waiter in waiters {
                 let _ = waiter.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -583,11 +591,14 @@ impl Shared {
         }
     }
 
-    /// Deletes the oldest sealed segments nothing lives in. Runs right
-    /// after a sync, with the counts as of the synced bytes.
+    /// Deletes the oldest sealed segments nothing lives in, and copies the
+    /// live deliveries of the oldest forward when too many are sealed.
+    /// Runs right after a sync, with the counts as of the synced bytes, so
+    /// copies made before are durable before their source goes.
     fn collect(&self, synced: &BTreeMap<u64, usize>) {
         let written = self.file.lock().unwrap().1;
         let mut dead = Vec::new();
+        let mut copy = None;
         {
             let mut state = self.state.lock().unwrap();
             while let Some((&seq, &count)) = state.counts.first_key_value() {
@@ -597,6 +608,9 @@ impl Shared {
                 state.counts.remove(&seq);
                 dead.push(seq);
             }
+            if state.counts.range(..written).count() > MAX_SEALED {
+                copy = state.counts.first_key_value().map(|(&seq, _)| seq);
+            }
         }
         for seq in dead {
             let path = segment_path(&self.dir, seq);
@@ -604,6 +618,53 @@ impl Shared {
                 tracing::warn!(path = %path.display(), %error, "could not delete a spent journal segment");
             }
         }
+        if let Some(seq) = copy
+            && let Err(error) = self.copy_forward(seq)
+        {
+            tracing::error!(seq, %error, "could not copy live deliveries out of an old journal segment");
+        }
+    }
+
+    /// Re-appends the deliveries still living in sealed segment `seq` to
+    /// the active one; a later collection deletes `seq` once they are synced.
+    fn copy_forward(&self, seq: u64) -> Result<()> {
+        let path = segment_path(&self.dir, seq);
+        let data = std::fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
+        let (entries, _) = decode(&data);
+        let mut latest = BTreeMap::new();
+        for entry in entries {
+            if let Entry::Put(records) = entry {
+                for record in records {
+                    latest.insert(record.id, record);
+                }
+            }
+        }
+        let mut state = self.state.lock().unwrap();
+        let moving: Vec<DeliveryRecord> = latest
+            .into_values()
+            .filter(|r| state.live.get(&r.id) == Some(&seq))
+            .collect();
+        if !moving.is_empty() {
+            tracing::info!(
+                seq,
+                deliveries = moving.len(),
+                "copying live deliveries out of an old journal segment"
+            );
+        }
+        for record in &moving {
+            let to = self.append(&mut state, encode_puts(std::slice::from_ref(record)));
+            state.live.insert(record.id, to);
+            *state
+                .counts
+                .get_mut(&seq)
+                .expect("sealed segments are counted") -= 1;
+            *state
+                .counts
+                .get_mut(&to)
+                .expect("the active segment is counted") += 1;
+        }
+        state.sync_due = true;
+        Ok(())
     }
 }
 
@@ -703,7 +764,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn spent_segments_are_deleted_oldest_first_and_a_pending_one_keeps_its_segment() {
+    async fn spent_segments_are_deleted_and_a_long_pending_delivery_is_copied_forward() {
         let dir = tempfile::tempdir().unwrap();
         let segment_bytes = 64 << 10;
         let big = format!(r#"{{"data":"{}"}}"#, "y".repeat(8 << 10));
@@ -720,13 +781,19 @@ mod tests {
         fill(&journal, 5).await;
         let left = segments(dir.path()).unwrap();
         assert!(left.len() <= 2, "spent segments were not deleted: {left:?}");
-        // A delivery that stays pending keeps its segment and those after it.
+        // A delivery that stays pending while many segments fill behind it
+        // is copied forward, and its old segment deleted.
+        let first = *left.last().unwrap();
         journal.put(&[record(1, "{\"keep\":true}")], false).unwrap();
-        fill(&journal, 5).await;
-        let kept = segments(dir.path()).unwrap();
+        fill(&journal, 3 * MAX_SEALED).await;
+        let left = segments(dir.path()).unwrap();
         assert!(
-            kept.len() >= 5,
-            "a segment with a pending delivery was deleted: {kept:?}"
+            left.len() <= MAX_SEALED + 2,
+            "too many segments kept: {left:?}"
+        );
+        assert!(
+            left[0] > first,
+            "the pending delivery's first segment was kept: {left:?}"
         );
         drop(journal);
         let journal = Journal::open_with(dir.path(), Arc::default(), segment_bytes).unwrap();
