@@ -296,6 +296,22 @@ struct State {
     closing: bool,
 }
 
+impl State {
+    /// Records that the latest record of delivery `id` is in segment `seq`.
+    fn place(&mut self, id: u64, seq: u64) {
+        if let Some(old) = self.live.insert(id, seq) {
+            *self
+                .counts
+                .get_mut(&old)
+                .expect("segments of live ids are counted") -= 1;
+        }
+        *self
+            .counts
+            .get_mut(&seq)
+            .expect("the segment written to is counted") += 1;
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     segment_bytes: u64,
@@ -376,16 +392,7 @@ impl Journal {
         }
         let seq = self.shared.append(&mut state, bytes);
         for record in records {
-            if let Some(old) = state.live.insert(record.id, seq) {
-                *state
-                    .counts
-                    .get_mut(&old)
-                    .expect("segments of live ids are counted") -= 1;
-            }
-            *state
-                .counts
-                .get_mut(&seq)
-                .expect("the active segment is counted") += 1;
+            state.place(record.id, seq);
         }
         let receiver = durable.then(|| {
             let (tx, rx) = oneshot::channel();
@@ -653,15 +660,7 @@ impl Shared {
         }
         for record in &moving {
             let to = self.append(&mut state, encode_puts(std::slice::from_ref(record)));
-            state.live.insert(record.id, to);
-            *state
-                .counts
-                .get_mut(&seq)
-                .expect("sealed segments are counted") -= 1;
-            *state
-                .counts
-                .get_mut(&to)
-                .expect("the active segment is counted") += 1;
+            state.place(record.id, to);
         }
         state.sync_due = true;
         Ok(())
