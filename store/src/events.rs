@@ -327,6 +327,21 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Opens the store in `dir` again once the last one let go of it: sled's
+    /// flusher threads release their handle on the database a moment after
+    /// the store is dropped, so wait for that instead of sleeping blindly.
+    fn reopen(dir: &std::path::Path) -> Store {
+        let mut reopened = Store::open(dir);
+        for _ in 0..200 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            reopened = Store::open(dir);
+        }
+        reopened.unwrap()
+    }
+
     fn delivery(store: &Store, trigger: &str) -> DeliveryRecord {
         DeliveryRecord {
             id: store.next_id().unwrap(),
@@ -353,17 +368,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // The flusher task releases its handle on the database once it sees
-        // the store dropped; wait for that instead of sleeping blindly.
-        let mut reopened = Store::open(dir.path());
-        for _ in 0..100 {
-            if reopened.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            reopened = Store::open(dir.path());
-        }
-        let store = reopened.unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.pending_deliveries().unwrap(),
             vec![a.clone(), b.clone()]
@@ -387,7 +392,7 @@ mod tests {
             tree.insert(key(record.id), encode(&record)).unwrap();
             store.db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.pending_deliveries().unwrap(), vec![record.clone()]);
         assert!(
             !store
@@ -397,7 +402,7 @@ mod tests {
                 .any(|n| n.as_ref() == b"deliveries")
         );
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.pending_deliveries().unwrap(), vec![record]);
     }
 
