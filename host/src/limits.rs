@@ -77,6 +77,17 @@ pub struct Limits {
     #[arg(long = "pool-keep-resident-kib", default_value_t = 8)]
     pub pool_keep_resident_kib: u64,
 
+    /// Regions of freed pool slots (an instance's memories, tables and
+    /// stack) whose pages are released to the kernel together, in one
+    /// `process_madvise` call on Linux (one `madvise` each elsewhere): one
+    /// system call, and on recent kernels one TLB shootdown, per batch
+    /// instead of per instance. Until its batch fills, a freed slot is not
+    /// reused and keeps its dirty pages resident: at most this many regions
+    /// per CPU (wasmtime keeps one queue per CPU, up to 16). 1 (or 0)
+    /// releases every slot at once.
+    #[arg(long = "pool-decommit-batch", default_value_t = 16)]
+    pub pool_decommit_batch: usize,
+
     /// Bytes the host copies out of a guest in one host call (a list or
     /// string argument), wasmtime's "hostcall fuel". Defends the host's
     /// memory against a guest passing a giant value to an import.

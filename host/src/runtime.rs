@@ -70,6 +70,7 @@ impl Runtime {
             // faulted in again; they are also what an idle function costs.
             .linear_memory_keep_resident(usize::try_from(limits.pool_keep_resident_kib << 10)?)
             .table_keep_resident(usize::try_from(limits.pool_keep_resident_kib << 10)?)
+            .decommit_batch_size(limits.pool_decommit_batch.max(1))
             .pagemap_scan(wasmtime::Enabled::Auto);
 
         let mut config = Config::new();
