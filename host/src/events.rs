@@ -115,6 +115,7 @@ impl HostInvoker {
             depth: 0,
             invocation: None,
             trace: Some(trace),
+            inline: true,
         };
         match function.record.world {
             World::Event => match self.functions.call_event(&function, to_wit(event), &options).await {

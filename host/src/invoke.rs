@@ -190,7 +190,15 @@ pub struct CallOptions {
     pub invocation: Option<String>,
     /// The invocation's span (a new trace when `None`): see [`crate::trace`].
     pub trace: Option<TraceContext>,
+    /// Run an event function on the caller's task instead of a task of its
+    /// own: one task fewer per call, but the guest is cancelled if the
+    /// caller's future is dropped. For callers that always finish the call
+    /// (the router's deliveries).
+    pub inline: bool,
 }
+
+/// Why an invocation whose task panicked failed.
+const TASK_FAILED: &str = "the invocation task ended abnormally";
 
 /// How the invocation task ended.
 enum TaskEnd<R> {
@@ -269,8 +277,7 @@ impl Functions {
         Ok((own, pool))
     }
 
-    /// Spawns the invocation: a fresh store, `body` run on it, everything
-    /// bounded by the function's deadline.
+    /// Spawns the invocation on a task of its own: see [`Functions::invocation`].
     async fn spawn<R, F, Fut>(
         &self,
         function: &Function,
@@ -278,6 +285,36 @@ impl Functions {
         usage: &Arc<Usage>,
         body: F,
     ) -> Result<Running<R>, InvokeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(InvocationStore) -> Fut + Send + 'static,
+        Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
+    {
+        let (run, deadline, usage) = self.invocation(function, options, usage, body).await?;
+        Ok(Running {
+            task: tokio::spawn(run),
+            deadline,
+            usage,
+        })
+    }
+
+    /// The invocation as a future: takes the permits, builds a fresh store,
+    /// and returns `body` run on it, bounded by the function's deadline, with
+    /// the guest's output kept when it ends.
+    async fn invocation<R, F, Fut>(
+        &self,
+        function: &Function,
+        options: &CallOptions,
+        usage: &Arc<Usage>,
+        body: F,
+    ) -> Result<
+        (
+            impl Future<Output = TaskEnd<R>> + Send + 'static,
+            tokio::time::Instant,
+            Arc<Usage>,
+        ),
+        InvokeError,
+    >
     where
         R: Send + 'static,
         F: FnOnce(InvocationStore) -> Fut + Send + 'static,
@@ -316,6 +353,7 @@ impl Functions {
                     depth: options.depth + 1,
                     invocation: None,
                     trace: None,
+                    inline: false,
                 },
                 trace,
                 max_depth: self.runtime().limits().max_call_depth,
@@ -343,7 +381,7 @@ impl Functions {
         let functions = self.handle();
         let running_usage = usage.clone();
         let span = tracing::info_span!("invocation", function = %name, id = %invocation_id, trace_id = %trace.trace_id_hex());
-        let task = tokio::spawn(tracing::Instrument::instrument(
+        let run = tracing::Instrument::instrument(
             async move {
                 let _permits = permits;
                 let cpu = CpuTimed {
@@ -361,12 +399,8 @@ impl Functions {
                 end
             },
             span,
-        ));
-        Ok(Running {
-            task,
-            deadline,
-            usage: running_usage,
-        })
+        );
+        Ok((run, deadline, running_usage))
     }
 
     /// Turns a failed or timed-out invocation into its error.
@@ -374,7 +408,7 @@ impl Functions {
         &self,
         function: &Function,
         timeout_ms: u64,
-        end: Result<TaskEnd<R>, tokio::task::JoinError>,
+        end: Result<TaskEnd<R>, &'static str>,
         memory_exceeded: bool,
     ) -> InvokeError {
         let name = function.record.name.clone();
@@ -391,9 +425,7 @@ impl Functions {
             }
             Ok(TaskEnd::TimedOut) => return timeout(),
             Ok(TaskEnd::Failed(error)) => error,
-            Err(error) => {
-                return InvokeError::Internal(format!("invocation task ended abnormally: {error}"));
-            }
+            Err(reason) => return InvokeError::Internal(reason.to_string()),
         };
         if memory_exceeded {
             return InvokeError::MemoryLimit {
@@ -561,7 +593,7 @@ impl Functions {
                 });
             }
             Ok(Err(_)) => {
-                let end = task.await;
+                let end = task.await.map_err(|_| TASK_FAILED);
                 return Err(self.classify(function, timeout_ms, end, memory_exceeded()));
             }
         };
@@ -585,7 +617,12 @@ impl Functions {
                     Ok(Ok(TaskEnd::Done(()))) => {
                         Ok(http::Response::from_parts(parts, collected.to_bytes()))
                     }
-                    Ok(end) => Err(self.classify(function, timeout_ms, end, memory_exceeded())),
+                    Ok(end) => Err(self.classify(
+                        function,
+                        timeout_ms,
+                        end.map_err(|_| TASK_FAILED),
+                        memory_exceeded(),
+                    )),
                 }
             }
             Ok(Err(error)) if error.is::<LengthLimitError>() => {
@@ -597,7 +634,7 @@ impl Functions {
             }
             Ok(Err(_)) => {
                 // The body broke off: the guest failed while writing it.
-                let end = task.await;
+                let end = task.await.map_err(|_| TASK_FAILED);
                 Err(self.classify(function, timeout_ms, end, memory_exceeded()))
             }
         }
@@ -641,26 +678,37 @@ impl Functions {
         };
         let pre = pre.clone();
         let metrics = self.metrics().clone();
-        let running = self
-            .spawn(function, options, usage, move |mut invocation| async move {
-                let store = &mut invocation.store;
-                let instantiating = Instant::now();
-                let instance = pre.instantiate_async(&mut *store).await?;
-                metrics
-                    .instantiate_seconds
-                    .observe(instantiating.elapsed().as_secs_f64());
-                instance
-                    .sluice_function_handler()
-                    .call_handle(&mut *store, &event)
-                    .await
-            })
-            .await?;
-        let memory_exceeded = running.usage.memory_exceeded.load(Ordering::Relaxed);
+        let body = move |mut invocation: InvocationStore| async move {
+            let store = &mut invocation.store;
+            let instantiating = Instant::now();
+            let instance = pre.instantiate_async(&mut *store).await?;
+            metrics
+                .instantiate_seconds
+                .observe(instantiating.elapsed().as_secs_f64());
+            instance
+                .sluice_function_handler()
+                .call_handle(&mut *store, &event)
+                .await
+        };
         let timeout_ms = options
             .timeout
             .unwrap_or(function.limits.timeout)
             .as_millis() as u64;
-        match running.task.await {
+        let (end, usage) = if options.inline {
+            let (run, _, usage) = self.invocation(function, options, usage, body).await?;
+            // A panic in the host while running the guest fails this call
+            // only, as it would end the invocation's own task.
+            let end = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+                .await
+                .map_err(|_| "the invocation panicked");
+            (end, usage)
+        } else {
+            let running = self.spawn(function, options, usage, body).await?;
+            let end = running.task.await.map_err(|_| TASK_FAILED);
+            (end, running.usage)
+        };
+        let memory_exceeded = usage.memory_exceeded.load(Ordering::Relaxed);
+        match end {
             Ok(TaskEnd::Done(answer)) => Ok(answer),
             end => Err(self.classify(function, timeout_ms, end, memory_exceeded)),
         }

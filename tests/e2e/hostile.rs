@@ -245,3 +245,102 @@ async fn hostile_guests_behind_triggers_are_dead_lettered_while_others_are_deliv
     assert_eq!(status, 200);
     assert!(!server.log().contains("panicked"));
 }
+
+/// Event functions run on the delivering task itself, not a task of their
+/// own: a trap, an endless loop and a memory bomb in one each fail only
+/// their own delivery, with the right code and reason, while the deliveries
+/// of the same events to a well-behaved function go on. Invoked directly
+/// (on a task of its own), the same guest fails the same way.
+#[tokio::test]
+async fn hostile_event_functions_fail_only_their_own_deliveries() {
+    let server = server();
+    let sink = Sink::start().await;
+    server
+        .deploy_ok(
+            "hostile",
+            guests::EVENT_HOSTILE,
+            "timeout_ms=200&memory_mb=16",
+        )
+        .await;
+    server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;
+    server
+        .trigger(json!({"name": "to-hostile", "filters": [{"prefix": {"type": "bad."}}, {"not": {"suffix": {"type": ".echo"}}}],
+                        "subscriber": {"function": "hostile"}, "delivery": {"retry": 1, "backoffDelay": "PT0.01S"}}))
+        .await;
+    server
+        .trigger(json!({"name": "to-echo", "filters": [{"prefix": {"type": "bad."}}, {"not": {"suffix": {"type": ".echo"}}}],
+                        "subscriber": {"function": "event-echo"}}))
+        .await;
+    server
+        .trigger(json!({"name": "out", "filters": [{"suffix": {"type": ".echo"}}], "subscriber": {"uri": format!("{}/", sink.url)}}))
+        .await;
+    const ROUNDS: usize = 3;
+    let kinds = ["trap", "spin", "hog", "fine"];
+    for round in 0..ROUNDS {
+        for kind in kinds {
+            let status = server
+                .send_event(
+                    &format!("{kind}-{round}"),
+                    &format!("bad.{kind}"),
+                    &[],
+                    b"x",
+                )
+                .await;
+            assert_eq!(status, 202);
+        }
+    }
+    let got = sink.wait_for(ROUNDS * kinds.len()).await;
+    assert_eq!(
+        got.len(),
+        ROUNDS * kinds.len(),
+        "every event was echoed once"
+    );
+    let letters = eventually(Duration::from_secs(30), || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        let letters = value["deadletters"].as_array().unwrap().clone();
+        (letters.len() == 3 * ROUNDS).then_some(letters)
+    })
+    .await;
+    for kind in ["trap", "spin", "hog"] {
+        let (code, reason) = match kind {
+            "trap" => ("500", "unreachable"),
+            "spin" => ("504", "200 ms"),
+            _ => ("500", "memory limit of 16 MiB"),
+        };
+        let mine: Vec<&Value> = letters
+            .iter()
+            .filter(|l| l["event"]["type"] == format!("bad.{kind}"))
+            .collect();
+        assert_eq!(mine.len(), ROUNDS, "{letters:#?}");
+        for letter in mine {
+            assert_eq!(letter["event"]["knativeerrorcode"], code, "{letter:#}");
+            assert_eq!(letter["attempts"], 2, "retry 1 = two attempts");
+            let data = letter["event"]["knativeerrordata"].as_str().unwrap();
+            assert!(data.contains(reason), "{kind}: {data}");
+        }
+    }
+    // The same guest invoked directly.
+    for (kind, status, code) in [
+        ("trap", 500, "trap"),
+        ("spin", 504, "timeout"),
+        ("hog", 500, "memory_limit"),
+    ] {
+        let response = server
+            .http()
+            .post(server.url("/v1/functions/hostile/invoke"))
+            .header("content-type", "application/cloudevents+json")
+            .body(format!(
+                r#"{{"specversion":"1.0","id":"d-{kind}","source":"/t","type":"bad.{kind}"}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{kind}");
+        let body = response.text().await.unwrap();
+        assert_eq!(error_code(&body), code, "{kind}: {body}");
+    }
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(!server.log().contains("panicked"));
+}
