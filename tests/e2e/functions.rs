@@ -203,6 +203,33 @@ async fn every_request_gets_a_fresh_instance() {
     }
 }
 
+/// Freed slots wait for their pages to be released in batches; a pool
+/// smaller than the batch must still hand them out again (wasmtime releases
+/// the waiting batch when it runs out of slots), each reset to a fresh
+/// instance.
+#[tokio::test]
+async fn a_pool_smaller_than_the_decommit_batch_reuses_its_slots_fresh() {
+    let server = Server::start_with(&["--pool-instances", "2", "--pool-decommit-batch", "64"]);
+    server.deploy_ok("counter", guests::COUNTER, "").await;
+    server
+        .deploy_ok("hog", guests::HOG, "memory_mb=32&env=HOG_MB=8")
+        .await;
+    for round in 0..12 {
+        let (status, body) = server.get("/fn/hog/").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "held 8 MiB"),
+            "round {round}"
+        );
+        let (status, body) = server.get("/fn/counter/").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "1"),
+            "round {round}: a reused slot starts from the component's initial memory"
+        );
+    }
+}
+
 #[tokio::test]
 async fn calls_over_the_concurrency_cap_get_429_with_retry_after() {
     let server = Server::start_with(&["--queue-timeout-ms", "100"]);
