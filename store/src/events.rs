@@ -327,19 +327,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// Opens the store in `dir` again once the last one let go of it: sled's
-    /// flusher threads release their handle on the database a moment after
-    /// the store is dropped, so wait for that instead of sleeping blindly.
     fn reopen(dir: &std::path::Path) -> Store {
-        let mut reopened = Store::open(dir);
-        for _ in 0..200 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            reopened = Store::open(dir);
-        }
-        reopened.unwrap()
+        crate::open_when_free(dir).unwrap()
     }
 
     fn delivery(store: &Store, trigger: &str) -> DeliveryRecord {

@@ -374,7 +374,7 @@ mod tests {
                     .is_none()
             );
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::open_when_free(dir.path()).unwrap();
         let record = store.function("a").unwrap().unwrap();
         assert_eq!(record.settings.timeout_ms, Some(250));
         assert_eq!(record.world, World::Event);

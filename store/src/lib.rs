@@ -224,6 +224,22 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// Opens the store in `dir` once the last [`Store`] on it let go: sled's
+/// flusher thread releases its handle on the database a moment after the
+/// store is dropped, so a test that reopens at once can find it locked.
+#[cfg(test)]
+pub(crate) fn open_when_free(dir: &Path) -> Result<Store, StoreError> {
+    for _ in 0..200 {
+        match Store::open(dir) {
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
+    Store::open(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +255,7 @@ mod tests {
                 .unwrap();
             store.db.flush().unwrap();
         }
-        let error = Store::open(dir.path()).unwrap_err();
+        let error = open_when_free(dir.path()).unwrap_err();
         assert!(
             matches!(error, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
         );
@@ -258,6 +274,6 @@ mod tests {
     fn reopen_after_close_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
-        Store::open(dir.path()).unwrap();
+        open_when_free(dir.path()).unwrap();
     }
 }
