@@ -294,6 +294,9 @@ struct State {
     active_len: u64,
     error: Option<String>,
     closing: bool,
+    /// The writer is waiting on `work`: only then does a put wake it (a
+    /// futex call per put otherwise, while the writer is busy syncing).
+    sleeping: bool,
 }
 
 impl State {
@@ -361,6 +364,7 @@ impl Journal {
                 active_len: 0,
                 error: None,
                 closing: false,
+                sleeping: false,
             }),
             work: Condvar::new(),
             file: Mutex::new((file, active)),
@@ -399,8 +403,10 @@ impl Journal {
             state.waiters.push(tx);
             rx
         });
+        // A busy writer looks at the waiters again before it sleeps.
+        let wake = durable && std::mem::take(&mut state.sleeping);
         drop(state);
-        if durable {
+        if wake {
             self.shared.work.notify_one();
         }
         Ok(receiver)
@@ -572,15 +578,18 @@ impl Shared {
                 // Wake for someone waiting; write what nobody waits for
                 // after a short while, in one go.
                 while state.waiters.is_empty() && !state.sync_due && !state.closing {
+                    state.sleeping = true;
                     if state.chunks.is_empty() && state.done.is_empty() {
                         state = self.work.wait(state).unwrap();
                     } else {
                         let (next, timeout) = self.work.wait_timeout(state, IDLE_WRITE).unwrap();
                         state = next;
                         if timeout.timed_out() {
+                            state.sleeping = false;
                             break;
                         }
                     }
+                    state.sleeping = false;
                 }
                 let sync_due = std::mem::take(&mut state.sync_due);
                 (std::mem::take(&mut state.waiters), sync_due, state.closing)
