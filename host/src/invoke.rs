@@ -462,6 +462,7 @@ impl Functions {
     }
 
     fn record(&self, function: &Function, started: Instant, outcome: &'static str, usage: &Usage) {
+        self.runtime().note_ended();
         let name = function.record.name.as_str();
         let metrics = self.metrics();
         let elapsed = started.elapsed();

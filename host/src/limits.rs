@@ -82,9 +82,9 @@ pub struct Limits {
     /// `process_madvise` call on Linux (one `madvise` each elsewhere): one
     /// system call, and on recent kernels one TLB shootdown, per batch
     /// instead of per instance. Until its batch fills, a freed slot is not
-    /// reused and keeps its dirty pages resident: at most this many regions
-    /// per CPU (wasmtime keeps one queue per CPU, up to 16). 1 (or 0)
-    /// releases every slot at once.
+    /// reused and keeps its dirty pages resident (at most this many regions
+    /// per CPU); a second after the last call ends, the server releases
+    /// whatever still waits. 1 (or 0) releases every slot at once.
     #[arg(long = "pool-decommit-batch", default_value_t = 16)]
     pub pool_decommit_batch: usize,
 

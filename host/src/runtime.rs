@@ -46,7 +46,23 @@ pub struct Runtime {
     linker: Linker<InvocationState>,
     limits: Limits,
     stop_ticker: Arc<AtomicBool>,
+    /// A core module with one page of memory that its start function
+    /// writes: instantiated and dropped to push wasmtime's decommit queues
+    /// over their batch size (see [`Runtime::release_waiting_slots`]).
+    releaser: wasmtime::Module,
+    /// Invocations that ended, for the idle release of waiting slots.
+    ended: AtomicU64,
 }
+
+/// `(module (memory 1) (func $s (i32.store8 (i32.const 0) (i32.const 1))) (start $s))`
+const RELEASER_WASM: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: func () -> ()
+    0x03, 0x02, 0x01, 0x00, // function 0 has type 0
+    0x05, 0x03, 0x01, 0x00, 0x01, // memory: min 1 page
+    0x08, 0x01, 0x00, // start: function 0
+    0x0a, 0x0b, 0x01, 0x09, 0x00, 0x41, 0x00, 0x41, 0x01, 0x3a, 0x00, 0x00, 0x0b, // code
+];
 
 impl Runtime {
     /// Builds the engine and linker for `limits`, and starts the epoch ticker.
@@ -109,12 +125,64 @@ impl Runtime {
                 })?;
         }
 
+        let releaser = wasmtime::Module::new(&engine, RELEASER_WASM)?;
         Ok(Runtime {
             engine,
             linker,
             limits: limits.clone(),
             stop_ticker,
+            releaser,
+            ended: AtomicU64::new(0),
         })
+    }
+
+    /// Counts an ended invocation (its instance went back to the pool).
+    pub(crate) fn note_ended(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invocations ended since start.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Releases to the kernel the pages of freed pool slots still waiting
+    /// for their decommit batch (`--pool-decommit-batch`) to fill, so that
+    /// memory an idle server holds does not depend on what ran last.
+    /// Blocking: run it off the async workers.
+    ///
+    /// wasmtime 48 has no call for this. Its queues are sharded by thread
+    /// (a thread takes the next shard at its first use of the pool, round
+    /// robin, one shard per CPU up to 16) and a queue is released when a
+    /// freed slot brings it to the batch size. So: fresh threads, twice as
+    /// many as there are shards (each takes the next shard, covering all
+    /// even if other threads start meanwhile), each instantiating and
+    /// dropping a one-page module batch-size times.
+    pub fn release_waiting_slots(&self) -> anyhow::Result<()> {
+        let batch = self.limits.pool_decommit_batch;
+        if batch <= 1 {
+            return Ok(());
+        }
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+        for _ in 0..2 * shards {
+            let engine = self.engine.clone();
+            let module = self.releaser.clone();
+            std::thread::Builder::new()
+                .name("sluice-release".into())
+                .spawn(move || -> anyhow::Result<()> {
+                    for _ in 0..batch {
+                        let mut store = Store::new(&engine, ());
+                        // Epoch interruption is on: give the start function
+                        // a deadline it cannot reach (it is one store).
+                        store.set_epoch_deadline(u64::MAX / 2);
+                        wasmtime::Instance::new(&mut store, &module, &[])?;
+                    }
+                    Ok(())
+                })?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the slot release thread panicked"))??;
+        }
+        Ok(())
     }
 
     /// The engine.

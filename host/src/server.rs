@@ -112,6 +112,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     println!("sluice listening on http://{addr}");
 
     let idle = Duration::from_secs(options.limits.idle_unload_secs);
+    // Once calls stop (a second without any ending), the pages of freed
+    // slots still waiting for their decommit batch go back to the kernel.
+    let releaser = {
+        let functions = functions.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let (mut seen, mut waiting) = (0, false);
+            loop {
+                every.tick().await;
+                let ended = functions.runtime().ended();
+                if ended != seen {
+                    (seen, waiting) = (ended, true);
+                    continue;
+                }
+                if std::mem::take(&mut waiting) {
+                    let functions = functions.clone();
+                    let released = tokio::task::spawn_blocking(move || {
+                        functions.runtime().release_waiting_slots()
+                    })
+                    .await;
+                    if let Ok(Err(error)) = released {
+                        tracing::warn!(%error, "could not release freed instance slots");
+                    }
+                }
+            }
+        })
+    };
     let reaper = {
         let functions = functions.clone();
         tokio::spawn(async move {
@@ -164,6 +191,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(draining)
         .await?;
     reaper.abort();
+    releaser.abort();
     dispatcher.abort();
     invocations.abort();
     store.flush_all().await?;

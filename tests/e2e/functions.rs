@@ -1,9 +1,11 @@
 //! HTTP functions: deploy, invoke, restart, bad uploads, hostile guests,
 //! isolation and concurrency limits.
 
+use std::time::Duration;
+
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Server, error_code, error_message};
+use crate::harness::{Server, error_code, error_message, eventually};
 
 #[tokio::test]
 async fn hello_is_served_after_restart_from_the_cached_artifact_without_recompiling() {
@@ -228,6 +230,38 @@ async fn a_pool_smaller_than_the_decommit_batch_reuses_its_slots_fresh() {
             "round {round}: a reused slot starts from the component's initial memory"
         );
     }
+}
+
+/// Freed slots wait for their decommit batch with their pages resident;
+/// once calls stop, the server hands those pages back to the kernel, so
+/// what a burst of big functions dirtied does not stay with an idle server.
+#[tokio::test]
+async fn memory_a_burst_dirtied_goes_back_to_the_kernel_once_calls_stop() {
+    let server = Server::start_with(&["--pool-decommit-batch", "64"]);
+    server
+        .deploy_ok("hog", guests::HOG, "memory_mb=64&env=HOG_MB=32")
+        .await;
+    let (status, _) = server.get("/fn/hog/").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = server.resident_kib();
+    for _ in 0..3 {
+        let calls = (0..4).map(|_| server.get("/fn/hog/"));
+        for (status, body) in futures::future::join_all(calls).await {
+            assert_eq!((status, body.as_str()), (200, "held 32 MiB"));
+        }
+    }
+    let burst = server.resident_kib();
+    assert!(
+        burst > before + 100 * 1024,
+        "12 freed 32 MiB instances wait for a batch of 64 regions: {before} KiB before, {burst} KiB after"
+    );
+    let idle = eventually(Duration::from_secs(20), || async {
+        let now = server.resident_kib();
+        (now < before + 32 * 1024).then_some(now)
+    })
+    .await;
+    assert!(idle < burst);
 }
 
 #[tokio::test]

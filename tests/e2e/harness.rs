@@ -96,6 +96,17 @@ impl Server {
         }
     }
 
+    /// The server process's resident memory (`VmRSS`), in KiB.
+    pub fn resident_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// Sends SIGTERM and waits for the server to exit; returns its status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the server is running");
