@@ -49,7 +49,9 @@ pub struct Runtime {
     /// A core module with one page of memory that its start function
     /// writes: instantiated and dropped to push wasmtime's decommit queues
     /// over their batch size (see [`Runtime::release_waiting_slots`]).
-    releaser: wasmtime::Module,
+    /// Compiled at its first use, so an idle server never pages in the
+    /// compiler for it.
+    releaser: std::sync::OnceLock<wasmtime::Module>,
     /// Invocations that ended, for the idle release of waiting slots.
     ended: AtomicU64,
 }
@@ -125,13 +127,12 @@ impl Runtime {
                 })?;
         }
 
-        let releaser = wasmtime::Module::new(&engine, RELEASER_WASM)?;
         Ok(Runtime {
             engine,
             linker,
             limits: limits.clone(),
             stop_ticker,
-            releaser,
+            releaser: std::sync::OnceLock::new(),
             ended: AtomicU64::new(0),
         })
     }
@@ -163,10 +164,17 @@ impl Runtime {
         if batch <= 1 {
             return Ok(());
         }
+        let module = match self.releaser.get() {
+            Some(module) => module.clone(),
+            None => {
+                let module = wasmtime::Module::new(&self.engine, RELEASER_WASM)?;
+                self.releaser.get_or_init(|| module).clone()
+            }
+        };
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
         for _ in 0..2 * shards {
             let engine = self.engine.clone();
-            let module = self.releaser.clone();
+            let module = module.clone();
             std::thread::Builder::new()
                 .name("sluice-release".into())
                 .spawn(move || -> anyhow::Result<()> {
