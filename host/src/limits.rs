@@ -71,10 +71,13 @@ pub struct Limits {
     /// Linear memory (and table) of a freed pool slot kept resident, in KiB:
     /// reset in place (only the pages the guest dirtied, found with Linux's
     /// PAGEMAP_SCAN where the kernel has it) instead of released to the
-    /// kernel and faulted in again by the next instance. More is faster for
-    /// busy functions; what each slot keeps is what a function idle since
-    /// its last call costs (bounded by the pool size).
-    #[arg(long = "pool-keep-resident-kib", default_value_t = 8)]
+    /// kernel and faulted in again by the next instance. A function whose
+    /// instances dirty no more than this is reset without a system call to
+    /// release pages (so without a TLB shootdown across cores); every example
+    /// guest dirties 12 KiB. What each slot keeps is what a function idle
+    /// since its last call costs: at most this much per slot, so at most
+    /// `--pool-instances` times this in all (`sluice_pool_resident_bytes`).
+    #[arg(long = "pool-keep-resident-kib", default_value_t = 32)]
     pub pool_keep_resident_kib: u64,
 
     /// Regions of freed pool slots (an instance's memories, tables and

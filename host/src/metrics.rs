@@ -3,7 +3,7 @@
 
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -27,6 +27,12 @@ pub struct Metrics {
     pub memory_peak_bytes: IntGaugeVec,
     /// CPU time spent running invocations, by function.
     pub cpu_seconds: CounterVec,
+    /// Bytes of freed pool slots (linear memories and tables) kept resident
+    /// for the next instance (`--pool-keep-resident-kib`), read at scrape.
+    pub pool_resident_bytes: IntGauge,
+    /// Freed pool slots (memories and tables) that hold pages of an earlier
+    /// instance, read at scrape.
+    pub pool_warm_slots: IntGauge,
 }
 
 impl Metrics {
@@ -99,6 +105,16 @@ impl Metrics {
             &["function"],
         )
         .unwrap();
+        let pool_resident_bytes = IntGauge::new(
+            "sluice_pool_resident_bytes",
+            "Bytes of freed instance slots (memories and tables) kept resident for the next instance.",
+        )
+        .unwrap();
+        let pool_warm_slots = IntGauge::new(
+            "sluice_pool_warm_slots",
+            "Freed instance slots (memories and tables) holding pages of an earlier instance.",
+        )
+        .unwrap();
         for metric in [
             Box::new(components_compiled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(artifacts_loaded.clone()),
@@ -108,6 +124,8 @@ impl Metrics {
             Box::new(cold_starts.clone()),
             Box::new(memory_peak_bytes.clone()),
             Box::new(cpu_seconds.clone()),
+            Box::new(pool_resident_bytes.clone()),
+            Box::new(pool_warm_slots.clone()),
         ] {
             registry.register(metric).unwrap();
         }
@@ -121,6 +139,8 @@ impl Metrics {
             cold_starts,
             memory_peak_bytes,
             cpu_seconds,
+            pool_resident_bytes,
+            pool_warm_slots,
         }
     }
 

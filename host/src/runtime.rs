@@ -193,6 +193,16 @@ impl Runtime {
         Ok(())
     }
 
+    /// Sets the pool gauges of `metrics` from the pooling allocator.
+    pub fn observe_pool(&self, metrics: &crate::metrics::Metrics) {
+        if let Some(pool) = self.engine.pooling_allocator_metrics() {
+            let bytes = pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident();
+            let slots = pool.unused_warm_memories() + pool.unused_warm_tables();
+            metrics.pool_resident_bytes.set(bytes as i64);
+            metrics.pool_warm_slots.set(i64::from(slots));
+        }
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

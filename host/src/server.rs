@@ -424,6 +424,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state
+        .functions
+        .runtime()
+        .observe_pool(state.functions.metrics());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.functions.metrics().render(),

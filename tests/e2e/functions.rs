@@ -264,6 +264,43 @@ async fn memory_a_burst_dirtied_goes_back_to_the_kernel_once_calls_stop() {
     assert!(idle < burst);
 }
 
+/// A freed slot keeps at most `--pool-keep-resident-kib` of the pages its
+/// instance dirtied, and `/metrics` shows what freed slots keep: a 32 MiB
+/// instance leaves 32 KiB behind, none with the flag at 0.
+#[tokio::test]
+async fn freed_slots_keep_at_most_their_keep_resident_pages() {
+    for (keep_kib, flags) in [(32.0, vec![]), (0.0, vec!["--pool-keep-resident-kib", "0"])] {
+        let server = Server::start_with(&flags);
+        server
+            .deploy_ok("hog", guests::HOG, "memory_mb=64&env=HOG_MB=32")
+            .await;
+        server.deploy_ok("hello", guests::HELLO, "").await;
+        for path in ["/fn/hog/", "/fn/hello/"] {
+            assert_eq!(server.get(path).await.0, 200, "{path}");
+        }
+        // The two memory slots are warm once the idle server has released
+        // its decommit batch (tables are warm slots too).
+        let (bytes, slots) = eventually(Duration::from_secs(20), || async {
+            let slots = server.metric("sluice_pool_warm_slots").await;
+            let bytes = server.metric("sluice_pool_resident_bytes").await;
+            (slots >= 2.0).then_some((bytes, slots))
+        })
+        .await;
+        assert!(
+            bytes <= slots * keep_kib * 1024.0,
+            "{bytes} bytes kept in {slots} warm slots, at most {keep_kib} KiB each"
+        );
+        if keep_kib > 0.0 {
+            assert!(
+                bytes > 0.0,
+                "the dirtied pages of the last instances are kept"
+            );
+        } else {
+            assert_eq!(bytes, 0.0, "nothing is kept at 0 KiB");
+        }
+    }
+}
+
 #[tokio::test]
 async fn calls_over_the_concurrency_cap_get_429_with_retry_after() {
     let server = Server::start_with(&["--queue-timeout-ms", "100"]);
