@@ -16,6 +16,10 @@ use sluice_test_artifacts as guests;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+// The server's allocator, so the figure is the server's.
+#[global_allocator]
+static ALLOCATOR: sluice_host::allocator::Allocator = sluice_host::allocator::Allocator;
+
 fn setup() -> StoreSetup<'static> {
     StoreSetup {
         env: &[],
@@ -31,6 +35,7 @@ fn setup() -> StoreSetup<'static> {
 }
 
 fn instantiate(c: &mut Criterion) {
+    sluice_host::allocator::configure();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 //!
 //! On top: the HTTP server ([`server`]) and the CLI ([`cli`], [`client`]).
 
+pub mod allocator;
 pub mod api_events;
 pub mod api_tokens;
 pub mod auth;

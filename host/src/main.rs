@@ -5,6 +5,9 @@ use sluice_host::cli::{Cli, Command, LogFormat};
 use sluice_host::server::{ServeOptions, serve};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: sluice_host::allocator::Allocator = sluice_host::allocator::Allocator;
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
@@ -20,6 +23,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    sluice_host::allocator::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
