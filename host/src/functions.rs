@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::keyvalue::KvContext;
 use crate::limits::{FunctionLimits, InvalidSetting};
 use crate::metrics::Metrics;
 use crate::runtime::event_bindings::EventHandlerPre;
@@ -46,6 +47,8 @@ pub struct Function {
     pub env: Vec<(String, String)>,
     /// The same values for `wasi:config`.
     pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    /// What its invocations may do with key-value data.
+    pub kv: Arc<KvContext>,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
     last_used_ms: AtomicU64,
@@ -407,8 +410,18 @@ impl Functions {
             .chain(&record.settings.secrets)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let limits_all = self.runtime.limits();
+        let kv = Arc::new(KvContext {
+            store: self.store.clone(),
+            function: record.name.clone(),
+            shared: record.settings.kv_buckets.clone(),
+            max_key_bytes: limits_all.kv_max_key_bytes,
+            max_value_bytes: limits_all.kv_max_value_bytes,
+            max_keys: limits_all.kv_max_keys,
+        });
         Function {
             config: Arc::new(env.iter().cloned().collect()),
+            kv,
             env,
             permits: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
             limits,

@@ -20,7 +20,6 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::functions::{Function, Functions, Pre};
-use crate::keyvalue::KvContext;
 use crate::outbound::OutboundPolicy;
 use crate::output::CappedOutput;
 use crate::runtime::event_bindings::sluice::function::types::{CloudEvent, HandlerError};
@@ -359,14 +358,7 @@ impl Functions {
                 max_depth: self.runtime().limits().max_call_depth,
             },
             publish,
-            kv: Some(KvContext {
-                store: self.store().clone(),
-                function: function.record.name.clone(),
-                shared: function.record.settings.kv_buckets.clone(),
-                max_key_bytes: self.runtime().limits().kv_max_key_bytes,
-                max_value_bytes: self.runtime().limits().kv_max_value_bytes,
-                max_keys: self.runtime().limits().kv_max_keys,
-            }),
+            kv: Some(function.kv.clone()),
             config: function.config.clone(),
             usage: usage.clone(),
         });

@@ -114,7 +114,7 @@ impl KvContext {
 }
 
 impl InvocationState {
-    fn kv(&self) -> Result<&KvContext, Error> {
+    fn kv(&self) -> Result<&std::sync::Arc<KvContext>, Error> {
         self.kv_context()
             .ok_or_else(|| Error::Other("key-value storage is not available".into()))
     }

@@ -295,7 +295,7 @@ pub struct StoreSetup<'a> {
     /// Where events the guest publishes go.
     pub publish: Option<PublishContext>,
     /// Key-value access.
-    pub kv: Option<crate::keyvalue::KvContext>,
+    pub kv: Option<Arc<crate::keyvalue::KvContext>>,
     /// `wasi:config` values (the function's env and secrets).
     pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// Where the invocation's usage is counted.
@@ -356,7 +356,7 @@ pub struct InvocationState {
     limiter: GuestLimiter,
     outbound: OutboundPolicy,
     publish: Option<PublishContext>,
-    kv: Option<crate::keyvalue::KvContext>,
+    kv: Option<Arc<crate::keyvalue::KvContext>>,
     config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     published: u32,
     max_publish: u32,
@@ -364,7 +364,7 @@ pub struct InvocationState {
 
 impl InvocationState {
     /// Key-value access of this invocation.
-    pub(crate) fn kv_context(&self) -> Option<&crate::keyvalue::KvContext> {
+    pub(crate) fn kv_context(&self) -> Option<&Arc<crate::keyvalue::KvContext>> {
         self.kv.as_ref()
     }
 
