@@ -9,7 +9,10 @@
 //! with the deliveries of every trigger it matched, as one frame; a delivery
 //! that ends appends a few bytes. One writer thread writes whatever has
 //! accumulated with one `write` and, when someone waits for durability, one
-//! `fdatasync`: concurrent ingress requests share both.
+//! `fdatasync`: concurrent ingress requests share both. When at least
+//! [`COMMIT_SIBLINGS`] requests waited for a sync, the writer waits
+//! [`COMMIT_DELAY`] before the next so that more join it; a lone request is
+//! never delayed.
 //!
 //! Layout: segment files `NNNNNNNNNNNNNNNNNNNN.log`, each a sequence of
 //! frames `[len: u32 LE][crc32: u32 LE][payload]`. A payload is
@@ -47,6 +50,14 @@ pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 
 /// How long writes nobody waits for (ends, retries) may sit in memory.
 pub(crate) const IDLE_WRITE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long the writer waits for more puts before a sync when enough
+/// waited for the previous one ([`COMMIT_SIBLINGS`]): under load, more
+/// events share one `fdatasync` (PostgreSQL's `commit_delay`).
+pub(crate) const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Waiters at a sync from which the writer delays the next one.
+pub(crate) const COMMIT_SIBLINGS: usize = 4;
 
 /// Sealed segments kept before the oldest one's live deliveries are copied
 /// forward.
@@ -590,6 +601,12 @@ impl Shared {
                         }
                     }
                     state.sleeping = false;
+                }
+                if state.waiters.len() >= COMMIT_SIBLINGS && !state.closing {
+                    // Busy: let more puts join this sync.
+                    drop(state);
+                    std::thread::sleep(COMMIT_DELAY);
+                    state = self.state.lock().unwrap();
                 }
                 let sync_due = std::mem::take(&mut state.sync_due);
                 (std::mem::take(&mut state.waiters), sync_due, state.closing)
