@@ -583,6 +583,18 @@ impl Router {
     }
 
     async fn attempt(&self, mut record: DeliveryRecord, parsed: Option<Arc<CloudEvent>>) {
+        let Some(trigger) = self.triggers.read().unwrap().get(&record.trigger).cloned() else {
+            // Deleted: fail it for good, counted for no trigger.
+            let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
+            let event = match parsed {
+                Some(event) => Some(event),
+                None => CloudEvent::from_json(record.event.as_bytes())
+                    .ok()
+                    .map(Arc::new),
+            };
+            self.fail_for_good(record, event, reason, None).await;
+            return;
+        };
         let Ok(_trigger_permit) = self.trigger_permits(&record.trigger).try_acquire_owned() else {
             // At its limit: wait in the queue, no attempt used.
             record.not_before_ms = self.now_ms() + BUSY_RECHECK.as_millis() as u64;
@@ -601,7 +613,6 @@ impl Router {
             }
         }
         let _running = Running(gauge);
-        let trigger = self.triggers.read().unwrap().get(&record.trigger).cloned();
         let parsed = match parsed {
             Some(event) => Ok(event),
             None => CloudEvent::from_json(record.event.as_bytes()).map(Arc::new),
@@ -618,11 +629,6 @@ impl Router {
                 .await;
                 return;
             }
-        };
-        let Some(trigger) = trigger else {
-            let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
-            self.fail_for_good(record, Some(event), reason, None).await;
-            return;
         };
         let (destination, retry) = match record.dead_letter {
             None => (trigger.subscriber.clone(), trigger.delivery.retry),
@@ -819,10 +825,12 @@ impl Router {
             .await
         {
             Ok(()) => {
-                self.metrics
-                    .dead_lettered
-                    .with_label_values(&[&record.trigger])
-                    .inc();
+                if self.triggers.read().unwrap().contains_key(&record.trigger) {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[&record.trigger])
+                        .inc();
+                }
                 self.metrics.queue_depth.dec();
                 self.settle(&record, true);
                 if let Some(sink) = sink {
@@ -955,12 +963,29 @@ impl Router {
         Ok(replaced)
     }
 
-    /// Deletes a trigger, durably. Returns true if it existed.
+    /// Deletes a trigger, durably, and its metric series. Returns true if
+    /// it existed.
     pub async fn delete_trigger(&self, name: &str) -> Result<bool, StoreError> {
         let existed = self.store.delete_trigger(name).await?;
-        let mut triggers = self.triggers.write().unwrap();
-        triggers.remove(name);
-        *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        {
+            let mut triggers = self.triggers.write().unwrap();
+            triggers.remove(name);
+            *self.index.write().unwrap() =
+                Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        }
+        // Its pending deliveries fail for good without touching these.
+        self.per_trigger.lock().unwrap().remove(name);
+        let m = &self.metrics;
+        for counter in [
+            &m.matched,
+            &m.delivered,
+            &m.retried,
+            &m.dead_lettered,
+            &m.replayed,
+        ] {
+            let _ = counter.remove_label_values(&[name]);
+        }
+        let _ = m.trigger_in_flight.remove_label_values(&[name]);
         Ok(existed)
     }
 

@@ -233,6 +233,19 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
     let (_, text) = server.get("/metrics").await;
     assert!(!text.contains("function=\"doomed\""), "{text}");
     assert!(text.contains("function=\"echo\""));
+
+    // So do a deleted trigger's.
+    assert!(text.contains("trigger=\"retried\""), "{text}");
+    let deleted = server
+        .http()
+        .delete(server.url("/v1/triggers/retried"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (_, text) = server.get("/metrics").await;
+    assert!(!text.contains("trigger=\"retried\""), "{text}");
+    assert!(text.contains("trigger=\"echo\""), "{text}");
 }
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -419,3 +419,49 @@ async fn pending_deliveries_resume_after_a_restart() {
     assert_eq!(ids, vec!["e1", "e2"]);
     runner.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_triggers_pending_deliveries_are_dead_lettered_and_its_series_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(Fake::default());
+    let registry = Registry::new();
+    let router = Router::new(store, fake.clone(), DispatchLimits::default(), &registry).unwrap();
+    router
+        .put_trigger(trigger("gone", "x", "f", json!({})))
+        .await
+        .unwrap();
+    router
+        .put_trigger(trigger("kept", "x", "g", json!({})))
+        .await
+        .unwrap();
+    // Accepted before the delete, not yet run.
+    router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    assert!(router.delete_trigger("gone").await.unwrap());
+    let runner = tokio::spawn(router.clone().run());
+    settle(&router).await;
+    assert!(attempts_of(&fake, "f").is_empty(), "nothing runs for it");
+    assert_eq!(attempts_of(&fake, "g").len(), 1);
+    let letters = router.store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].trigger, "gone");
+    assert!(
+        letters[0].reason.contains("deleted"),
+        "{}",
+        letters[0].reason
+    );
+    let labels: Vec<String> = registry
+        .gather()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .flat_map(|metric| metric.get_label().iter())
+        .filter(|label| label.name() == "trigger")
+        .map(|label| label.value().to_string())
+        .collect();
+    assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
+    assert!(labels.iter().any(|l| l == "kept"), "{labels:?}");
+    runner.abort();
+}
