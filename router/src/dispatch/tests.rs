@@ -104,12 +104,21 @@ async fn setup(fake: Fake, limits: DispatchLimits, triggers: Vec<Trigger>) -> Se
     }
 }
 
+/// Waits until no delivery is pending or queued.
+///
+/// The deadline is wall-clock time: tokio's paused clock jumps ahead whenever
+/// the runtime idles, which it does while the journal's own thread syncs, so a
+/// bound counted in (virtual) sleeps can run out before a slow disk has
+/// finished one `fdatasync`.
 async fn settle(router: &Router) {
-    for _ in 0..10_000 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if router.store.delivery_count() == 0 && router.queue.lock().unwrap().1.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        // Let the journal thread run without the loop spinning a core.
+        std::thread::sleep(Duration::from_micros(100));
     }
     panic!("deliveries did not settle");
 }
