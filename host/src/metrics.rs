@@ -26,7 +26,7 @@ pub struct Metrics {
     /// The most linear memory one invocation of the function held.
     pub memory_peak_bytes: IntGaugeVec,
     /// CPU time spent running invocations, by function.
-    pub cpu_seconds: CounterVec,
+    pub busy_seconds: CounterVec,
     /// Bytes of freed pool slots (linear memories and tables) kept resident
     /// for the next instance (`--pool-keep-resident-kib`), read at scrape.
     pub pool_resident_bytes: IntGauge,
@@ -97,10 +97,10 @@ impl Metrics {
             &["function"],
         )
         .unwrap();
-        let cpu_seconds = CounterVec::new(
+        let busy_seconds = CounterVec::new(
             Opts::new(
-                "sluice_function_cpu_seconds_total",
-                "CPU time spent running invocations (thread CPU clock).",
+                "sluice_function_busy_seconds_total",
+                "Time invocations spent running on a host thread (each poll's wall time: CPU time unless the OS preempted the thread).",
             ),
             &["function"],
         )
@@ -123,7 +123,7 @@ impl Metrics {
             Box::new(instantiate_seconds.clone()),
             Box::new(cold_starts.clone()),
             Box::new(memory_peak_bytes.clone()),
-            Box::new(cpu_seconds.clone()),
+            Box::new(busy_seconds.clone()),
             Box::new(pool_resident_bytes.clone()),
             Box::new(pool_warm_slots.clone()),
         ] {
@@ -138,7 +138,7 @@ impl Metrics {
             instantiate_seconds,
             cold_starts,
             memory_peak_bytes,
-            cpu_seconds,
+            busy_seconds,
             pool_resident_bytes,
             pool_warm_slots,
         }
@@ -152,7 +152,7 @@ impl Metrics {
         let _ = self.invocation_seconds.remove_label_values(&[name]);
         let _ = self.cold_starts.remove_label_values(&[name]);
         let _ = self.memory_peak_bytes.remove_label_values(&[name]);
-        let _ = self.cpu_seconds.remove_label_values(&[name]);
+        let _ = self.busy_seconds.remove_label_values(&[name]);
     }
 
     /// The registry, for other crates' metrics (the router's).

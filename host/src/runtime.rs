@@ -344,8 +344,8 @@ pub struct Usage {
     memory_bytes: AtomicUsize,
     /// The most linear memory the instance held at once, in bytes.
     pub memory_peak: AtomicUsize,
-    /// CPU time spent running the invocation's task, in nanoseconds.
-    pub cpu_ns: AtomicU64,
+    /// Time the invocation's task spent being polled, in nanoseconds.
+    pub busy_ns: AtomicU64,
 }
 
 /// The data of one invocation's `Store`.

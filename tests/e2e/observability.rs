@@ -201,7 +201,7 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
         ),
         8.0
     );
-    assert!(m("sluice_function_cpu_seconds_total", "function=echo") > 0.0);
+    assert!(m("sluice_function_busy_seconds_total", "function=echo") > 0.0);
     // A Rust guest's linear memory starts above 1 MiB.
     assert!(m("sluice_function_memory_peak_bytes", "function=echo") >= 1048576.0);
 
