@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use sluice_store::{DeadLetterRecord, DeliveryRecord, Store, StoreError};
 use tokio::sync::{Notify, Semaphore, broadcast};
 
@@ -306,7 +306,7 @@ pub struct Router {
     queue: Mutex<Queue>,
     wake: Notify,
     in_flight: Arc<Semaphore>,
-    per_trigger: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_trigger: Mutex<HashMap<String, Arc<TriggerSlot>>>,
     metrics: Metrics,
     clock: (tokio::time::Instant, u64),
     stopping: std::sync::atomic::AtomicBool,
@@ -337,6 +337,21 @@ impl StreamEntry {
         self.matched = Some(matched);
         self
     }
+}
+
+/// What the dispatcher keeps per trigger while it exists: its in-flight
+/// limiter and its metric series, looked up once per delivery (not hashed
+/// per counter). A delivery holds the slot it started with, so one still
+/// running when its trigger is deleted counts into the removed series and
+/// recreates none.
+struct TriggerSlot {
+    permits: Arc<Semaphore>,
+    matched: IntCounter,
+    delivered: IntCounter,
+    retried: IntCounter,
+    dead_lettered: IntCounter,
+    replayed: IntCounter,
+    in_flight: IntGauge,
 }
 
 impl Router {
@@ -522,11 +537,10 @@ impl Router {
             self.store.insert_deliveries(&records).await?;
         }
         // Durable now: count and announce.
-        for record in &records {
-            self.metrics
-                .matched
-                .with_label_values(&[&record.trigger])
-                .inc();
+        for run in records.chunk_by(|a, b| a.trigger == b.trigger) {
+            if let Some(slot) = self.slot(&run[0].trigger) {
+                slot.matched.inc_by(run.len() as u64);
+            }
         }
         self.open_groups(&records);
         for entry in seen {
@@ -571,19 +585,39 @@ impl Router {
         self.publish(broker, events).await
     }
 
-    fn trigger_permits(&self, trigger: &str) -> Arc<Semaphore> {
-        let mut permits = self.per_trigger.lock().unwrap();
-        if let Some(semaphore) = permits.get(trigger) {
-            return semaphore.clone();
+    /// Trigger `name` and its slot (made on first use), if it exists.
+    fn trigger_slot(&self, name: &str) -> Option<(Arc<Trigger>, Arc<TriggerSlot>)> {
+        // Under the triggers' read lock: a delete (which takes the write
+        // lock, then drops the slot) cannot slip between the check and the
+        // insert and leave a slot behind.
+        let triggers = self.triggers.read().unwrap();
+        let trigger = triggers.get(name)?.clone();
+        let mut slots = self.per_trigger.lock().unwrap();
+        if let Some(slot) = slots.get(name) {
+            return Some((trigger, slot.clone()));
         }
-        permits
-            .entry(trigger.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_in_flight_per_trigger)))
-            .clone()
+        let m = &self.metrics;
+        let labels = &[name];
+        let slot = Arc::new(TriggerSlot {
+            permits: Arc::new(Semaphore::new(self.limits.max_in_flight_per_trigger)),
+            matched: m.matched.with_label_values(labels),
+            delivered: m.delivered.with_label_values(labels),
+            retried: m.retried.with_label_values(labels),
+            dead_lettered: m.dead_lettered.with_label_values(labels),
+            replayed: m.replayed.with_label_values(labels),
+            in_flight: m.trigger_in_flight.with_label_values(labels),
+        });
+        slots.insert(name.to_string(), slot.clone());
+        Some((trigger, slot))
+    }
+
+    /// The slot of trigger `name`, if it exists.
+    fn slot(&self, name: &str) -> Option<Arc<TriggerSlot>> {
+        self.trigger_slot(name).map(|(_, slot)| slot)
     }
 
     async fn attempt(&self, mut record: DeliveryRecord, parsed: Option<Arc<CloudEvent>>) {
-        let Some(trigger) = self.triggers.read().unwrap().get(&record.trigger).cloned() else {
+        let Some((trigger, slot)) = self.trigger_slot(&record.trigger) else {
             // Deleted: fail it for good, counted for no trigger.
             let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
             let event = match parsed {
@@ -595,16 +629,13 @@ impl Router {
             self.fail_for_good(record, event, reason, None).await;
             return;
         };
-        let Ok(_trigger_permit) = self.trigger_permits(&record.trigger).try_acquire_owned() else {
+        let Ok(_trigger_permit) = slot.permits.clone().try_acquire_owned() else {
             // At its limit: wait in the queue, no attempt used.
             record.not_before_ms = self.now_ms() + BUSY_RECHECK.as_millis() as u64;
             self.schedule_parsed([(record, parsed)]);
             return;
         };
-        let gauge = self
-            .metrics
-            .trigger_in_flight
-            .with_label_values(&[&record.trigger]);
+        let gauge = slot.in_flight.clone();
         gauge.inc();
         struct Running(IntGauge);
         impl Drop for Running {
@@ -656,15 +687,19 @@ impl Router {
                 {
                     // The replies are not safe yet: retry the delivery.
                     tracing::warn!(trigger = %record.trigger, %error, "replies could not be stored; retrying");
-                    self.retry_or_fail(record, &trigger, retry, event, None, error.to_string())
-                        .await;
+                    self.retry_or_fail(
+                        record,
+                        (&trigger, &slot),
+                        retry,
+                        event,
+                        None,
+                        error.to_string(),
+                    )
+                    .await;
                     return;
                 }
                 if record.dead_letter.is_none() {
-                    self.metrics
-                        .delivered
-                        .with_label_values(&[&record.trigger])
-                        .inc();
+                    slot.delivered.inc();
                     self.announce("delivered", &record, &event);
                 }
                 self.done(&record);
@@ -675,7 +710,7 @@ impl Router {
                 code,
                 reason,
             } => {
-                self.retry_or_fail(record, &trigger, retry, event, code, reason)
+                self.retry_or_fail(record, (&trigger, &slot), retry, event, code, reason)
                     .await;
             }
             Outcome::Failed {
@@ -700,7 +735,7 @@ impl Router {
     async fn retry_or_fail(
         &self,
         mut record: DeliveryRecord,
-        trigger: &Trigger,
+        (trigger, slot): (&Trigger, &TriggerSlot),
         retry: u32,
         event: Arc<CloudEvent>,
         code: Option<u16>,
@@ -713,10 +748,7 @@ impl Router {
                 .delay(trigger.delivery.backoff_delay, record.attempts);
             tracing::info!(trigger = %record.trigger, attempt = record.attempts, wait_ms = wait.as_millis() as u64, %reason, "delivery failed; will retry");
             if record.dead_letter.is_none() {
-                self.metrics
-                    .retried
-                    .with_label_values(&[&record.trigger])
-                    .inc();
+                slot.retried.inc();
                 self.announce("retrying", &record, &event);
             }
             record.not_before_ms = self.now_ms() + wait.as_millis() as u64;
@@ -825,11 +857,8 @@ impl Router {
             .await
         {
             Ok(()) => {
-                if self.triggers.read().unwrap().contains_key(&record.trigger) {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[&record.trigger])
-                        .inc();
+                if let Some(slot) = self.slot(&record.trigger) {
+                    slot.dead_lettered.inc();
                 }
                 self.metrics.queue_depth.dec();
                 self.settle(&record, true);
@@ -854,15 +883,14 @@ impl Router {
 
     /// Counts of trigger `name` since the server started.
     pub fn trigger_stats(&self, name: &str) -> TriggerStats {
-        let m = &self.metrics;
-        let labels = &[name];
-        TriggerStats {
-            matched: m.matched.with_label_values(labels).get(),
-            delivered: m.delivered.with_label_values(labels).get(),
-            retried: m.retried.with_label_values(labels).get(),
-            dead_lettered: m.dead_lettered.with_label_values(labels).get(),
-            in_flight: m.trigger_in_flight.with_label_values(labels).get(),
-        }
+        self.slot(name)
+            .map_or_else(TriggerStats::default, |slot| TriggerStats {
+                matched: slot.matched.get(),
+                delivered: slot.delivered.get(),
+                retried: slot.retried.get(),
+                dead_lettered: slot.dead_lettered.get(),
+                in_flight: slot.in_flight.get(),
+            })
     }
 
     /// Deliveries waiting or running.
@@ -1033,10 +1061,9 @@ impl Router {
         if !self.store.replay_dead_letter(id, &record).await? {
             return Ok(false);
         }
-        self.metrics
-            .replayed
-            .with_label_values(&[&record.trigger])
-            .inc();
+        if let Some(slot) = self.slot(&record.trigger) {
+            slot.replayed.inc();
+        }
         self.metrics.queue_depth.inc();
         self.schedule(vec![record]);
         Ok(true)

@@ -14,6 +14,9 @@ struct Fake {
     permanent: bool,
     reply_type: Option<String>,
     delay: Option<Duration>,
+    /// When set, each delivery waits for a permit of it (the test decides
+    /// when deliveries end, whatever the paused clock does).
+    gate: Option<Arc<Semaphore>>,
     calls: Mutex<Vec<(String, String, u32, tokio::time::Instant)>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
@@ -41,6 +44,9 @@ impl Invoker for Fake {
             ));
             if let Some(delay) = self.delay {
                 tokio::time::sleep(delay).await;
+            }
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
             }
             self.running.fetch_sub(1, Ordering::SeqCst);
             if name == "dlq" || context.attempt > self.fail_first.load(Ordering::SeqCst) {
@@ -472,5 +478,52 @@ async fn a_deleted_triggers_pending_deliveries_are_dead_lettered_and_its_series_
         .collect();
     assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
     assert!(labels.iter().any(|l| l == "kept"), "{labels:?}");
+    runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_running_while_its_trigger_is_deleted_recreates_no_series() {
+    let gate = Arc::new(Semaphore::new(0));
+    let fake = Fake {
+        gate: Some(gate.clone()),
+        ..Fake::default()
+    };
+    let registry = Registry::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(fake);
+    let router = Router::new(store, fake.clone(), DispatchLimits::default(), &registry).unwrap();
+    router
+        .put_trigger(trigger("gone", "x", "f", json!({})))
+        .await
+        .unwrap();
+    let runner = tokio::spawn(router.clone().run());
+    router
+        .publish("default", vec![event_of("x", "e")])
+        .await
+        .unwrap();
+    // Wait (wall clock: the journal syncs on its own thread) until the
+    // delivery is running inside the fake, then delete its trigger.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fake.running.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never delivered");
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert!(router.delete_trigger("gone").await.unwrap());
+    gate.add_permits(1);
+    settle(&router).await;
+    assert_eq!(attempts_of(&fake, "f").len(), 1, "it ran to its end");
+    assert_eq!(fake.running.load(Ordering::SeqCst), 0);
+    let labels: Vec<String> = registry
+        .gather()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .flat_map(|metric| metric.get_label().iter())
+        .filter(|label| label.name() == "trigger")
+        .map(|label| label.value().to_string())
+        .collect();
+    assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
+    assert_eq!(router.trigger_stats("gone"), TriggerStats::default());
     runner.abort();
 }
