@@ -185,7 +185,7 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
         1.0
     );
 
-    // Function metrics: one cold start, then warm ones; CPU and memory seen.
+    // Function metrics: one cold start, then warm ones; busy time and memory seen.
     assert_eq!(m("sluice_function_cold_starts_total", "function=echo"), 1.0);
     assert_eq!(
         m(
