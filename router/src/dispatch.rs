@@ -394,7 +394,7 @@ impl Router {
             groups: Mutex::new(HashMap::new()),
             stream: broadcast::channel(1024).0,
         });
-        let pending = router.store.pending_deliveries()?;
+        let pending = router.store.recovered_deliveries()?;
         if !pending.is_empty() {
             tracing::info!(pending = pending.len(), "resuming pending deliveries");
         }

@@ -213,6 +213,13 @@ impl Store {
         self.journal.pending()
     }
 
+    /// The deliveries pending when the store opened that still are, oldest
+    /// first (what a starting dispatcher resumes). The first call reuses
+    /// what opening the store read; later calls read the journal again.
+    pub fn recovered_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
+        self.journal.recovered()
+    }
+
     /// Number of pending deliveries.
     pub fn delivery_count(&self) -> usize {
         self.journal.len()

@@ -340,6 +340,8 @@ struct Shared {
 /// stops the writer thread.
 pub(crate) struct Journal {
     shared: Arc<Shared>,
+    /// What the open read, until [`Journal::recovered`] takes it.
+    recovered: Mutex<Option<Vec<DeliveryRecord>>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -354,9 +356,11 @@ impl Journal {
         let (records, seqs) = scan(dir, true)?;
         let mut live = HashMap::with_capacity(records.len());
         let mut counts: BTreeMap<u64, usize> = seqs.iter().map(|&s| (s, 0)).collect();
-        for (id, (seq, _)) in &records {
-            live.insert(*id, *seq);
-            *counts.entry(*seq).or_default() += 1;
+        let mut recovered = Vec::with_capacity(records.len());
+        for (id, (seq, record)) in records {
+            live.insert(id, seq);
+            *counts.entry(seq).or_default() += 1;
+            recovered.push(record);
         }
         let active = seqs.last().map_or(1, |last| last + 1);
         counts.insert(active, 0);
@@ -390,6 +394,7 @@ impl Journal {
         };
         Ok(Journal {
             shared,
+            recovered: Mutex::new(Some(recovered)),
             writer: Some(writer),
         })
     }
@@ -452,6 +457,19 @@ impl Journal {
     /// Pending deliveries.
     pub(crate) fn len(&self) -> usize {
         self.shared.state.lock().unwrap().live.len()
+    }
+
+    /// The deliveries that were pending when the journal opened and still
+    /// are, oldest first: the first call hands out what the open read (a
+    /// restart with a large backlog reads the files once), later ones read
+    /// the files again.
+    pub(crate) fn recovered(&self) -> Result<Vec<DeliveryRecord>> {
+        let Some(mut records) = self.recovered.lock().unwrap().take() else {
+            return self.pending();
+        };
+        let state = self.shared.state.lock().unwrap();
+        records.retain(|record| state.live.contains_key(&record.id));
+        Ok(records)
     }
 
     /// Every pending delivery, oldest first, read back from the files.
@@ -751,6 +769,28 @@ mod tests {
             journal.pending().unwrap(),
             vec![records[0].clone(), retried]
         );
+    }
+
+    #[tokio::test]
+    async fn what_the_open_read_is_handed_out_once_without_what_ended_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<_> = (3..7).map(|id| record(id, "{}")).collect();
+        {
+            let journal = open(dir.path());
+            let rx = journal.put(&records, true).unwrap().unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        let journal = open(dir.path());
+        journal.done(&[4]).unwrap();
+        let later = record(9, "{}");
+        journal.put(std::slice::from_ref(&later), false).unwrap();
+        let expected = vec![records[0].clone(), records[2].clone(), records[3].clone()];
+        assert_eq!(journal.recovered().unwrap(), expected, "no 4, no 9");
+        // Taken: the next call reads the files, so it sees the later put.
+        let mut all = expected;
+        all.push(later);
+        assert_eq!(journal.recovered().unwrap(), all);
+        assert_eq!(journal.pending().unwrap(), all);
     }
 
     #[test]
