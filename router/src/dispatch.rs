@@ -512,7 +512,8 @@ impl Router {
                 unmatched += 1;
                 continue;
             }
-            let json = event.to_json();
+            // One copy of the event JSON, shared by its deliveries.
+            let json: Arc<str> = event.to_json().into();
             let parsed = Arc::new(event);
             let mut group = 0;
             for trigger in matches {
@@ -814,7 +815,7 @@ impl Router {
                     truncate(&reason, MAX_ERROR_DATA).to_string(),
                 );
             }
-            json = event.to_json();
+            json = event.to_json().into();
         }
         // The dead letter takes the delivery's id: a delivery run again
         // after a crash overwrites its own dead letter.
@@ -830,7 +831,7 @@ impl Router {
             id: letter_id,
             broker: record.broker.clone(),
             trigger: record.trigger.clone(),
-            event: json.clone(),
+            event: json.to_string(),
             attempts: record.attempts,
             reason: reason.clone(),
             time: sluice_store::now_rfc3339(),
@@ -1052,7 +1053,7 @@ impl Router {
             id: self.store.next_id()?,
             broker: letter.broker,
             trigger: letter.trigger,
-            event,
+            event: event.into(),
             attempts: 0,
             not_before_ms: 0,
             dead_letter: None,

@@ -17,6 +17,8 @@
 //! many concurrent writers share one disk flush, and each returns only once
 //! a flush that began after its write has finished.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,7 +34,7 @@ pub struct DeliveryRecord {
     /// The trigger.
     pub trigger: String,
     /// The event, in structured JSON.
-    pub event: String,
+    pub event: Arc<str>,
     /// Attempts made so far.
     pub attempts: u32,
     /// Unix time in ms before which the next attempt must not start.
@@ -433,7 +435,7 @@ mod tests {
             id: record.id,
             broker: "default".into(),
             trigger: "t".into(),
-            event: record.event.clone(),
+            event: record.event.to_string(),
             attempts: 3,
             reason: "boom".into(),
             time: crate::now_rfc3339(),

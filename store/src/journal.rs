@@ -101,7 +101,7 @@ fn frame(out: &mut Vec<u8>, payload: &[u8]) {
 fn encode_puts(records: &[DeliveryRecord]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut payload = Vec::new();
-    for run in records.chunk_by(|a, b| a.event == b.event) {
+    for run in records.chunk_by(|a, b| Arc::ptr_eq(&a.event, &b.event) || a.event == b.event) {
         payload.clear();
         payload.push(PUT);
         let put = PutFrame {
@@ -163,21 +163,25 @@ fn decode(data: &[u8]) -> (Vec<Entry>, Option<(usize, String)>) {
         }
         let entry = match payload.split_first() {
             Some((&PUT, json)) => match serde_json::from_slice::<PutFrame>(json) {
-                Ok(put) => Entry::Put(
-                    put.deliveries
-                        .into_iter()
-                        .map(|s| DeliveryRecord {
-                            id: s.id,
-                            broker: s.broker,
-                            trigger: s.trigger,
-                            event: put.event.to_string(),
-                            attempts: s.attempts,
-                            not_before_ms: s.not_before_ms,
-                            dead_letter: s.dead_letter,
-                            group: s.group,
-                        })
-                        .collect(),
-                ),
+                Ok(put) => {
+                    // One copy of the event, shared by its deliveries.
+                    let event: Arc<str> = put.event.into();
+                    Entry::Put(
+                        put.deliveries
+                            .into_iter()
+                            .map(|s| DeliveryRecord {
+                                id: s.id,
+                                broker: s.broker,
+                                trigger: s.trigger,
+                                event: event.clone(),
+                                attempts: s.attempts,
+                                not_before_ms: s.not_before_ms,
+                                dead_letter: s.dead_letter,
+                                group: s.group,
+                            })
+                            .collect(),
+                    )
+                }
                 Err(error) => return (entries, bad(format!("a put frame is invalid: {error}"))),
             },
             Some((&DONE, ids)) if ids.len() % 8 == 0 => Entry::Done(
@@ -785,7 +789,12 @@ mod tests {
         let later = record(9, "{}");
         journal.put(std::slice::from_ref(&later), false).unwrap();
         let expected = vec![records[0].clone(), records[2].clone(), records[3].clone()];
-        assert_eq!(journal.recovered().unwrap(), expected, "no 4, no 9");
+        let recovered = journal.recovered().unwrap();
+        assert_eq!(recovered, expected, "no 4, no 9");
+        assert!(
+            Arc::ptr_eq(&recovered[0].event, &recovered[2].event),
+            "deliveries of one event share one copy of it"
+        );
         // Taken: the next call reads the files, so it sees the later put.
         let mut all = expected;
         all.push(later);
