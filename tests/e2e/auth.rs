@@ -187,26 +187,14 @@ async fn revoked_tokens_stop_working() {
             .0,
         200
     );
-    let response = server
-        .http()
-        .delete(server.url(&format!("/v1/tokens/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.delete(&format!("/v1/tokens/{id}")).await.0, 200);
     assert_eq!(
         status_with(&server, reqwest::Method::GET, "/v1/functions", Some(&token))
             .await
             .0,
         401
     );
-    let response = server
-        .http()
-        .delete(server.url(&format!("/v1/tokens/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(server.delete(&format!("/v1/tokens/{id}")).await.0, 404);
 }
 
 #[tokio::test]

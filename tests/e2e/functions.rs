@@ -147,13 +147,7 @@ async fn unknown_functions_and_routes_are_404_with_json_errors() {
     );
     let (status, body) = server.get("/v2/whatever").await;
     assert_eq!((status, error_code(&body).as_str()), (404, "no_route"));
-    let response = server
-        .http()
-        .delete(server.url("/v1/functions/nope"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(server.delete("/v1/functions/nope").await.0, 404);
 }
 
 #[tokio::test]
@@ -489,13 +483,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused_clearly() {
 async fn delete_removes_the_function_and_its_route() {
     let server = Server::start();
     server.deploy_ok("hello", guests::HELLO, "").await;
-    let response = server
-        .http()
-        .delete(server.url("/v1/functions/hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.delete("/v1/functions/hello").await.0, 200);
     let (status, _) = server.get("/fn/hello/").await;
     assert_eq!(status, 404);
     let (_, list) = server.get("/v1/functions").await;

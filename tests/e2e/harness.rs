@@ -197,6 +197,12 @@ impl Server {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// `DELETE path`: the status and body.
+    pub async fn delete(&self, path: &str) -> (u16, String) {
+        let response = self.http.delete(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
     /// The value of the un-labelled metric `name` at `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;

@@ -223,26 +223,14 @@ async fn metrics_add_up_after_fan_out_retries_dead_letters_and_rejections() {
     assert_eq!(status, 404);
 
     // A deleted function's series go with it.
-    let deleted = server
-        .http()
-        .delete(server.url("/v1/functions/doomed"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(server.delete("/v1/functions/doomed").await.0, 200);
     let (_, text) = server.get("/metrics").await;
     assert!(!text.contains("function=\"doomed\""), "{text}");
     assert!(text.contains("function=\"echo\""));
 
     // So do a deleted trigger's.
     assert!(text.contains("trigger=\"retried\""), "{text}");
-    let deleted = server
-        .http()
-        .delete(server.url("/v1/triggers/retried"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(server.delete("/v1/triggers/retried").await.0, 200);
     let (_, text) = server.get("/metrics").await;
     assert!(!text.contains("trigger=\"retried\""), "{text}");
     assert!(text.contains("trigger=\"echo\""), "{text}");

@@ -581,13 +581,7 @@ async fn triggers_validate_report_readiness_and_survive_restart() {
     let trigger: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(trigger["status"]["ready"], true, "{body}");
     assert_eq!(trigger["broker"], "b2");
-    let response = server
-        .http()
-        .delete(server.url("/v1/triggers/later"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.delete("/v1/triggers/later").await.0, 200);
     let (status, _) = server.get("/v1/triggers/later").await;
     assert_eq!(status, 404);
 }
