@@ -129,6 +129,18 @@ async fn settle(router: &Router) {
     panic!("deliveries did not settle");
 }
 
+/// The `trigger` label of every series in `registry`.
+fn trigger_labels(registry: &Registry) -> Vec<String> {
+    registry
+        .gather()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .flat_map(|metric| metric.get_label().iter())
+        .filter(|label| label.name() == "trigger")
+        .map(|label| label.value().to_string())
+        .collect()
+}
+
 fn attempts_of(fake: &Fake, destination: &str) -> Vec<(u32, tokio::time::Instant)> {
     fake.calls
         .lock()
@@ -468,14 +480,7 @@ async fn a_deleted_triggers_pending_deliveries_are_dead_lettered_and_its_series_
         "{}",
         letters[0].reason
     );
-    let labels: Vec<String> = registry
-        .gather()
-        .iter()
-        .flat_map(|family| family.get_metric().iter())
-        .flat_map(|metric| metric.get_label().iter())
-        .filter(|label| label.name() == "trigger")
-        .map(|label| label.value().to_string())
-        .collect();
+    let labels = trigger_labels(&registry);
     assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
     assert!(labels.iter().any(|l| l == "kept"), "{labels:?}");
     runner.abort();
@@ -515,14 +520,7 @@ async fn a_delivery_running_while_its_trigger_is_deleted_recreates_no_series() {
     settle(&router).await;
     assert_eq!(attempts_of(&fake, "f").len(), 1, "it ran to its end");
     assert_eq!(fake.running.load(Ordering::SeqCst), 0);
-    let labels: Vec<String> = registry
-        .gather()
-        .iter()
-        .flat_map(|family| family.get_metric().iter())
-        .flat_map(|metric| metric.get_label().iter())
-        .filter(|label| label.name() == "trigger")
-        .map(|label| label.value().to_string())
-        .collect();
+    let labels = trigger_labels(&registry);
     assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
     assert_eq!(router.trigger_stats("gone"), TriggerStats::default());
     runner.abort();
