@@ -25,7 +25,7 @@ pub struct Metrics {
     pub cold_starts: IntCounterVec,
     /// The most linear memory one invocation of the function held.
     pub memory_peak_bytes: IntGaugeVec,
-    /// CPU time spent running invocations, by function.
+    /// Time invocations spent being polled on a host thread, by function.
     pub busy_seconds: CounterVec,
     /// Bytes of freed pool slots (linear memories and tables) kept resident
     /// for the next instance (`--pool-keep-resident-kib`), read at scrape.

@@ -89,6 +89,7 @@ fn trigger(name: &str, ty: &str, subscriber: &str, delivery: serde_json::Value) 
 struct Setup {
     router: Arc<Router>,
     fake: Arc<Fake>,
+    registry: Registry,
     _dir: tempfile::TempDir,
     runner: tokio::task::JoinHandle<()>,
 }
@@ -97,7 +98,8 @@ async fn setup(fake: Fake, limits: DispatchLimits, triggers: Vec<Trigger>) -> Se
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let fake = Arc::new(fake);
-    let router = Router::new(store, fake.clone(), limits, &Registry::new()).unwrap();
+    let registry = Registry::new();
+    let router = Router::new(store, fake.clone(), limits, &registry).unwrap();
     for t in triggers {
         router.put_trigger(t).await.unwrap();
     }
@@ -105,6 +107,7 @@ async fn setup(fake: Fake, limits: DispatchLimits, triggers: Vec<Trigger>) -> Se
     Setup {
         router,
         fake,
+        registry,
         _dir: dir,
         runner,
     }
@@ -493,16 +496,13 @@ async fn a_delivery_running_while_its_trigger_is_deleted_recreates_no_series() {
         gate: Some(gate.clone()),
         ..Fake::default()
     };
-    let registry = Registry::new();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let fake = Arc::new(fake);
-    let router = Router::new(store, fake.clone(), DispatchLimits::default(), &registry).unwrap();
-    router
-        .put_trigger(trigger("gone", "x", "f", json!({})))
-        .await
-        .unwrap();
-    let runner = tokio::spawn(router.clone().run());
+    let s = setup(
+        fake,
+        DispatchLimits::default(),
+        vec![trigger("gone", "x", "f", json!({}))],
+    )
+    .await;
+    let (router, fake) = (&s.router, &s.fake);
     router
         .publish("default", vec![event_of("x", "e")])
         .await
@@ -517,11 +517,11 @@ async fn a_delivery_running_while_its_trigger_is_deleted_recreates_no_series() {
     }
     assert!(router.delete_trigger("gone").await.unwrap());
     gate.add_permits(1);
-    settle(&router).await;
-    assert_eq!(attempts_of(&fake, "f").len(), 1, "it ran to its end");
+    settle(router).await;
+    assert_eq!(attempts_of(fake, "f").len(), 1, "it ran to its end");
     assert_eq!(fake.running.load(Ordering::SeqCst), 0);
-    let labels = trigger_labels(&registry);
+    let labels = trigger_labels(&s.registry);
     assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
     assert_eq!(router.trigger_stats("gone"), TriggerStats::default());
-    runner.abort();
+    s.runner.abort();
 }
