@@ -311,22 +311,48 @@ pub struct Received {
 }
 
 impl Received {
-    /// Header `name`, percent-decoded as the CloudEvents binding says.
+    /// Header `name`, percent-decoded as the CloudEvents binding says: a
+    /// `%` is followed by exactly two hex digits (RFC 3986 `pct-encoded`);
+    /// anything else the server sent is a bug, and panics.
     pub fn ce(&self, name: &str) -> Option<String> {
         let raw = self.headers.get(&format!("ce-{name}"))?;
-        let bytes = raw.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                out.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        Some(
+            percent_decode(raw)
+                .unwrap_or_else(|| panic!("ce-{name} is not valid percent-encoded UTF-8: {raw:?}")),
+        )
+    }
+}
+
+/// `text` percent-decoded, or `None` where a `%` is not followed by two hex
+/// digits or the result is not UTF-8. (Not `u8::from_str_radix`, which
+/// accepts a sign: `%+f` would decode to 0x0F.)
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (high, low) = (hex(i + 1)?, hex(i + 2)?);
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        Some(String::from_utf8(out).unwrap())
+    }
+    String::from_utf8(out).ok()
+}
+
+#[test]
+fn percent_decoding_takes_exactly_two_hex_digits_after_each_percent_sign() {
+    assert_eq!(
+        percent_decode("caf%C3%A9 %25 %22q%22").as_deref(),
+        Some("café % \"q\"")
+    );
+    assert_eq!(percent_decode("%2f%2F").as_deref(), Some("//"));
+    for malformed in ["%+f", "%-1", "%f", "%", "%g0", "a%0", "%C3"] {
+        assert_eq!(percent_decode(malformed), None, "{malformed:?}");
     }
 }
 
