@@ -300,7 +300,7 @@ pub fn error_message(body: &str) -> String {
 }
 
 /// One request an external sink received.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Received {
     /// Request path.
     pub path: String,
@@ -413,6 +413,12 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
+    /// Waits until nothing new has arrived for [`QUIET`] (within 30 s) and
+    /// returns everything received.
+    pub async fn quiet(&self) -> Vec<Received> {
+        quiet_for(QUIET, Duration::from_secs(30), || async { self.received() }).await
+    }
+
     /// Waits until at least `n` requests arrived (within 30 s) and returns all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -494,6 +500,39 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long an observed value must stay unchanged before [`quiet_for`]'s
+/// callers take it as final: well above the time the server takes to
+/// route and deliver one more event to a local sink.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// Polls `observe` until its value has not changed for `period`, and
+/// returns that value; panics if it is still changing after `timeout`. It
+/// shows that nothing else arrived (a sleep only hopes so), and what it
+/// returns is the final value to assert on.
+pub async fn quiet_for<T, F, Fut>(period: Duration, timeout: Duration, mut observe: F) -> T
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = observe().await;
+    let mut since = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = observe().await;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= period {
+            return last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still changing after {timeout:?}, last {last:?}"
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_test_artifacts as guests;
 
-use crate::harness::{SLUICE, Server, Sink, error_code};
+use crate::harness::{SLUICE, Server, Sink, error_code, eventually};
 
 #[tokio::test]
 async fn sigterm_refuses_new_work_finishes_in_flight_calls_and_exits_zero() {
@@ -27,16 +27,23 @@ async fn sigterm_refuses_new_work_finishes_in_flight_calls_and_exits_zero() {
             (response.status().as_u16(), response.text().await.unwrap())
         })
     };
+    // Time for the call to reach the guest: the server shows no sign of a
+    // call in flight to poll for.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = server.url.clone();
     let http = server.http().clone();
     let terminator = tokio::task::spawn_blocking(move || server.terminate().code());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = http
-        .get(format!("{url}/v1/functions"))
-        .send()
-        .await
-        .unwrap();
+    // Answered until the signal lands; refused from then on, while the
+    // in-flight call drains.
+    let refused = eventually(Duration::from_secs(10), || async {
+        let response = http
+            .get(format!("{url}/v1/functions"))
+            .send()
+            .await
+            .unwrap();
+        (response.status() != 200).then_some(response)
+    })
+    .await;
     assert_eq!(refused.status(), 503, "new work is refused while draining");
     assert_eq!(refused.headers()["retry-after"], "5");
     assert_eq!(error_code(&refused.text().await.unwrap()), "shutting_down");
@@ -82,7 +89,7 @@ async fn events_accepted_before_shutdown_are_delivered_after_the_restart() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 20, "every acknowledged event reached the sink");
-    let delivered = crate::harness::eventually(Duration::from_secs(30), || async {
+    let delivered = eventually(Duration::from_secs(30), || async {
         let (_, metrics) = server.get("/metrics").await;
         metrics
             .contains("sluice_deliveries_pending 0")
