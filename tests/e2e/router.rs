@@ -696,11 +696,15 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
     let mut sent = 0u64;
     let mut kills = 0u64;
     for cycle in 0..cycles {
-        let kill_after = std::time::Duration::from_millis(next() % 400);
+        // After the cycle's first 202, so that every kill has acknowledged
+        // events to lose (a kill before any would prove nothing).
+        let kill_after = Duration::from_millis(next() % 400);
         let url = server.url("/v1/events");
         let client = server.http().clone();
         let start = sent;
+        let (first_ack, first_acked) = tokio::sync::oneshot::channel();
         let sender = tokio::spawn(async move {
+            let mut first_ack = Some(first_ack);
             let mut acked = Vec::new();
             for n in start..start + 10_000 {
                 let result = client
@@ -712,28 +716,43 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
                     .send()
                     .await;
                 match result {
-                    Ok(response) if response.status() == 202 => acked.push(format!("e{n}")),
+                    Ok(response) if response.status() == 202 => {
+                        acked.push(format!("e{n}"));
+                        if let Some(first_ack) = first_ack.take() {
+                            let _ = first_ack.send(());
+                        }
+                    }
                     Ok(response) => panic!("unexpected status {}", response.status()),
                     Err(_) => break, // the server died
                 }
             }
             acked
         });
+        tokio::time::timeout(Duration::from_secs(30), first_acked)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}, cycle {cycle}: no 202 within 30 s"))
+            .unwrap_or_else(|_| {
+                panic!("seed {seed}, cycle {cycle}: the sender stopped before any 202")
+            });
         tokio::time::sleep(kill_after).await;
         server.kill();
         kills += 1;
         let acked = sender.await.unwrap();
         sent += 10_000;
+        assert!(
+            !acked.is_empty(),
+            "seed {seed}, cycle {cycle}: killed with nothing acknowledged"
+        );
         acknowledged.extend(acked.iter().cloned());
         let during_start = next() % 2 == 0;
         if during_start {
-            let delay = std::time::Duration::from_millis(next() % 150);
+            let delay = Duration::from_millis(next() % 150);
             let server_ref = &mut server;
             tokio::task::block_in_place(|| server_ref.crash_during_start(delay));
             kills += 1;
         }
         println!(
-            "cycle {cycle}: killed after {kill_after:?}, {} events acknowledged{}",
+            "cycle {cycle}: killed {kill_after:?} after the first 202, {} events acknowledged{}",
             acked.len(),
             if during_start {
                 ", killed again during start-up"
@@ -744,7 +763,7 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
         server.restart();
     }
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let got = sink.received();
         let delivered: BTreeSet<(String, String)> = got
