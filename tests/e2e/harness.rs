@@ -300,7 +300,7 @@ pub fn error_message(body: &str) -> String {
 }
 
 /// One request an external sink received.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Received {
     /// Request path.
     pub path: String,
@@ -311,22 +311,48 @@ pub struct Received {
 }
 
 impl Received {
-    /// Header `name`, percent-decoded as the CloudEvents binding says.
+    /// Header `name`, percent-decoded as the CloudEvents binding says: a
+    /// `%` is followed by exactly two hex digits (RFC 3986 `pct-encoded`);
+    /// anything else the server sent is a bug, and panics.
     pub fn ce(&self, name: &str) -> Option<String> {
         let raw = self.headers.get(&format!("ce-{name}"))?;
-        let bytes = raw.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                out.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        Some(
+            percent_decode(raw)
+                .unwrap_or_else(|| panic!("ce-{name} is not valid percent-encoded UTF-8: {raw:?}")),
+        )
+    }
+}
+
+/// `text` percent-decoded, or `None` where a `%` is not followed by two hex
+/// digits or the result is not UTF-8. (Not `u8::from_str_radix`, which
+/// accepts a sign: `%+f` would decode to 0x0F.)
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (high, low) = (hex(i + 1)?, hex(i + 2)?);
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        Some(String::from_utf8(out).unwrap())
+    }
+    String::from_utf8(out).ok()
+}
+
+#[test]
+fn percent_decoding_takes_exactly_two_hex_digits_after_each_percent_sign() {
+    assert_eq!(
+        percent_decode("caf%C3%A9 %25 %22q%22").as_deref(),
+        Some("café % \"q\"")
+    );
+    assert_eq!(percent_decode("%2f%2F").as_deref(), Some("//"));
+    for malformed in ["%+f", "%-1", "%f", "%", "%g0", "a%0", "%C3"] {
+        assert_eq!(percent_decode(malformed), None, "{malformed:?}");
     }
 }
 
@@ -385,6 +411,12 @@ impl Sink {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until nothing new has arrived for [`QUIET`] (within 30 s) and
+    /// returns everything received.
+    pub async fn quiet(&self) -> Vec<Received> {
+        quiet_for(QUIET, Duration::from_secs(30), || async { self.received() }).await
     }
 
     /// Waits until at least `n` requests arrived (within 30 s) and returns all.
@@ -468,6 +500,39 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long an observed value must stay unchanged before [`quiet_for`]'s
+/// callers take it as final: well above the time the server takes to
+/// route and deliver one more event to a local sink.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// Polls `observe` until its value has not changed for `period`, and
+/// returns that value; panics if it is still changing after `timeout`. It
+/// shows that nothing else arrived (a sleep only hopes so), and what it
+/// returns is the final value to assert on.
+pub async fn quiet_for<T, F, Fut>(period: Duration, timeout: Duration, mut observe: F) -> T
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = observe().await;
+    let mut since = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = observe().await;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= period {
+            return last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still changing after {timeout:?}, last {last:?}"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Server, Sink, error_code, eventually};
+use crate::harness::{QUIET, Server, Sink, error_code, eventually, quiet_for};
 
 struct Limit {
     /// The named setting under test.
@@ -122,6 +122,21 @@ fn server() -> Server {
     ])
 }
 
+/// The dead letters once there are at least `n` and no more have come for
+/// [`QUIET`].
+async fn settled_dead_letters(server: &Server, n: usize) -> Vec<Value> {
+    let dead_letters = || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        value["deadletters"].as_array().unwrap().clone()
+    };
+    eventually(Duration::from_secs(30), || async {
+        (dead_letters().await.len() >= n).then_some(())
+    })
+    .await;
+    quiet_for(QUIET, Duration::from_secs(30), dead_letters).await
+}
+
 #[tokio::test]
 async fn every_limit_is_obeyed_below_and_enforced_above_many_times_over() {
     let server = server();
@@ -214,19 +229,19 @@ async fn hostile_guests_behind_triggers_are_dead_lettered_while_others_are_deliv
             202
         );
     }
-    let got = sink.wait_for(EVENTS).await;
+    sink.wait_for(EVENTS).await;
+    let got = sink.quiet().await;
     assert_eq!(
         got.len(),
         EVENTS,
         "every event reached the well-behaved function once"
     );
-    let letters = eventually(Duration::from_secs(30), || async {
-        let (_, body) = server.get("/v1/deadletters").await;
-        let value: Value = serde_json::from_str(&body).unwrap();
-        let letters = value["deadletters"].as_array().unwrap().clone();
-        (letters.len() == 3 * EVENTS).then_some(letters)
-    })
-    .await;
+    let letters = settled_dead_letters(&server, 3 * EVENTS).await;
+    assert_eq!(
+        letters.len(),
+        3 * EVENTS,
+        "one per event and hostile trigger"
+    );
     let code_of = |trigger: &str| -> Vec<String> {
         letters
             .iter()
@@ -289,19 +304,15 @@ async fn hostile_event_functions_fail_only_their_own_deliveries() {
             assert_eq!(status, 202);
         }
     }
-    let got = sink.wait_for(ROUNDS * kinds.len()).await;
+    sink.wait_for(ROUNDS * kinds.len()).await;
+    let got = sink.quiet().await;
     assert_eq!(
         got.len(),
         ROUNDS * kinds.len(),
         "every event was echoed once"
     );
-    let letters = eventually(Duration::from_secs(30), || async {
-        let (_, body) = server.get("/v1/deadletters").await;
-        let value: Value = serde_json::from_str(&body).unwrap();
-        let letters = value["deadletters"].as_array().unwrap().clone();
-        (letters.len() == 3 * ROUNDS).then_some(letters)
-    })
-    .await;
+    let letters = settled_dead_letters(&server, 3 * ROUNDS).await;
+    assert_eq!(letters.len(), 3 * ROUNDS, "one per hostile event");
     for kind in ["trap", "spin", "hog"] {
         let (code, reason) = match kind {
             "trap" => ("500", "unreachable"),

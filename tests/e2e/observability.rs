@@ -392,6 +392,12 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
                 !(status == 404 && body.contains("no_route")),
                 "{method} {template} is documented, not served"
             );
+            // A handler that fails (or panics) on a request it should
+            // refuse is not serving the route either.
+            assert!(
+                status < 500,
+                "{method} {template}: {status} for {path}: {body}"
+            );
         }
     }
     assert!(operations >= 30, "{operations} operations");

@@ -2,11 +2,12 @@
 //! chains, retries, dead letters, restart and crash recovery.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Received, Server, Sink, error_code};
+use crate::harness::{QUIET, Received, Server, Sink, error_code, eventually, quiet_for};
 
 fn sink_trigger(
     name: &str,
@@ -83,25 +84,36 @@ async fn fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker() 
             .await,
         202
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sample = |metrics: &BTreeMap<(String, String), f64>, name: &str, labels: &str| {
+        metrics
+            .get(&(name.to_string(), labels.to_string()))
+            .copied()
+    };
+    eventually(Duration::from_secs(30), || async {
+        let metrics = server.metrics().await;
+        let unmatched = sample(&metrics, "sluice_events_unmatched_total", "broker=default");
+        (unmatched == Some(1.0)).then_some(())
+    })
+    .await;
+    // Routed (as unmatched); now nothing else arrives, and the counters stay.
+    let (got, delivered) = quiet_for(QUIET, Duration::from_secs(30), || async {
+        let metrics = server.metrics().await;
+        let delivered = ["orders", "stock"].map(|t| {
+            sample(
+                &metrics,
+                "sluice_trigger_delivered_total",
+                &format!("trigger={t}"),
+            )
+        });
+        (sink.received(), delivered)
+    })
+    .await;
     assert_eq!(
-        sink.received().len(),
+        got.len(),
         2,
-        "each subscriber got the event once, and nothing else arrived"
+        "each subscriber got the event once, and nothing else arrived: {got:#?}"
     );
-    let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics.contains(r#"sluice_trigger_delivered_total{trigger="orders"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"sluice_trigger_delivered_total{trigger="stock"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"sluice_events_unmatched_total{broker="default"} 1"#),
-        "{metrics}"
-    );
+    assert_eq!(delivered, [Some(1.0), Some(1.0)], "orders, stock");
 }
 
 #[tokio::test]
@@ -312,7 +324,7 @@ async fn permanent_failures_are_dead_lettered_without_retries() {
                         "delivery": {"retry": 5, "backoffDelay": "PT5S"}}))
         .await;
     assert_eq!(server.send_event("p1", "x.permanent", &[], b"").await, 202);
-    let letters = crate::harness::eventually(std::time::Duration::from_secs(10), || async {
+    let letters = eventually(Duration::from_secs(10), || async {
         let (_, body) = server.get("/v1/deadletters").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let letters = v["deadletters"].as_array().unwrap().clone();
@@ -525,14 +537,11 @@ async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
     assert_eq!(response.status(), 400);
 
     // Only the valid batch got through: b2 and b3, nothing of the rejected one.
-    let got = sink.wait_for(2).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let ids: BTreeSet<String> = sink
-        .received()
-        .iter()
-        .map(|r| r.ce("id").unwrap())
-        .collect();
+    sink.wait_for(2).await;
+    let got = sink.quiet().await;
+    let ids: BTreeSet<String> = got.iter().map(|r| r.ce("id").unwrap()).collect();
     assert_eq!(ids, ["b2", "b3"].map(String::from).into(), "{got:?}");
+    assert_eq!(got.len(), 2, "each once: {got:?}");
 }
 
 #[tokio::test]
@@ -687,11 +696,15 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
     let mut sent = 0u64;
     let mut kills = 0u64;
     for cycle in 0..cycles {
-        let kill_after = std::time::Duration::from_millis(next() % 400);
+        // After the cycle's first 202, so that every kill has acknowledged
+        // events to lose (a kill before any would prove nothing).
+        let kill_after = Duration::from_millis(next() % 400);
         let url = server.url("/v1/events");
         let client = server.http().clone();
         let start = sent;
+        let (first_ack, first_acked) = tokio::sync::oneshot::channel();
         let sender = tokio::spawn(async move {
+            let mut first_ack = Some(first_ack);
             let mut acked = Vec::new();
             for n in start..start + 10_000 {
                 let result = client
@@ -703,28 +716,43 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
                     .send()
                     .await;
                 match result {
-                    Ok(response) if response.status() == 202 => acked.push(format!("e{n}")),
+                    Ok(response) if response.status() == 202 => {
+                        acked.push(format!("e{n}"));
+                        if let Some(first_ack) = first_ack.take() {
+                            let _ = first_ack.send(());
+                        }
+                    }
                     Ok(response) => panic!("unexpected status {}", response.status()),
                     Err(_) => break, // the server died
                 }
             }
             acked
         });
+        tokio::time::timeout(Duration::from_secs(30), first_acked)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}, cycle {cycle}: no 202 within 30 s"))
+            .unwrap_or_else(|_| {
+                panic!("seed {seed}, cycle {cycle}: the sender stopped before any 202")
+            });
         tokio::time::sleep(kill_after).await;
         server.kill();
         kills += 1;
         let acked = sender.await.unwrap();
         sent += 10_000;
+        assert!(
+            !acked.is_empty(),
+            "seed {seed}, cycle {cycle}: killed with nothing acknowledged"
+        );
         acknowledged.extend(acked.iter().cloned());
         let during_start = next() % 2 == 0;
         if during_start {
-            let delay = std::time::Duration::from_millis(next() % 150);
+            let delay = Duration::from_millis(next() % 150);
             let server_ref = &mut server;
             tokio::task::block_in_place(|| server_ref.crash_during_start(delay));
             kills += 1;
         }
         println!(
-            "cycle {cycle}: killed after {kill_after:?}, {} events acknowledged{}",
+            "cycle {cycle}: killed {kill_after:?} after the first 202, {} events acknowledged{}",
             acked.len(),
             if during_start {
                 ", killed again during start-up"
@@ -735,7 +763,7 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
         server.restart();
     }
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let got = sink.received();
         let delivered: BTreeSet<(String, String)> = got
@@ -793,6 +821,6 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
                 metrics.get(&("sluice_deliveries_in_flight".to_string(), String::new())),
             );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
