@@ -207,6 +207,12 @@ pub struct ServeArgs {
     /// A broker that accepts events without a token (repeatable).
     #[arg(long = "public-broker", value_name = "BROKER")]
     pub public_brokers: Vec<String>,
+    /// Start on a damaged delivery journal by keeping every readable frame
+    /// and dropping the damaged bytes (the deliveries in them are lost).
+    /// Without it, a damaged journal stops the server with the file and
+    /// offset of the damage.
+    #[arg(long)]
+    pub salvage_journal: bool,
     /// Limits.
     #[command(flatten)]
     pub limits: Limits,

@@ -144,7 +144,9 @@ pub struct Functions {
     metrics: Metrics,
     artifacts: PathBuf,
     loaded: RwLock<HashMap<String, Arc<Function>>>,
-    loading: tokio::sync::Mutex<()>,
+    /// One lock per function being loaded: a slow compile of one function
+    /// never holds up loading another.
+    loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pool_permits: Arc<Semaphore>,
     started: Instant,
     router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
@@ -169,7 +171,7 @@ impl Functions {
             metrics,
             artifacts,
             loaded: RwLock::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: std::sync::Mutex::default(),
             pool_permits: Arc::new(Semaphore::new(pool)),
             started: Instant::now(),
             router: std::sync::OnceLock::new(),
@@ -323,7 +325,28 @@ impl Functions {
         if let Some(function) = self.cached(name) {
             return Ok(Some(function));
         }
-        let _loading = self.loading.lock().await;
+        let lock = self
+            .loading
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let loaded = {
+            let _loading = lock.lock().await;
+            self.load(name).await
+        };
+        // The last loader out removes the lock (the map holds one, each
+        // waiter one more).
+        let mut locks = self.loading.lock().unwrap();
+        if locks.get(name).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(name);
+        }
+        loaded
+    }
+
+    /// Loads function `name` (under its loading lock).
+    async fn load(&self, name: &str) -> Result<Option<Arc<Function>>, DeployError> {
         if let Some(function) = self.cached(name) {
             return Ok(Some(function));
         }

@@ -214,12 +214,12 @@ struct Running<R> {
 }
 
 impl Functions {
-    /// A fresh invocation id.
+    /// A fresh invocation id: 128 random bits, so that one caller cannot
+    /// guess another's (an asynchronous invocation is read by its id).
     pub fn new_invocation_id(&self) -> String {
-        format!(
-            "{:016x}",
-            self.store().next_id().unwrap_or_else(|_| rand_id())
-        )
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+        hex::encode(bytes)
     }
 
     /// Writes an invocation's captured output to its function's log ring.
@@ -739,11 +739,4 @@ impl<F: Future> Future for BusyTimed<F> {
             .fetch_add(before.elapsed().as_nanos() as u64, Ordering::Relaxed);
         poll
     }
-}
-
-/// An id from the clock, when the store cannot give one.
-fn rand_id() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -46,6 +46,7 @@ fn main() -> std::process::ExitCode {
                     examples: args.examples,
                     admin_token: args.admin_token,
                     public_brokers: args.public_brokers,
+                    salvage_journal: args.salvage_journal,
                 })
                 .await
             }

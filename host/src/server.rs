@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Brokers that accept events without a token.
     pub public_brokers: Vec<String>,
+    /// Open a damaged delivery journal by dropping what cannot be read.
+    pub salvage_journal: bool,
 }
 
 /// Shared state of the HTTP handlers: one `Arc`, because every request
@@ -79,7 +81,12 @@ pub struct AppShared {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let store = Store::open(&options.data_dir)?;
+    let store = Store::open_with(
+        &options.data_dir,
+        &sluice_store::OpenOptions {
+            salvage_journal: options.salvage_journal,
+        },
+    )?;
     let runtime = Arc::new(Runtime::new(&options.limits)?);
     let metrics = Metrics::new();
     let functions = Functions::new(
@@ -95,6 +102,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     };
     let invoker = Arc::new(HostInvoker::new(functions.clone()));
     let event_router = Router::new(store.clone(), invoker, limits, metrics.registry())?;
+    for broker in &options.public_brokers {
+        event_router.declare_broker(broker);
+    }
     functions.set_router(event_router.clone());
     if let Some(dir) = &options.examples {
         deploy_examples(&functions, dir).await?;

@@ -111,15 +111,26 @@ pub fn parse_binary(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent, Even
     CloudEvent::from_attributes(raw, data)
 }
 
-/// Decodes `%XX` escapes; `None` for a malformed one.
+/// The value of one hex digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` escapes (exactly two hex digits); `None` for a malformed
+/// one.
 fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
         if input[i] == b'%' {
-            let hex = input.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let high = hex_digit(*input.get(i + 1)?)?;
+            let low = hex_digit(*input.get(i + 2)?)?;
+            out.push(high << 4 | low);
             i += 3;
         } else {
             out.push(input[i]);
@@ -238,11 +249,38 @@ mod tests {
 
     #[test]
     fn binary_mode_malformed_percent_encoding_is_rejected() {
-        let h = binary(&[("ce-subject", b"100%")]);
+        // A sign is not a hex digit: `%+f` is not `%0F`.
+        for bad in [&b"100%"[..], b"%4", b"%zz", b"%+f", b"%-1", b"% a"] {
+            let h = binary(&[("ce-subject", bad)]);
+            assert_eq!(
+                parse_request(&h, b"").unwrap_err().code(),
+                "invalid_percent_encoding",
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let h = binary(&[("ce-subject", b"%4a%4A")]);
         assert_eq!(
-            parse_request(&h, b"").unwrap_err().code(),
-            "invalid_percent_encoding"
+            parse_request(&h, b"").unwrap()[0].subject.as_deref(),
+            Some("JJ")
         );
+    }
+
+    #[test]
+    fn binary_mode_json_data_too_deep_to_store_is_rejected_at_ingress() {
+        // Stored as the event's `data`, one level deeper than sent: the
+        // same limit as structured mode, checked before the 202.
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let h = binary(&[("content-type", b"application/json")]);
+        let ok = deep(crate::event::MAX_JSON_DEPTH - 1);
+        let event = parse_request(&h, ok.as_bytes()).unwrap().remove(0);
+        // What was accepted reads back from its stored form.
+        CloudEvent::from_json(event.to_json().as_bytes()).unwrap();
+        let error = parse_request(&h, deep(crate::event::MAX_JSON_DEPTH).as_bytes()).unwrap_err();
+        assert_eq!(error.code(), "json_too_deep");
+        // Not JSON to a receiver (another content type): bytes, not checked.
+        let h = binary(&[("content-type", b"application/octet-stream")]);
+        parse_request(&h, deep(100).as_bytes()).unwrap();
     }
 
     #[test]

@@ -8,14 +8,18 @@
 //!
 //! A worker pops due deliveries and runs each in its own task, bounded by a
 //! global and a per-trigger limit on deliveries in flight. A delivery that
-//! finds its trigger at the limit is put back a moment later without using
-//! up an attempt, so a slow function holds events in the queue instead of
-//! burning retries. Outcomes: delivered (replies re-enter the broker, one hop
-//! further), retried after the trigger's backoff, or dead-lettered after the
-//! last attempt or at once on a permanent failure.
+//! finds its trigger at the limit is parked with the trigger, without using
+//! up an attempt and without being looked at again, until one of the
+//! trigger's deliveries ends; so a slow function holds events in the queue
+//! instead of burning retries. Outcomes: delivered (replies re-enter the
+//! broker, one hop further), retried after the trigger's backoff, or
+//! dead-lettered after the last attempt or at once on a permanent failure.
+//! A dead letter that cannot be stored (full disk) stays queued and is
+//! tried again every [`DEAD_LETTER_RETRY`]: the delivery stays pending,
+//! never lost and never attempted again.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,11 +37,13 @@ use crate::trigger::{Destination, Trigger};
 pub const HOPS_EXTENSION: &str = "sluicehops";
 /// Extension carrying the id of the event that caused a reply or publish.
 pub const CAUSE_EXTENSION: &str = "sluicecause";
+/// The `broker` label of refusals at a broker nothing knows.
+pub const UNKNOWN_BROKER: &str = "_unknown";
 /// Longest `knativeerrordata` kept on a dead letter, in bytes.
 pub const MAX_ERROR_DATA: usize = 1024;
-/// How long a delivery waits before looking again when its trigger is at
-/// its in-flight limit.
-const BUSY_RECHECK: Duration = Duration::from_millis(20);
+/// How long a delivery whose dead letter could not be stored waits before
+/// the dead letter is tried again.
+pub const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// Attempts at handing a dead letter to the dead-letter sink.
 const SINK_ATTEMPTS: u32 = 3;
 
@@ -140,6 +146,7 @@ struct Metrics {
     trigger_in_flight: IntGaugeVec,
     in_flight: IntGauge,
     queue_depth: IntGauge,
+    parked: IntGauge,
 }
 
 impl Metrics {
@@ -227,6 +234,10 @@ impl Metrics {
                 "sluice_deliveries_pending",
                 "Deliveries waiting or running.",
             ),
+            parked: gauge(
+                "sluice_deliveries_parked",
+                "Deliveries due but waiting for their trigger's in-flight limit.",
+            ),
         }
     }
 }
@@ -294,7 +305,33 @@ type Queue = (BinaryHeap<Reverse<Due>>, HashMap<u64, Queued>);
 /// A queued delivery, with its event already parsed when the router has it
 /// (shared by the deliveries of one event), so an attempt need not parse
 /// the stored JSON.
-type Queued = (DeliveryRecord, Option<Arc<CloudEvent>>);
+struct Queued {
+    record: DeliveryRecord,
+    event: Option<Arc<CloudEvent>>,
+    /// Set once the delivery failed for good but its dead letter could not
+    /// be stored yet: what is left is storing it, not another attempt.
+    failed: Option<Failure>,
+}
+
+impl Queued {
+    fn new(record: DeliveryRecord, event: Option<Arc<CloudEvent>>) -> Queued {
+        Queued {
+            record,
+            event,
+            failed: None,
+        }
+    }
+}
+
+/// Why a delivery failed for good, for its dead letter.
+#[derive(Clone)]
+struct Failure {
+    reason: String,
+    /// The destination and status, for `knativeerrordest` and
+    /// `knativeerrorcode` (none when the trigger was deleted or the stored
+    /// event is unreadable).
+    error: Option<(String, Option<u16>)>,
+}
 
 /// The router: triggers, queue and workers of one server.
 pub struct Router {
@@ -314,6 +351,8 @@ pub struct Router {
     groups: Mutex<HashMap<u64, Group>>,
     /// The live event stream (lossy: a slow reader misses entries).
     stream: broadcast::Sender<StreamEntry>,
+    /// Brokers declared known besides those triggers name.
+    declared: RwLock<std::collections::BTreeSet<String>>,
 }
 
 /// Wall-clock unix milliseconds, read once; the router's clock then runs
@@ -339,13 +378,41 @@ impl StreamEntry {
     }
 }
 
+/// A trigger's deliveries in flight, and those parked until one ends.
+#[derive(Default)]
+struct Gate {
+    running: usize,
+    parked: VecDeque<Queued>,
+}
+
+/// A delivery admitted under its trigger's in-flight limit; its end lets
+/// the next parked one of the trigger go.
+struct Admitted {
+    router: Arc<Router>,
+    slot: Arc<TriggerSlot>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let next = {
+            let mut gate = self.slot.gate.lock().unwrap();
+            gate.running -= 1;
+            gate.parked.pop_front()
+        };
+        if let Some(next) = next {
+            self.router.metrics.parked.dec();
+            self.router.schedule_queued([next]);
+        }
+    }
+}
+
 /// What the dispatcher keeps per trigger while it exists: its in-flight
 /// limiter and its metric series, looked up once per delivery (not hashed
 /// per counter). A delivery holds the slot it started with, so one still
 /// running when its trigger is deleted counts into the removed series and
 /// recreates none.
 struct TriggerSlot {
-    permits: Arc<Semaphore>,
+    gate: Mutex<Gate>,
     matched: IntCounter,
     delivered: IntCounter,
     retried: IntCounter,
@@ -393,6 +460,7 @@ impl Router {
             stopping: std::sync::atomic::AtomicBool::new(false),
             groups: Mutex::new(HashMap::new()),
             stream: broadcast::channel(1024).0,
+            declared: RwLock::default(),
         });
         let pending = router.store.recovered_deliveries()?;
         if !pending.is_empty() {
@@ -438,13 +506,33 @@ impl Router {
                         let (heap, records) = &mut *queue;
                         heap.pop().and_then(|Reverse(due)| records.remove(&due.id))
                     };
-                    let Some((record, event)) = queued else {
+                    let Some(queued) = queued else {
                         continue;
+                    };
+                    let slot = self.trigger_slot(&queued.record.trigger);
+                    let admitted = match slot {
+                        Some((_, slot)) => {
+                            let mut gate = slot.gate.lock().unwrap();
+                            if gate.running >= self.limits.max_in_flight_per_trigger {
+                                // At its limit: parked, no attempt used, until
+                                // one of the trigger's deliveries ends.
+                                gate.parked.push_back(queued);
+                                self.metrics.parked.inc();
+                                continue;
+                            }
+                            gate.running += 1;
+                            drop(gate);
+                            Some(Admitted {
+                                router: self.clone(),
+                                slot,
+                            })
+                        }
+                        None => None,
                     };
                     let router = self.clone();
                     tokio::spawn(async move {
                         router.metrics.in_flight.inc();
-                        router.attempt(record, event).await;
+                        router.attempt(queued, admitted).await;
                         router.metrics.in_flight.dec();
                         drop(permit);
                     });
@@ -454,20 +542,31 @@ impl Router {
     }
 
     fn schedule(&self, records: Vec<DeliveryRecord>) {
-        self.schedule_parsed(records.into_iter().map(|record| (record, None)));
+        self.schedule_queued(records.into_iter().map(|record| Queued::new(record, None)));
     }
 
-    fn schedule_parsed(&self, queued: impl IntoIterator<Item = Queued>) {
+    fn schedule_parsed(
+        &self,
+        queued: impl IntoIterator<Item = (DeliveryRecord, Option<Arc<CloudEvent>>)>,
+    ) {
+        self.schedule_queued(
+            queued
+                .into_iter()
+                .map(|(record, event)| Queued::new(record, event)),
+        );
+    }
+
+    fn schedule_queued(&self, queued: impl IntoIterator<Item = Queued>) {
         let mut any = false;
         {
             let mut queue = self.queue.lock().unwrap();
             let (heap, map) = &mut *queue;
-            for (record, event) in queued {
+            for queued in queued {
                 heap.push(Reverse(Due {
-                    at_ms: record.not_before_ms,
-                    id: record.id,
+                    at_ms: queued.record.not_before_ms,
+                    id: queued.record.id,
                 }));
-                map.insert(record.id, (record, event));
+                map.insert(queued.record.id, queued);
                 any = true;
             }
         }
@@ -517,7 +616,7 @@ impl Router {
             let parsed = Arc::new(event);
             let mut group = 0;
             for trigger in matches {
-                let id = self.store.next_id()?;
+                let id = self.store.next_id().await?;
                 if group == 0 {
                     group = id;
                 }
@@ -600,7 +699,7 @@ impl Router {
         let m = &self.metrics;
         let labels = &[name];
         let slot = Arc::new(TriggerSlot {
-            permits: Arc::new(Semaphore::new(self.limits.max_in_flight_per_trigger)),
+            gate: Mutex::default(),
             matched: m.matched.with_label_values(labels),
             delivered: m.delivered.with_label_values(labels),
             retried: m.retried.with_label_values(labels),
@@ -617,7 +716,17 @@ impl Router {
         self.trigger_slot(name).map(|(_, slot)| slot)
     }
 
-    async fn attempt(&self, mut record: DeliveryRecord, parsed: Option<Arc<CloudEvent>>) {
+    async fn attempt(&self, queued: Queued, _admitted: Option<Admitted>) {
+        let Queued {
+            mut record,
+            event: parsed,
+            failed,
+        } = queued;
+        if let Some(failure) = failed {
+            // Only its dead letter is left to store.
+            self.fail_for_good(record, parsed, failure).await;
+            return;
+        }
         let Some((trigger, slot)) = self.trigger_slot(&record.trigger) else {
             // Deleted: fail it for good, counted for no trigger.
             let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
@@ -627,13 +736,11 @@ impl Router {
                     .ok()
                     .map(Arc::new),
             };
-            self.fail_for_good(record, event, reason, None).await;
-            return;
-        };
-        let Ok(_trigger_permit) = slot.permits.clone().try_acquire_owned() else {
-            // At its limit: wait in the queue, no attempt used.
-            record.not_before_ms = self.now_ms() + BUSY_RECHECK.as_millis() as u64;
-            self.schedule_parsed([(record, parsed)]);
+            let failure = Failure {
+                reason,
+                error: None,
+            };
+            self.fail_for_good(record, event, failure).await;
             return;
         };
         let gauge = slot.in_flight.clone();
@@ -652,13 +759,11 @@ impl Router {
         let event = match parsed {
             Ok(event) => event,
             Err(error) => {
-                self.fail_for_good(
-                    record,
-                    None,
-                    format!("stored event is unreadable: {error}"),
-                    None,
-                )
-                .await;
+                let failure = Failure {
+                    reason: format!("stored event is unreadable: {error}"),
+                    error: None,
+                };
+                self.fail_for_good(record, None, failure).await;
                 return;
             }
         };
@@ -782,26 +887,27 @@ impl Router {
             Destination::Function(name) => name.clone(),
             Destination::Uri(uri) => uri.clone(),
         };
-        self.fail_for_good(record, Some(event), reason, Some((destination, code)))
-            .await;
+        let failure = Failure {
+            reason,
+            error: Some((destination, code)),
+        };
+        self.fail_for_good(record, Some(event), failure).await;
     }
 
     /// Stores a dead letter for `record` (with the `knativeerror*`
     /// extensions) and queues it for the dead-letter sink if there is one.
+    /// If that cannot be stored now, the delivery stays pending and this is
+    /// tried again after [`DEAD_LETTER_RETRY`].
     async fn fail_for_good(
         &self,
         record: DeliveryRecord,
         event: Option<Arc<CloudEvent>>,
-        reason: String,
-        error: Option<(String, Option<u16>)>,
+        failure: Failure,
     ) {
         let mut json = record.event.clone();
         if let Some(event) = &event {
-            self.announce("dead_lettered", &record, event);
-        }
-        if let Some(event) = event {
-            let mut event = Arc::unwrap_or_clone(event);
-            if let Some((destination, code)) = &error {
+            let mut event = CloudEvent::clone(event);
+            if let Some((destination, code)) = &failure.error {
                 event
                     .extensions
                     .insert("knativeerrordest".into(), destination.clone());
@@ -812,7 +918,7 @@ impl Router {
                 }
                 event.extensions.insert(
                     "knativeerrordata".into(),
-                    truncate(&reason, MAX_ERROR_DATA).to_string(),
+                    truncate(&failure.reason, MAX_ERROR_DATA).to_string(),
                 );
             }
             json = event.to_json().into();
@@ -820,12 +926,23 @@ impl Router {
         // The dead letter takes the delivery's id: a delivery run again
         // after a crash overwrites its own dead letter.
         let letter_id = record.id;
-        let Ok(sink_id) = self.store.next_id() else {
-            tracing::error!(
-                id = record.id,
-                "could not allocate an id for a dead letter's delivery; the delivery stays pending"
-            );
-            return;
+        let has_sink = self
+            .triggers
+            .read()
+            .unwrap()
+            .get(&record.trigger)
+            .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
+        let sink_id = if has_sink {
+            match self.store.next_id().await {
+                Ok(id) => Some(id),
+                Err(error) => {
+                    tracing::error!(id = record.id, %error, "could not allocate an id for a dead letter's delivery; trying again");
+                    self.retry_dead_letter(record, event, failure);
+                    return;
+                }
+            }
+        } else {
+            None
         };
         let letter = DeadLetterRecord {
             id: letter_id,
@@ -833,16 +950,10 @@ impl Router {
             trigger: record.trigger.clone(),
             event: json.to_string(),
             attempts: record.attempts,
-            reason: reason.clone(),
+            reason: failure.reason.clone(),
             time: sluice_store::now_rfc3339(),
         };
-        let has_sink = self
-            .triggers
-            .read()
-            .unwrap()
-            .get(&record.trigger)
-            .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
-        let sink = has_sink.then(|| DeliveryRecord {
+        let sink = sink_id.map(|sink_id| DeliveryRecord {
             id: sink_id,
             broker: record.broker.clone(),
             trigger: record.trigger.clone(),
@@ -858,6 +969,9 @@ impl Router {
             .await
         {
             Ok(()) => {
+                if let Some(event) = &event {
+                    self.announce("dead_lettered", &record, event);
+                }
                 if let Some(slot) = self.slot(&record.trigger) {
                     slot.dead_lettered.inc();
                 }
@@ -869,17 +983,59 @@ impl Router {
                 }
             }
             Err(error) => {
-                tracing::error!(id = record.id, %error, "could not store a dead letter; the delivery stays pending")
+                tracing::error!(id = record.id, %error, "could not store a dead letter; the delivery stays pending and it is tried again");
+                self.retry_dead_letter(record, event, failure);
             }
         }
     }
 
-    /// Counts an event (or a batch) refused at ingress into `broker`.
+    /// Queues `record`'s dead letter to be stored again later.
+    fn retry_dead_letter(
+        &self,
+        mut record: DeliveryRecord,
+        event: Option<Arc<CloudEvent>>,
+        failure: Failure,
+    ) {
+        record.not_before_ms = self.now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
+        self.schedule_queued([Queued {
+            record,
+            event,
+            failed: Some(failure),
+        }]);
+    }
+
+    /// Counts an event (or a batch) refused at ingress into `broker`. A
+    /// broker no trigger names and no one declared is counted as
+    /// [`UNKNOWN_BROKER`]: any client can name one in a URL, and each name
+    /// would otherwise be a series kept for ever.
     pub fn reject(&self, broker: &str, reason: &str, events: u64) {
+        let label = if self.knows_broker(broker) {
+            broker
+        } else {
+            UNKNOWN_BROKER
+        };
         self.metrics
             .rejected
-            .with_label_values(&[broker, reason])
+            .with_label_values(&[label, reason])
             .inc_by(events);
+    }
+
+    /// Whether `broker` is the default one, declared (see
+    /// [`Router::declare_broker`]) or named by a trigger.
+    pub fn knows_broker(&self, broker: &str) -> bool {
+        broker == crate::trigger::DEFAULT_BROKER
+            || self.declared.read().unwrap().contains(broker)
+            || self
+                .triggers
+                .read()
+                .unwrap()
+                .values()
+                .any(|t| t.broker == broker)
+    }
+
+    /// Declares `broker` (a public broker, say) known, for metric labels.
+    pub fn declare_broker(&self, broker: &str) {
+        self.declared.write().unwrap().insert(broker.to_string());
     }
 
     /// Counts of trigger `name` since the server started.
@@ -1002,8 +1158,14 @@ impl Router {
             *self.index.write().unwrap() =
                 Arc::new(TriggerIndex::build(triggers.values().cloned()));
         }
-        // Its pending deliveries fail for good without touching these.
-        self.per_trigger.lock().unwrap().remove(name);
+        // Its pending deliveries fail for good without touching these; the
+        // parked ones go back to the queue to do so.
+        let slot = self.per_trigger.lock().unwrap().remove(name);
+        if let Some(slot) = slot {
+            let parked = std::mem::take(&mut slot.gate.lock().unwrap().parked);
+            self.metrics.parked.sub(parked.len() as i64);
+            self.schedule_queued(parked);
+        }
         let m = &self.metrics;
         for counter in [
             &m.matched,
@@ -1050,7 +1212,7 @@ impl Router {
             Err(_) => letter.event,
         };
         let record = DeliveryRecord {
-            id: self.store.next_id()?,
+            id: self.store.next_id().await?,
             broker: letter.broker,
             trigger: letter.trigger,
             event: event.into(),

@@ -225,29 +225,11 @@ pub fn valid_extension_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-/// True if `s` is an RFC 3986 URI-reference: only URI characters, and every
-/// `%` starts a two-digit hex escape.
+/// True if `s` is an RFC 3986 URI-reference (parsed by `fluent-uri`:
+/// `/orders`, `urn:x:y` and `https://a/b?c#d` are, `a#b#c` and `a b` are
+/// not).
 pub fn is_uri_reference(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            if !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-            {
-                return false;
-            }
-            i += 3;
-            continue;
-        }
-        let ok = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
-        if !ok {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    fluent_uri::UriRef::parse(s).is_ok()
 }
 
 fn is_absolute_uri(s: &str) -> bool {
@@ -317,6 +299,9 @@ impl CloudEvent {
         }
         if let Some(name) = values.keys().find(|name| !valid_extension_name(name)) {
             return Err(EventError::InvalidExtensionName(name.clone()));
+        }
+        if let Some(Data::Binary(bytes)) = &data {
+            check_stored_depth(bytes, datacontenttype.as_deref())?;
         }
         Ok(CloudEvent {
             id,
@@ -447,6 +432,21 @@ impl CloudEvent {
     }
 }
 
+/// Refuses binary data that the structured form would store as JSON nested
+/// deeper than [`MAX_JSON_DEPTH`] (one level below the event itself): an
+/// accepted event must read back. One rule with structured mode, whose
+/// whole body is checked.
+fn check_stored_depth(bytes: &[u8], content_type: Option<&str>) -> Result<(), EventError> {
+    if content_type.is_some_and(|t| !is_json_media_type(t)) {
+        return Ok(());
+    }
+    let depth = json_depth(bytes) + 1;
+    if depth > MAX_JSON_DEPTH && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        return Err(EventError::TooDeep(depth));
+    }
+    Ok(())
+}
+
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`].
 pub fn check_depth(bytes: &[u8]) -> Result<(), EventError> {
     match json_depth(bytes) {
@@ -564,7 +564,16 @@ mod tests {
         ] {
             assert!(is_uri_reference(ok), "{ok}");
         }
-        for bad in ["a b", "%zz", "%2", "with\"quote", "tab\t", "ü"] {
+        for bad in [
+            "a b",
+            "%zz",
+            "%2",
+            "with\"quote",
+            "tab\t",
+            "ü",
+            "a#b#c",
+            "http://[::1",
+        ] {
             assert!(!is_uri_reference(bad), "{bad}");
         }
     }

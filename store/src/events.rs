@@ -138,9 +138,20 @@ impl Store {
     /// That persisted write is not reliably on disk when `generate_id`
     /// returns: the crash harness saw a run after a `kill -9` hand out the
     /// ids of the run before it (which would let a new delivery replace a
-    /// pending one). So the id that crossed into a new interval flushes
-    /// sled before anyone gets it: once per million ids, and once at open.
-    pub fn next_id(&self) -> Result<u64> {
+    /// pending one). So the id that crossed into a new interval waits for a
+    /// sled flush before anyone gets it: once per million ids (without
+    /// blocking the caller's thread), and once at open.
+    pub async fn next_id(&self) -> Result<u64> {
+        let id = self.db.generate_id()?;
+        if id % ID_PERSIST_INTERVAL == 0 {
+            let flushed = self.db.flush_async().await;
+            self.checked(flushed)?;
+        }
+        Ok(id)
+    }
+
+    /// [`Store::next_id`] for a caller that may block (opening the store).
+    pub(crate) fn next_id_blocking(&self) -> Result<u64> {
         let id = self.db.generate_id()?;
         if id % ID_PERSIST_INTERVAL == 0 {
             self.checked(self.db.flush())?;
@@ -210,6 +221,12 @@ impl Store {
         self.journal.done(&[id])
     }
 
+    /// The event (structured JSON) of pending delivery `id`, read back from
+    /// the journal; `None` once it has ended.
+    pub fn delivery_event(&self, id: u64) -> Result<Option<Arc<str>>> {
+        self.journal.event(id)
+    }
+
     /// Every pending delivery, oldest first.
     pub fn pending_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
         self.journal.pending()
@@ -271,6 +288,13 @@ impl Store {
         letter: &DeadLetterRecord,
         sink: Option<&DeliveryRecord>,
     ) -> Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if self.injected_dead_letter_failure() {
+            return Err(StoreError::Io {
+                context: "writing a dead letter".into(),
+                source: std::io::Error::other("injected failure"),
+            });
+        }
         let inserted = self.dead_letters.insert(key(letter.id), encode(letter));
         self.checked(inserted)?;
         self.flush_grouped().await?;
@@ -342,7 +366,7 @@ mod tests {
 
     fn delivery(store: &Store, trigger: &str) -> DeliveryRecord {
         DeliveryRecord {
-            id: store.next_id().unwrap(),
+            id: store.next_id_blocking().unwrap(),
             broker: "default".into(),
             trigger: trigger.into(),
             event: r#"{"id":"1"}"#.into(),
@@ -374,7 +398,7 @@ mod tests {
         store.complete_delivery(a.id).unwrap();
         assert_eq!(store.pending_deliveries().unwrap(), vec![b]);
         assert!(
-            store.next_id().unwrap() > a.id,
+            store.next_id_blocking().unwrap() > a.id,
             "ids increase across restarts"
         );
     }

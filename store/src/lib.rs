@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod component;
+mod disk;
 mod error;
 mod events;
 mod functions;
@@ -48,6 +49,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
+/// How [`Store::open_with`] opens a store.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Open a damaged delivery journal by keeping every readable frame and
+    /// dropping the damaged bytes (the deliveries in them are lost), instead
+    /// of refusing to start. For an operator who has no better copy.
+    pub salvage_journal: bool,
+}
+
 /// A result with a [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -72,7 +82,17 @@ pub struct Store {
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<events::FlushRequest>>,
     >,
     dir: PathBuf,
+    #[cfg(feature = "fault-injection")]
+    faults: std::sync::Arc<Faults>,
     _lock: std::sync::Arc<lock::DirLock>,
+}
+
+/// Failures a test asks for (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Default)]
+struct Faults {
+    /// How many of the next dead-letter writes fail.
+    dead_letters: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {
@@ -86,12 +106,27 @@ impl Store {
     ///
     /// Fails with [`StoreError::Locked`] if another process holds `dir`, with
     /// [`StoreError::NewerSchema`] if a newer Sluice wrote it, and with
-    /// [`StoreError::Corrupt`] if sled cannot read it.
+    /// [`StoreError::Corrupt`] if sled or the delivery journal cannot read it.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens the store in `dir` with `options`.
+    pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Store> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             context: format!("creating data directory {}", dir.display()),
             source,
         })?;
+        // A new data directory's name must survive a power cut too.
+        if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Io {
+                    context: format!("syncing {}", parent.display()),
+                    source,
+                })?;
+        }
         let lock = lock::DirLock::acquire(dir)?;
         let db_path = dir.join("db");
         let db = sled::Config::new()
@@ -107,7 +142,11 @@ impl Store {
                 .map_err(|error| StoreError::from_open(&db_path, error))
         };
         let failed: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
-        let journal = journal::Journal::open(&dir.join("deliveries"), failed.clone())?;
+        let journal = journal::Journal::open(
+            &dir.join("deliveries"),
+            failed.clone(),
+            options.salvage_journal,
+        )?;
         let store = Store {
             meta: open_tree("meta")?,
             functions: open_tree("functions")?,
@@ -125,13 +164,15 @@ impl Store {
             failed,
             db,
             dir: dir.to_path_buf(),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
             _lock: std::sync::Arc::new(lock),
         };
         store.check_schema()?;
         store.migrate_deliveries()?;
         // The first id of this run makes sled persist its id counter; have
         // that on disk before any id is handed out (see `next_id`).
-        store.next_id()?;
+        store.next_id_blocking()?;
         Ok(store)
     }
 
@@ -198,6 +239,37 @@ impl Store {
             self.mark_failed();
         }
         Ok(result?)
+    }
+
+    /// Makes the next `n` dead-letter writes fail as a full disk would (for
+    /// tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_dead_letters(&self, n: usize) {
+        self.faults
+            .dead_letters
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True if a dead-letter write should fail now (see
+    /// [`Store::fail_next_dead_letters`]).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn injected_dead_letter_failure(&self) -> bool {
+        self.faults
+            .dead_letters
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
+
+    /// Drops this handle as a crash of the process would: what the delivery
+    /// journal has queued but not written is lost, nothing more is synced
+    /// (for tests; other handles on the store stop working).
+    #[cfg(feature = "fault-injection")]
+    pub fn crash(self) {
+        self.journal.abandon();
     }
 
     /// False once a write or flush has failed (full disk, I/O error).

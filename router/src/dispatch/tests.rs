@@ -417,11 +417,13 @@ async fn pending_deliveries_resume_after_a_restart() {
             .put_trigger(trigger("t", "x", "f", json!({})))
             .await
             .unwrap();
-        // Accepted, never run: the process "dies" here.
+        // Accepted, never run: the process dies here, losing what a crash
+        // loses (the journal writes nothing more, syncs nothing more).
         router
             .publish("default", vec![event_of("x", "e1"), event_of("x", "e2")])
             .await
             .unwrap();
+        router.store().clone().crash();
     }
     let mut store = Store::open(dir.path());
     while store.is_err() {
@@ -523,5 +525,137 @@ async fn a_delivery_running_while_its_trigger_is_deleted_recreates_no_series() {
     let labels = trigger_labels(&s.registry);
     assert!(labels.iter().all(|l| l != "gone"), "{labels:?}");
     assert_eq!(router.trigger_stats("gone"), TriggerStats::default());
+    s.runner.abort();
+}
+
+/// Waits (wall clock: the journal syncs on its own thread) until `ready`.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn gauge(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .find(|family| family.name() == name)
+        .map_or(0.0, |family| family.get_metric()[0].get_gauge().get_value())
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_at_their_triggers_limit_are_parked_not_polled() {
+    let gate = Arc::new(Semaphore::new(0));
+    let fake = Fake {
+        gate: Some(gate.clone()),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_in_flight_per_trigger: 1,
+        ..DispatchLimits::default()
+    };
+    let s = setup(fake, limits, vec![trigger("t", "x", "f", json!({}))]).await;
+    let events = (0..10).map(|i| event_of("x", &format!("e{i}"))).collect();
+    s.router.publish("default", events).await.unwrap();
+    until("one running, nine parked", || {
+        s.fake.running.load(Ordering::SeqCst) == 1
+            && gauge(&s.registry, "sluice_deliveries_parked") == 9.0
+    })
+    .await;
+    // A long wait at the limit: nothing is looked at again meanwhile (the
+    // parked deliveries are not in the queue, so nothing wakes for them).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        s.router.queue.lock().unwrap().0.is_empty(),
+        "parked deliveries were re-queued"
+    );
+    assert_eq!(attempts_of(&s.fake, "f").len(), 1);
+    // Each end lets the next one go.
+    gate.add_permits(10);
+    settle(&s.router).await;
+    let attempts = attempts_of(&s.fake, "f");
+    assert_eq!(attempts.len(), 10);
+    assert!(
+        attempts.iter().all(|a| a.0 == 1),
+        "no attempt was used up waiting"
+    );
+    assert_eq!(s.fake.max_running.load(Ordering::SeqCst), 1);
+    assert_eq!(gauge(&s.registry, "sluice_deliveries_parked"), 0.0);
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_triggers_parked_deliveries_are_dead_lettered() {
+    let gate = Arc::new(Semaphore::new(0));
+    let fake = Fake {
+        gate: Some(gate.clone()),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_in_flight_per_trigger: 1,
+        ..DispatchLimits::default()
+    };
+    let s = setup(fake, limits, vec![trigger("t", "x", "f", json!({}))]).await;
+    let events = (0..3).map(|i| event_of("x", &format!("e{i}"))).collect();
+    s.router.publish("default", events).await.unwrap();
+    until("one running, two parked", || {
+        gauge(&s.registry, "sluice_deliveries_parked") == 2.0
+    })
+    .await;
+    assert!(s.router.delete_trigger("t").await.unwrap());
+    gate.add_permits(1);
+    settle(&s.router).await;
+    assert_eq!(
+        attempts_of(&s.fake, "f").len(),
+        1,
+        "only the running one ran"
+    );
+    let letters = s.router.store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 2, "the parked ones were dead-lettered");
+    assert_eq!(gauge(&s.registry, "sluice_deliveries_parked"), 0.0);
+    s.runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_that_cannot_be_stored_stays_pending_and_is_stored_later() {
+    let fake = Fake {
+        permanent: true,
+        fail_first: AtomicU32::new(u32::MAX),
+        ..Fake::default()
+    };
+    let s = setup(
+        fake,
+        DispatchLimits::default(),
+        vec![trigger("t", "x", "f", json!({"retry": 0}))],
+    )
+    .await;
+    // The disk refuses the dead letter three times, then takes it.
+    s.router.store.fail_next_dead_letters(3);
+    s.router
+        .publish("default", vec![event_of("x", "e1")])
+        .await
+        .unwrap();
+    settle(&s.router).await;
+    assert_eq!(
+        attempts_of(&s.fake, "f").len(),
+        1,
+        "storing the dead letter again is not another attempt"
+    );
+    let letters = s.router.store.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert!(
+        letters[0].event.contains("knativeerrordest"),
+        "{}",
+        letters[0].event
+    );
+    assert_eq!(s.router.pending(), 0, "the pending gauge is back to zero");
+    assert!(
+        s.router.groups.lock().unwrap().is_empty(),
+        "its event's group ended"
+    );
     s.runner.abort();
 }
