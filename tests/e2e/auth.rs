@@ -178,6 +178,79 @@ async fn event_ingress_needs_a_publish_token_unless_the_broker_is_public() {
 }
 
 #[tokio::test]
+async fn refusals_at_brokers_nobody_knows_share_one_metric_series() {
+    let server = Server::start_with(&["--public-broker", "open"]);
+    let (status, body) = server
+        .post_json(
+            "/v1/triggers",
+            json!({"name": "pay", "broker": "payments", "subscriber": {"uri": "http://127.0.0.1:9/"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let anonymous = reqwest::Client::new();
+    // Anyone can name any broker in a URL: a hundred names, refused.
+    for n in 0..100 {
+        let response = anonymous
+            .post(server.url(&format!("/v1/brokers/made-up-{n}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    for broker in ["payments", "default"] {
+        let response = anonymous
+            .post(server.url(&format!("/v1/brokers/{broker}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let response = anonymous
+        .post(server.url("/v1/brokers/open/events"))
+        .header("ce-specversion", "1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "a public broker, a broken event");
+    let metrics = server.metrics().await;
+    let rejected: Vec<(&String, &f64)> = metrics
+        .iter()
+        .filter(|((name, _), _)| name == "sluice_events_rejected_total")
+        .map(|((_, labels), value)| (labels, value))
+        .collect();
+    let get = |labels: &str| {
+        rejected
+            .iter()
+            .find(|(l, _)| l.as_str() == labels)
+            .map(|(_, v)| **v)
+    };
+    assert_eq!(
+        get("broker=_unknown,reason=unauthorized"),
+        Some(100.0),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        get("broker=payments,reason=unauthorized"),
+        Some(1.0),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        get("broker=default,reason=unauthorized"),
+        Some(1.0),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        get("broker=open,reason=missing_attribute"),
+        Some(1.0),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.iter().all(|(l, _)| !l.contains("made-up")),
+        "{rejected:?}"
+    );
+}
+
+#[tokio::test]
 async fn revoked_tokens_stop_working() {
     let server = Server::start();
     let (token, id) = mint(&server, "deploy").await;

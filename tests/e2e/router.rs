@@ -336,6 +336,53 @@ async fn permanent_failures_are_dead_lettered_without_retries() {
 }
 
 #[tokio::test]
+async fn finished_deliveries_and_deleted_dead_letters_stay_finished_after_a_crash_while_idle() {
+    let mut server = Server::start();
+    let sink = Sink::start().await;
+    server.deploy_ok("flaky", guests::FLAKY, "").await;
+    server
+        .trigger(sink_trigger(
+            "ok",
+            &sink,
+            "/ok",
+            json!([{"exact": {"type": "x.ok"}}]),
+        ))
+        .await;
+    server
+        .trigger(json!({"name": "p", "filter": {"attributes": {"type": "x.permanent"}}, "subscriber": {"function": "flaky"}}))
+        .await;
+    assert_eq!(server.send_event("d1", "x.ok", &[], b"").await, 202);
+    assert_eq!(server.send_event("p1", "x.permanent", &[], b"").await, 202);
+    sink.wait_for(1).await;
+    let letters = eventually(Duration::from_secs(10), || async {
+        let (_, body) = server.get("/v1/deadletters").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let letters = v["deadletters"].as_array().unwrap().clone();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    let id = letters[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = server.delete(&format!("/v1/deadletters/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    // Both deliveries ended; from here on nothing reaches the server, so
+    // nothing but the journal's own idle write records that they did.
+    eventually(Duration::from_secs(10), || async {
+        (server.metric("sluice_deliveries_pending").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(sink.quiet().await.len(), 1);
+    server.restart(); // SIGKILL, then start again
+    let got = sink.quiet().await;
+    assert_eq!(got.len(), 1, "the finished delivery ran again: {got:#?}");
+    let (_, body) = server.get("/v1/deadletters").await;
+    assert_eq!(
+        body, r#"{"deadletters":[]}"#,
+        "the deleted dead letter came back"
+    );
+    assert_eq!(server.metric("sluice_deliveries_pending").await, 0.0);
+}
+
+#[tokio::test]
 async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
     let server = Server::start_with(&["--max-event-bytes", "4096"]);
     let sink = Sink::start().await;
@@ -414,6 +461,16 @@ async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
             "invalid_percent_encoding",
         ),
         (
+            "binary_mode_signed_percent_escape_is_400",
+            binary(&[("ce-subject", "%+f")]),
+            "invalid_percent_encoding",
+        ),
+        (
+            "binary_mode_source_with_two_fragments_is_400",
+            binary(&[("ce-source", "a#b#c")]),
+            "invalid_source",
+        ),
+        (
             "binary_mode_without_ce_headers_is_400",
             vec![],
             "not_a_cloudevent",
@@ -432,6 +489,32 @@ async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
             (400, code),
             "{name}: {body}"
         );
+    }
+
+    // Binary-mode JSON data is held to the depth structured mode is (the
+    // stored event must read back): one level less than the limit, as
+    // `data` sits inside the event.
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    for (depth, expected) in [(63, 202), (64, 400)] {
+        let mut request = server.http().post(server.url("/v1/events"));
+        for (k, v) in binary(&[("ce-id", &format!("deep-{depth}"))]) {
+            request = request.header(k, v);
+        }
+        let response = request
+            .header("content-type", "application/json")
+            .body(deep(depth))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            status, expected,
+            "binary_mode_json_data_{depth}_deep: {body}"
+        );
+        if status == 400 {
+            assert_eq!(error_code(&body), "json_too_deep");
+        }
     }
 
     let structured = |body: &str| {
@@ -536,12 +619,22 @@ async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
         .unwrap();
     assert_eq!(response.status(), 400);
 
-    // Only the valid batch got through: b2 and b3, nothing of the rejected one.
-    sink.wait_for(2).await;
+    // Only the valid batch and the deep-but-allowed event got through:
+    // nothing of the rejected ones.
+    sink.wait_for(3).await;
     let got = sink.quiet().await;
     let ids: BTreeSet<String> = got.iter().map(|r| r.ce("id").unwrap()).collect();
-    assert_eq!(ids, ["b2", "b3"].map(String::from).into(), "{got:?}");
-    assert_eq!(got.len(), 2, "each once: {got:?}");
+    assert_eq!(
+        ids,
+        ["b2", "b3", "deep-63"].map(String::from).into(),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 3, "each once: {got:?}");
+    let accepted = got
+        .iter()
+        .find(|r| r.ce("id").as_deref() == Some("deep-63"))
+        .unwrap();
+    assert_eq!(accepted.body, deep(63).into_bytes(), "delivered as sent");
 }
 
 #[tokio::test]
