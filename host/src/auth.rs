@@ -8,10 +8,21 @@
 //!   the server need nothing.
 //! - Event ingress needs `publish` (or `admin`) unless the broker is public
 //!   (`--public-broker NAME`).
-//! - `/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` and the
-//!   dashboard's page (`/ui`; its API calls need a token) are anonymous.
+//! - `/metrics` needs `metrics` (or `admin`) unless the server runs with
+//!   `--public-metrics`: the series name every function, private ones too.
+//! - `GET /v1/invocations/{id}`: an asynchronous invocation is readable by
+//!   admin tokens and by the token that made it; one made without a token
+//!   (of a public function) by whoever holds its unguessable id.
+//! - `/healthz`, `/readyz`, `/v1/openapi.json` and the dashboard's page
+//!   (`/ui`; its API calls need a token) are anonymous.
 //!
 //! Missing or unknown token: 401. Known token, wrong scope: 403.
+//!
+//! A bearer token Sluice knows never goes past this middleware: it is
+//! removed from the request (whatever the route, so also before a public
+//! function or an asynchronous invocation's stored request would see it),
+//! and handlers learn who called from the [`Caller`] extension instead.
+//! Any other `Authorization` value reaches a public function as sent.
 //! Tokens are random 256-bit secrets; only their SHA-256 is stored, and
 //! lookups compare hashes in constant time. On first start an admin token
 //! is written to `<data-dir>/admin.token` (mode 0600);
@@ -45,6 +56,8 @@ pub enum Scope {
     Invoke,
     /// Post events.
     Publish,
+    /// Read `/metrics`.
+    Metrics,
 }
 
 impl Scope {
@@ -55,6 +68,7 @@ impl Scope {
             Scope::Deploy => "deploy",
             Scope::Invoke => "invoke",
             Scope::Publish => "publish",
+            Scope::Metrics => "metrics",
         }
     }
 }
@@ -81,6 +95,27 @@ pub struct Auth {
     /// Hash of the `SLUICE_ADMIN_TOKEN` override, if set.
     admin_override: Option<[u8; 32]>,
     public_brokers: HashSet<String>,
+    public_metrics: bool,
+}
+
+/// Who made a request, as the middleware found: a request extension every
+/// handler can read, since the credential itself is removed.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The token's public id and scope, if the request carried a valid one.
+    pub token: Option<(String, Scope)>,
+}
+
+impl Caller {
+    /// True for an admin token.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.token, Some((_, Scope::Admin)))
+    }
+
+    /// The public id of the caller's token.
+    pub fn token_id(&self) -> Option<&str> {
+        self.token.as_ref().map(|(id, _)| id.as_str())
+    }
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -114,15 +149,17 @@ impl Auth {
         data_dir: &Path,
         admin_override: Option<String>,
         public_brokers: Vec<String>,
+        public_metrics: bool,
     ) -> anyhow::Result<Arc<Auth>> {
         let admin_override = admin_override.filter(|t| !t.is_empty()).map(|t| hash(&t));
         let auth = Arc::new(Auth {
             store,
             admin_override,
             public_brokers: public_brokers.into_iter().collect(),
+            public_metrics,
         });
         if auth.admin_override.is_some() {
-            tracing::info!("admin token taken from SLUICE_ADMIN_TOKEN");
+            tracing::info!("admin token given by --admin-token or SLUICE_ADMIN_TOKEN");
             return Ok(auth);
         }
         let path = admin_token_path(data_dir);
@@ -176,20 +213,38 @@ impl Auth {
         Ok(false)
     }
 
-    /// The scope of `token`, if it is valid.
-    fn scope_of(&self, token: &str) -> Option<Scope> {
+    /// The public id and scope of `token`, if it is valid.
+    fn identify(&self, token: &str) -> Option<(String, Scope)> {
         let h = hash(token);
         if let Some(admin) = &self.admin_override
             && constant_time_eq(admin, &h)
         {
-            return Some(Scope::Admin);
+            return Some((token_id(&h), Scope::Admin));
         }
         // The lookup key is the hash, so timing reveals nothing about the
         // secret itself.
         let raw = self.store.token(&hex::encode(h)).ok()??;
         serde_json::from_slice::<TokenRecord>(&raw)
             .ok()
-            .map(|r| r.scope)
+            .map(|r| (r.id, r.scope))
+    }
+
+    /// True if `headers` carry a bearer token Sluice knows.
+    pub fn carries_own_token(&self, headers: &http::HeaderMap) -> bool {
+        bearer(headers).is_some_and(|token| self.identify(token).is_some())
+    }
+}
+
+/// The server's policy for function-to-function calls: a Sluice token a
+/// guest puts in its request (a secret holding one, say) is removed before
+/// the called function sees it, like any other request's.
+pub struct ScrubOwnTokens(pub Arc<Auth>);
+
+impl crate::outbound::CallPolicy for ScrubOwnTokens {
+    fn scrub(&self, headers: &mut http::HeaderMap) {
+        if self.0.carries_own_token(headers) {
+            headers.remove(http::header::AUTHORIZATION);
+        }
     }
 }
 
@@ -213,6 +268,10 @@ fn write_owner_only(path: &Path, token: &str) -> std::io::Result<()> {
 /// What a request needs.
 enum Need {
     Nothing,
+    /// Nothing, but a token that is sent must be valid.
+    OptionalToken,
+    /// Read metrics (nothing with `--public-metrics`).
+    Metrics,
     Scopes(&'static [Scope]),
     /// Invoke function `name` (nothing if it is public).
     Invoke(String),
@@ -225,11 +284,13 @@ const ADMIN: &[Scope] = &[Scope::Admin];
 const READ_INVOCATIONS: &[Scope] = &[Scope::Admin, Scope::Deploy, Scope::Invoke];
 const INVOKE: &[Scope] = &[Scope::Admin, Scope::Invoke];
 const PUBLISH: &[Scope] = &[Scope::Admin, Scope::Publish];
+const METRICS: &[Scope] = &[Scope::Admin, Scope::Metrics];
 
 fn need(method: &http::Method, path: &str) -> Need {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "openapi.json"] => Need::Nothing,
+        ["healthz"] | ["readyz"] | ["v1", "openapi.json"] => Need::Nothing,
+        ["metrics"] => Need::Metrics,
         ["ui", ..] => Need::Nothing,
         ["fn", name, ..] => Need::Invoke(name.to_string()),
         ["v1", "functions", name, "invoke"] if method == http::Method::POST => {
@@ -239,6 +300,7 @@ fn need(method: &http::Method, path: &str) -> Need {
         ["v1", "brokers", broker, "events"] if method == http::Method::POST => {
             Need::Publish(broker.to_string())
         }
+        ["v1", "invocations", _] if method == http::Method::GET => Need::OptionalToken,
         ["v1", "invocations", ..] => Need::Scopes(READ_INVOCATIONS),
         ["v1", "tokens", ..] => Need::Scopes(ADMIN),
         ["v1", ..] => Need::Scopes(MANAGE),
@@ -246,12 +308,8 @@ fn need(method: &http::Method, path: &str) -> Need {
     }
 }
 
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (kind, token) = value.split_once(' ')?;
     kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -266,26 +324,38 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-/// The middleware: checks the request's token against what its route needs.
+/// The middleware: checks the request's token against what its route needs,
+/// then removes it (see the module's doc) and records the [`Caller`].
 /// A refused event post counts as rejected (`unauthorized`, `forbidden`).
-pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn check(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let auth = &state.auth;
-    let scopes = match need(request.method(), request.uri().path()) {
-        Need::Nothing => return next.run(request).await,
-        Need::Scopes(scopes) => scopes,
-        Need::Invoke(name) => {
-            let public = state.functions.visibility(&name) == Some(Visibility::Public);
-            if public {
-                return next.run(request).await;
+    let identity = bearer(request.headers()).and_then(|token| auth.identify(token));
+    let refused = match need(request.method(), request.uri().path()) {
+        Need::Nothing => None,
+        Need::OptionalToken => match bearer(request.headers()) {
+            Some(_) if identity.is_none() => {
+                Some(unauthorized("the token is not valid (unknown or revoked)"))
             }
-            INVOKE
+            _ => None,
+        },
+        Need::Metrics if auth.public_metrics => None,
+        Need::Metrics => refusal(METRICS, &request, identity.as_ref()),
+        Need::Scopes(scopes) => refusal(scopes, &request, identity.as_ref()),
+        Need::Invoke(name) => {
+            if state.functions.visibility(&name) == Some(Visibility::Public) {
+                None
+            } else {
+                refusal(INVOKE, &request, identity.as_ref())
+            }
         }
         Need::Publish(broker) => {
             if auth.public_brokers.contains(&broker) {
-                return next.run(request).await;
-            }
-            if let Some(refused) = refusal(auth, PUBLISH, &request) {
-                if sluice_store::is_dns_label(&broker) {
+                None
+            } else {
+                let refused = refusal(PUBLISH, &request, identity.as_ref());
+                if let Some(refused) = &refused
+                    && sluice_store::is_dns_label(&broker)
+                {
                     let reason = if refused.status() == StatusCode::FORBIDDEN {
                         "forbidden"
                     } else {
@@ -293,28 +363,38 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
                     };
                     state.router.reject(&broker, reason, 1);
                 }
-                return refused;
+                refused
             }
-            return next.run(request).await;
         }
     };
-    match refusal(auth, scopes, &request) {
-        Some(refused) => refused,
-        None => next.run(request).await,
+    if let Some(refused) = refused {
+        return refused;
     }
+    if identity.is_some() {
+        // Sluice's own credential goes no further: not to a guest, not into
+        // a stored request.
+        request.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    request.extensions_mut().insert(Caller { token: identity });
+    next.run(request).await
 }
 
-/// The response refusing `request`, or `None` if its token has one of `scopes`.
-fn refusal(auth: &Auth, scopes: &[Scope], request: &Request) -> Option<Response> {
-    let Some(token) = bearer(request) else {
+/// The response refusing `request`, or `None` if its token (`identity`) has
+/// one of `scopes`.
+fn refusal(
+    scopes: &[Scope],
+    request: &Request,
+    identity: Option<&(String, Scope)>,
+) -> Option<Response> {
+    if bearer(request.headers()).is_none() {
         return Some(unauthorized(
             "this route needs `Authorization: Bearer <token>`",
         ));
-    };
-    let Some(scope) = auth.scope_of(token) else {
+    }
+    let Some((_, scope)) = identity else {
         return Some(unauthorized("the token is not valid (unknown or revoked)"));
     };
-    if scopes.contains(&scope) {
+    if scopes.contains(scope) {
         return None;
     }
     let wanted: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
@@ -341,7 +421,7 @@ mod tests {
         let get = http::Method::GET;
         let post = http::Method::POST;
         assert!(matches!(need(&get, "/healthz"), Need::Nothing));
-        assert!(matches!(need(&get, "/metrics"), Need::Nothing));
+        assert!(matches!(need(&get, "/metrics"), Need::Metrics));
         assert!(matches!(need(&get, "/fn/hello/x"), Need::Invoke(n) if n == "hello"));
         assert!(
             matches!(need(&post, "/v1/functions/hello/invoke"), Need::Invoke(n) if n == "hello")
@@ -353,6 +433,10 @@ mod tests {
         assert!(matches!(need(&post, "/v1/tokens"), Need::Scopes(ADMIN)));
         assert!(matches!(
             need(&get, "/v1/invocations/x"),
+            Need::OptionalToken
+        ));
+        assert!(matches!(
+            need(&http::Method::DELETE, "/v1/invocations/x"),
             Need::Scopes(READ_INVOCATIONS)
         ));
     }

@@ -213,6 +213,11 @@ pub struct ServeArgs {
     /// offset of the damage.
     #[arg(long)]
     pub salvage_journal: bool,
+    /// Serve `/metrics` without a token. Without it, scraping needs a token
+    /// of scope `metrics` (or `admin`): the series name every function,
+    /// private ones too.
+    #[arg(long)]
+    pub public_metrics: bool,
     /// Limits.
     #[command(flatten)]
     pub limits: Limits,

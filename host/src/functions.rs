@@ -150,6 +150,7 @@ pub struct Functions {
     pool_permits: Arc<Semaphore>,
     started: Instant,
     router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
+    call_policy: std::sync::OnceLock<Arc<dyn crate::outbound::CallPolicy>>,
     recent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<RecentInvocation>>>,
 }
 
@@ -175,6 +176,7 @@ impl Functions {
             pool_permits: Arc::new(Semaphore::new(pool)),
             started: Instant::now(),
             router: std::sync::OnceLock::new(),
+            call_policy: std::sync::OnceLock::new(),
             recent: std::sync::Mutex::new(HashMap::new()),
         }))
     }
@@ -216,6 +218,16 @@ impl Functions {
     /// Connects the router, so guests can publish events.
     pub fn set_router(&self, router: Arc<sluice_router::dispatch::Router>) {
         let _ = self.router.set(router);
+    }
+
+    /// Sets the server's policy for function-to-function calls.
+    pub fn set_call_policy(&self, policy: Arc<dyn crate::outbound::CallPolicy>) {
+        let _ = self.call_policy.set(policy);
+    }
+
+    /// The policy for function-to-function calls, once set.
+    pub(crate) fn call_policy(&self) -> Option<&Arc<dyn crate::outbound::CallPolicy>> {
+        self.call_policy.get()
     }
 
     /// The router, once connected.

@@ -159,6 +159,17 @@ pub struct Limits {
     #[arg(long = "log-lines-per-function", default_value_t = 1_000)]
     pub log_lines_per_function: usize,
 
+    /// Asynchronous invocations queued or running at once. Defends the
+    /// store and memory against a flood of `?async=true` calls: past it
+    /// they are answered 503 with `Retry-After`.
+    #[arg(long = "max-async-invocations", default_value_t = 10_000)]
+    pub max_async_invocations: usize,
+
+    /// Workers running asynchronous invocations (each runs one at a time;
+    /// the functions' own concurrency caps apply as well).
+    #[arg(long = "async-workers", default_value_t = 64)]
+    pub async_workers: usize,
+
     /// How long the result of an asynchronous invocation is kept, in seconds.
     #[arg(long = "invocation-retention-secs", default_value_t = 3_600)]
     pub invocation_retention_secs: u64,

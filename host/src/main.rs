@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
                     admin_token: args.admin_token,
                     public_brokers: args.public_brokers,
                     salvage_journal: args.salvage_journal,
+                    public_metrics: args.public_metrics,
                 })
                 .await
             }

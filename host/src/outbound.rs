@@ -21,6 +21,14 @@ use crate::functions::Functions;
 use crate::invoke::CallOptions;
 use crate::trace::{TRACEPARENT, TraceContext};
 
+/// What the server decides about a function-to-function call (Spin's
+/// `OutboundHttpInterceptor` plays this part there): the runtime asks it
+/// before the callee sees the request.
+pub trait CallPolicy: Send + Sync {
+    /// Removes from `headers` what the callee must not see.
+    fn scrub(&self, headers: &mut http::HeaderMap);
+}
+
 /// What one invocation may reach with outbound HTTP.
 #[derive(Clone, Debug, Default)]
 pub struct OutboundPolicy {
@@ -141,7 +149,10 @@ async fn call_function(
     let functions = functions
         .upgrade()
         .ok_or_else(|| HttpError::InternalError(Some("the server is stopping".into())))?;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Some(policy) = functions.call_policy() {
+        policy.scrub(&mut parts.headers);
+    }
     options.trace = Some(TraceContext::for_invocation(
         parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()),
     ));

@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub public_brokers: Vec<String>,
     /// Open a damaged delivery journal by dropping what cannot be read.
     pub salvage_journal: bool,
+    /// Serve `/metrics` without a token.
+    pub public_metrics: bool,
 }
 
 /// Shared state of the HTTP handlers: one `Arc`, because every request
@@ -77,10 +79,13 @@ pub struct AppShared {
     pub(crate) draining: Arc<AtomicBool>,
     /// Requests being served now.
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Asynchronous invocations.
+    pub(crate) invocations: Arc<crate::invocations::Invocations>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    private_files();
     let store = Store::open_with(
         &options.data_dir,
         &sluice_store::OpenOptions {
@@ -115,8 +120,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         &options.data_dir,
         options.admin_token.clone(),
         options.public_brokers.clone(),
+        options.public_metrics,
     )
     .await?;
+    functions.set_call_policy(Arc::new(crate::auth::ScrubOwnTokens(auth.clone())));
     let state = AppState(Arc::new(AppShared {
         functions: functions.clone(),
         router: event_router.clone(),
@@ -124,9 +131,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         auth,
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::default(),
+        invocations: crate::invocations::Invocations::new(options.limits.max_async_invocations),
     }));
     let dispatcher = tokio::spawn(event_router.run());
-    let invocations = crate::invocations::start(state.clone())?;
+    let invocations = crate::invocations::start(state.clone(), options.limits.async_workers)?;
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
@@ -220,6 +228,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     store.flush_all().await?;
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// Makes every file and directory the server creates from here on private
+/// to its owner (the data directory holds secrets): umask `077`.
+fn private_files() {
+    #[allow(unsafe_code)]
+    // SAFETY: `umask` only sets the process's file mode creation mask; it
+    // takes no pointers and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 async fn shutdown_signal() {
@@ -444,8 +463,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics (text exposition format); see docs/observability.md.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+/// Needs a `metrics` or `admin` token unless the server runs with
+/// `--public-metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = []), ()),
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String),
+        crate::openapi::AuthErrors))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state
         .functions

@@ -50,10 +50,9 @@ pub fn apply_query(settings: &mut FunctionSettings, query: Option<&str>) -> Resu
             "allow_outbound" => settings.allow_outbound.push(value.into_owned()),
             "kv_bucket" => settings.kv_buckets.push(value.into_owned()),
             "secret" => {
+                // The message does not repeat the value: it may be the secret.
                 let (name, value) = value.split_once('=').ok_or_else(|| {
-                    bad(format!(
-                        "invalid setting `secret`: {value:?} is not KEY=VALUE"
-                    ))
+                    bad("invalid setting `secret`: the value is not KEY=VALUE (not shown)".into())
                 })?;
                 settings.secrets.insert(name.to_string(), value.to_string());
             }

@@ -384,7 +384,7 @@ function draw(id, lines) {
 
 async function pollMetrics() {
   try {
-    const response = await fetch("/metrics");
+    const response = await fetch("/metrics", { headers: { Authorization: `Bearer ${token}` } });
     const samples = parseMetrics(await response.text());
     const now = performance.now();
     const current = {

@@ -89,9 +89,11 @@ impl Disk for OsDisk {
     }
 
     fn append_to(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)?;
         Ok(Box::new(file))
     }

@@ -31,6 +31,7 @@ mod journal;
 mod kv;
 mod lock;
 mod logs;
+mod private;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -114,10 +115,17 @@ impl Store {
     /// Opens the store in `dir` with `options`.
     pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Store> {
         let created = !dir.exists();
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            context: format!("creating data directory {}", dir.display()),
-            source,
-        })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Io {
+                    context: format!("creating data directory {}", dir.display()),
+                    source,
+                })?;
+        }
         // A new data directory's name must survive a power cut too.
         if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::File::open(parent)
@@ -127,8 +135,10 @@ impl Store {
                     source,
                 })?;
         }
+        private::tighten(dir)?;
         let lock = lock::DirLock::acquire(dir)?;
         let db_path = dir.join("db");
+        remove_unfinished_snapshots(&db_path)?;
         let db = sled::Config::new()
             .path(&db_path)
             // Acknowledged writes are flushed explicitly; the background
@@ -278,6 +288,30 @@ impl Store {
     }
 }
 
+/// Removes snapshot files sled left half-written (`snap.*.generating`): a
+/// start interrupted by a crash or a full disk leaves one, possibly empty,
+/// and sled then refuses to open the store as corrupt although the log
+/// and the previous snapshot hold everything. sled writes them only while
+/// opening, which this process does under the directory lock.
+fn remove_unfinished_snapshots(db: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            tracing::warn!(path = %path.display(), "removing a snapshot file an interrupted start left unfinished");
+            std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                context: format!("removing {}", path.display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// True if `name` is a DNS label: 1 to 63 lowercase letters, digits and
 /// `-`, not starting or ending with `-`. Functions, triggers and brokers are
 /// named this way.
@@ -340,6 +374,29 @@ mod tests {
         let _first = Store::open(dir.path()).unwrap();
         let error = Store::open(dir.path()).unwrap_err();
         assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_snapshot_an_interrupted_start_left_empty_does_not_make_the_store_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.meta.insert(b"probe", b"kept").unwrap();
+            store.db.flush().unwrap();
+        }
+        let db = dir.path().join("db");
+        let snapshots: Vec<String> = std::fs::read_dir(&db)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("snap."))
+            .collect();
+        // What a start on a full disk leaves: an empty snapshot in progress,
+        // newer than any finished one.
+        std::fs::write(db.join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let store =
+            open_when_free(dir.path()).unwrap_or_else(|e| panic!("{e} (had {snapshots:?})"));
+        assert_eq!(store.meta.get(b"probe").unwrap().unwrap(), b"kept"[..]);
+        assert!(!db.join("snap.7FFFFFFFFFFFFFFF.generating").exists());
     }
 
     #[test]

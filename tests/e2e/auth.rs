@@ -89,7 +89,7 @@ async fn management_routes_need_a_token_with_the_right_scope() {
             .0,
         401
     );
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    for open in ["/healthz", "/readyz"] {
         assert_eq!(
             status_with(&server, Method::GET, open, None).await.0,
             200,
@@ -251,6 +251,287 @@ async fn refusals_at_brokers_nobody_knows_share_one_metric_series() {
 }
 
 #[tokio::test]
+async fn metrics_need_a_metrics_token_unless_public() {
+    let server = Server::start();
+    server.deploy_ok("secret-project", guests::HELLO, "").await;
+    let (metrics, _) = mint(&server, "metrics").await;
+    let (deploy, _) = mint(&server, "deploy").await;
+    use reqwest::Method;
+    assert_eq!(
+        status_with(&server, Method::GET, "/metrics", None).await.0,
+        401
+    );
+    assert_eq!(
+        status_with(&server, Method::GET, "/metrics", Some(&deploy))
+            .await
+            .0,
+        403
+    );
+    let (status, body) = status_with(&server, Method::GET, "/metrics", Some(&metrics)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("sluice_artifacts_loaded_total"), "{body}");
+    assert_eq!(
+        status_with(&server, Method::GET, "/v1/functions", Some(&metrics))
+            .await
+            .0,
+        403,
+        "a metrics token reads metrics only"
+    );
+    let open = Server::start_with(&["--public-metrics"]);
+    assert_eq!(
+        status_with(&open, Method::GET, "/metrics", None).await.0,
+        200
+    );
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_sluice_token_never_reaches_a_guest_a_subscriber_or_a_stored_request() {
+    let server = Server::start();
+    let admin = server.admin_token().to_string();
+    let (invoke, _) = mint(&server, "invoke").await;
+    let (other, _) = mint(&server, "invoke").await;
+    let (deploy, _) = mint(&server, "deploy").await;
+    let (publish, _) = mint(&server, "publish").await;
+    server.deploy_ok("private-echo", guests::ECHO, "").await;
+    server
+        .deploy_ok("open-echo", guests::ECHO, "visibility=public")
+        .await;
+    use reqwest::Method;
+    let call = |method: Method, path: &str, authorization: Option<String>| {
+        let mut request = reqwest::Client::new().request(method, server.url(path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let bearer = |token: &str| Some(format!("Bearer {token}"));
+    let secrets = [&admin, &invoke, &other, &deploy, &publish];
+    let leaks = |text: &str| -> Vec<&str> {
+        secrets
+            .iter()
+            .filter(|s| text.contains(s.as_str()))
+            .map(|s| s.as_str())
+            .collect()
+    };
+
+    // The token a private function's call was checked with is removed.
+    for token in [&invoke, &admin] {
+        let (status, body) = call(Method::GET, "/fn/private-echo/x", bearer(token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("header: authorization"), "{body}");
+        assert!(leaks(&body).is_empty(), "{body}");
+        let (status, body) = call(
+            Method::POST,
+            "/v1/functions/private-echo/invoke",
+            bearer(token),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(leaks(&body).is_empty(), "{body}");
+    }
+    // A public function: a Sluice token is removed all the same; any other
+    // credential reaches the guest as sent.
+    let (_, body) = call(Method::GET, "/fn/open-echo/", bearer(&admin)).await;
+    assert!(leaks(&body).is_empty(), "{body}");
+    assert!(!body.contains("header: authorization"), "{body}");
+    let (_, body) = call(
+        Method::GET,
+        "/fn/open-echo/",
+        Some("Bearer app-secret-1".into()),
+    )
+    .await;
+    assert!(
+        body.contains("header: authorization: Bearer app-secret-1"),
+        "{body}"
+    );
+    let (_, body) = call(
+        Method::GET,
+        "/fn/open-echo/",
+        Some("Basic dXNlcjpwdw==".into()),
+    )
+    .await;
+    assert!(
+        body.contains("header: authorization: Basic dXNlcjpwdw=="),
+        "{body}"
+    );
+
+    // Asynchronous: the stored request holds no token, the id is not
+    // guessable, and only its maker and admins read it.
+    let (status, body) = call(
+        Method::POST,
+        "/v1/functions/private-echo/invoke?async=true",
+        bearer(&invoke),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let path = format!("/v1/invocations/{id}");
+    let finished = crate::harness::eventually(std::time::Duration::from_secs(20), || async {
+        let (_, body) = call(Method::GET, &path, bearer(&invoke)).await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        (value["status"] == "succeeded").then_some(value)
+    })
+    .await;
+    let echoed = finished["response"]["body"].as_str().unwrap();
+    assert!(!echoed.contains("header: authorization"), "{echoed}");
+    assert!(leaks(echoed).is_empty(), "{echoed}");
+    assert_eq!(call(Method::GET, &path, bearer(&admin)).await.0, 200);
+    for stranger in [bearer(&other), bearer(&deploy), None] {
+        let (status, body) = call(Method::GET, &path, stranger).await;
+        assert_eq!(status, 404, "someone else's invocation: {body}");
+    }
+    assert_eq!(
+        call(Method::GET, &path, Some("Bearer sluice_forged".into()))
+            .await
+            .0,
+        401
+    );
+    // One made without a token is read with its id alone.
+    let (status, body) = call(
+        Method::POST,
+        "/v1/functions/open-echo/invoke?async=true",
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let open_id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::harness::eventually(std::time::Duration::from_secs(20), || async {
+        let (status, body) = call(Method::GET, &format!("/v1/invocations/{open_id}"), None).await;
+        (status == 200 && body.contains("succeeded")).then_some(())
+    })
+    .await;
+
+    // Deliveries: neither a `uri` subscriber nor a function sees the
+    // publisher's token.
+    let sink = crate::harness::Sink::start().await;
+    server
+        .deploy_ok(
+            "delivery-echo",
+            guests::ECHO,
+            "env=ECHO_HEADERS_TO_STDERR=1",
+        )
+        .await;
+    for (name, subscriber) in [
+        ("to-sink", json!({"uri": format!("{}/in", sink.url)})),
+        ("to-function", json!({"function": "delivery-echo"})),
+    ] {
+        let (status, body) = server
+            .post_json(
+                "/v1/triggers",
+                json!({"name": name, "filter": {"attributes": {"type": "leak.test"}}, "subscriber": subscriber}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .bearer_auth(&publish)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "leak-1")
+        .header("ce-source", "/auth")
+        .header("ce-type", "leak.test")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let got = sink.wait_for(1).await;
+    assert!(
+        !got[0].headers.contains_key("authorization"),
+        "{:?}",
+        got[0].headers
+    );
+    assert!(
+        got[0].headers.values().all(|v| leaks(v).is_empty()),
+        "{:?}",
+        got[0].headers
+    );
+    let lines = crate::harness::eventually(std::time::Duration::from_secs(20), || async {
+        let (_, body) = server.get("/v1/functions/delivery-echo/logs").await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        let lines: Vec<String> = value["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect();
+        lines
+            .iter()
+            .any(|l| l.contains("ce-id: leak-1"))
+            .then_some(lines)
+    })
+    .await;
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("header: authorization")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| leaks(l).is_empty()), "{lines:?}");
+
+    // Nothing on disk holds a token (only their hashes are stored).
+    for secret in secrets {
+        let found = files_containing(server.data_dir(), secret);
+        assert!(found.is_empty(), "a token is stored in {found:?}");
+    }
+
+    // Function to function: a Sluice token a guest sends (a secret holding
+    // one, say) is removed before the callee sees it; another is not.
+    for (authorization, reaches) in [
+        (format!("Bearer {other}"), false),
+        ("Bearer app-secret-2".to_string(), true),
+    ] {
+        server
+            .deploy_ok(
+                "caller",
+                guests::CALLER,
+                &format!(
+                    "env=CALL=http://open-echo.internal/&secret=CALL_AUTHORIZATION={}",
+                    authorization.replace(' ', "%20")
+                ),
+            )
+            .await;
+        let (status, body) = server.get("/fn/caller/").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("status: 200"), "{body}");
+        assert_eq!(
+            body.contains(&format!("header: authorization: {authorization}")),
+            reaches,
+            "{body}"
+        );
+        assert!(leaks(&body).is_empty(), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn revoked_tokens_stop_working() {
     let server = Server::start();
     let (token, id) = mint(&server, "deploy").await;
@@ -268,6 +549,58 @@ async fn revoked_tokens_stop_working() {
         401
     );
     assert_eq!(server.delete(&format!("/v1/tokens/{id}")).await.0, 404);
+}
+
+/// Every entry under `dir` (itself included) with a permission for group
+/// or others.
+fn not_private(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut loose = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            loose.push((path.clone(), mode));
+        }
+        if metadata.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    loose
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private_and_a_looser_one_is_tightened_at_start() {
+    let mut server = Server::start();
+    server
+        .deploy_ok("hello", guests::HELLO, "env=A=1&secret=TOKEN=s3cret")
+        .await;
+    assert_eq!(server.send_event("p1", "t", &[], b"").await, 202);
+    assert!(server.data_dir().join("db").is_dir());
+    assert_eq!(
+        not_private(server.data_dir()),
+        vec![],
+        "everything the server made is 0700/0600"
+    );
+    server.kill();
+    // As an older version, or a careless copy, left it.
+    let mut stack = vec![server.data_dir().to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let dir = path.is_dir();
+        let mode = if dir { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if dir {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(!not_private(server.data_dir()).is_empty());
+    server.start_again();
+    assert_eq!(not_private(server.data_dir()), vec![]);
+    assert!(
+        server.log().contains("made it and its files private"),
+        "the server says it tightened them"
+    );
+    assert_eq!(server.get("/fn/hello/").await.0, 200);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -249,6 +250,8 @@ fn spawn(data: &Path, args: &[String]) -> Result<(Child, String), String> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        // Private like the rest of the data directory it sits in.
+        .mode(0o600)
         .open(log_path(data))
         .unwrap();
     let mut child = Command::new(SLUICE)

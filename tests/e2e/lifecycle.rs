@@ -233,3 +233,142 @@ async fn a_full_disk_makes_ingress_answer_503_never_202() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Starts `sluice serve` on `data` with admin token `token`: the child and
+/// its URL, or, if it exits first, its stderr.
+fn serve_on(data: &std::path::Path, token: &str) -> Result<(std::process::Child, String), String> {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(SLUICE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            token,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = std::io::BufReader::new(stdout).lines().find_map(|l| {
+        l.ok()?
+            .strip_prefix("sluice listening on ")
+            .map(str::to_string)
+    });
+    match url {
+        Some(url) => Ok((child, url)),
+        None => {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            let _ = child.wait();
+            Err(stderr)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_full_disk_fails_cleanly_and_once_space_is_freed_every_acknowledged_event_is_delivered()
+ {
+    let Some(mount) = small_filesystem(24) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the full-disk test needs to mount a tmpfs (run as root)"
+        );
+        eprintln!("skipping: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let data = mount.path().join("data");
+    let token = "full-disk-restart-token";
+    let sink = Sink::start().await;
+    let (mut child, url) = tokio::task::block_in_place(|| serve_on(&data, token)).unwrap();
+    let http = reqwest::Client::new();
+    let post = |id: String| {
+        http.post(format!("{url}/v1/events"))
+            .bearer_auth(token)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/disk")
+            .header("ce-type", "t")
+            .body(vec![b'y'; 20_000])
+            .send()
+    };
+    // Deliveries wait for the restart: their subscriber is not there yet.
+    let response = http
+        .post(format!("{url}/v1/triggers"))
+        .bearer_auth(token)
+        .json(&json!({"name": "t", "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 100, "backoffDelay": "PT1S"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let id = format!("before-{i}");
+        assert_eq!(post(id.clone()).await.unwrap().status(), 202);
+        acknowledged.push(id);
+    }
+    // Fill the disk, and post until the server refuses.
+    let filler = mount.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 << 20]);
+    for i in 0..50 {
+        let id = format!("full-{i}");
+        match post(id.clone()).await.unwrap().status().as_u16() {
+            202 => acknowledged.push(id),
+            503 => break,
+            other => panic!("status {other}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // A start on the full disk fails, saying why: not "corrupt".
+    let error = tokio::task::block_in_place(|| serve_on(&data, token))
+        .map(|(mut child, _)| {
+            let _ = child.kill();
+            let _ = child.wait();
+        })
+        .expect_err("a start on a full disk cannot succeed");
+    assert!(error.contains("No space left"), "{error}");
+    assert!(!error.contains("corrupt"), "{error}");
+    assert!(!error.contains("panicked"), "{error}");
+    // Space freed: the next start recovers, and every acknowledged event
+    // reaches the subscriber, now pointed at the sink.
+    std::fs::remove_file(&filler).unwrap();
+    let (mut child, url) = tokio::task::block_in_place(|| serve_on(&data, token))
+        .unwrap_or_else(|error| panic!("the start after freeing space failed: {error}"));
+    let response = http
+        .put(format!("{url}/v1/triggers/t"))
+        .bearer_auth(token)
+        .json(&json!({"name": "t", "subscriber": {"uri": format!("{}/", sink.url)}, "delivery": {"retry": 100, "backoffDelay": "PT0.1S"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let got: std::collections::BTreeSet<String> =
+            sink.received().iter().filter_map(|r| r.ce("id")).collect();
+        let missing: Vec<&String> = acknowledged
+            .iter()
+            .filter(|id| !got.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged events not delivered: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

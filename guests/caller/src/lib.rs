@@ -1,6 +1,7 @@
 //! `caller`: makes one outbound HTTP GET and reports what happened. The URL
-//! comes from `?url=...` or the `CALL` environment variable. Answers 200
-//! with `status: N` and the body it got, or 502 with `error: CODE`.
+//! comes from `?url=...` or the `CALL` environment variable; the request
+//! carries `authorization: <CALL_AUTHORIZATION>` when that is set. Answers
+//! 200 with `status: N` and the body it got, or 502 with `error: CODE`.
 
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -19,7 +20,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Caller {
             return;
         };
         println!("caller: GET {url}");
-        match common::fetch("GET", &url, &[], b"") {
+        let authorization = std::env::var("CALL_AUTHORIZATION").ok();
+        let headers: Vec<(&str, &[u8])> = authorization
+            .iter()
+            .map(|value| ("authorization", value.as_bytes()))
+            .collect();
+        match common::fetch("GET", &url, &headers, b"") {
             Ok((status, body)) => {
                 let mut text = format!("status: {status}\n").into_bytes();
                 text.extend_from_slice(&body);

@@ -1,6 +1,7 @@
 //! `echo`: returns the request's method, path, headers and body as JSON-ish text,
 //! and the body itself verbatim in the response body after a blank line. It
-//! also prints the body to stdout.
+//! also prints the body to stdout, and with `ECHO_HEADERS_TO_STDERR` set,
+//! each header to stderr (so the function's log shows what a delivery sent).
 
 use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
@@ -27,6 +28,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
                 "header: {name}: {}\n",
                 String::from_utf8_lossy(&value)
             ));
+        }
+        if std::env::var_os("ECHO_HEADERS_TO_STDERR").is_some() {
+            for (name, value) in request.headers().entries() {
+                eprintln!("header: {name}: {}", String::from_utf8_lossy(&value));
+            }
         }
         let body = common::read_body(&request);
         // The body also goes to stdout, so the function's log shows it.
