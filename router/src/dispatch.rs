@@ -311,6 +311,9 @@ struct Queued {
     /// Set once the delivery failed for good but its dead letter could not
     /// be stored yet: what is left is storing it, not another attempt.
     failed: Option<Failure>,
+    /// The place under its trigger's in-flight limit a delivery that ended
+    /// handed to this parked one.
+    admitted: Option<Admitted>,
 }
 
 impl Queued {
@@ -319,6 +322,7 @@ impl Queued {
             record,
             event,
             failed: None,
+            admitted: None,
         }
     }
 }
@@ -331,6 +335,9 @@ struct Failure {
     /// `knativeerrorcode` (none when the trigger was deleted or the stored
     /// event is unreadable).
     error: Option<(String, Option<u16>)>,
+    /// The id of the dead letter's delivery to the dead-letter sink, once
+    /// allocated: a retry of storing the dead letter reuses it.
+    sink_id: Option<u64>,
 }
 
 /// The router: triggers, queue and workers of one server.
@@ -385,10 +392,11 @@ struct Gate {
     parked: VecDeque<Queued>,
 }
 
-/// A delivery admitted under its trigger's in-flight limit; its end lets
-/// the next parked one of the trigger go.
+/// A delivery's place under its trigger's in-flight limit. When it ends,
+/// the place goes straight to the first parked delivery of the trigger (in
+/// the order they were parked; a fresh delivery cannot take it meanwhile).
 struct Admitted {
-    router: Arc<Router>,
+    router: std::sync::Weak<Router>,
     slot: Arc<TriggerSlot>,
 }
 
@@ -396,12 +404,23 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let next = {
             let mut gate = self.slot.gate.lock().unwrap();
-            gate.running -= 1;
-            gate.parked.pop_front()
+            match gate.parked.pop_front() {
+                Some(mut next) => {
+                    next.admitted = Some(Admitted {
+                        router: self.router.clone(),
+                        slot: self.slot.clone(),
+                    });
+                    Some(next)
+                }
+                None => {
+                    gate.running -= 1;
+                    None
+                }
+            }
         };
-        if let Some(next) = next {
-            self.router.metrics.parked.dec();
-            self.router.schedule_queued([next]);
+        if let (Some(next), Some(router)) = (next, self.router.upgrade()) {
+            router.metrics.parked.dec();
+            router.schedule_queued([next]);
         }
     }
 }
@@ -498,6 +517,9 @@ impl Router {
                     }
                 }
                 Some(_) => {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
                     let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                         return;
                     };
@@ -509,30 +531,40 @@ impl Router {
                     let Some(queued) = queued else {
                         continue;
                     };
-                    let slot = self.trigger_slot(&queued.record.trigger);
-                    let admitted = match slot {
-                        Some((_, slot)) => {
-                            let mut gate = slot.gate.lock().unwrap();
-                            if gate.running >= self.limits.max_in_flight_per_trigger {
-                                // At its limit: parked, no attempt used, until
-                                // one of the trigger's deliveries ends.
-                                gate.parked.push_back(queued);
-                                self.metrics.parked.inc();
-                                continue;
-                            }
-                            gate.running += 1;
-                            drop(gate);
-                            Some(Admitted {
-                                router: self.clone(),
-                                slot,
-                            })
+                    let mut queued = queued;
+                    let found = self.trigger_slot(&queued.record.trigger);
+                    // A place handed over by an ended delivery counts only
+                    // in the slot it came from (not in one of a trigger
+                    // deleted and made again meanwhile).
+                    let mut admitted = queued.admitted.take().filter(|a| {
+                        found
+                            .as_ref()
+                            .is_some_and(|(_, slot)| Arc::ptr_eq(slot, &a.slot))
+                    });
+                    if admitted.is_none()
+                        && let Some((_, slot)) = &found
+                    {
+                        let mut gate = slot.gate.lock().unwrap();
+                        if gate.running >= self.limits.max_in_flight_per_trigger
+                            || !gate.parked.is_empty()
+                        {
+                            // At its limit: parked, no attempt used, until
+                            // one of the trigger's deliveries ends.
+                            gate.parked.push_back(queued);
+                            self.metrics.parked.inc();
+                            continue;
                         }
-                        None => None,
-                    };
+                        gate.running += 1;
+                        drop(gate);
+                        admitted = Some(Admitted {
+                            router: Arc::downgrade(&self),
+                            slot: slot.clone(),
+                        });
+                    }
                     let router = self.clone();
                     tokio::spawn(async move {
                         router.metrics.in_flight.inc();
-                        router.attempt(queued, admitted).await;
+                        router.attempt(queued, found, admitted).await;
                         router.metrics.in_flight.dec();
                         drop(permit);
                     });
@@ -716,18 +748,30 @@ impl Router {
         self.trigger_slot(name).map(|(_, slot)| slot)
     }
 
-    async fn attempt(&self, queued: Queued, _admitted: Option<Admitted>) {
+    async fn attempt(
+        &self,
+        queued: Queued,
+        found: Option<(Arc<Trigger>, Arc<TriggerSlot>)>,
+        _admitted: Option<Admitted>,
+    ) {
         let Queued {
             mut record,
             event: parsed,
             failed,
+            admitted: _,
         } = queued;
         if let Some(failure) = failed {
             // Only its dead letter is left to store.
             self.fail_for_good(record, parsed, failure).await;
             return;
         }
-        let Some((trigger, slot)) = self.trigger_slot(&record.trigger) else {
+        let Some((trigger, slot)) = found else {
+            if record.dead_letter.is_some() {
+                // A dead letter's forwarding to the sink of a trigger since
+                // deleted: the dead letter stays stored.
+                self.done(&record);
+                return;
+            }
             // Deleted: fail it for good, counted for no trigger.
             let reason = format!("trigger {:?} was deleted before delivery", record.trigger);
             let event = match parsed {
@@ -739,6 +783,7 @@ impl Router {
             let failure = Failure {
                 reason,
                 error: None,
+                sink_id: None,
             };
             self.fail_for_good(record, event, failure).await;
             return;
@@ -762,6 +807,7 @@ impl Router {
                 let failure = Failure {
                     reason: format!("stored event is unreadable: {error}"),
                     error: None,
+                    sink_id: None,
                 };
                 self.fail_for_good(record, None, failure).await;
                 return;
@@ -890,6 +936,7 @@ impl Router {
         let failure = Failure {
             reason,
             error: Some((destination, code)),
+            sink_id: None,
         };
         self.fail_for_good(record, Some(event), failure).await;
     }
@@ -902,7 +949,7 @@ impl Router {
         &self,
         record: DeliveryRecord,
         event: Option<Arc<CloudEvent>>,
-        failure: Failure,
+        mut failure: Failure,
     ) {
         let mut json = record.event.clone();
         if let Some(event) = &event {
@@ -932,17 +979,20 @@ impl Router {
             .unwrap()
             .get(&record.trigger)
             .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
-        let sink_id = if has_sink {
-            match self.store.next_id().await {
-                Ok(id) => Some(id),
+        let sink_id = match (has_sink, failure.sink_id) {
+            (false, _) => None,
+            (true, Some(id)) => Some(id),
+            (true, None) => match self.store.next_id().await {
+                Ok(id) => {
+                    failure.sink_id = Some(id);
+                    Some(id)
+                }
                 Err(error) => {
                     tracing::error!(id = record.id, %error, "could not allocate an id for a dead letter's delivery; trying again");
                     self.retry_dead_letter(record, event, failure);
                     return;
                 }
-            }
-        } else {
-            None
+            },
         };
         let letter = DeadLetterRecord {
             id: letter_id,
@@ -989,18 +1039,25 @@ impl Router {
         }
     }
 
-    /// Queues `record`'s dead letter to be stored again later.
+    /// Queues `record`'s dead letter to be stored again later; once the
+    /// store has failed for good (it refuses writes until a restart), the
+    /// delivery is left pending for the next start instead.
     fn retry_dead_letter(
         &self,
         mut record: DeliveryRecord,
         event: Option<Arc<CloudEvent>>,
         failure: Failure,
     ) {
+        if !self.store.healthy() {
+            tracing::error!(id = record.id, trigger = %record.trigger, "the store failed: this delivery stays pending and is run again after a restart");
+            return;
+        }
         record.not_before_ms = self.now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
         self.schedule_queued([Queued {
             record,
             event,
             failed: Some(failure),
+            admitted: None,
         }]);
     }
 
@@ -1025,12 +1082,7 @@ impl Router {
     pub fn knows_broker(&self, broker: &str) -> bool {
         broker == crate::trigger::DEFAULT_BROKER
             || self.declared.read().unwrap().contains(broker)
-            || self
-                .triggers
-                .read()
-                .unwrap()
-                .values()
-                .any(|t| t.broker == broker)
+            || self.index.read().unwrap().has_broker(broker)
     }
 
     /// Declares `broker` (a public broker, say) known, for metric labels.

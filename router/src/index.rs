@@ -267,6 +267,11 @@ impl TriggerIndex {
     pub fn broker(&self, broker: &str) -> Option<&BrokerIndex> {
         self.brokers.get(broker)
     }
+
+    /// Whether any trigger is on `broker`.
+    pub fn has_broker(&self, broker: &str) -> bool {
+        self.brokers.contains_key(broker)
+    }
 }
 
 /// The reference matcher: every trigger of `broker`, checked one by one.

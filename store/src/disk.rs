@@ -180,6 +180,22 @@ pub(crate) mod sim {
         /// File contents by path, kept after deletion (a deletion that was
         /// not synced may come back).
         files: BTreeMap<PathBuf, File>,
+        power: Power,
+    }
+
+    /// When the power goes: at a chosen operation, so that a cut can fall
+    /// between any two operations of any thread (a roll's sync and the
+    /// next segment's creation, two deletions, ...).
+    #[derive(Clone, Debug, Default)]
+    struct Power {
+        /// Operations that changed something (or tried to), so far.
+        ops: u64,
+        /// The operation before which the power goes off.
+        off_at: Option<u64>,
+        /// Off: every operation that would change something fails.
+        off: bool,
+        /// The disk as it was when the power went off.
+        image: Option<Box<State>>,
     }
 
     /// A disk in memory that knows what was synced.
@@ -205,6 +221,28 @@ pub(crate) mod sim {
     }
 
     impl State {
+        /// Counts an operation that changes the disk, and refuses it once
+        /// the power is off (taking the disk's image as it goes off).
+        fn tick(&mut self) -> io::Result<()> {
+            if !self.power.off {
+                self.power.ops += 1;
+                if self.power.off_at == Some(self.power.ops) {
+                    self.power_off();
+                }
+            }
+            if self.power.off {
+                return Err(io::Error::other("the power is off"));
+            }
+            Ok(())
+        }
+
+        fn power_off(&mut self) {
+            let mut image = self.clone();
+            image.power = Power::default();
+            self.power.image = Some(Box::new(image));
+            self.power.off = true;
+        }
+
         fn exists(&self, path: &Path) -> bool {
             match split(path) {
                 Ok((parent, name)) => self
@@ -235,13 +273,42 @@ pub(crate) mod sim {
             disk
         }
 
-        /// The disk as a process killed now leaves it: everything written
-        /// stays (the page cache survives), nothing more becomes durable.
-        /// The copy is independent of this disk, which the dead process's
-        /// threads may go on writing to.
-        pub(crate) fn after_process_crash(&self) -> SimDisk {
+        /// Turns the power off before the `n`+1-th operation from now that
+        /// changes the disk (on any thread); that one and all later fail.
+        pub(crate) fn power_off_after(&self, n: u64) {
+            let mut state = self.state.lock().unwrap();
+            state.power.off_at = Some(state.power.ops + n + 1);
+        }
+
+        /// Turns the power off now.
+        pub(crate) fn power_off_now(&self) {
+            let mut state = self.state.lock().unwrap();
+            if !state.power.off {
+                state.power_off();
+            }
+        }
+
+        /// Whether the power is off.
+        pub(crate) fn is_off(&self) -> bool {
+            self.state.lock().unwrap().power.off
+        }
+
+        /// The disk as it was when the power went off (as it is now, if it
+        /// is still on), with the power on: what a process killed at that
+        /// moment leaves (the page cache survives), independent of this
+        /// disk, which the dead process's threads may still be using.
+        pub(crate) fn image(&self) -> SimDisk {
+            let state = self.state.lock().unwrap();
+            let image = match &state.power.image {
+                Some(image) => (**image).clone(),
+                None => {
+                    let mut image = state.clone();
+                    image.power = Power::default();
+                    image
+                }
+            };
             SimDisk {
-                state: Arc::new(Mutex::new(self.state.lock().unwrap().clone())),
+                state: Arc::new(Mutex::new(image)),
             }
         }
 
@@ -250,7 +317,10 @@ pub(crate) mod sim {
         /// appends; unsynced creations, deletions and truncations each
         /// kept or lost).
         pub(crate) fn after_power_cut(&self, rng: &mut Rng) -> SimDisk {
-            let old = self.state.lock().unwrap().clone();
+            let mut old = self.state.lock().unwrap().clone();
+            if let Some(image) = old.power.image.take() {
+                old = *image;
+            }
             let mut new = State::default();
             for (path, dir) in &old.dirs {
                 let mut kept = Dir::default();
@@ -331,6 +401,7 @@ pub(crate) mod sim {
     impl DiskFile for SimFile {
         fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
             let mut state = self.disk.state.lock().unwrap();
+            state.tick()?;
             // An open file stays writable after its name is deleted.
             let file = state
                 .files
@@ -342,6 +413,7 @@ pub(crate) mod sim {
 
         fn sync(&mut self) -> io::Result<()> {
             let mut state = self.disk.state.lock().unwrap();
+            state.tick()?;
             let file = state
                 .files
                 .get_mut(&self.path)
@@ -354,6 +426,7 @@ pub(crate) mod sim {
     impl Disk for SimDisk {
         fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let mut at = PathBuf::from("/");
             for part in dir.components().skip(1) {
                 let name = part.as_os_str().to_string_lossy().to_string();
@@ -390,6 +463,7 @@ pub(crate) mod sim {
 
         fn append_to(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let (parent, name) = split(path)?;
             let dir = state
                 .dirs
@@ -406,6 +480,7 @@ pub(crate) mod sim {
 
         fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let file = state.file(path)?;
             file.current
                 .truncate(usize::try_from(len).map_err(io::Error::other)?);
@@ -414,6 +489,7 @@ pub(crate) mod sim {
 
         fn sync_file(&self, path: &Path) -> io::Result<()> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let file = state.file(path)?;
             file.durable = file.current.clone();
             Ok(())
@@ -424,6 +500,7 @@ pub(crate) mod sim {
             // it was); the entries change like any other, durable once the
             // directory is synced.
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let content = state.file(from)?.clone();
             let (from_dir, from_name) = split(from)?;
             let (to_dir, to_name) = split(to)?;
@@ -445,6 +522,7 @@ pub(crate) mod sim {
 
         fn remove(&self, path: &Path) -> io::Result<()> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let (parent, name) = split(path)?;
             let dir = state
                 .dirs
@@ -458,6 +536,7 @@ pub(crate) mod sim {
 
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             let mut state = self.state.lock().unwrap();
+            state.tick()?;
             let entry = state.dirs.get_mut(dir).ok_or_else(|| not_found(dir))?;
             entry.durable = entry.current.clone();
             Ok(())

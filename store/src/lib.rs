@@ -114,7 +114,6 @@ impl Store {
 
     /// Opens the store in `dir` with `options`.
     pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Store> {
-        let created = !dir.exists();
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -126,15 +125,18 @@ impl Store {
                     source,
                 })?;
         }
-        // A new data directory's name must survive a power cut too.
-        if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StoreError::Io {
-                    context: format!("syncing {}", parent.display()),
-                    source,
-                })?;
-        }
+        // The data directory's name must survive a power cut too (it may
+        // have been created just now, or by a run that crashed).
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                context: format!("syncing {}", parent.display()),
+                source,
+            })?;
         private::tighten(dir)?;
         let lock = lock::DirLock::acquire(dir)?;
         let db_path = dir.join("db");
