@@ -365,6 +365,58 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
 }
 
 #[tokio::test]
+async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run() {
+    let server = Server::start_with(&["--max-async-invocations", "3", "--async-workers", "2"]);
+    server
+        .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=700")
+        .await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let response = server
+            .http()
+            .post(server.url("/v1/functions/sleepy/invoke?async=true"))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 => {
+                let answer: Value = response.json().await.unwrap();
+                accepted.push(answer["id"].as_str().unwrap().to_string());
+            }
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                let body = response.text().await.unwrap();
+                assert_eq!(crate::harness::error_code(&body), "too_many_invocations");
+                refused += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(
+        (accepted.len(), refused),
+        (3, 3),
+        "three queued or running at most"
+    );
+    for id in &accepted {
+        eventually(Duration::from_secs(30), || async {
+            let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+            let value: Value = serde_json::from_str(&body).unwrap();
+            (value["status"] == "succeeded").then_some(())
+        })
+        .await;
+    }
+    // Finished, the places are free again.
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/sleepy/invoke?async=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test]
 async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
     let mut server = Server::start();
     server

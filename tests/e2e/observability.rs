@@ -422,7 +422,7 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
 
 #[tokio::test]
 async fn the_event_stream_shows_events_live_and_ends_at_shutdown() {
-    let mut server = Server::start_with(&["--shutdown-timeout-secs", "60"]);
+    let mut server = Server::start_with(&["--shutdown-timeout-secs", "10"]);
     server.deploy_ok("echo", guests::EVENT_ECHO, "").await;
     server
         .trigger(json!({"name": "echo", "filter": {"attributes": {"type": "job"}}, "subscriber": {"function": "echo"}}))
@@ -469,16 +469,18 @@ async fn the_event_stream_shows_events_live_and_ends_at_shutdown() {
     .await
     .unwrap_or_else(|_| panic!("not all of {wanted:?} in:\n{seen}"));
 
-    // An open stream does not hold up shutdown (the drain timeout is 60 s).
-    let started = std::time::Instant::now();
-    let exit = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
+    // An open stream does not hold up shutdown: the drain ends because
+    // nothing is left in flight, not because its deadline passed.
+    let (exit, log) = tokio::task::spawn_blocking(move || {
+        let exit = server.terminate();
+        (exit, server.log())
+    })
+    .await
+    .unwrap();
     assert!(exit.success(), "{exit:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "shutdown waited for the stream: {:?}",
-        started.elapsed()
+        !log.contains("shutdown deadline passed"),
+        "shutdown waited for the stream until its deadline:\n{log}"
     );
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(_)) = stream.chunk().await {}
