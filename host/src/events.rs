@@ -118,19 +118,29 @@ impl HostInvoker {
             inline: true,
         };
         match function.record.world {
-            World::Event => match self.functions.call_event(&function, to_wit(event), &options).await {
-                Ok(Ok(replies)) => Outcome::Delivered(
-                    replies
+            World::Event => match self
+                .functions
+                .call_event(&function, to_wit(event), &options)
+                .await
+            {
+                Ok(Ok(replies)) => {
+                    // A guest can return many: the first few are logged.
+                    let warnings = crate::guest_log::GuestWarnings::default();
+                    let replies = replies
                         .into_iter()
                         .filter_map(|reply| match from_wit(reply) {
                             Ok(reply) => Some(reply),
                             Err(error) => {
-                                tracing::warn!(function = %name, %error, "dropped an invalid reply event");
+                                if warnings.allow() {
+                                    tracing::warn!(function = %name, %error, "dropped an invalid reply event");
+                                }
                                 None
                             }
                         })
-                        .collect(),
-                ),
+                        .collect();
+                    warnings.finish(name, "(its replies)");
+                    Outcome::Delivered(replies)
+                }
                 Ok(Err(wit::HandlerError::Retryable(reason))) => Outcome::Failed {
                     retryable: true,
                     code: Some(500),

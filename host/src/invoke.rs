@@ -320,6 +320,7 @@ impl Functions {
         Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
     {
         let permits = self.acquire(function).await?;
+        let warnings = Arc::new(crate::guest_log::GuestWarnings::default());
         let extra_env: Vec<(String, String)> = options
             .attempt
             .map(|attempt| ("SLUICE_DELIVERY_ATTEMPT".to_string(), attempt.to_string()))
@@ -356,6 +357,7 @@ impl Functions {
                 },
                 trace,
                 max_depth: self.runtime().limits().max_call_depth,
+                warnings: warnings.clone(),
             },
             publish,
             kv: Some(function.kv.clone()),
@@ -388,6 +390,7 @@ impl Functions {
                 if let Some(functions) = functions.upgrade() {
                     functions.keep_output(&name, &invocation_id, &stdout, &stderr);
                 }
+                warnings.finish(&name, &invocation_id);
                 end
             },
             span,

@@ -20,6 +20,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod functions;
+pub mod guest_log;
 pub mod invocations;
 pub mod invoke;
 pub mod keyvalue;

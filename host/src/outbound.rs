@@ -44,6 +44,8 @@ pub struct OutboundPolicy {
     pub max_depth: u32,
     /// The invocation's span: outbound requests carry it as `traceparent`.
     pub trace: TraceContext,
+    /// The invocation's budget of host warnings.
+    pub warnings: std::sync::Arc<crate::guest_log::GuestWarnings>,
 }
 
 type SendFuture = Box<
@@ -110,7 +112,9 @@ impl WasiHttpHooks for OutboundPolicy {
         match internal_target(&host) {
             Some(target) => {
                 if self.nested.depth > self.max_depth {
-                    tracing::warn!(function = %self.function, target = %host, depth = self.nested.depth, "call chain too deep; refused");
+                    if self.warnings.allow() {
+                        tracing::warn!(function = %self.function, target = %host, depth = self.nested.depth, "call chain too deep; refused");
+                    }
                     return Box::new(async { Err(HttpError::LoopDetected) });
                 }
                 Box::new(call_function(
@@ -129,7 +133,9 @@ impl WasiHttpHooks for OutboundPolicy {
                 ))
             }),
             None => {
-                tracing::warn!(function = %self.function, %host, "outbound request denied: the host is not in allow_outbound");
+                if self.warnings.allow() {
+                    tracing::warn!(function = %self.function, %host, "outbound request denied: the host is not in allow_outbound");
+                }
                 Box::new(async { Err(HttpError::HttpRequestDenied) })
             }
         }

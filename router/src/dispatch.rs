@@ -360,6 +360,34 @@ pub struct Router {
     stream: broadcast::Sender<StreamEntry>,
     /// Brokers declared known besides those triggers name.
     declared: RwLock<std::collections::BTreeSet<String>>,
+    /// Log lines of events dropped at the hop limit.
+    hop_warnings: Throttle,
+}
+
+/// At most one log line a second for a warning that something a guest
+/// controls can repeat at will; the line says how many were not logged.
+#[derive(Default)]
+struct Throttle {
+    last_ms: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// `Some(skipped since the last line)` when a line may be logged now.
+    fn allow(&self, now_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last_ms.load(Relaxed);
+        if (last == 0 || now_ms >= last + 1000)
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Relaxed));
+        }
+        self.skipped.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 /// Wall-clock unix milliseconds, read once; the router's clock then runs
@@ -480,6 +508,7 @@ impl Router {
             groups: Mutex::new(HashMap::new()),
             stream: broadcast::channel(1024).0,
             declared: RwLock::default(),
+            hop_warnings: Throttle::default(),
         });
         let pending = router.store.recovered_deliveries()?;
         if !pending.is_empty() {
@@ -624,7 +653,10 @@ impl Router {
                 .and_then(|h| h.parse().ok())
                 .unwrap_or(0);
             if hops > self.limits.max_hops {
-                tracing::warn!(%broker, id = %event.id, hops, "event dropped: hop limit reached (a reply or publish loop?)");
+                // A loop makes these as fast as it runs: one line a second.
+                if let Some(since) = self.hop_warnings.allow(self.now_ms()) {
+                    tracing::warn!(%broker, id = %event.id, hops, more_since_last_line = since, "event dropped: hop limit reached (a reply or publish loop?)");
+                }
                 self.metrics
                     .dropped
                     .with_label_values(&[broker, "hop_limit"])

@@ -144,6 +144,35 @@ async fn a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404() {
 }
 
 #[tokio::test]
+async fn a_guest_looping_over_a_denied_request_causes_a_few_host_warnings_and_a_count() {
+    let server = Server::start();
+    server
+        .deploy_ok(
+            "caller",
+            guests::CALLER,
+            "env=CALL=http://denied.example.com/",
+        )
+        .await;
+    let (status, body) = server.get("/fn/caller/?repeat=2000").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let log = eventually(Duration::from_secs(10), || async {
+        let log = server.log();
+        log.contains("the rest were counted").then_some(log)
+    })
+    .await;
+    let denied = log
+        .lines()
+        .filter(|l| l.contains("outbound request denied"))
+        .count();
+    assert_eq!(denied, 5, "the first few are logged");
+    assert!(
+        log.contains("suppressed=1995"),
+        "and the rest counted:\n{log}"
+    );
+}
+
+#[tokio::test]
 async fn outbound_http_reaches_only_allowed_hosts() {
     let server = Server::start();
     let sink = Sink::start().await;

@@ -1,6 +1,7 @@
 //! `caller`: makes one outbound HTTP GET and reports what happened. The URL
 //! comes from `?url=...` or the `CALL` environment variable; the request
-//! carries `authorization: <CALL_AUTHORIZATION>` when that is set. Answers
+//! carries `authorization: <CALL_AUTHORIZATION>` when that is set. With
+//! `?repeat=N` it makes the call N times (answering for the last). Answers
 //! 200 with `status: N` and the body it got, or 502 with `error: CODE`.
 
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
@@ -20,6 +21,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Caller {
             return;
         };
         println!("caller: GET {url}");
+        let repeat: usize = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("repeat="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        for _ in 1..repeat {
+            let _ = common::fetch("GET", &url, &[], b"");
+        }
         let authorization = std::env::var("CALL_AUTHORIZATION").ok();
         let headers: Vec<(&str, &[u8])> = authorization
             .iter()

@@ -659,3 +659,13 @@ async fn a_dead_letter_that_cannot_be_stored_stays_pending_and_is_stored_later()
     );
     s.runner.abort();
 }
+
+#[test]
+fn a_throttled_warning_is_logged_once_a_second_with_what_it_skipped() {
+    let throttle = Throttle::default();
+    assert_eq!(throttle.allow(5_000), Some(0));
+    assert_eq!(throttle.allow(5_001), None);
+    assert_eq!(throttle.allow(5_999), None);
+    assert_eq!(throttle.allow(6_000), Some(2));
+    assert_eq!(throttle.allow(6_001), None);
+}
