@@ -151,7 +151,9 @@ impl From<InvokeError> for ApiError {
         };
         let api = ApiError::new(status, code, error.to_string());
         match error {
-            InvokeError::Busy { .. } | InvokeError::PoolExhausted => api.with_retry_after(1),
+            InvokeError::Busy { .. }
+            | InvokeError::PoolExhausted
+            | InvokeError::MemoryBudget { .. } => api.with_retry_after(1),
             _ => api,
         }
     }

@@ -116,6 +116,7 @@ impl HostInvoker {
             invocation: None,
             trace: Some(trace),
             inline: true,
+            wait_for_memory: true,
         };
         match function.record.world {
             World::Event => match self

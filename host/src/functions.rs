@@ -148,6 +148,10 @@ pub struct Functions {
     /// never holds up loading another.
     loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pool_permits: Arc<Semaphore>,
+    /// One permit per MiB of `--memory-budget`: a running instance holds
+    /// its memory limit's worth.
+    memory: Arc<Semaphore>,
+    memory_budget_mb: u64,
     started: Instant,
     router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
     call_policy: std::sync::OnceLock<Arc<dyn crate::outbound::CallPolicy>>,
@@ -165,6 +169,12 @@ impl Functions {
         let artifacts = artifacts_root.join(runtime.engine_hash());
         std::fs::create_dir_all(&artifacts)?;
         let pool = runtime.limits().pool_instances as usize;
+        let memory_budget_mb = runtime
+            .limits()
+            .memory_budget
+            .mebibytes(crate::limits::machine_memory())
+            .min(u64::from(u32::MAX >> 3));
+        tracing::info!(memory_budget_mb, "memory budget of running instances");
         Ok(Arc::new_cyclic(|me| Functions {
             me: me.clone(),
             runtime,
@@ -174,6 +184,8 @@ impl Functions {
             loaded: RwLock::new(HashMap::new()),
             loading: std::sync::Mutex::default(),
             pool_permits: Arc::new(Semaphore::new(pool)),
+            memory: Arc::new(Semaphore::new(memory_budget_mb as usize)),
+            memory_budget_mb,
             started: Instant::now(),
             router: std::sync::OnceLock::new(),
             call_policy: std::sync::OnceLock::new(),
@@ -245,6 +257,32 @@ impl Functions {
         &self.metrics
     }
 
+    /// The memory budget: one permit per MiB.
+    pub(crate) fn memory_permits(&self) -> &Arc<Semaphore> {
+        &self.memory
+    }
+
+    /// `--memory-budget` in MiB.
+    pub fn memory_budget_mb(&self) -> u64 {
+        self.memory_budget_mb
+    }
+
+    /// Refuses settings whose memory limit alone passes the budget (such a
+    /// function could never run).
+    fn check_budget(&self, settings: &FunctionSettings) -> Result<(), DeployError> {
+        let mb = self.runtime.limits().resolve(settings).memory_bytes >> 20;
+        if mb > self.memory_budget_mb {
+            return Err(DeployError::InvalidSetting(InvalidSetting {
+                setting: "memory_mb",
+                reason: format!(
+                    "{mb} MiB is more than the server's memory budget of {} MiB (--memory-budget)",
+                    self.memory_budget_mb
+                ),
+            }));
+        }
+        Ok(())
+    }
+
     /// Permits for instances across all functions (the pool's size).
     pub(crate) fn pool_permits(&self) -> &Arc<Semaphore> {
         &self.pool_permits
@@ -268,6 +306,7 @@ impl Functions {
             return Err(DeployError::TooLarge { limit });
         }
         self.runtime.limits().validate(&settings)?;
+        self.check_budget(&settings)?;
         let max = self.runtime.limits().max_functions;
         if self.store.function(name)?.is_none() && self.store.function_count() >= max {
             return Err(DeployError::TooMany { limit: max });
@@ -303,6 +342,7 @@ impl Functions {
         settings: FunctionSettings,
     ) -> Result<FunctionRecord, DeployError> {
         self.runtime.limits().validate(&settings)?;
+        self.check_budget(&settings)?;
         let record = self
             .store
             .update_function_settings(name, settings)

@@ -54,6 +54,16 @@ pub enum InvokeError {
     /// Every instance slot of the pool is in use.
     #[error("the server is at its instance limit; retry later")]
     PoolExhausted,
+    /// Running instances hold the server's whole memory budget.
+    #[error(
+        "the server's memory budget of {budget_mb} MiB is in use by running calls (this one needs {needed_mb} MiB); retry later"
+    )]
+    MemoryBudget {
+        /// What the call needs (its memory limit).
+        needed_mb: u64,
+        /// `--memory-budget`.
+        budget_mb: u64,
+    },
     /// The call ran past its deadline.
     #[error("function {name:?} did not finish within its timeout of {timeout_ms} ms")]
     Timeout {
@@ -114,7 +124,9 @@ impl InvokeError {
             InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
             InvokeError::WrongWorld { .. } => StatusCode::BAD_REQUEST,
             InvokeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            InvokeError::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::PoolExhausted | InvokeError::MemoryBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::MemoryLimit { .. }
             | InvokeError::Trap { .. }
@@ -133,6 +145,7 @@ impl InvokeError {
             InvokeError::WrongWorld { .. } => "wrong_world",
             InvokeError::Busy { .. } => "busy",
             InvokeError::PoolExhausted => "pool_exhausted",
+            InvokeError::MemoryBudget { .. } => "memory_budget",
             InvokeError::Timeout { .. } => "timeout",
             InvokeError::MemoryLimit { .. } => "memory_limit",
             InvokeError::Trap { .. } => "trap",
@@ -156,13 +169,14 @@ impl InvokeError {
 }
 
 /// Every outcome label of `sluice_function_invocations_total`.
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 14] = [
     "ok",
     "guest_error",
     "not_found",
     "wrong_world",
     "busy",
     "pool_exhausted",
+    "memory_budget",
     "timeout",
     "memory_limit",
     "trap",
@@ -194,6 +208,10 @@ pub struct CallOptions {
     /// caller's future is dropped. For callers that always finish the call
     /// (the router's deliveries).
     pub inline: bool,
+    /// Wait for the memory budget as long as it takes instead of up to
+    /// `--queue-timeout-ms` (a delivery waits in the queue rather than
+    /// failing an attempt).
+    pub wait_for_memory: bool,
 }
 
 /// Why an invocation whose task panicked failed.
@@ -255,11 +273,33 @@ impl Functions {
         }
     }
 
+    /// Takes what a call needs before it may run: its share of the memory
+    /// budget (first, so that a delivery waiting for memory holds nothing
+    /// else meanwhile), a place under its function's concurrency cap, and
+    /// an instance slot of the pool.
     async fn acquire(
         &self,
         function: &Function,
-    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), InvokeError> {
+        wait_for_memory: bool,
+    ) -> Result<[OwnedSemaphorePermit; 3], InvokeError> {
         let wait = Duration::from_millis(self.runtime().limits().queue_timeout_ms);
+        let needed_mb = (function.limits.memory_bytes >> 20).max(1);
+        let memory = self
+            .memory_permits()
+            .clone()
+            .acquire_many_owned(u32::try_from(needed_mb).unwrap_or(u32::MAX));
+        let memory = if wait_for_memory {
+            memory.await.ok()
+        } else {
+            tokio::time::timeout(wait, memory)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        .ok_or(InvokeError::MemoryBudget {
+            needed_mb,
+            budget_mb: self.memory_budget_mb(),
+        })?;
         let own = tokio::time::timeout(wait, function.permits.clone().acquire_owned())
             .await
             .ok()
@@ -273,7 +313,7 @@ impl Functions {
             .ok()
             .and_then(Result::ok)
             .ok_or(InvokeError::PoolExhausted)?;
-        Ok((own, pool))
+        Ok([memory, own, pool])
     }
 
     /// Spawns the invocation on a task of its own: see [`Functions::invocation`].
@@ -319,7 +359,7 @@ impl Functions {
         F: FnOnce(InvocationStore) -> Fut + Send + 'static,
         Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
     {
-        let permits = self.acquire(function).await?;
+        let permits = self.acquire(function, options.wait_for_memory).await?;
         let warnings = Arc::new(crate::guest_log::GuestWarnings::default());
         let extra_env: Vec<(String, String)> = options
             .attempt
@@ -354,6 +394,7 @@ impl Functions {
                     invocation: None,
                     trace: None,
                     inline: false,
+                    wait_for_memory: false,
                 },
                 trace,
                 max_depth: self.runtime().limits().max_call_depth,

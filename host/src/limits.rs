@@ -33,6 +33,15 @@ pub struct Limits {
     #[arg(long = "max-memory-mb", default_value_t = 1024)]
     pub max_memory_mb: u64,
 
+    /// The sum of the memory limits (`memory_mb`) of instances running at
+    /// once, across all functions: a size (`12G`, `800M`) or a share of the
+    /// machine's memory read at start (`50%`). Defends the host against
+    /// many memory-hungry calls at once (each within its own limit): a call
+    /// that would pass it waits up to `--queue-timeout-ms`, then gets 503
+    /// with `Retry-After`; a delivery waits in the queue instead.
+    #[arg(long = "memory-budget", default_value = "50%")]
+    pub memory_budget: MemoryBudget,
+
     /// Default number of instances of one function that may run at once.
     /// Defends other functions' share of the pool against one busy function.
     #[arg(long = "default-max-concurrency", default_value_t = 100)]
@@ -207,6 +216,83 @@ impl Default for Limits {
     }
 }
 
+/// `--memory-budget`: a size or a share of the machine's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBudget {
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage of the machine's memory.
+    Percent(u8),
+}
+
+impl std::str::FromStr for MemoryBudget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MemoryBudget, String> {
+        let text = text.trim();
+        if let Some(percent) = text.strip_suffix('%') {
+            return match percent.trim().parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(MemoryBudget::Percent(p)),
+                _ => Err(format!("{text:?}: a percentage from 1% to 100%")),
+            };
+        }
+        let lower = text.to_ascii_lowercase();
+        let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &lower[digits.len()..];
+        let scale: u64 = match unit {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "{text:?}: a size such as 800M or 12G, or a percentage"
+                ));
+            }
+        };
+        let number: u64 = digits
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: a size such as 800M or 12G, or a percentage"))?;
+        number
+            .checked_mul(scale)
+            .filter(|&bytes| bytes >= 1 << 20)
+            .map(MemoryBudget::Bytes)
+            .ok_or_else(|| format!("{text:?}: at least 1M"))
+    }
+}
+
+impl MemoryBudget {
+    /// The budget in MiB on a machine with `machine` bytes of memory.
+    pub fn mebibytes(self, machine: u64) -> u64 {
+        match self {
+            MemoryBudget::Bytes(bytes) => bytes >> 20,
+            MemoryBudget::Percent(p) => (machine / 100 * u64::from(p)) >> 20,
+        }
+        .max(1)
+    }
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), or 4 GiB
+/// where it cannot be read.
+pub fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(4 << 30, |kib| kib << 10)
+}
+
 /// Why a function's settings were refused.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]
@@ -353,6 +439,18 @@ pub struct FunctionLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_budgets_parse_as_sizes_or_shares() {
+        assert_eq!("50%".parse(), Ok(MemoryBudget::Percent(50)));
+        assert_eq!("12G".parse(), Ok(MemoryBudget::Bytes(12 << 30)));
+        assert_eq!("800MiB".parse(), Ok(MemoryBudget::Bytes(800 << 20)));
+        assert_eq!(MemoryBudget::Percent(50).mebibytes(24 << 30), 12 << 10);
+        assert_eq!(MemoryBudget::Bytes(256 << 20).mebibytes(0), 256);
+        for bad in ["0%", "101%", "12Q", "-1G", "10K", ""] {
+            assert!(bad.parse::<MemoryBudget>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_parse_and_resolve() {

@@ -338,6 +338,71 @@ async fn calls_over_the_concurrency_cap_get_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn calls_past_the_memory_budget_wait_then_get_503_and_deliveries_wait_in_the_queue() {
+    let server = Server::start_with(&["--memory-budget", "300M", "--queue-timeout-ms", "300"]);
+    // Three instances of 100 MiB fit in 300 MiB at once, a fourth does not.
+    server
+        .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=1500&memory_mb=100")
+        .await;
+    let response = server
+        .deploy("greedy", guests::HELLO, "memory_mb=400")
+        .await;
+    assert_eq!(response.status(), 400, "a limit the budget can never hold");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("memory budget"), "{body}");
+    let calls = (0..4).map(|_| {
+        let request = server.http().get(server.url("/fn/sleepy/"));
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            let status = response.status().as_u16();
+            (status, retry_after, response.text().await.unwrap())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ran = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!((ran, refused.len()), (3, 1), "{results:?}");
+    assert!(refused[0].1, "with Retry-After: {results:?}");
+    assert_eq!(error_code(&refused[0].2), "memory_budget", "{results:?}");
+    // Deliveries past the budget wait for it instead of failing an attempt.
+    let (status, body) = server
+        .post_json(
+            "/v1/triggers",
+            serde_json::json!({"name": "slow", "subscriber": {"function": "sleepy"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for i in 0..5 {
+        assert_eq!(
+            server.send_event(&format!("m{i}"), "t", &[], b"").await,
+            202
+        );
+    }
+    eventually(Duration::from_secs(30), || async {
+        let delivered = server
+            .metrics()
+            .await
+            .get(&(
+                "sluice_trigger_delivered_total".to_string(),
+                "trigger=slow".to_string(),
+            ))
+            .copied();
+        (delivered == Some(5.0)).then_some(())
+    })
+    .await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get(&(
+            "sluice_trigger_retried_total".to_string(),
+            "trigger=slow".to_string()
+        )),
+        Some(&0.0),
+        "no attempt was used up waiting"
+    );
+}
+
+#[tokio::test]
 async fn settings_from_query_multipart_and_patch_reach_the_guest() {
     let server = Server::start();
     let record = server
