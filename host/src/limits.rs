@@ -268,7 +268,7 @@ impl MemoryBudget {
     pub fn mebibytes(self, machine: u64) -> u64 {
         match self {
             MemoryBudget::Bytes(bytes) => bytes >> 20,
-            MemoryBudget::Percent(p) => (u128::from(machine) * u128::from(p) / 100 >> 20) as u64,
+            MemoryBudget::Percent(p) => ((u128::from(machine) * u128::from(p) / 100) >> 20) as u64,
         }
         .max(1)
     }
