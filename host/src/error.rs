@@ -59,6 +59,34 @@ impl ApiError {
         )
     }
 
+    /// The answer to a request body that could not be read.
+    pub fn body_error(error: &(dyn std::error::Error + 'static)) -> ApiError {
+        match crate::body::BodyRefused::find(error) {
+            Some(refused) => ApiError::body_refused(refused),
+            None => ApiError::bad_request(
+                "bad_body",
+                format!("could not read the request body: {error}"),
+            ),
+        }
+    }
+
+    /// 408 for a body too slow, 503 for the server's byte budget.
+    pub fn body_refused(refused: crate::body::BodyRefused) -> ApiError {
+        match refused {
+            crate::body::BodyRefused::TooSlow => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_too_slow",
+                format!("{refused}: send it at --min-body-rate or faster, without long pauses"),
+            ),
+            crate::body::BodyRefused::Budget => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_request_bytes",
+                format!("{refused}; retry shortly"),
+            )
+            .with_retry_after(1),
+        }
+    }
+
     /// 500 with a generic message; `detail` goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "internal error");

@@ -126,6 +126,46 @@ pub struct Limits {
     #[arg(long = "max-publish-per-call", default_value_t = 1_000)]
     pub max_publish_per_call: u32,
 
+    /// Seconds a client has to send a request head, counted from when the
+    /// connection opened or the previous response ended. Defends
+    /// connections against slowloris clients (a head sent a byte at a time)
+    /// and bounds how long a kept-alive connection waits for its next
+    /// request.
+    #[arg(long = "header-read-timeout-secs", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a connection with no request in flight and no byte moving
+    /// stays open (keep-alive idle timeout; also covers a connection that
+    /// never sends a byte, and idle HTTP/2 connections).
+    #[arg(long = "keepalive-timeout-secs", default_value_t = 5)]
+    pub keepalive_timeout_secs: u64,
+
+    /// Client connections open at once. Past it, a new connection is
+    /// answered 503 with `Retry-After` and closed; the process never runs
+    /// out of file descriptors. Lowered at start to what the open-file limit
+    /// allows.
+    #[arg(long = "max-connections", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a request body may take before `--min-body-rate` counts, and
+    /// the longest gap allowed between two of its chunks: a body that stops
+    /// short is answered 408 after this.
+    #[arg(long = "body-grace-secs", default_value_t = 10)]
+    pub body_grace_secs: u64,
+
+    /// The least average rate, in bytes a second, a request body must keep
+    /// after `--body-grace-secs` (408 below it). Defends against bodies
+    /// trickled a byte at a time.
+    #[arg(long = "min-body-rate", default_value_t = 1024)]
+    pub min_body_rate: u64,
+
+    /// Bytes of request bodies the server holds at once, across all
+    /// requests (at least the largest single body allowed). Defends the
+    /// host's memory against many clients that send large bodies and stall:
+    /// past it, 503 with `Retry-After`.
+    #[arg(long = "max-buffered-request-bytes", default_value_t = 128 * MIB)]
+    pub max_buffered_request_bytes: u64,
+
     /// Largest event request body (one event or a batch), in bytes; 413
     /// past it, before it is all read.
     #[arg(long = "max-event-bytes", default_value_t = 1 << 20)]

@@ -81,6 +81,8 @@ pub struct AppShared {
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Asynchronous invocations.
     pub(crate) invocations: Arc<crate::invocations::Invocations>,
+    /// The bounds of request bodies.
+    pub(crate) bodies: crate::body::BodyBudget,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -132,6 +134,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::default(),
         invocations: crate::invocations::Invocations::new(options.limits.max_async_invocations),
+        bodies: crate::body::BodyBudget::new(body_limits(&options.limits)),
     }));
     let dispatcher = tokio::spawn(event_router.run());
     let invocations = crate::invocations::start(state.clone(), options.limits.async_workers)?;
@@ -214,13 +217,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         }
     };
-    // `into_make_service`: each connection gets a handle to the one router.
-    // Serving the `Router` itself deep-copies every route per connection
-    // (about 290 allocations), which made a request on a new connection
-    // 3.5 times as expensive.
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(draining)
-        .await?;
+    let connections = crate::listener::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(options.limits.header_read_timeout_secs.max(1)),
+        keepalive_timeout: Duration::from_secs(options.limits.keepalive_timeout_secs.max(1)),
+        max_connections: crate::listener::connections_that_fit(options.limits.max_connections),
+    };
+    crate::listener::serve(listener, app, connections, draining, Duration::from_secs(1)).await;
     reaper.abort();
     releaser.abort();
     dispatcher.abort();
@@ -228,6 +230,28 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     store.flush_all().await?;
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// The bounds of request bodies: the budget is at least the largest single
+/// body a route accepts.
+fn body_limits(limits: &Limits) -> crate::body::BodyLimits {
+    let largest = limits
+        .max_component_bytes
+        .saturating_add(1 << 20)
+        .max(limits.max_request_bytes)
+        .max(limits.max_event_bytes);
+    let budget = limits.max_buffered_request_bytes.max(largest);
+    if budget > limits.max_buffered_request_bytes {
+        tracing::info!(
+            budget,
+            "--max-buffered-request-bytes raised to the largest body a route accepts"
+        );
+    }
+    crate::body::BodyLimits {
+        grace: Duration::from_secs(limits.body_grace_secs.max(1)),
+        min_rate: limits.min_body_rate,
+        budget_bytes: usize::try_from(budget).unwrap_or(usize::MAX),
+    }
 }
 
 /// Makes every file and directory the server creates from here on private
@@ -410,7 +434,13 @@ async fn serve_tracked(
         }
     }
     let _done = Done(state.in_flight.clone());
-    next.run(request).await
+    // The body's bytes count against the server's budget until the
+    // response is ready.
+    let held = crate::body::Held::default();
+    let request = request.map(|body| state.bodies.guard(body, held.clone()));
+    let response = next.run(request).await;
+    drop(held);
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -520,10 +550,7 @@ pub(crate) async fn read_body(
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
-        Err(error) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("could not read the request body: {error}"),
-        )),
+        Err(error) => Err(ApiError::body_error(&*error)),
     }
 }
 
@@ -567,7 +594,9 @@ async fn put_function(
         {
             let part = field.name().unwrap_or_default().to_string();
             let data = field.bytes().await.map_err(|error| {
-                if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if let Some(refused) = crate::body::BodyRefused::find(&error) {
+                    ApiError::body_refused(refused)
+                } else if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::body_too_large(limit)
                 } else {
                     ApiError::bad_request("bad_multipart", error.body_text())

@@ -1,0 +1,359 @@
+//! Accepting connections, and what one client connection may hold.
+//!
+//! Replaces `axum::serve`, which closes nothing: 2,000 slowloris sockets
+//! stayed open for good. Every connection here is bounded:
+//!
+//! - `--header-read-timeout-secs`: a request head (and, between requests on
+//!   a kept-alive connection, the next one) must arrive within this time
+//!   (hyper's header read timer, which runs from the end of the previous
+//!   response).
+//! - `--keepalive-timeout-secs`: a connection with no request in flight and
+//!   no bytes moving for this long is closed. It also covers what hyper's
+//!   timer does not: a connection that sends nothing at all before the
+//!   protocol is known, and idle HTTP/2 connections.
+//! - `--max-connections`: past it, a new connection is answered 503 with
+//!   `Retry-After` and closed (at most [`OVERFLOW`] such answers at once;
+//!   beyond those, connections wait in the kernel's accept queue), so the
+//!   process never runs out of file descriptors.
+//!
+//! Both HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as
+//! Knative speaks it) are served on the same port.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+
+/// Connections over `--max-connections` answered 503 at once; more wait in
+/// the kernel's accept queue.
+pub const OVERFLOW: usize = 64;
+
+/// File descriptors kept free of connections (the store's files, the
+/// journal's, outbound sockets of guests).
+const RESERVED_FDS: u64 = 512;
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 101\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server holds its limit of open connections\"}}";
+
+/// The bounds of client connections, from `sluice serve` flags.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// See the module's doc.
+    pub header_read_timeout: Duration,
+    /// See the module's doc.
+    pub keepalive_timeout: Duration,
+    /// See the module's doc.
+    pub max_connections: usize,
+}
+
+/// Raises this process's limit of open files to its hard limit and returns
+/// how many connections fit in it (leaving [`RESERVED_FDS`] for the rest),
+/// at most `wanted`.
+pub fn connections_that_fit(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `getrlimit` and `setrlimit` read and write the one `rlimit`
+    // struct passed, which lives for both calls.
+    let fds = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let room = fds.saturating_sub(RESERVED_FDS + OVERFLOW as u64).max(16);
+    let fitting = usize::try_from(room).unwrap_or(usize::MAX).min(wanted);
+    if fitting < wanted {
+        tracing::warn!(
+            wanted,
+            fitting,
+            open_files = fds,
+            "--max-connections lowered to what the open-file limit allows"
+        );
+    }
+    fitting
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then closes every
+/// connection (after the request it is serving, within `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let descriptors = Arc::new(Semaphore::new(limits.max_connections + OVERFLOW));
+    let serving = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        // A descriptor is taken before `accept`, so there are never more
+        // open than the limit and its overflow.
+        let descriptor = tokio::select! {
+            permit = descriptors.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) if matches!(error.kind(),
+                    io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(place) = serving.clone().try_acquire_owned() else {
+            tasks.spawn(async move {
+                let _descriptor = descriptor;
+                refuse(stream).await;
+            });
+            continue;
+        };
+        let busy = Arc::new(AtomicUsize::new(0));
+        let io = TokioIo::new(IdleIo::new(stream, limits.keepalive_timeout, busy.clone()));
+        let service = Tracked {
+            inner: TowerToHyperService::new(app.clone()),
+            busy,
+        };
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tasks.spawn(async move {
+            let connection = builder.serve_connection(io, service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%error, "connection closed");
+            }
+            drop((place, descriptor));
+        });
+    }
+    // Refuse new connections while the open ones finish.
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Answers a connection over the limit with 503 and closes it, within a
+/// second.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so closing does not reset the
+        // connection before it has read the answer.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// The service of one connection, counting its requests in flight (so the
+/// connection is not idle while one runs, however long).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    busy: Arc<AtomicUsize>,
+}
+
+/// One request in flight, until its response body is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight(self.busy.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(move |body| {
+                use http_body_util::BodyExt;
+                axum::body::Body::new(body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                }))
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's socket that fails with `TimedOut` once no request is
+    /// in flight and no byte has moved for `idle`.
+    struct IdleIo<T> {
+        #[pin]
+        inner: T,
+        sleep: Pin<Box<Sleep>>,
+        idle: Duration,
+        busy: Arc<AtomicUsize>,
+    }
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, idle: Duration, busy: Arc<AtomicUsize>) -> IdleIo<T> {
+        IdleIo {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            idle,
+            busy,
+        }
+    }
+}
+
+/// Whether the idle timer ran out with nothing in flight (re-arming it
+/// while something is).
+fn expired(
+    sleep: &mut Pin<Box<Sleep>>,
+    idle: Duration,
+    busy: &AtomicUsize,
+    cx: &mut Context<'_>,
+) -> bool {
+    while sleep.as_mut().poll(cx).is_ready() {
+        if busy.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        sleep.as_mut().reset(Instant::now() + idle);
+    }
+    false
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle")
+}
+
+impl<T: AsyncRead> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.inner.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
+                Poll::Ready(Err(idle_error()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.inner.poll_write(cx, bytes) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
+                Poll::Ready(Err(idle_error()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.inner.poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
+                Poll::Ready(Err(idle_error()))
+            }
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
