@@ -407,6 +407,8 @@ impl Functions {
         });
         let deadline = tokio::time::Instant::from_std(invocation.deadline);
         let usage = invocation.usage.clone();
+        let cpu = invocation.cpu.clone();
+        let long_calls = Some(self.runtime().long_calls().clone());
         let (stdout, stderr) = (invocation.stdout.clone(), invocation.stderr.clone());
         let name = function.record.name.clone();
         let invocation_id = options
@@ -419,10 +421,8 @@ impl Functions {
         let run = tracing::Instrument::instrument(
             async move {
                 let _permits = permits;
-                let timed = BusyTimed {
-                    inner: body(invocation),
-                    usage: usage.clone(),
-                };
+                let timed =
+                    crate::cpu::Migrating::new(body(invocation), usage.clone(), cpu, long_calls);
                 let end = match tokio::time::timeout_at(deadline, timed).await {
                     Ok(Ok(value)) => TaskEnd::Done(value),
                     Ok(Err(error)) => TaskEnd::Failed(error),
@@ -749,38 +749,5 @@ impl Functions {
             Ok(TaskEnd::Done(answer)) => Ok(answer),
             end => Err(self.classify(function, timeout_ms, end, memory_exceeded)),
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A future that adds the time its polls take (the monotonic clock
-    /// around each poll) to its invocation's usage.
-    ///
-    /// Not the thread CPU clock: reading `CLOCK_THREAD_CPUTIME_ID` is a
-    /// system call on Linux (the monotonic clock is read in user space), and
-    /// the two reads per poll cost 6 % of event-pipeline throughput. A poll
-    /// runs on one thread without yielding, so its wall time is its CPU time
-    /// unless the OS preempted the thread meanwhile.
-    struct BusyTimed<F> {
-        #[pin]
-        inner: F,
-        usage: Arc<Usage>,
-    }
-}
-
-impl<F: Future> Future for BusyTimed<F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        let before = Instant::now();
-        let poll = this.inner.poll(cx);
-        this.usage
-            .busy_ns
-            .fetch_add(before.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        poll
     }
 }

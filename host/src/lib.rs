@@ -17,6 +17,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod client;
+pub mod cpu;
 pub mod dashboard;
 pub mod error;
 pub mod events;

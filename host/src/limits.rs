@@ -72,6 +72,13 @@ pub struct Limits {
     #[arg(long = "max-wasm-stack", default_value_t = 1 << 20)]
     pub max_wasm_stack: usize,
 
+    /// Threads of the long-call pool: a call that has run past its first
+    /// 4 ms slice of CPU moves there, onto threads of a lower OS priority,
+    /// sharing them round-robin. Defends short calls against busy guests:
+    /// they never queue behind long ones. 0: one per CPU.
+    #[arg(long = "long-call-threads", default_value_t = 0)]
+    pub long_call_threads: usize,
+
     /// Instances that may exist at once across all functions: the size of
     /// wasmtime's pooling allocator. Calls past it wait, then get 503.
     #[arg(long = "pool-instances", default_value_t = 1_000)]

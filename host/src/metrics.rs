@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Freed pool slots (memories and tables) that hold pages of an earlier
     /// instance, read at scrape.
     pub pool_warm_slots: IntGauge,
+    /// Calls past their first CPU slice, on the long-call pool now (see
+    /// `cpu.rs`), read at scrape.
+    pub long_calls_running: IntGauge,
 }
 
 impl Metrics {
@@ -115,8 +118,14 @@ impl Metrics {
             "Freed instance slots (memories and tables) holding pages of an earlier instance.",
         )
         .unwrap();
+        let long_calls_running = IntGauge::new(
+            "sluice_long_calls_running",
+            "Calls past their first CPU slice, running on the lower-priority long-call pool.",
+        )
+        .unwrap();
         for metric in [
             Box::new(components_compiled.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(long_calls_running.clone()),
             Box::new(artifacts_loaded.clone()),
             Box::new(invocations.clone()),
             Box::new(invocation_seconds.clone()),
@@ -141,6 +150,7 @@ impl Metrics {
             busy_seconds,
             pool_resident_bytes,
             pool_warm_slots,
+            long_calls_running,
         }
     }
 

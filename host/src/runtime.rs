@@ -26,8 +26,8 @@ use crate::outbound::OutboundPolicy;
 use crate::output::CappedOutput;
 
 /// How often the epoch advances. A guest's deadline is checked, and a busy
-/// guest yields to other tasks, once per tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// guest yields to other tasks (see `cpu.rs`), once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Bindings of the `sluice:function/event-function` world.
 pub mod event_bindings {
@@ -54,6 +54,8 @@ pub struct Runtime {
     releaser: std::sync::OnceLock<wasmtime::Module>,
     /// Invocations that ended, for the idle release of waiting slots.
     ended: AtomicU64,
+    /// Where long calls run (see `cpu.rs`).
+    long_calls: crate::cpu::LongCallPool,
 }
 
 /// `(module (memory 1) (func $s (i32.store8 (i32.const 0) (i32.const 1))) (start $s))`
@@ -134,6 +136,7 @@ impl Runtime {
             stop_ticker,
             releaser: std::sync::OnceLock::new(),
             ended: AtomicU64::new(0),
+            long_calls: crate::cpu::LongCallPool::start(limits.long_call_threads)?,
         })
     }
 
@@ -193,7 +196,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Sets the pool gauges of `metrics` from the pooling allocator.
+    /// Sets the gauges of `metrics` read at scrape: the pooling allocator's
+    /// and the long calls'.
     pub fn observe_pool(&self, metrics: &crate::metrics::Metrics) {
         if let Some(pool) = self.engine.pooling_allocator_metrics() {
             let bytes = pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident();
@@ -201,6 +205,14 @@ impl Runtime {
             metrics.pool_resident_bytes.set(bytes as i64);
             metrics.pool_warm_slots.set(i64::from(slots));
         }
+        metrics
+            .long_calls_running
+            .set(self.long_calls.running() as i64);
+    }
+
+    /// Where long calls run.
+    pub fn long_calls(&self) -> &crate::cpu::LongCallPool {
+        &self.long_calls
     }
 
     /// The engine.
@@ -260,14 +272,16 @@ impl Runtime {
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(self.limits.hostcall_fuel);
         let deadline = Instant::now() + setup.timeout;
+        let cpu = crate::cpu::CpuSlot::new();
         store.set_epoch_deadline(1);
+        let slot = cpu.clone();
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield so a guest that computes without pause does not hold
-                // a tokio worker thread: other calls keep being served.
-                Ok(UpdateDeadline::Yield(1))
+                // a tokio worker thread (see `cpu.rs`).
+                Ok(UpdateDeadline::YieldCustom(1, slot.on_tick()))
             }
         });
         InvocationStore {
@@ -276,6 +290,7 @@ impl Runtime {
             stdout,
             stderr,
             usage: setup.usage,
+            cpu,
         }
     }
 }
@@ -333,6 +348,8 @@ pub struct InvocationStore {
     pub stderr: CappedOutput,
     /// What the invocation used.
     pub usage: Arc<Usage>,
+    /// Its share of the CPU.
+    pub cpu: Arc<crate::cpu::CpuSlot>,
 }
 
 /// What one invocation used, read after it ends.

@@ -403,6 +403,40 @@ async fn calls_past_the_memory_budget_wait_then_get_503_and_deliveries_wait_in_t
 }
 
 #[tokio::test]
+async fn long_calls_move_to_the_long_call_pool_while_short_calls_go_straight_through() {
+    let server = Server::start();
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    server
+        .deploy_ok("spin", guests::SPIN, "timeout_ms=4000&max_concurrency=8")
+        .await;
+    let spinners: Vec<_> = (0..6)
+        .map(|_| {
+            let request = server.http().get(server.url("/fn/spin/"));
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    // Past their first slice, all six run on the long-call pool.
+    eventually(Duration::from_secs(10), || async {
+        (server.metric("sluice_long_calls_running").await == 6.0).then_some(())
+    })
+    .await;
+    // Meanwhile short calls are answered, and stay where they started.
+    for _ in 0..50 {
+        let (status, body) = server.get("/fn/hello/").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(server.metric("sluice_long_calls_running").await, 6.0);
+    // Each long call still ends at its own deadline.
+    for spinner in spinners {
+        assert_eq!(spinner.await.unwrap(), 504);
+    }
+    eventually(Duration::from_secs(10), || async {
+        (server.metric("sluice_long_calls_running").await == 0.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn settings_from_query_multipart_and_patch_reach_the_guest() {
     let server = Server::start();
     let record = server
