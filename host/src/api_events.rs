@@ -247,19 +247,23 @@ async fn ingest_checked(
     let body = read_body(&parts.headers, body, limit).await?;
     let events = binding::parse_request(&parts.headers, &body)?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    state
-        .router
-        .publish(broker, events)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "events not accepted");
-            ApiError::new(
+    state.router.accept(broker, events).await.map_err(|error| {
+        if error.is_backlog() {
+            return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "events could not be stored; retry later",
+                "backlog_full",
+                error.to_string(),
             )
-            .with_retry_after(1)
-        })?;
+            .with_retry_after(1);
+        }
+        tracing::error!(%error, "events not accepted");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "events could not be stored; retry later",
+        )
+        .with_retry_after(1)
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": ids.len(), "ids": ids})),

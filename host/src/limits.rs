@@ -187,6 +187,18 @@ pub struct Limits {
     #[arg(long = "max-deliveries-per-trigger", default_value_t = 32)]
     pub max_deliveries_per_trigger: usize,
 
+    /// Pending deliveries (accepted, not yet delivered or dead-lettered)
+    /// past which event ingress answers 503 with `Retry-After`. Defends the
+    /// disk, memory and delivery latency against a backlog that grows
+    /// without end: backpressure, never a silent drop.
+    #[arg(long = "max-pending-deliveries", default_value_t = 1_000_000)]
+    pub max_pending_deliveries: usize,
+
+    /// The same bound for the deliveries of one broker (0: only the
+    /// server-wide one), so one broker's backlog cannot take it all.
+    #[arg(long = "max-pending-per-broker", default_value_t = 0)]
+    pub max_pending_per_broker: usize,
+
     /// Reply and publish steps an event may be from an outside event; past
     /// it, events are dropped and counted, so loops end.
     #[arg(long = "max-event-hops", default_value_t = 255)]

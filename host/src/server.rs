@@ -106,6 +106,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         max_in_flight: options.limits.max_deliveries_in_flight,
         max_in_flight_per_trigger: options.limits.max_deliveries_per_trigger,
         max_hops: options.limits.max_event_hops,
+        max_pending: options.limits.max_pending_deliveries,
+        max_pending_per_broker: options.limits.max_pending_per_broker,
+        ..DispatchLimits::default()
     };
     let invoker = Arc::new(HostInvoker::new(functions.clone()));
     let event_router = Router::new(store.clone(), invoker, limits, metrics.registry())?;

@@ -109,6 +109,16 @@ pub struct DispatchLimits {
     /// Reply and publish steps an event may be from an outside event; past
     /// it, events are dropped and counted, so loops end.
     pub max_hops: u32,
+    /// Pending deliveries past which ingress is refused (503): backpressure
+    /// instead of a backlog that grows until the machine gives out.
+    pub max_pending: usize,
+    /// The same bound for one broker's deliveries (0: none but the global
+    /// one).
+    pub max_pending_per_broker: usize,
+    /// Bytes of event JSON queued deliveries keep in memory; past it, a
+    /// queued delivery keeps only its id and place, and its event is read
+    /// back from the journal when it is due.
+    pub max_resident_event_bytes: usize,
 }
 
 impl Default for DispatchLimits {
@@ -117,6 +127,9 @@ impl Default for DispatchLimits {
             max_in_flight: 256,
             max_in_flight_per_trigger: 32,
             max_hops: 255,
+            max_pending: 1_000_000,
+            max_pending_per_broker: 0,
+            max_resident_event_bytes: 32 << 20,
         }
     }
 }
@@ -127,6 +140,24 @@ pub enum PublishError {
     /// The store could not make them durable: answer 503, never 202.
     #[error("events could not be stored: {0}")]
     Store(#[from] StoreError),
+    /// The backlog of pending deliveries is at its bound: answer 503 with
+    /// `Retry-After` (backpressure; nothing was stored).
+    #[error("{pending} deliveries are pending{of}, the limit is {limit}; retry later")]
+    Backlog {
+        /// Pending now (of the broker, for a broker's bound).
+        pending: usize,
+        /// The bound.
+        limit: usize,
+        /// ` at broker "..."` for a broker's bound, else empty.
+        of: String,
+    },
+}
+
+impl PublishError {
+    /// True when the backlog bound refused the events (retry later).
+    pub fn is_backlog(&self) -> bool {
+        matches!(self, PublishError::Backlog { .. })
+    }
 }
 
 /// Router metrics, registered in the host's registry.
@@ -293,14 +324,38 @@ pub struct StreamEntry {
     pub time_ms: u64,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Due {
-    at_ms: u64,
-    id: u64,
+/// A waiting delivery in the queue, ordered by when it is due (then by id):
+/// the heap holds the deliveries themselves, no map beside it.
+struct Waiting(Queued);
+
+impl Waiting {
+    fn key(&self) -> (u64, u64) {
+        (self.0.record.not_before_ms, self.0.record.id)
+    }
 }
 
-/// Deliveries waiting to run: a heap of due times and the records by id.
-type Queue = (BinaryHeap<Reverse<Due>>, HashMap<u64, Queued>);
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Waiting) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Waiting {}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Waiting) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Waiting) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Deliveries waiting to run, the first due on top.
+type Queue = BinaryHeap<Reverse<Waiting>>;
 
 /// A queued delivery, with its event already parsed when the router has it
 /// (shared by the deliveries of one event), so an attempt need not parse
@@ -310,10 +365,13 @@ struct Queued {
     event: Option<Arc<CloudEvent>>,
     /// Set once the delivery failed for good but its dead letter could not
     /// be stored yet: what is left is storing it, not another attempt.
-    failed: Option<Failure>,
+    failed: Option<Box<Failure>>,
     /// The place under its trigger's in-flight limit a delivery that ended
     /// handed to this parked one.
-    admitted: Option<Admitted>,
+    admitted: Option<Box<Admitted>>,
+    /// Its event's bytes, counted against the resident bound while it
+    /// waits (counted off when its attempt starts).
+    resident: u32,
 }
 
 impl Queued {
@@ -323,6 +381,7 @@ impl Queued {
             event,
             failed: None,
             admitted: None,
+            resident: 0,
         }
     }
 }
@@ -362,6 +421,14 @@ pub struct Router {
     declared: RwLock<std::collections::BTreeSet<String>>,
     /// Log lines of events dropped at the hop limit.
     hop_warnings: Throttle,
+    /// Pending deliveries by broker (for `max_pending_per_broker`).
+    pending_by_broker: Mutex<HashMap<Arc<str>, usize>>,
+    /// Bytes of event JSON waiting deliveries keep in memory.
+    resident: std::sync::atomic::AtomicUsize,
+    /// What a delivery whose event is on disk holds instead.
+    no_event: Arc<str>,
+    /// One copy of each broker and trigger name in queued deliveries.
+    names: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// At most one log line a second for a warning that something a guest
@@ -434,10 +501,10 @@ impl Drop for Admitted {
             let mut gate = self.slot.gate.lock().unwrap();
             match gate.parked.pop_front() {
                 Some(mut next) => {
-                    next.admitted = Some(Admitted {
+                    next.admitted = Some(Box::new(Admitted {
                         router: self.router.clone(),
                         slot: self.slot.clone(),
-                    });
+                    }));
                     Some(next)
                 }
                 None => {
@@ -499,7 +566,7 @@ impl Router {
             limits,
             triggers: RwLock::new(triggers),
             index: RwLock::new(index),
-            queue: Mutex::new((BinaryHeap::new(), HashMap::new())),
+            queue: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
             per_trigger: Mutex::new(HashMap::new()),
             metrics: Metrics::new(registry),
@@ -509,14 +576,22 @@ impl Router {
             stream: broadcast::channel(1024).0,
             declared: RwLock::default(),
             hop_warnings: Throttle::default(),
+            pending_by_broker: Mutex::default(),
+            resident: Default::default(),
+            no_event: Arc::from(""),
+            names: Mutex::default(),
         });
         let pending = router.store.recovered_deliveries()?;
         if !pending.is_empty() {
             tracing::info!(pending = pending.len(), "resuming pending deliveries");
         }
-        router.metrics.queue_depth.set(pending.len() as i64);
+        for record in &pending {
+            router.count_pending(&record.broker, 1);
+        }
         router.open_groups(&pending);
         router.schedule(pending);
+        // Built in one go: no room left over from growing.
+        router.queue.lock().unwrap().shrink_to_fit();
         Ok(router)
     }
 
@@ -535,7 +610,9 @@ impl Router {
         loop {
             let next_due = {
                 let queue = self.queue.lock().unwrap();
-                queue.0.peek().map(|Reverse(due)| due.at_ms)
+                queue
+                    .peek()
+                    .map(|Reverse(waiting)| waiting.0.record.not_before_ms)
             };
             match next_due {
                 None => self.wake.notified().await,
@@ -552,15 +629,10 @@ impl Router {
                     let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let queued = {
-                        let mut queue = self.queue.lock().unwrap();
-                        let (heap, records) = &mut *queue;
-                        heap.pop().and_then(|Reverse(due)| records.remove(&due.id))
-                    };
-                    let Some(queued) = queued else {
+                    let queued = self.queue.lock().unwrap().pop();
+                    let Some(Reverse(Waiting(mut queued))) = queued else {
                         continue;
                     };
-                    let mut queued = queued;
                     let found = self.trigger_slot(&queued.record.trigger);
                     // A place handed over by an ended delivery counts only
                     // in the slot it came from (not in one of a trigger
@@ -585,10 +657,10 @@ impl Router {
                         }
                         gate.running += 1;
                         drop(gate);
-                        admitted = Some(Admitted {
+                        admitted = Some(Box::new(Admitted {
                             router: Arc::downgrade(&self),
                             slot: slot.clone(),
-                        });
+                        }));
                     }
                     let router = self.clone();
                     tokio::spawn(async move {
@@ -621,13 +693,9 @@ impl Router {
         let mut any = false;
         {
             let mut queue = self.queue.lock().unwrap();
-            let (heap, map) = &mut *queue;
-            for queued in queued {
-                heap.push(Reverse(Due {
-                    at_ms: queued.record.not_before_ms,
-                    id: queued.record.id,
-                }));
-                map.insert(queued.record.id, queued);
+            for mut queued in queued {
+                self.keep_or_drop_event(&mut queued);
+                queue.push(Reverse(Waiting(queued)));
                 any = true;
             }
         }
@@ -636,9 +704,92 @@ impl Router {
         }
     }
 
+    /// Keeps a waiting delivery's event in memory while the waiting ones'
+    /// events fit in `max_resident_event_bytes`; else lets go of it (it is
+    /// read back from the journal when due).
+    fn keep_or_drop_event(&self, queued: &mut Queued) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // A parsed event (kept for a fresh delivery, so its attempt need not
+        // parse the JSON) takes some three times its JSON again.
+        let parsed = if queued.event.is_some() { 3 } else { 0 };
+        let bytes = queued.record.event.len() * (1 + parsed);
+        if queued.resident > 0 || bytes == 0 {
+            return;
+        }
+        let kept = self
+            .resident
+            .fetch_update(Relaxed, Relaxed, |held| {
+                (held + bytes <= self.limits.max_resident_event_bytes).then_some(held + bytes)
+            })
+            .is_ok();
+        if kept {
+            queued.resident = u32::try_from(bytes).unwrap_or(u32::MAX);
+        } else {
+            queued.record.event = self.no_event.clone();
+            queued.event = None;
+        }
+    }
+
+    /// The shared copy of `name`.
+    fn intern(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap();
+        if let Some(known) = names.get(name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        names.insert(name.clone());
+        name
+    }
+
+    /// Counts `delta` pending deliveries of `broker` (the gauge and the
+    /// broker's count).
+    fn count_pending(&self, broker: &str, delta: i64) {
+        self.metrics.queue_depth.add(delta);
+        let mut by_broker = self.pending_by_broker.lock().unwrap();
+        match by_broker.get_mut(broker) {
+            Some(count) => {
+                *count = count.saturating_add_signed(delta as isize);
+                if *count == 0 {
+                    by_broker.remove(broker);
+                }
+            }
+            None if delta > 0 => {
+                by_broker.insert(self.intern(broker), delta as usize);
+            }
+            None => {}
+        }
+    }
+
+    /// Pending deliveries of `broker`.
+    pub fn pending_of(&self, broker: &str) -> usize {
+        self.pending_by_broker
+            .lock()
+            .unwrap()
+            .get(broker)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Accepts `events` from a client into `broker`, as [`Router::publish`]
+    /// does, unless the backlog is at its bound (then nothing is stored).
+    pub async fn accept(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+        self.publish_bounded(broker, events, true).await
+    }
+
     /// Accepts `events` into `broker`: matches them, stores one delivery per
-    /// matching trigger, and returns once that is on disk.
+    /// matching trigger, and returns once that is on disk. Replies and
+    /// events guests publish come this way, not held to the backlog bound
+    /// (they are bounded by hops and per-call limits).
     pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+        self.publish_bounded(broker, events, false).await
+    }
+
+    async fn publish_bounded(
+        &self,
+        broker: &str,
+        events: Vec<CloudEvent>,
+        bounded: bool,
+    ) -> Result<(), PublishError> {
         let index = self.index.read().unwrap().clone();
         let mut records = Vec::new();
         let mut shared = Vec::new();
@@ -646,6 +797,7 @@ impl Router {
         let mut accepted = 0;
         let watched = self.stream.receiver_count() > 0;
         let mut seen = Vec::new();
+        let broker_name = self.intern(broker);
         for event in events {
             let hops: u32 = event
                 .extensions
@@ -686,8 +838,8 @@ impl Router {
                 }
                 records.push(DeliveryRecord {
                     id,
-                    broker: broker.to_string(),
-                    trigger: trigger.name.clone(),
+                    broker: broker_name.clone(),
+                    trigger: self.intern(&trigger.name),
                     event: json.clone(),
                     attempts: 0,
                     not_before_ms: 0,
@@ -695,6 +847,25 @@ impl Router {
                     group,
                 });
                 shared.push(parsed.clone());
+            }
+        }
+        if bounded && !records.is_empty() {
+            let pending = self.pending().max(0) as usize;
+            if pending + records.len() > self.limits.max_pending {
+                return Err(PublishError::Backlog {
+                    pending,
+                    limit: self.limits.max_pending,
+                    of: String::new(),
+                });
+            }
+            let limit = self.limits.max_pending_per_broker;
+            let of_broker = self.pending_of(broker);
+            if limit > 0 && of_broker + records.len() > limit {
+                return Err(PublishError::Backlog {
+                    pending: of_broker,
+                    limit,
+                    of: format!(" at broker {broker:?}"),
+                });
             }
         }
         if !records.is_empty() {
@@ -718,7 +889,7 @@ impl Router {
             .unmatched
             .with_label_values(&[broker])
             .inc_by(unmatched);
-        self.metrics.queue_depth.add(records.len() as i64);
+        self.count_pending(broker, records.len() as i64);
         self.schedule_parsed(records.into_iter().zip(shared.into_iter().map(Some)));
         Ok(())
     }
@@ -784,17 +955,36 @@ impl Router {
         &self,
         queued: Queued,
         found: Option<(Arc<Trigger>, Arc<TriggerSlot>)>,
-        _admitted: Option<Admitted>,
+        _admitted: Option<Box<Admitted>>,
     ) {
         let Queued {
             mut record,
             event: parsed,
             failed,
             admitted: _,
+            resident,
         } = queued;
+        self.resident
+            .fetch_sub(resident as usize, std::sync::atomic::Ordering::Relaxed);
+        if record.event.is_empty() {
+            // Let go of while it waited: read it back from the journal.
+            match self.read_event(record.id).await {
+                Ok(Some(json)) => record.event = json,
+                Ok(None) => {
+                    tracing::warn!(id = record.id, trigger = %record.trigger, "a queued delivery is no longer in the journal");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(id = record.id, %error, "could not read a delivery's event back; trying again");
+                    record.not_before_ms = self.now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
+                    self.schedule_queued([Queued::new(record, None)]);
+                    return;
+                }
+            }
+        }
         if let Some(failure) = failed {
             // Only its dead letter is left to store.
-            self.fail_for_good(record, parsed, failure).await;
+            self.fail_for_good(record, parsed, *failure).await;
             return;
         }
         let Some((trigger, slot)) = found else {
@@ -857,7 +1047,7 @@ impl Router {
         };
         record.attempts += 1;
         let context = DeliveryContext {
-            broker: record.broker.clone(),
+            broker: record.broker.to_string(),
             attempt: record.attempts,
             timeout: trigger.delivery.timeout,
         };
@@ -913,7 +1103,7 @@ impl Router {
         if let Err(error) = self.store.complete_delivery(record.id) {
             tracing::error!(id = record.id, %error, "could not mark a delivery done; it may run again");
         }
-        self.metrics.queue_depth.dec();
+        self.count_pending(&record.broker, -1);
     }
 
     async fn retry_or_fail(
@@ -1009,7 +1199,7 @@ impl Router {
             .triggers
             .read()
             .unwrap()
-            .get(&record.trigger)
+            .get(&*record.trigger)
             .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
         let sink_id = match (has_sink, failure.sink_id) {
             (false, _) => None,
@@ -1028,8 +1218,8 @@ impl Router {
         };
         let letter = DeadLetterRecord {
             id: letter_id,
-            broker: record.broker.clone(),
-            trigger: record.trigger.clone(),
+            broker: record.broker.to_string(),
+            trigger: record.trigger.to_string(),
             event: json.to_string(),
             attempts: record.attempts,
             reason: failure.reason.clone(),
@@ -1057,10 +1247,10 @@ impl Router {
                 if let Some(slot) = self.slot(&record.trigger) {
                     slot.dead_lettered.inc();
                 }
-                self.metrics.queue_depth.dec();
+                self.count_pending(&record.broker, -1);
                 self.settle(&record, true);
                 if let Some(sink) = sink {
-                    self.metrics.queue_depth.inc();
+                    self.count_pending(&sink.broker, 1);
                     self.schedule(vec![sink]);
                 }
             }
@@ -1088,9 +1278,19 @@ impl Router {
         self.schedule_queued([Queued {
             record,
             event,
-            failed: Some(failure),
+            failed: Some(Box::new(failure)),
             admitted: None,
+            resident: 0,
         }]);
+    }
+
+    /// The event of pending delivery `id`, read from the journal off the
+    /// async workers.
+    async fn read_event(&self, id: u64) -> Result<Option<Arc<str>>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.delivery_event(id))
+            .await
+            .map_err(|error| StoreError::Conflict(format!("reading an event back: {error}")))?
     }
 
     /// Counts an event (or a batch) refused at ingress into `broker`. A
@@ -1242,14 +1442,27 @@ impl Router {
             *self.index.write().unwrap() =
                 Arc::new(TriggerIndex::build(triggers.values().cloned()));
         }
-        // Its pending deliveries fail for good without touching these; the
-        // parked ones go back to the queue to do so.
+        // Its pending deliveries fail for good without touching these, now
+        // rather than at their next attempt: the parked ones go back to the
+        // queue, and the waiting ones are due at once.
         let slot = self.per_trigger.lock().unwrap().remove(name);
         if let Some(slot) = slot {
             let parked = std::mem::take(&mut slot.gate.lock().unwrap().parked);
             self.metrics.parked.sub(parked.len() as i64);
             self.schedule_queued(parked);
         }
+        {
+            let now = self.now_ms();
+            let mut queue = self.queue.lock().unwrap();
+            let mut waiting = std::mem::take(&mut *queue).into_vec();
+            for Reverse(Waiting(queued)) in &mut waiting {
+                if &*queued.record.trigger == name && queued.record.not_before_ms > now {
+                    queued.record.not_before_ms = now;
+                }
+            }
+            *queue = BinaryHeap::from(waiting);
+        }
+        self.wake.notify_one();
         let m = &self.metrics;
         for counter in [
             &m.matched,
@@ -1297,8 +1510,8 @@ impl Router {
         };
         let record = DeliveryRecord {
             id: self.store.next_id().await?,
-            broker: letter.broker,
-            trigger: letter.trigger,
+            broker: self.intern(&letter.broker),
+            trigger: self.intern(&letter.trigger),
             event: event.into(),
             attempts: 0,
             not_before_ms: 0,
@@ -1311,7 +1524,7 @@ impl Router {
         if let Some(slot) = self.slot(&record.trigger) {
             slot.replayed.inc();
         }
-        self.metrics.queue_depth.inc();
+        self.count_pending(&record.broker, 1);
         self.schedule(vec![record]);
         Ok(true)
     }

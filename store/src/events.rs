@@ -29,11 +29,12 @@ use crate::{Result, Store, StoreError};
 pub struct DeliveryRecord {
     /// Unique, increasing.
     pub id: u64,
-    /// The broker the event was posted to.
-    pub broker: String,
-    /// The trigger.
-    pub trigger: String,
-    /// The event, in structured JSON.
+    /// The broker the event was posted to (shared by many deliveries).
+    pub broker: Arc<str>,
+    /// The trigger (shared by many deliveries).
+    pub trigger: Arc<str>,
+    /// The event, in structured JSON. Empty when the holder let go of it to
+    /// keep memory bounded: [`Store::delivery_event`] reads it back.
     pub event: Arc<str>,
     /// Attempts made so far.
     pub attempts: u32,

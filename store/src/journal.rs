@@ -120,15 +120,18 @@ impl Default for Config {
 struct PutFrame<'a> {
     #[serde(borrow)]
     event: std::borrow::Cow<'a, str>,
-    deliveries: Vec<Slim>,
+    #[serde(borrow)]
+    deliveries: Vec<Slim<'a>>,
 }
 
 /// A [`DeliveryRecord`] without its event.
 #[derive(Serialize, Deserialize)]
-struct Slim {
+struct Slim<'a> {
     id: u64,
-    broker: String,
-    trigger: String,
+    #[serde(borrow)]
+    broker: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    trigger: std::borrow::Cow<'a, str>,
     attempts: u32,
     not_before_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,8 +165,8 @@ fn encode_puts(records: &[DeliveryRecord]) -> Vec<Encoded> {
                 .iter()
                 .map(|r| Slim {
                     id: r.id,
-                    broker: r.broker.clone(),
-                    trigger: r.trigger.clone(),
+                    broker: std::borrow::Cow::Borrowed(&r.broker),
+                    trigger: std::borrow::Cow::Borrowed(&r.trigger),
                     attempts: r.attempts,
                     not_before_ms: r.not_before_ms,
                     dead_letter: r.dead_letter,
@@ -207,9 +210,34 @@ struct Frame {
     entry: Entry,
 }
 
+/// One shared copy of each broker and trigger name read back (a backlog
+/// names the same few in every record).
+#[derive(Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.insert(name.clone());
+        name
+    }
+}
+
 /// Decodes the frame at `at`: the entry and the frame's length, or why it
 /// is not a valid frame.
 fn read_frame(data: &[u8], at: usize) -> std::result::Result<(Entry, usize), String> {
+    read_frame_with(data, at, &mut Names::default())
+}
+
+/// [`read_frame`], sharing names through `names`.
+fn read_frame_with(
+    data: &[u8],
+    at: usize,
+    names: &mut Names,
+) -> std::result::Result<(Entry, usize), String> {
     if data.len() - at < HEADER {
         return Err("a frame header is cut short".into());
     }
@@ -236,8 +264,8 @@ fn read_frame(data: &[u8], at: usize) -> std::result::Result<(Entry, usize), Str
                     .into_iter()
                     .map(|s| DeliveryRecord {
                         id: s.id,
-                        broker: s.broker,
-                        trigger: s.trigger,
+                        broker: names.intern(&s.broker),
+                        trigger: names.intern(&s.trigger),
                         event: event.clone(),
                         attempts: s.attempts,
                         not_before_ms: s.not_before_ms,
@@ -260,10 +288,15 @@ fn read_frame(data: &[u8], at: usize) -> std::result::Result<(Entry, usize), Str
 /// Decodes the frames of one segment. Returns them and, if the data ends in
 /// a bad frame, the offset where the good frames end and why.
 fn decode(data: &[u8]) -> (Vec<Frame>, Option<(usize, String)>) {
+    decode_with(data, &mut Names::default())
+}
+
+/// [`decode`], sharing names through `names`.
+fn decode_with(data: &[u8], names: &mut Names) -> (Vec<Frame>, Option<(usize, String)>) {
     let mut frames = Vec::new();
     let mut at = 0;
     while at < data.len() {
-        match read_frame(data, at) {
+        match read_frame_with(data, at, names) {
             Ok((entry, len)) => {
                 frames.push(Frame {
                     offset: at,
@@ -373,6 +406,7 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode) -> Result<Scanned> {
     let seqs = segments(disk, dir)?;
     let mut live = BTreeMap::new();
     let mut segs = BTreeMap::new();
+    let mut names = Names::default();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let data = match disk.read(&path) {
@@ -386,7 +420,7 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode) -> Result<Scanned> {
                 });
             }
         };
-        let (frames, bad) = decode(&data);
+        let (frames, bad) = decode_with(&data, &mut names);
         let mut bytes = data.len() as u64;
         for frame in frames {
             match frame.entry {
@@ -1206,7 +1240,7 @@ mod tests {
         DeliveryRecord {
             id,
             broker: "default".into(),
-            trigger: format!("t{}", id % 3),
+            trigger: format!("t{}", id % 3).into(),
             event: event.into(),
             attempts: 0,
             not_before_ms: 0,

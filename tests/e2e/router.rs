@@ -383,6 +383,52 @@ async fn finished_deliveries_and_deleted_dead_letters_stay_finished_after_a_cras
 }
 
 #[tokio::test]
+async fn a_full_backlog_answers_503_with_retry_after_and_takes_events_again_once_it_drains() {
+    let server = Server::start_with(&["--max-pending-deliveries", "10"]);
+    // Nothing takes the deliveries yet: they stay pending.
+    server
+        .trigger(json!({"name": "stuck", "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 100, "backoffDelay": "PT60S"}}))
+        .await;
+    for i in 0..10 {
+        assert_eq!(
+            server.send_event(&format!("b{i}"), "t", &[], b"").await,
+            202
+        );
+    }
+    let response = server
+        .http()
+        .post(server.url("/v1/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "over")
+        .header("ce-source", "/e2e")
+        .header("ce-type", "t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = response.text().await.unwrap();
+    assert_eq!(error_code(&body), "backlog_full", "{body}");
+    assert_eq!(server.metric("sluice_deliveries_pending").await, 10.0);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get(&(
+            "sluice_events_rejected_total".to_string(),
+            "broker=default,reason=backlog_full".to_string()
+        )),
+        Some(&1.0)
+    );
+    // Drained (the trigger's deliveries dead-lettered on delete): accepted.
+    let (status, _) = server.delete("/v1/triggers/stuck").await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), || async {
+        (server.metric("sluice_deliveries_pending").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(server.send_event("again", "t", &[], b"").await, 202);
+}
+
+#[tokio::test]
 async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
     let server = Server::start_with(&["--max-event-bytes", "4096"]);
     let sink = Sink::start().await;

@@ -122,7 +122,7 @@ async fn setup(fake: Fake, limits: DispatchLimits, triggers: Vec<Trigger>) -> Se
 async fn settle(router: &Router) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
-        if router.store.delivery_count() == 0 && router.queue.lock().unwrap().1.is_empty() {
+        if router.store.delivery_count() == 0 && router.queue.lock().unwrap().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -569,7 +569,7 @@ async fn deliveries_at_their_triggers_limit_are_parked_not_polled() {
     // parked deliveries are not in the queue, so nothing wakes for them).
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
-        s.router.queue.lock().unwrap().0.is_empty(),
+        s.router.queue.lock().unwrap().is_empty(),
         "parked deliveries were re-queued"
     );
     assert_eq!(attempts_of(&s.fake, "f").len(), 1);
@@ -668,4 +668,103 @@ fn a_throttled_warning_is_logged_once_a_second_with_what_it_skipped() {
     assert_eq!(throttle.allow(5_999), None);
     assert_eq!(throttle.allow(6_000), Some(2));
     assert_eq!(throttle.allow(6_001), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_deliveries_past_the_resident_bound_read_their_event_back_from_the_journal() {
+    let limits = DispatchLimits {
+        max_resident_event_bytes: 300,
+        ..DispatchLimits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fake = Arc::new(Fake::default());
+    let router = Router::new(store, fake.clone(), limits, &Registry::new()).unwrap();
+    router
+        .put_trigger(trigger("t", "x", "f", json!({})))
+        .await
+        .unwrap();
+    // Twenty events, queued before the dispatcher runs: a few fit the
+    // bound, the rest keep only their place.
+    let events = (0..20).map(|i| event_of("x", &format!("e{i}"))).collect();
+    router.publish("default", events).await.unwrap();
+    let dropped = router
+        .queue
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|Reverse(Waiting(q))| q.record.event.is_empty())
+        .count();
+    assert!(dropped >= 15, "{dropped} of 20 let go of their event");
+    assert!(router.resident.load(Ordering::Relaxed) <= 300);
+    let runner = tokio::spawn(router.clone().run());
+    settle(&router).await;
+    let mut ids: Vec<String> = fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.1.clone())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each delivered once, with its own event");
+    assert_eq!(router.resident.load(Ordering::Relaxed), 0);
+    runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ingress_past_the_backlog_bound_is_refused_and_nothing_stored() {
+    let gate = Arc::new(Semaphore::new(0));
+    let fake = Fake {
+        gate: Some(gate.clone()),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_pending: 5,
+        max_pending_per_broker: 3,
+        ..DispatchLimits::default()
+    };
+    let triggers = vec![
+        trigger("t", "x", "f", json!({})),
+        Trigger::parse(
+            &json!({"name": "p", "broker": "pay", "filter": {"attributes": {"type": "x"}}, "subscriber": {"function": "g"}}),
+            None,
+        )
+        .unwrap(),
+    ];
+    let s = setup(fake, limits, triggers).await;
+    let accept = |broker: &'static str, id: String| {
+        let router = s.router.clone();
+        async move { router.accept(broker, vec![event_of("x", &id)]).await }
+    };
+    for i in 0..3 {
+        accept("pay", format!("p{i}")).await.unwrap();
+    }
+    let error = accept("pay", "p3".into()).await.unwrap_err();
+    assert!(error.is_backlog(), "{error}");
+    assert!(error.to_string().contains("\"pay\""), "{error}");
+    for i in 0..2 {
+        accept("default", format!("d{i}")).await.unwrap();
+    }
+    let error = accept("default", "d2".into()).await.unwrap_err();
+    assert!(error.is_backlog(), "the server-wide bound: {error}");
+    assert_eq!(
+        s.router.store.delivery_count(),
+        5,
+        "nothing of the refused stored"
+    );
+    // Replies and guests' events are not held to it.
+    s.router
+        .publish("default", vec![event_of("x", "reply")])
+        .await
+        .unwrap();
+    assert_eq!(s.router.pending(), 6);
+    gate.add_permits(100);
+    settle(&s.router).await;
+    accept("pay", "p4".into()).await.unwrap();
+    gate.add_permits(1);
+    settle(&s.router).await;
+    s.runner.abort();
 }
