@@ -7,10 +7,13 @@
 //!   at least [`BodyLimits::min_rate`] bytes a second, and no gap between
 //!   two chunks may be longer than the grace: a body trickled at a byte a
 //!   second, or one that stops one byte short, ends in 408.
-//! - Every byte read counts against one server-wide budget
-//!   ([`BodyLimits::budget_bytes`]) until the request's response is ready:
-//!   past it, 503 with `Retry-After`. Forty clients that each send 15 MiB
-//!   and stall cannot pin 600 MiB.
+//! - Every byte read counts against a server-wide budget until the
+//!   request's response is ready: past it, 503 with `Retry-After`. Forty
+//!   clients that each send 15 MiB and stall cannot pin 600 MiB. Component
+//!   uploads (deploys, which need a `deploy` token) have a budget of their
+//!   own ([`BodyLimits::upload_budget_bytes`], one largest component), so
+//!   the one every other request shares ([`BodyLimits::budget_bytes`]) can
+//!   be far smaller than a component.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -31,8 +34,10 @@ pub struct BodyLimits {
     /// The least average rate a body must keep after the grace, in bytes a
     /// second.
     pub min_rate: u64,
-    /// Bytes of request bodies held at once, server-wide.
+    /// Bytes of request bodies held at once, server-wide, except uploads.
     pub budget_bytes: usize,
+    /// Bytes of component uploads held at once.
+    pub upload_budget_bytes: usize,
 }
 
 /// Why a body was cut off.
@@ -65,6 +70,7 @@ impl BodyRefused {
 pub struct BodyBudget {
     limits: BodyLimits,
     bytes: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
 }
 
 /// What one request holds of the budget; released when dropped.
@@ -75,8 +81,10 @@ impl BodyBudget {
     /// A budget for `limits`.
     pub fn new(limits: BodyLimits) -> BodyBudget {
         let bytes = limits.budget_bytes.min(Semaphore::MAX_PERMITS);
+        let uploads = limits.upload_budget_bytes.min(Semaphore::MAX_PERMITS);
         BodyBudget {
             bytes: Arc::new(Semaphore::new(bytes)),
+            uploads: Arc::new(Semaphore::new(uploads)),
             limits,
         }
     }
@@ -86,12 +94,14 @@ impl BodyBudget {
         &self.limits
     }
 
-    /// Wraps `body`; what it reads is held in `held`.
-    pub fn guard(&self, body: axum::body::Body, held: Held) -> axum::body::Body {
+    /// Wraps `body` (a component upload's, with `upload`); what it reads
+    /// is held in `held`.
+    pub fn guard(&self, body: axum::body::Body, held: Held, upload: bool) -> axum::body::Body {
         let now = Instant::now();
+        let budget = if upload { &self.uploads } else { &self.bytes };
         axum::body::Body::new(GuardedBody {
             inner: body,
-            budget: self.bytes.clone(),
+            budget: budget.clone(),
             held,
             start: now,
             received: 0,
@@ -176,6 +186,7 @@ mod tests {
             grace: Duration::from_secs(10),
             min_rate: 1000,
             budget_bytes: bytes,
+            upload_budget_bytes: bytes,
         })
     }
 
@@ -183,13 +194,21 @@ mod tests {
     async fn bytes_are_held_until_the_request_ends_and_past_the_budget_refused() {
         let budget = budget(100);
         let first = Held::default();
-        let body = budget.guard(axum::body::Body::from(vec![0u8; 60]), first.clone());
+        let body = budget.guard(axum::body::Body::from(vec![0u8; 60]), first.clone(), false);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 60);
-        let second = budget.guard(axum::body::Body::from(vec![0u8; 60]), Held::default());
+        let second = budget.guard(
+            axum::body::Body::from(vec![0u8; 60]),
+            Held::default(),
+            false,
+        );
         let error = second.collect().await.unwrap_err();
         assert_eq!(BodyRefused::find(&error), Some(BodyRefused::Budget));
         drop(first);
-        let third = budget.guard(axum::body::Body::from(vec![0u8; 60]), Held::default());
+        let third = budget.guard(
+            axum::body::Body::from(vec![0u8; 60]),
+            Held::default(),
+            false,
+        );
         assert_eq!(third.collect().await.unwrap().to_bytes().len(), 60);
     }
 
@@ -212,7 +231,7 @@ mod tests {
         tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
         let started = Instant::now();
         let error = budget
-            .guard(body, Held::default())
+            .guard(body, Held::default(), false)
             .collect()
             .await
             .unwrap_err();
@@ -238,7 +257,7 @@ mod tests {
         });
         let started = Instant::now();
         let error = budget
-            .guard(body, Held::default())
+            .guard(body, Held::default(), false)
             .collect()
             .await
             .unwrap_err();
@@ -257,7 +276,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        let got = budget.guard(body, Held::default()).collect().await.unwrap();
+        let got = budget
+            .guard(body, Held::default(), false)
+            .collect()
+            .await
+            .unwrap();
         assert_eq!(got.to_bytes().len(), 40_000);
         steady.await.unwrap();
     }

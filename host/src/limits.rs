@@ -167,10 +167,12 @@ pub struct Limits {
     pub min_body_rate: u64,
 
     /// Bytes of request bodies the server holds at once, across all
-    /// requests (at least the largest single body allowed). Defends the
-    /// host's memory against many clients that send large bodies and stall:
-    /// past it, 503 with `Retry-After`.
-    #[arg(long = "max-buffered-request-bytes", default_value_t = 128 * MIB)]
+    /// requests but component uploads (at least the largest request or
+    /// event body allowed). Defends the host's memory against many clients
+    /// that send large bodies and stall: past it, 503 with `Retry-After`.
+    /// Component uploads share a budget of one largest component
+    /// (`--max-component-bytes`) of their own.
+    #[arg(long = "max-buffered-request-bytes", default_value_t = 64 * MIB)]
     pub max_buffered_request_bytes: u64,
 
     /// Largest event request body (one event or a batch), in bytes; 413

@@ -238,22 +238,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
 /// The bounds of request bodies: the budget is at least the largest single
 /// body a route accepts.
 fn body_limits(limits: &Limits) -> crate::body::BodyLimits {
-    let largest = limits
-        .max_component_bytes
-        .saturating_add(1 << 20)
-        .max(limits.max_request_bytes)
-        .max(limits.max_event_bytes);
+    let largest = limits.max_request_bytes.max(limits.max_event_bytes);
     let budget = limits.max_buffered_request_bytes.max(largest);
     if budget > limits.max_buffered_request_bytes {
         tracing::info!(
             budget,
-            "--max-buffered-request-bytes raised to the largest body a route accepts"
+            "--max-buffered-request-bytes raised to the largest request or event body allowed"
         );
     }
     crate::body::BodyLimits {
         grace: Duration::from_secs(limits.body_grace_secs.max(1)),
         min_rate: limits.min_body_rate,
         budget_bytes: usize::try_from(budget).unwrap_or(usize::MAX),
+        upload_budget_bytes: usize::try_from(limits.max_component_bytes.saturating_add(1 << 20))
+            .unwrap_or(usize::MAX),
     }
 }
 
@@ -440,7 +438,9 @@ async fn serve_tracked(
     // The body's bytes count against the server's budget until the
     // response is ready.
     let held = crate::body::Held::default();
-    let request = request.map(|body| state.bodies.guard(body, held.clone()));
+    let upload =
+        request.method() == http::Method::PUT && request.uri().path().starts_with("/v1/functions/");
+    let request = request.map(|body| state.bodies.guard(body, held.clone(), upload));
     let response = next.run(request).await;
     drop(held);
     response
@@ -547,14 +547,27 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
-        Err(error) => Err(ApiError::body_error(&*error)),
+    // Copied into one buffer as the chunks arrive, each dropped at once: the
+    // memory a body holds is the bytes that arrived (what the body budget
+    // counts), not those plus the chunks' buffers, nor twice that at the end.
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = Limited::new(body, limit);
+    let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(0).min(limit));
+    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+            }
+            Err(error) if error.is::<LengthLimitError>() => {
+                return Err(ApiError::body_too_large(limit as u64));
+            }
+            Err(error) => return Err(ApiError::body_error(&*error)),
+        }
     }
+    Ok(buffer.freeze())
 }
 
 fn is_multipart(headers: &HeaderMap) -> bool {
