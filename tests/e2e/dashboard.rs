@@ -13,7 +13,7 @@ use crate::harness::{Server, eventually};
 
 #[tokio::test]
 async fn the_dashboard_shows_functions_events_and_dead_letters() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let script = root.join("tests/ui/dashboard.mjs");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let ready = root.join("tests/ui/node_modules/playwright-core").exists()

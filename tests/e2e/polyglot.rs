@@ -17,7 +17,7 @@ const GUESTS: [&str; 4] = [
 ];
 
 fn built() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/polyglot");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/polyglot");
     if GUESTS
         .iter()
         .all(|g| dir.join(format!("{g}.wasm")).exists())

@@ -1,0 +1,441 @@
+//! The `sluice` command line: `serve` runs the server; every other command is
+//! a client of its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Makes the clap arguments of a table of limits (the runtime's,
+/// `sluice_runtime::runtime_limits!`, or the server's,
+/// `sluice_server::server_limits!`) and their conversion to the plain
+/// limits, so each flag's doc and default are its limit's own (as
+/// wasmtime's `cli-flags` maps its flags onto `wasmtime::Config`).
+macro_rules! limit_args {
+    (Limits; $($table:tt)*) => {
+        limit_args!(@make LimitArgs, sluice_runtime::Limits; $($table)*);
+    };
+    (ServerLimits; $($table:tt)*) => {
+        limit_args!(@make ServerLimitArgs, sluice_server::ServerLimits; $($table)*);
+    };
+    (@make $args:ident, $target:path;
+     $( $(#[doc = $doc:expr])* $field:ident : $ty:ty = $default:expr, $flag:literal; )*) => {
+        /// Limits of `sluice serve`, one flag each.
+        #[derive(Clone, Debug, clap::Args)]
+        pub struct $args {
+            $( $(#[doc = $doc])* #[arg(long = $flag, default_value_t = $default)] pub $field: $ty, )*
+        }
+
+        impl From<$args> for $target {
+            fn from(args: $args) -> Self {
+                Self { $( $field: args.$field, )* }
+            }
+        }
+    };
+}
+
+sluice_runtime::runtime_limits!(limit_args);
+sluice_server::server_limits!(limit_args);
+
+/// Sluice: a WebAssembly function host with an event router.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage and call functions.
+    #[command(name = "fn", subcommand)]
+    Function(FunctionCommand),
+    /// Manage triggers.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// Send events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Asynchronous invocations.
+    #[command(subcommand)]
+    Invocation(InvocationCommand),
+    /// Inspect and redrive dead letters.
+    #[command(name = "deadletter", subcommand)]
+    DeadLetter(DeadLetterCommand),
+    /// Show the server's health and counts.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a shell completion script (`sluice completions bash > /etc/bash_completion.d/sluice`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How read commands print what they get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people: tables and summaries.
+    #[default]
+    Text,
+    /// The API's JSON, for scripts.
+    Json,
+}
+
+/// `sluice trigger ...`
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[derive(Debug, Subcommand)]
+pub enum TriggerCommand {
+    /// Create or replace a trigger.
+    Create {
+        /// Trigger name.
+        name: String,
+        /// Function that receives matching events.
+        #[arg(long, conflicts_with = "uri", required_unless_present = "uri")]
+        function: Option<String>,
+        /// External sink URL that receives matching events.
+        #[arg(long)]
+        uri: Option<String>,
+        /// Broker whose events it sees.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        /// Exact attribute match, ATTR=VALUE (repeatable, ANDed).
+        #[arg(long = "filter", value_name = "ATTR=VALUE")]
+        filters: Vec<String>,
+        /// Attribute prefix match, ATTR=PREFIX (repeatable, ANDed).
+        #[arg(long = "prefix", value_name = "ATTR=PREFIX")]
+        prefixes: Vec<String>,
+        /// Attribute suffix match, ATTR=SUFFIX (repeatable, ANDed).
+        #[arg(long = "suffix", value_name = "ATTR=SUFFIX")]
+        suffixes: Vec<String>,
+        /// Retries after the first attempt.
+        #[arg(long)]
+        retry: Option<u32>,
+        /// Backoff policy: exponential or linear.
+        #[arg(long)]
+        backoff_policy: Option<String>,
+        /// Backoff base delay, ISO 8601 (PT0.2S).
+        #[arg(long)]
+        backoff_delay: Option<String>,
+        /// Function that receives events whose delivery failed for good.
+        #[arg(long)]
+        dead_letter: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List triggers.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one trigger.
+    Get {
+        /// Trigger name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a trigger.
+    Delete {
+        /// Trigger name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice event ...`
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send one event (binary mode).
+    Send {
+        /// `type` attribute.
+        #[arg(long = "type")]
+        ty: String,
+        /// `source` attribute.
+        #[arg(long)]
+        source: String,
+        /// `id` attribute (default: a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+        /// `subject` attribute.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Extension attribute, NAME=VALUE (repeatable).
+        #[arg(long = "ext", value_name = "NAME=VALUE")]
+        extensions: Vec<String>,
+        /// Data: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Media type of the data.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Broker to send to.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice deadletter ...`
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters.
+    List {
+        /// Only those of this trigger.
+        #[arg(long)]
+        trigger: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Redeliver a dead letter to its trigger.
+    Replay {
+        /// Dead letter id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Discard a dead letter.
+    Delete {
+        /// Dead letter id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
+    pub listen: SocketAddr,
+    /// Data directory: the store and compiled artifacts.
+    #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Deploy every NAME.wasm in this folder at start (public).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Accept this admin token instead of creating `<data-dir>/admin.token`.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// A broker that accepts events without a token (repeatable).
+    #[arg(long = "public-broker", value_name = "BROKER")]
+    pub public_brokers: Vec<String>,
+    /// Start on a damaged delivery journal by keeping every readable frame
+    /// and dropping the damaged bytes (the deliveries in them are lost).
+    /// Without it, a damaged journal stops the server with the file and
+    /// offset of the damage.
+    #[arg(long)]
+    pub salvage_journal: bool,
+    /// Serve `/metrics` without a token. Without it, scraping needs a token
+    /// of scope `metrics` (or `admin`): the series name every function,
+    /// private ones too.
+    #[arg(long)]
+    pub public_metrics: bool,
+    /// The runtime's limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The server's limits.
+    #[command(flatten)]
+    pub server_limits: ServerLimitArgs,
+}
+
+/// What a token may do (see the server's authentication).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Manage functions, triggers and dead letters; read everything.
+    Deploy,
+    /// Invoke private functions.
+    Invoke,
+    /// Post events.
+    Publish,
+    /// Read `/metrics`.
+    Metrics,
+}
+
+impl Scope {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Deploy => "deploy",
+            Scope::Invoke => "invoke",
+            Scope::Publish => "publish",
+            Scope::Metrics => "metrics",
+        }
+    }
+}
+
+/// How logs are written to stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the server is, and how to authenticate.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// URL of the Sluice server.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// API token. Default: `<data-dir>/admin.token` when the server is on
+    /// this machine.
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server's data directory, to find its admin token.
+    #[arg(
+        long = "data-dir",
+        global = true,
+        env = "SLUICE_DATA_DIR",
+        default_value = "sluice-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Output format of read commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `sluice fn ...`
+#[derive(Debug, Subcommand)]
+pub enum FunctionCommand {
+    /// Deploy (or replace) a function from a component file.
+    Deploy {
+        /// Function name (lowercase letters, digits, `-`).
+        name: String,
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Environment variable for the guest, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Timeout of one call, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Memory cap of one instance, in MiB.
+        #[arg(long, value_name = "MB")]
+        memory: Option<u64>,
+        /// Instances that may run at once.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// Host the guest may call over HTTP (repeatable).
+        #[arg(long = "allow-outbound", value_name = "HOST")]
+        allow_outbound: Vec<String>,
+        /// Allow anonymous invocation.
+        #[arg(long)]
+        public: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List functions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one function.
+    Get {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a function.
+    Delete {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a function's log (guest stdout and stderr).
+    Logs {
+        /// Function name.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Call a function and print its response body.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// Request body: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Queue the call and print its invocation id (see `sluice invocation get`).
+        #[arg(long = "async")]
+        asynchronous: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token; prints it once.
+    Create {
+        /// What it may do.
+        #[arg(long, value_enum)]
+        scope: Scope,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tokens (ids and scopes, never secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice invocation ...`
+#[derive(Debug, Subcommand)]
+pub enum InvocationCommand {
+    /// Show the status and result of an asynchronous invocation.
+    Get {
+        /// Invocation id.
+        id: String,
+        /// Wait until it has finished.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}

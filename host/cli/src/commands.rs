@@ -1,0 +1,734 @@
+//! The commands of the CLI: every one but `serve` talks to the API through
+//! `sluice-client`, and prints a table or, with `--output json`, JSON.
+//!
+//! Errors print the server's reason and exit non-zero.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, bail};
+
+use crate::args::{
+    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, Output,
+    TokenCommand, TriggerCommand,
+};
+
+/// The API client, and how read commands print.
+struct Client {
+    api: sluice_client::Client,
+    http: reqwest::Client,
+    base: String,
+    output: Output,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Client {
+        let token = sluice_client::find_token(args.token.as_deref(), &args.server, &args.data_dir);
+        let api = sluice_client::Client::new(&args.server, token.as_deref());
+        Client {
+            http: api.http().clone(),
+            base: api.base().to_string(),
+            api,
+            output: args.output,
+        }
+    }
+
+    /// `GET path` as JSON.
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.api.get(path).await?)
+    }
+
+    /// Prints `value` as JSON with `--output json`, else with `text`.
+    fn show(
+        &self,
+        value: &serde_json::Value,
+        text: impl FnOnce(&serde_json::Value),
+    ) -> anyhow::Result<()> {
+        match self.output {
+            Output::Json => print_json(value),
+            Output::Text => {
+                text(value);
+                Ok(())
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.api.url(path)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        Ok(self.api.send(request).await?)
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    Ok(match data {
+        None => Vec::new(),
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes)?;
+            bytes
+        }
+        Some(spec) => match spec.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+            None => spec.as_bytes().to_vec(),
+        },
+    })
+}
+
+/// Runs one `sluice fn` command.
+pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()> {
+    match command {
+        FunctionCommand::Deploy {
+            name,
+            file,
+            env,
+            timeout,
+            memory,
+            max_concurrency,
+            allow_outbound,
+            public,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let bytes = std::fs::read(&file).with_context(|| {
+                format!(
+                    "cannot read {}: build the component first (for Rust: `cargo build --target wasm32-wasip2 --release`)",
+                    file.display()
+                )
+            })?;
+            if !bytes.starts_with(b"\0asm") {
+                bail!(
+                    "{} is not a WebAssembly file: deploy the `.wasm` component your build produced",
+                    file.display()
+                );
+            }
+            if wasmparser::Parser::is_core_wasm(&bytes) {
+                bail!(
+                    "{} is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), or wrap it with `wasm-tools component new`",
+                    file.display()
+                );
+            }
+            let mut query: Vec<(String, String)> = Vec::new();
+            for pair in env {
+                if !pair.contains('=') {
+                    bail!("--env {pair:?} is not KEY=VALUE");
+                }
+                query.push(("env".into(), pair));
+            }
+            for host in allow_outbound {
+                query.push(("allow_outbound".into(), host));
+            }
+            if let Some(ms) = timeout {
+                query.push(("timeout_ms".into(), ms.to_string()));
+            }
+            if let Some(mb) = memory {
+                query.push(("memory_mb".into(), mb.to_string()));
+            }
+            if let Some(n) = max_concurrency {
+                query.push(("max_concurrency".into(), n.to_string()));
+            }
+            if public {
+                query.push(("visibility".into(), "public".into()));
+            }
+            let (body, progress) = upload(bytes, &format!("uploading {name}"));
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/functions/{name}")))
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(body);
+            let response = client.send(request).await;
+            progress.finish_and_clear();
+            let record: serde_json::Value = response?.json().await?;
+            client.show(&record, |f| {
+                println!(
+                    "deployed {} v{} ({}, {}) at {}",
+                    f["name"].as_str().unwrap_or_default(),
+                    f["version"],
+                    f["world"].as_str().unwrap_or_default(),
+                    f["settings"]["visibility"].as_str().unwrap_or("private"),
+                    f["url"].as_str().unwrap_or_default()
+                );
+            })
+        }
+        FunctionCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/functions").await?;
+            client.show(&list, |list| {
+                let functions = list["functions"].as_array().cloned().unwrap_or_default();
+                if functions.is_empty() {
+                    println!("no functions deployed (`sluice fn deploy NAME FILE.wasm`)");
+                    return;
+                }
+                println!(
+                    "{:<32} {:<5} {:<6} {:<8} URL",
+                    "NAME", "VER", "WORLD", "ACCESS"
+                );
+                for f in functions {
+                    println!(
+                        "{:<32} {:<5} {:<6} {:<8} {}",
+                        f["name"].as_str().unwrap_or_default(),
+                        format!("v{}", f["version"]),
+                        f["world"].as_str().unwrap_or_default(),
+                        f["settings"]["visibility"].as_str().unwrap_or("private"),
+                        f["url"].as_str().unwrap_or_default()
+                    );
+                }
+            })
+        }
+        FunctionCommand::Get { name, client } => {
+            let client = Client::new(&client);
+            let record = client.get(&format!("/v1/functions/{name}")).await?;
+            let recent = client
+                .get(&format!("/v1/functions/{name}/invocations"))
+                .await?;
+            client.show(&record, |f| {
+                for key in [
+                    "name", "version", "world", "digest", "url", "created", "updated",
+                ] {
+                    println!("{key:<10} {}", plain(&f[key]));
+                }
+                println!("settings   {}", f["settings"]);
+                let calls = recent["invocations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                println!(
+                    "recent     {} invocations since the server started",
+                    calls.len()
+                );
+                for call in calls.iter().take(10) {
+                    println!(
+                        "  {} {:<16} {:>9.2} ms {}",
+                        call["time_ms"],
+                        call["outcome"].as_str().unwrap_or_default(),
+                        call["duration_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                        if call["cold"] == true { "cold" } else { "" }
+                    );
+                }
+            })
+        }
+        FunctionCommand::Delete { name, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/functions/{name}"))),
+                )
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+        FunctionCommand::Logs {
+            name,
+            follow,
+            mut since,
+            client,
+        } => {
+            let client = Client::new(&client);
+            loop {
+                let request = client
+                    .http
+                    .get(client.url(&format!("/v1/functions/{name}/logs")))
+                    .query(&[("since", since.to_string()), ("limit", "1000".to_string())]);
+                let page: serde_json::Value = client.send(request).await?.json().await?;
+                let lines = page["logs"].as_array().cloned().unwrap_or_default();
+                for line in &lines {
+                    match client.output {
+                        // One JSON object per line, so `--follow` streams too.
+                        Output::Json => println!("{line}"),
+                        Output::Text => println!(
+                            "{} {} [{}] {}",
+                            line["time"].as_str().unwrap_or_default(),
+                            line["invocation"].as_str().unwrap_or_default(),
+                            line["stream"].as_str().unwrap_or_default(),
+                            line["line"].as_str().unwrap_or_default()
+                        ),
+                    }
+                }
+                since = page["next"].as_u64().unwrap_or(since);
+                if !follow && lines.len() < 1000 {
+                    return Ok(());
+                }
+                if lines.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        FunctionCommand::Invoke {
+            name,
+            data,
+            asynchronous,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let body = read_data(data.as_deref())?;
+            let mut request = client
+                .http
+                .post(client.url(&format!("/v1/functions/{name}/invoke")))
+                .body(body);
+            if asynchronous {
+                request = request.query(&[("async", "true")]);
+                let answer: serde_json::Value = client.send(request).await?.json().await?;
+                println!("{}", answer["id"].as_str().unwrap_or_default());
+                return Ok(());
+            }
+            let response = client.send(request).await?;
+            let bytes = response.bytes().await?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&bytes)?;
+            stdout.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn pair(spec: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => bail!("{flag} {spec:?} is not NAME=VALUE"),
+    }
+}
+
+/// Runs one `sluice trigger` command.
+pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> {
+    match command {
+        TriggerCommand::Create {
+            name,
+            function,
+            uri,
+            broker,
+            filters,
+            prefixes,
+            suffixes,
+            retry,
+            backoff_policy,
+            backoff_delay,
+            dead_letter,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let mut attributes = serde_json::Map::new();
+            for spec in &filters {
+                let (k, v) = pair(spec, "--filter")?;
+                attributes.insert(k, v.into());
+            }
+            let mut dialects = Vec::new();
+            for (flag, dialect, specs) in [
+                ("--prefix", "prefix", &prefixes),
+                ("--suffix", "suffix", &suffixes),
+            ] {
+                for spec in specs {
+                    let (k, v) = pair(spec, flag)?;
+                    dialects.push(serde_json::json!({ dialect: { k: v } }));
+                }
+            }
+            let subscriber = match (function, uri) {
+                (Some(f), _) => serde_json::json!({"function": f}),
+                (None, Some(u)) => serde_json::json!({"uri": u}),
+                (None, None) => bail!("give --function or --uri"),
+            };
+            let mut delivery = serde_json::Map::new();
+            if let Some(retry) = retry {
+                delivery.insert("retry".into(), retry.into());
+            }
+            if let Some(policy) = backoff_policy {
+                delivery.insert("backoffPolicy".into(), policy.into());
+            }
+            if let Some(delay) = backoff_delay {
+                delivery.insert("backoffDelay".into(), delay.into());
+            }
+            if let Some(dl) = dead_letter {
+                delivery.insert("deadLetterSink".into(), serde_json::json!({"function": dl}));
+            }
+            let body = serde_json::json!({
+                "name": name,
+                "broker": broker,
+                "filter": {"attributes": attributes},
+                "filters": dialects,
+                "subscriber": subscriber,
+                "delivery": delivery,
+            });
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/triggers/{name}")))
+                .json(&body);
+            let trigger: serde_json::Value = client.send(request).await?.json().await?;
+            print_json(&trigger)
+        }
+        TriggerCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/triggers").await?;
+            client.show(&list, |list| {
+                let triggers = list["triggers"].as_array().cloned().unwrap_or_default();
+                if triggers.is_empty() {
+                    println!(
+                        "no triggers (`sluice trigger create NAME --filter type=... --function F`)"
+                    );
+                    return;
+                }
+                println!(
+                    "{:<24} {:<10} {:<28} {:>8} {:>9} {:>7} {:>5}  STATUS",
+                    "NAME", "BROKER", "SUBSCRIBER", "MATCHED", "DELIVERED", "RETRIED", "DEAD"
+                );
+                for t in triggers {
+                    let subscriber = t["subscriber"]["function"]
+                        .as_str()
+                        .map(|f| format!("fn {f}"))
+                        .or_else(|| t["subscriber"]["uri"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let stats = &t["stats"];
+                    println!(
+                        "{:<24} {:<10} {:<28} {:>8} {:>9} {:>7} {:>5}  {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["broker"].as_str().unwrap_or_default(),
+                        subscriber,
+                        stats["matched"],
+                        stats["delivered"],
+                        stats["retried"],
+                        stats["dead_lettered"],
+                        readiness(&t)
+                    );
+                }
+            })
+        }
+        TriggerCommand::Get { name, client } => {
+            let client = Client::new(&client);
+            let t = client.get(&format!("/v1/triggers/{name}")).await?;
+            client.show(&t, |t| {
+                for key in [
+                    "name",
+                    "broker",
+                    "subscriber",
+                    "filter",
+                    "filters",
+                    "delivery",
+                    "stats",
+                ] {
+                    if !t[key].is_null() {
+                        println!("{key:<10} {}", plain(&t[key]));
+                    }
+                }
+                println!("status     {}", readiness(t));
+            })
+        }
+        TriggerCommand::Delete { name, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/triggers/{name}"))),
+                )
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice event` command.
+pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
+    match command {
+        EventCommand::Send {
+            ty,
+            source,
+            id,
+            subject,
+            extensions,
+            data,
+            content_type,
+            broker,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let id = id.unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("{nanos:x}-{}", std::process::id())
+            });
+            let path = if broker == "default" {
+                "/v1/events".to_string()
+            } else {
+                format!("/v1/brokers/{broker}/events")
+            };
+            let encode = sluice_router::binding::percent_encode;
+            let mut request = client
+                .http
+                .post(client.url(&path))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", encode(&id))
+                .header("ce-type", encode(&ty))
+                .header("ce-source", encode(&source))
+                .header("content-type", content_type);
+            if let Some(subject) = subject {
+                request = request.header("ce-subject", encode(&subject));
+            }
+            for spec in &extensions {
+                let (k, v) = pair(spec, "--ext")?;
+                request = request.header(format!("ce-{k}"), encode(&v));
+            }
+            let answer: serde_json::Value = client
+                .send(request.body(read_data(data.as_deref())?))
+                .await?
+                .json()
+                .await?;
+            println!("accepted event {id} ({} accepted)", answer["accepted"]);
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice deadletter` command.
+pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List { trigger, client } => {
+            let client = Client::new(&client);
+            let mut request = client.http.get(client.url("/v1/deadletters"));
+            if let Some(trigger) = trigger {
+                request = request.query(&[("trigger", trigger)]);
+            }
+            let list: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&list, |list| {
+                let letters = list["deadletters"].as_array().cloned().unwrap_or_default();
+                if letters.is_empty() {
+                    println!("no dead letters");
+                    return;
+                }
+                println!(
+                    "{:<8} {:<25} {:<20} {:<32} {:<8} REASON",
+                    "ID", "TIME", "TRIGGER", "EVENT", "ATTEMPTS"
+                );
+                for l in letters {
+                    println!(
+                        "{:<8} {:<25} {:<20} {:<32} {:<8} {}",
+                        plain(&l["id"]),
+                        plain(&l["time"]),
+                        plain(&l["trigger"]),
+                        format!(
+                            "{} {}",
+                            plain(&l["event"]["type"]),
+                            plain(&l["event"]["id"])
+                        ),
+                        l["attempts"],
+                        plain(&l["reason"])
+                    );
+                }
+            })
+        }
+        DeadLetterCommand::Replay { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .post(client.url(&format!("/v1/deadletters/{id}/replay"))),
+                )
+                .await?;
+            println!("replaying {id}");
+            Ok(())
+        }
+        DeadLetterCommand::Delete { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/deadletters/{id}"))),
+                )
+                .await?;
+            println!("deleted {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `sluice invocation` command.
+pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Result<()> {
+    match command {
+        InvocationCommand::Get { id, wait, client } => {
+            let client = Client::new(&client);
+            let path = format!("/v1/invocations/{id}");
+            let spinner = wait.then(|| spinner(&format!("waiting for invocation {id}")));
+            let record = loop {
+                let record = client.get(&path).await?;
+                let done = matches!(record["status"].as_str(), Some("succeeded" | "failed"));
+                if done || !wait {
+                    break record;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            client.show(&record, |r| {
+                println!(
+                    "{} {} {}",
+                    plain(&r["id"]),
+                    plain(&r["function"]),
+                    plain(&r["status"])
+                );
+                if let Some(response) = r["response"].as_object() {
+                    println!("status {}", response["status"]);
+                    if let Some(body) = response.get("body").and_then(|b| b.as_str()) {
+                        print!("{body}");
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Runs one `sluice token` command.
+pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            scope,
+            name,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let request = client
+                .http
+                .post(client.url("/v1/tokens"))
+                .json(&serde_json::json!({"scope": scope.as_str(), "name": name}));
+            let token: serde_json::Value = client.send(request).await?.json().await?;
+            eprintln!(
+                "token {} ({}); it is shown only now:",
+                token["id"].as_str().unwrap_or_default(),
+                scope.as_str()
+            );
+            println!("{}", token["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        TokenCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/tokens").await?;
+            client.show(&list, |list| {
+                for t in list["tokens"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<14} {:<8} {:<24} {}",
+                        t["id"].as_str().unwrap_or_default(),
+                        t["scope"].as_str().unwrap_or_default(),
+                        t["created"].as_str().unwrap_or_default(),
+                        t["name"].as_str().unwrap_or_default()
+                    );
+                }
+            })
+        }
+        TokenCommand::Revoke { id, client } => {
+            let client = Client::new(&client);
+            client
+                .send(client.http.delete(client.url(&format!("/v1/tokens/{id}"))))
+                .await?;
+            println!("revoked {id}");
+            Ok(())
+        }
+    }
+}
+
+/// `sluice status`.
+pub async fn run_status(args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args);
+    let status = client.get("/v1/status").await?;
+    client.show(&status, |s| {
+        let health = match (s["ready"] == true, s["store_healthy"] == true) {
+            (true, true) => "ready".to_string(),
+            (false, true) => "not ready (starting or shutting down)".to_string(),
+            (_, false) => "store failed: a disk write failed; fix the disk and restart".to_string(),
+        };
+        println!(
+            "server      {} (sluice {})",
+            client.base,
+            plain(&s["version"])
+        );
+        println!("health      {health}");
+        println!(
+            "uptime      {}",
+            humantime(s["uptime_secs"].as_u64().unwrap_or(0))
+        );
+        println!(
+            "functions   {} ({} in memory)",
+            s["functions"], s["functions_loaded"]
+        );
+        println!("triggers    {}", s["triggers"]);
+        println!("pending     {} deliveries", s["deliveries_pending"]);
+        println!("dead        {} dead letters", s["dead_letters"]);
+        println!("in flight   {} requests", s["requests_in_flight"]);
+        println!("dashboard   {}/ui/", client.base);
+    })
+}
+
+/// A JSON value as text: strings without quotes.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn readiness(trigger: &serde_json::Value) -> String {
+    if trigger["status"]["ready"] == true {
+        "ready".to_string()
+    } else {
+        format!(
+            "not ready: {}",
+            trigger["status"]["reason"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+fn humantime(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h{}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{}h", secs / 86400, secs / 3600 % 24),
+    }
+}
+
+/// A spinner on stderr (drawn only when stderr is a terminal).
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    spinner
+}
+
+/// `bytes` as a request body that moves a progress bar as it is sent; once
+/// sent, the bar turns into a spinner while the server compiles.
+fn upload(bytes: Vec<u8>, message: &str) -> (reqwest::Body, indicatif::ProgressBar) {
+    const CHUNK: usize = 256 * 1024;
+    let bar = indicatif::ProgressBar::new(bytes.len() as u64).with_message(message.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let sent = bar.clone();
+    let total = bytes.len();
+    let bytes = bytes::Bytes::from(bytes);
+    let chunks = (0..total.div_ceil(CHUNK).max(1)).map(move |i| {
+        let chunk = bytes.slice(i * CHUNK..((i + 1) * CHUNK).min(total));
+        sent.inc(chunk.len() as u64);
+        if sent.position() >= total as u64 {
+            sent.set_style(indicatif::ProgressStyle::default_spinner());
+            sent.set_message("compiling on the server");
+            sent.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    (
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+        bar,
+    )
+}

@@ -1,0 +1,89 @@
+//! The `sluice` binary.
+//!
+//! `serve` runs the server (`sluice-server`); every other command is a
+//! client of the HTTP API (`sluice-client`, through `commands.rs`). Flags
+//! are in `args.rs`, the limits among them made from the runtime's and the
+//! server's tables of limits.
+
+mod args;
+mod commands;
+
+use args::{Cli, Command, LogFormat};
+use clap::Parser;
+use sluice_server::{ServeOptions, serve};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static ALLOCATOR: sluice_runtime::allocator::Allocator = sluice_runtime::allocator::Allocator;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    sluice_runtime::allocator::configure();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                init_logging(args.log_format);
+                serve(ServeOptions {
+                    listen: args.listen,
+                    data_dir: args.data_dir,
+                    limits: args.limits.into(),
+                    server_limits: args.server_limits.into(),
+                    examples: args.examples,
+                    admin_token: args.admin_token,
+                    public_brokers: args.public_brokers,
+                    salvage_journal: args.salvage_journal,
+                    public_metrics: args.public_metrics,
+                })
+                .await
+            }
+            Command::Function(command) => commands::run_function_command(command).await,
+            Command::Trigger(command) => commands::run_trigger_command(command).await,
+            Command::Token(command) => commands::run_token_command(command).await,
+            Command::Invocation(command) => commands::run_invocation_command(command).await,
+            Command::Event(command) => commands::run_event_command(command).await,
+            Command::DeadLetter(command) => commands::run_dead_letter_command(command).await,
+            Command::Status { client } => commands::run_status(client).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "sluice",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Request bodies: how fast they must arrive, and how many bytes of them
+//! the server holds at once.
+//!
+//! Every request body is wrapped in a [`GuardedBody`] before any handler
+//! reads it:
+//! - After [`BodyLimits::grace`], bytes must keep arriving at an average of
+//!   at least [`BodyLimits::min_rate`] bytes a second, and no gap between
+//!   two chunks may be longer than the grace: a body trickled at a byte a
+//!   second, or one that stops one byte short, ends in 408.
+//! - Every byte read counts against a server-wide budget until the
+//!   request's response is ready: past it, 503 with `Retry-After`. Forty
+//!   clients that each send 15 MiB and stall cannot pin 600 MiB. Component
+//!   uploads (deploys, which need a `deploy` token) have a budget of their
+//!   own ([`BodyLimits::upload_budget_bytes`], one largest component), so
+//!   the one every other request shares ([`BodyLimits::budget_bytes`]) can
+//!   be far smaller than a component.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// The bounds on request bodies, from `sluice serve` flags.
+#[derive(Clone, Debug)]
+pub struct BodyLimits {
+    /// How long a body may take before the rate counts, and the longest gap
+    /// allowed between two of its chunks.
+    pub grace: Duration,
+    /// The least average rate a body must keep after the grace, in bytes a
+    /// second.
+    pub min_rate: u64,
+    /// Bytes of request bodies held at once, server-wide, except uploads.
+    pub budget_bytes: usize,
+    /// Bytes of component uploads held at once.
+    pub upload_budget_bytes: usize,
+}
+
+/// Why a body was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyRefused {
+    /// It arrived too slowly (or stopped).
+    #[error("the request body arrived too slowly")]
+    TooSlow,
+    /// The server holds its budget of request bytes.
+    #[error("the server holds its limit of request bytes being received")]
+    Budget,
+}
+
+impl BodyRefused {
+    /// The refusal somewhere in `error`'s chain of sources, if any.
+    pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<BodyRefused> {
+        let mut at = Some(error);
+        while let Some(error) = at {
+            if let Some(refused) = error.downcast_ref::<BodyRefused>() {
+                return Some(*refused);
+            }
+            at = error.source();
+        }
+        None
+    }
+}
+
+/// The budget of request bytes, and what one request holds of it.
+#[derive(Clone)]
+pub struct BodyBudget {
+    limits: BodyLimits,
+    bytes: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+}
+
+/// What one request holds of the budget; released when dropped.
+#[derive(Default, Clone)]
+pub struct Held(Arc<Mutex<Vec<OwnedSemaphorePermit>>>);
+
+impl BodyBudget {
+    /// A budget for `limits`.
+    pub fn new(limits: BodyLimits) -> BodyBudget {
+        let bytes = limits.budget_bytes.min(Semaphore::MAX_PERMITS);
+        let uploads = limits.upload_budget_bytes.min(Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(bytes)),
+            uploads: Arc::new(Semaphore::new(uploads)),
+            limits,
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &BodyLimits {
+        &self.limits
+    }
+
+    /// Wraps `body` (a component upload's, with `upload`); what it reads
+    /// is held in `held`.
+    pub fn guard(&self, body: axum::body::Body, held: Held, upload: bool) -> axum::body::Body {
+        let now = Instant::now();
+        let budget = if upload { &self.uploads } else { &self.bytes };
+        axum::body::Body::new(GuardedBody {
+            inner: body,
+            budget: budget.clone(),
+            held,
+            start: now,
+            received: 0,
+            grace: self.limits.grace,
+            min_rate: self.limits.min_rate.max(1),
+            deadline: Box::pin(tokio::time::sleep_until(now + self.limits.grace)),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body with a minimum rate and a share of the byte budget.
+    struct GuardedBody {
+        #[pin]
+        inner: axum::body::Body,
+        budget: Arc<Semaphore>,
+        held: Held,
+        start: Instant,
+        received: u64,
+        grace: Duration,
+        min_rate: u64,
+        deadline: Pin<Box<Sleep>>,
+    }
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    match this.budget.clone().try_acquire_many_owned(len) {
+                        Ok(permit) => this.held.0.lock().unwrap().push(permit),
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(axum::Error::new(BodyRefused::Budget))));
+                        }
+                    }
+                    *this.received += data.len() as u64;
+                    // The next chunk is due within the grace, and the
+                    // average must stay above the rate.
+                    let by_rate = *this.start
+                        + *this.grace
+                        + Duration::from_secs_f64(*this.received as f64 / *this.min_rate as f64);
+                    let by_gap = Instant::now() + *this.grace;
+                    this.deadline.as_mut().reset(by_rate.min(by_gap));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyRefused::TooSlow)))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a body up to `limit` bytes; 413 past it (before reading it all
+/// when `Content-Length` says so).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: u64,
+) -> Result<Bytes, crate::error::ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(crate::error::ApiError::body_too_large(limit));
+    }
+    // Copied into one buffer as the chunks arrive, each dropped at once: the
+    // memory a body holds is the bytes that arrived (what the body budget
+    // counts), not those plus the chunks' buffers, nor twice that at the end.
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = Limited::new(body, limit);
+    let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(0).min(limit));
+    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+            }
+            Err(error) if error.is::<LengthLimitError>() => {
+                return Err(crate::error::ApiError::body_too_large(limit as u64));
+            }
+            Err(error) => return Err(crate::error::ApiError::body_error(&*error)),
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+pub fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn budget(bytes: usize) -> BodyBudget {
+        BodyBudget::new(BodyLimits {
+            grace: Duration::from_secs(10),
+            min_rate: 1000,
+            budget_bytes: bytes,
+            upload_budget_bytes: bytes,
+        })
+    }
+
+    #[tokio::test]
+    async fn bytes_are_held_until_the_request_ends_and_past_the_budget_refused() {
+        let budget = budget(100);
+        let first = Held::default();
+        let body = budget.guard(axum::body::Body::from(vec![0u8; 60]), first.clone(), false);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 60);
+        let second = budget.guard(
+            axum::body::Body::from(vec![0u8; 60]),
+            Held::default(),
+            false,
+        );
+        let error = second.collect().await.unwrap_err();
+        assert_eq!(BodyRefused::find(&error), Some(BodyRefused::Budget));
+        drop(first);
+        let third = budget.guard(
+            axum::body::Body::from(vec![0u8; 60]),
+            Held::default(),
+            false,
+        );
+        assert_eq!(third.collect().await.unwrap().to_bytes().len(), 60);
+    }
+
+    /// A body fed by hand, and its sender.
+    fn channel() -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        axum::body::Body,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        (tx, axum::body::Body::from_stream(stream))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_is_cut_after_the_grace() {
+        let budget = budget(1 << 20);
+        let (tx, body) = channel();
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+        let started = Instant::now();
+        let error = budget
+            .guard(body, Held::default(), false)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "the grace after the last chunk"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_below_the_rate_is_cut_and_one_at_the_rate_is_not() {
+        let budget = budget(1 << 20);
+        // A byte every 5 s: each gap within the grace, the average far below
+        // 1,000 bytes a second.
+        let (tx, body) = channel();
+        let trickle = tokio::spawn(async move {
+            while tx.send(Ok(Bytes::from_static(b"x"))).await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let started = Instant::now();
+        let error = budget
+            .guard(body, Held::default(), false)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        trickle.abort();
+        // 2,000 bytes a second for 20 s: above the rate, never cut.
+        let (tx, body) = channel();
+        let steady = tokio::spawn(async move {
+            for _ in 0..20 {
+                tx.send(Ok(Bytes::from(vec![0u8; 2000]))).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let got = budget
+            .guard(body, Held::default(), false)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(got.to_bytes().len(), 40_000);
+        steady.await.unwrap();
+    }
+}

@@ -1,0 +1,504 @@
+//! The OpenAPI 3 document of the HTTP API, served at `GET /v1/openapi.json`.
+//!
+//! Every route is mounted through [`utoipa_axum::router::OpenApiRouter`]
+//! from its handler's `#[utoipa::path]`, so a route cannot exist without its
+//! entry in the document (the test `every_route_is_documented` checks the
+//! source for routes mounted any other way). The types below describe the
+//! JSON bodies; they are documentation only, named as the API names them.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The document's fixed part: info, tags, security, and the schemas.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        description = "A WebAssembly function host with an event router. Management routes need `Authorization: Bearer <token>` (scopes: admin, deploy, invoke, publish); see the README.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "functions", description = "Deploy, configure and inspect functions."),
+        (name = "invoke", description = "Call functions."),
+        (name = "events", description = "Post CloudEvents; triggers route them to functions."),
+        (name = "triggers", description = "Knative-style triggers: filters and subscribers."),
+        (name = "deadletters", description = "Events whose delivery failed for good."),
+        (name = "tokens", description = "API tokens (admin only)."),
+        (name = "operations", description = "Health, readiness, metrics, this document, the dashboard.")
+    ),
+    components(schemas(
+        Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine,
+        RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
+        Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
+        Invocation, Status, Deleted, ServerStatus
+    ))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keeps the finished document for [`document`] (the first one built wins;
+/// every server in a process mounts the same routes).
+pub fn publish(openapi: utoipa::openapi::OpenApi) {
+    DOCUMENT.get_or_init(|| openapi.to_pretty_json().expect("the document is JSON"));
+}
+
+/// The document as JSON.
+pub fn document() -> String {
+    DOCUMENT.get().cloned().unwrap_or_default()
+}
+
+/// Turns the finished document's axum path templates into OpenAPI ones
+/// (`{*path}` becomes `{path}`).
+pub fn finish(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let paths = std::mem::take(&mut openapi.paths.paths);
+    openapi.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
+    // A handler serving several methods names each operation after itself:
+    // make the ids unique (`call_function_get`, ...), as OpenAPI requires.
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for item in openapi.paths.paths.values_mut() {
+        for (_, operation) in operations_mut(item) {
+            if let Some(id) = &operation.operation_id {
+                *seen.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    for item in openapi.paths.paths.values_mut() {
+        for (method, operation) in operations_mut(item) {
+            if let Some(id) = &mut operation.operation_id
+                && seen.get(id.as_str()).copied().unwrap_or(0) > 1
+            {
+                *id = format!("{id}_{method}");
+            }
+        }
+    }
+    // `/fn/{name}` and `/fn/{name}/` share their handler's name too.
+    if let Some(item) = openapi.paths.paths.get_mut("/fn/{name}/") {
+        for (_, operation) in operations_mut(item) {
+            if let Some(id) = &mut operation.operation_id {
+                *id = id.replace("call_function_slash", "call_function_root_slash");
+            }
+        }
+    }
+    openapi
+}
+
+type Operation = utoipa::openapi::path::Operation;
+
+fn operations_mut(item: &mut utoipa::openapi::PathItem) -> Vec<(&'static str, &mut Operation)> {
+    [
+        ("get", &mut item.get),
+        ("put", &mut item.put),
+        ("post", &mut item.post),
+        ("delete", &mut item.delete),
+        ("options", &mut item.options),
+        ("head", &mut item.head),
+        ("patch", &mut item.patch),
+        ("trace", &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation.as_mut()?)))
+    .collect()
+}
+
+/// The refusals of a route that needs a token.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No valid token.
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+}
+
+/// How a call of a function can fail.
+#[derive(utoipa::IntoResponses)]
+pub enum CallErrors {
+    /// No valid token (private function).
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the `invoke` scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+    /// No such function.
+    #[response(status = 404)]
+    NotFound(Error),
+    /// Request body past the function's limit.
+    #[response(status = 413)]
+    TooLarge(Error),
+    /// The guest trapped or failed.
+    #[response(status = 500)]
+    Failed(Error),
+    /// At its concurrency limit, or the instance pool is full.
+    #[response(status = 503)]
+    Busy(Error),
+    /// Past its timeout.
+    #[response(status = 504)]
+    Timeout(Error),
+}
+
+/// How posting events can fail.
+#[derive(utoipa::IntoResponses)]
+pub enum IngestErrors {
+    /// Not a valid CloudEvent (the code names the rule).
+    #[response(status = 400)]
+    Invalid(Error),
+    /// No valid token (the broker is not public).
+    #[response(status = 401)]
+    Unauthorized(Error),
+    /// The token lacks the `publish` scope.
+    #[response(status = 403)]
+    Forbidden(Error),
+    /// Body past `--max-event-bytes`.
+    #[response(status = 413)]
+    TooLarge(Error),
+    /// The store cannot take writes; nothing was accepted; retry later.
+    #[response(status = 503)]
+    Unavailable(Error),
+}
+
+/// Every error: a stable code and a message for a person.
+#[derive(ToSchema)]
+pub struct Error {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable (`function_not_found`, `missing_attribute`, ...).
+    code: String,
+    /// What happened and what to do.
+    message: String,
+}
+
+/// Settings given as query parameters of a deploy or a settings change.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SettingsQuery {
+    /// `private` or `public`.
+    visibility: Option<String>,
+    /// Wall-clock limit per call, in milliseconds.
+    timeout_ms: Option<u64>,
+    /// Linear memory cap, in MiB.
+    memory_mb: Option<u64>,
+    /// Instances at once.
+    max_concurrency: Option<u32>,
+    /// Largest request body, in bytes.
+    max_request_bytes: Option<u64>,
+    /// Largest response body, in bytes.
+    max_response_bytes: Option<u64>,
+    /// `KEY=VALUE`; repeatable.
+    env: Option<String>,
+    /// `KEY=VALUE`, redacted in every view; repeatable.
+    secret: Option<String>,
+    /// A host outbound HTTP may reach; repeatable.
+    allow_outbound: Option<String>,
+    /// A shared key-value bucket; repeatable.
+    kv_bucket: Option<String>,
+}
+
+/// A deployed function.
+#[derive(ToSchema)]
+pub struct Function {
+    /// DNS label.
+    name: String,
+    /// `sha256:<hex>` of the component.
+    digest: String,
+    /// 1 at the first deploy, one more at every change.
+    version: u64,
+    /// `http` (`wasi:http/proxy`) or `event` (`sluice:function/event-function`).
+    world: String,
+    settings: FunctionSettings,
+    /// RFC 3339.
+    created: String,
+    /// RFC 3339.
+    updated: String,
+    /// Where to call it: `/fn/{name}/`.
+    url: String,
+}
+
+/// Per-function settings; unset limits take the server's defaults.
+#[derive(ToSchema)]
+pub struct FunctionSettings {
+    /// `private` (needs an `invoke` token; the default) or `public`.
+    visibility: Option<String>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    max_concurrency: Option<u32>,
+    max_request_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
+    /// Environment variables (also `wasi:config` values).
+    env: Option<BTreeMap<String, String>>,
+    /// Hosts outbound HTTP may reach: `api.example.com`, `host:port`, `*.example.com`.
+    allow_outbound: Option<Vec<String>>,
+    /// Like `env`, but the API shows `<redacted>` for the values.
+    secrets: Option<BTreeMap<String, String>>,
+    /// Shared `wasi:keyvalue` buckets the function may open.
+    kv_buckets: Option<Vec<String>>,
+}
+
+/// Every function.
+#[derive(ToSchema)]
+pub struct FunctionList {
+    functions: Vec<Function>,
+}
+
+/// A page of a function's captured output.
+#[derive(ToSchema)]
+pub struct LogPage {
+    logs: Vec<LogLine>,
+    /// Pass as `since` for the next page.
+    next: u64,
+}
+
+/// One line a guest wrote.
+#[derive(ToSchema)]
+pub struct LogLine {
+    seq: u64,
+    /// RFC 3339.
+    time: String,
+    invocation: String,
+    /// `stdout` or `stderr`.
+    stream: String,
+    line: String,
+}
+
+/// A function's recent invocations, newest first.
+#[derive(ToSchema)]
+pub struct RecentInvocations {
+    invocations: Vec<RecentInvocation>,
+}
+
+/// One finished invocation.
+#[derive(ToSchema)]
+pub struct RecentInvocation {
+    time_ms: u64,
+    /// `ok`, `guest_error`, `timeout`, `trap`, `memory_limit`, ...
+    outcome: String,
+    duration_us: u64,
+    memory_peak_bytes: u64,
+    cold: bool,
+}
+
+/// A trigger (Knative `Trigger` shape, or the Subscriptions API's `filters`).
+#[derive(ToSchema)]
+pub struct Trigger {
+    /// DNS label.
+    name: String,
+    /// Default `default`.
+    broker: Option<String>,
+    /// Knative: `{"attributes": {"type": "..."}}`, every attribute equal.
+    #[schema(value_type = Object)]
+    filter: Option<serde_json::Value>,
+    /// Subscriptions API dialects: `exact`, `prefix`, `suffix`, `all`, `any`, `not`.
+    #[schema(value_type = Vec<Object>)]
+    filters: Option<Vec<serde_json::Value>>,
+    /// `{"function": "name"}` or `{"uri": "http://..."}`.
+    #[schema(value_type = Object)]
+    subscriber: serde_json::Value,
+    /// `retry`, `backoffPolicy` (`exponential`, `linear`), `backoffDelay`
+    /// (ISO 8601), `timeout`, `deadLetterSink`.
+    #[schema(value_type = Object)]
+    delivery: Option<serde_json::Value>,
+    /// Read only.
+    status: Option<TriggerStatus>,
+    /// Read only.
+    stats: Option<TriggerStats>,
+}
+
+/// Whether the subscriber can take events now.
+#[derive(ToSchema)]
+pub struct TriggerStatus {
+    ready: bool,
+    reason: Option<String>,
+}
+
+/// Counts since the server started.
+#[derive(ToSchema)]
+pub struct TriggerStats {
+    matched: u64,
+    delivered: u64,
+    retried: u64,
+    dead_lettered: u64,
+    in_flight: i64,
+}
+
+/// Every trigger.
+#[derive(ToSchema)]
+pub struct TriggerList {
+    triggers: Vec<Trigger>,
+}
+
+/// Events accepted: durable before this answer.
+#[derive(ToSchema)]
+pub struct Accepted {
+    accepted: u64,
+    ids: Vec<String>,
+}
+
+/// An event whose delivery failed for good.
+#[derive(ToSchema)]
+pub struct DeadLetter {
+    id: String,
+    broker: String,
+    trigger: String,
+    attempts: u32,
+    reason: String,
+    /// RFC 3339.
+    time: String,
+    /// The event (structured JSON) with `knativeerrordest`, `knativeerrorcode`
+    /// and `knativeerrordata`.
+    #[schema(value_type = Object)]
+    event: serde_json::Value,
+}
+
+/// Dead letters.
+#[derive(ToSchema)]
+pub struct DeadLetterList {
+    deadletters: Vec<DeadLetter>,
+}
+
+/// A replayed dead letter.
+#[derive(ToSchema)]
+pub struct Replayed {
+    replayed: String,
+}
+
+/// What was deleted.
+#[derive(ToSchema)]
+pub struct Deleted {
+    deleted: String,
+}
+
+/// A new token's scope and label.
+#[derive(ToSchema)]
+pub struct TokenRequest {
+    /// `admin`, `deploy`, `invoke` or `publish`.
+    scope: String,
+    name: Option<String>,
+}
+
+/// A token; `token` (the secret) only in the answer that created it.
+#[derive(ToSchema)]
+pub struct Token {
+    id: String,
+    scope: String,
+    name: String,
+    created: String,
+    token: Option<String>,
+}
+
+/// Every token (without secrets).
+#[derive(ToSchema)]
+pub struct TokenList {
+    tokens: Vec<Token>,
+}
+
+/// An asynchronous invocation.
+#[derive(ToSchema)]
+pub struct Invocation {
+    id: String,
+    function: String,
+    /// `queued`, `running`, `succeeded`, `failed`.
+    status: String,
+    created: String,
+    finished: Option<String>,
+    /// `status`, `headers`, and `body` (text) or `body_base64`.
+    #[schema(value_type = Object)]
+    response: Option<serde_json::Value>,
+}
+
+/// A health or readiness answer.
+#[derive(ToSchema)]
+pub struct Status {
+    /// `ok` or `ready`.
+    status: String,
+}
+
+/// The server at a glance (`GET /v1/status`).
+#[derive(ToSchema)]
+pub struct ServerStatus {
+    version: String,
+    uptime_secs: u64,
+    ready: bool,
+    store_healthy: bool,
+    functions: u64,
+    /// Functions whose compiled code is in memory now.
+    functions_loaded: u64,
+    triggers: u64,
+    deliveries_pending: i64,
+    dead_letters: u64,
+    requests_in_flight: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routes mounted straight on axum would be missing from the document:
+    /// every route must go through `OpenApiRouter::routes(routes!(...))`.
+    #[test]
+    fn every_route_is_documented() {
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.iter().any(|p| p.ends_with("routes/functions.rs")));
+        for path in files {
+            if path.ends_with("openapi.rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for forbidden in [
+                ".route(\"",
+                ".route_service(",
+                ".nest(",
+                "axum::routing::",
+                "Routes::new()",
+            ] {
+                assert!(
+                    !source.contains(forbidden),
+                    "{} mounts a route outside the OpenAPI router ({forbidden})",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_names_every_route_in_openapi_syntax() {
+        let openapi = super::finish(<super::ApiDoc as utoipa::OpenApi>::openapi());
+        assert!(openapi.info.version.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(openapi.paths.paths.keys().all(|p| !p.contains("{*")));
+    }
+}

@@ -1,0 +1,102 @@
+//! Event ingress: `POST /v1/events` and `POST /v1/brokers/{broker}/events`
+//! answer 202 only once every matching delivery is on disk; a store that
+//! cannot flush, or a backlog at its bound, makes them answer 503, never
+//! 202.
+
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+use sluice_router::binding;
+use sluice_router::trigger::DEFAULT_BROKER;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The routes of event ingress.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_default_events))
+        .routes(routes!(post_broker_events))
+}
+
+/// Posts CloudEvents (binary, structured or batch mode) to the `default`
+/// broker; 202 once they are on disk.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = String, description = "A CloudEvent in binary mode (`ce-*` headers), structured mode (`application/cloudevents+json`) or batch mode (`application/cloudevents-batch+json`)"),
+    responses(
+        (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
+        crate::openapi::IngestErrors))]
+async fn post_default_events(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    ingest(&state, DEFAULT_BROKER, request).await
+}
+
+/// Posts CloudEvents to broker `broker`.
+#[utoipa::path(post, path = "/v1/brokers/{broker}/events", tag = "events",
+    params(("broker" = String, Path, description = "Broker name")),
+    request_body(content = String, description = "A CloudEvent in binary, structured or batch mode"),
+    responses(
+        (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
+        crate::openapi::IngestErrors))]
+async fn post_broker_events(
+    State(state): State<AppState>,
+    Path(broker): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if !sluice_store::is_dns_label(&broker) {
+        return Err(ApiError::bad_request(
+            "invalid_broker",
+            format!("{broker:?} is not a broker name (lowercase letters, digits, `-`)"),
+        ));
+    }
+    ingest(&state, &broker, request).await
+}
+
+/// Reads, validates and durably accepts the events of one request; a
+/// refusal is counted by its error code.
+async fn ingest(state: &AppState, broker: &str, request: Request) -> Result<Response, ApiError> {
+    let result = ingest_checked(state, broker, request).await;
+    if let Err(error) = &result {
+        state.router.reject(broker, error.code, 1);
+    }
+    result
+}
+
+async fn ingest_checked(
+    state: &AppState,
+    broker: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.limits.max_event_bytes;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let events = binding::parse_request(&parts.headers, &body)?;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    state.router.accept(broker, events).await.map_err(|error| {
+        if error.is_backlog() {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backlog_full",
+                error.to_string(),
+            )
+            .with_retry_after(1);
+        }
+        tracing::error!(%error, "events not accepted");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "events could not be stored; retry later",
+        )
+        .with_retry_after(1)
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": ids.len(), "ids": ids})),
+    )
+        .into_response())
+}

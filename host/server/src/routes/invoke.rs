@@ -1,0 +1,273 @@
+//! Calling functions: `POST /v1/functions/{name}/invoke` and
+//! `ANY /fn/{name}/{path...}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+use sluice_router::binding;
+use sluice_router::event::CloudEvent;
+use sluice_runtime::engine::event_bindings::sluice::function::types::HandlerError;
+use sluice_runtime::functions::Function;
+use sluice_runtime::invoke::CallOptions;
+use sluice_runtime::invoker::{from_wit, to_wit};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::routes::functions::loaded;
+use crate::state::AppState;
+
+/// The routes of calling functions.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(invoke_function))
+        .routes(routes!(call_function_root))
+        .routes(routes!(call_function_slash))
+        .routes(routes!(call_function))
+}
+
+/// Invokes function `name`: an event function takes one CloudEvent (any
+/// mode) and answers its replies; an HTTP function gets the request at `/`.
+/// With `?async=true`: 202 and an invocation id to poll.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke",
+    params(("name" = String, Path, description = "Function name"),
+        ("async" = Option<bool>, Query, description = "Run in the background")),
+    request_body(content = String, description = "A CloudEvent for an event function; any body for an HTTP one"),
+    responses(
+        (status = 200, description = "The function's answer (`{\"replies\": [...]}` for an event function)"),
+        (status = 202, description = "Queued (`?async=true`)", body = crate::openapi::Invocation),
+        (status = 400, description = "Invalid input", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 422, description = "The event function failed permanently", body = crate::openapi::Error),
+        (status = 500, description = "The function failed", body = crate::openapi::Error)),
+    security((), ("bearer" = [])))]
+async fn invoke_function(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let asynchronous = request.uri().query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "async" && v == "true")
+    });
+    if asynchronous {
+        return crate::routes::invocations::enqueue(&state, &name, request).await;
+    }
+    run_invoke(&state, &name, request).await
+}
+
+/// One synchronous `invoke` of function `name`: an event function takes a
+/// CloudEvent, an HTTP function gets the request at `/`.
+pub(crate) async fn run_invoke(
+    state: &AppState,
+    name: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(state, name).await?;
+    if function.record.world == sluice_store::World::Event {
+        return invoke_event_function(state, &function, request).await;
+    }
+    let query = request
+        .uri()
+        .query()
+        .map(|q| {
+            let kept: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k != "async")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let encoded = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .finish();
+            if encoded.is_empty() {
+                String::new()
+            } else {
+                format!("?{encoded}")
+            }
+        })
+        .unwrap_or_default();
+    forward(state, &function, request, format!("/{query}")).await
+}
+
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}", tag = "invoke",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        crate::openapi::CallErrors),
+    security((), ("bearer" = [])))]
+async fn call_function_root(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(&state, &name).await?;
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    forward(&state, &function, request, format!("/{query}")).await
+}
+
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/", tag = "invoke",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        crate::openapi::CallErrors),
+    security((), ("bearer" = [])))]
+async fn call_function_slash(
+    state: State<AppState>,
+    name: Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    call_function_root(state, name, request).await
+}
+
+/// Calls the function: the guest gets the request with the path after
+/// `/fn/{name}` and the query; its response is the answer.
+#[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/{*path}", tag = "invoke",
+    params(("name" = String, Path, description = "Function name"),
+        ("path" = String, Path, description = "The rest of the path, given to the guest")),
+    request_body(content = String, description = "Passed to the guest as is"),
+    responses(
+        (status = 200, description = "Whatever the function answers"),
+        crate::openapi::CallErrors),
+    security((), ("bearer" = [])))]
+async fn call_function(
+    State(state): State<AppState>,
+    Path((name, _path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let function = loaded(&state, &name).await?;
+    // The guest sees the raw (still percent-encoded) path after `/fn/{name}`.
+    let raw = request.uri().path();
+    let prefix_len = "/fn/".len() + name.len();
+    let path = raw.get(prefix_len..).unwrap_or("/").to_string();
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    forward(&state, &function, request, format!("{path}{query}")).await
+}
+
+/// Sends `request` to `function` as a request for `path_and_query`.
+async fn forward(
+    state: &AppState,
+    function: &Arc<Function>,
+    request: Request,
+    path_and_query: String,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(host.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|error| {
+            ApiError::bad_request("bad_uri", format!("cannot forward this URI: {error}"))
+        })?;
+    let trace = sluice_runtime::trace::TraceContext::for_invocation(
+        parts
+            .headers
+            .get(sluice_runtime::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let options = CallOptions {
+        trace: Some(trace),
+        ..CallOptions::default()
+    };
+    let response = state
+        .functions
+        .call_http(function, http::Request::from_parts(parts, body), &options)
+        .await?;
+    let (mut parts, body) = response.into_parts();
+    // The body is complete: let the server frame it.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// `POST /v1/functions/{name}/invoke` of an event function: the body is a
+/// CloudEvent in any mode; the answer lists the replies (not routed).
+async fn invoke_event_function(
+    state: &AppState,
+    function: &Arc<Function>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.limits.max_event_bytes;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let mut events = binding::parse_request(&parts.headers, &body)?;
+    if events.len() != 1 {
+        return Err(ApiError::bad_request(
+            "one_event",
+            "invoke takes exactly one event; post batches to /v1/events",
+        ));
+    }
+    let event = events.remove(0);
+    let incoming = event
+        .extensions
+        .get(sluice_runtime::trace::TRACEPARENT)
+        .map(String::as_str)
+        .or_else(|| {
+            parts
+                .headers
+                .get(sluice_runtime::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+        });
+    let trace = sluice_runtime::trace::TraceContext::for_invocation(incoming);
+    let answer = state
+        .functions
+        .call_event(
+            function,
+            to_wit(&event),
+            &CallOptions {
+                cause: Some(Arc::new(event.clone())),
+                trace: Some(trace),
+                ..CallOptions::default()
+            },
+        )
+        .await?;
+    match answer {
+        Ok(replies) => {
+            let replies: Vec<Value> = replies
+                .into_iter()
+                .map(|reply| match from_wit(reply) {
+                    Ok(reply) => reply_json(&reply),
+                    Err(error) => json!({"invalid": error.to_string()}),
+                })
+                .collect();
+            Ok(axum::Json(json!({"replies": replies})).into_response())
+        }
+        Err(HandlerError::Retryable(reason)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "guest_error",
+            format!("the function failed (retryable): {reason}"),
+        )),
+        Err(HandlerError::Permanent(reason)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guest_error",
+            format!("the function failed (permanent): {reason}"),
+        )),
+    }
+}
+
+fn reply_json(event: &CloudEvent) -> Value {
+    serde_json::from_str(&event.to_json()).unwrap_or(Value::Null)
+}

@@ -1,0 +1,12 @@
+//! The HTTP routes, one module per resource. Each takes its state from
+//! `state.rs` and turns its errors into responses through `error.rs`.
+
+pub mod dashboard;
+pub mod dead_letters;
+pub mod events;
+pub mod functions;
+pub mod invocations;
+pub mod invoke;
+pub mod status;
+pub mod tokens;
+pub mod triggers;
