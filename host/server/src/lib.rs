@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod invocations;
 pub mod limits;
 pub mod listener;
 pub mod middleware;
@@ -126,15 +127,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         auth,
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::default(),
-        invocations: routes::invocations::Invocations::new(
-            options.server_limits.max_async_invocations,
-        ),
+        invocations: invocations::Invocations::new(options.server_limits.max_async_invocations),
         bodies: body::BodyBudget::new(body_limits(&options.limits, &options.server_limits)),
         limits: options.server_limits.clone(),
     }));
     let dispatcher = tokio::spawn(event_router.run());
-    let invocations =
-        routes::invocations::start(state.clone(), options.server_limits.async_workers)?;
+    let invocations = invocations::start(state.clone(), options.server_limits.async_workers)?;
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;

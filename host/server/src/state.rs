@@ -34,7 +34,7 @@ pub struct AppShared {
     /// Requests being served now.
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Asynchronous invocations.
-    pub(crate) invocations: Arc<crate::routes::invocations::Invocations>,
+    pub(crate) invocations: Arc<crate::invocations::Invocations>,
     /// The bounds of request bodies.
     pub(crate) bodies: crate::body::BodyBudget,
     /// The server's limits.

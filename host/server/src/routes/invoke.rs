@@ -55,7 +55,7 @@ async fn invoke_function(
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "async" && v == "true")
     });
     if asynchronous {
-        return crate::routes::invocations::enqueue(&state, &name, request).await;
+        return crate::invocations::enqueue(&state, &name, request).await;
     }
     run_invoke(&state, &name, request).await
 }

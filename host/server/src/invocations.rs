@@ -1,0 +1,356 @@
+//! Asynchronous invocations: `POST /v1/functions/{name}/invoke?async=true`
+//! (the queue, its workers and the stored records; the route reading them
+//! is `routes/invocations.rs`).
+//!
+//! The request is stored (flushed) before the 202, then queued for one of
+//! `--async-workers` workers, which runs it like a synchronous invoke and
+//! stores its response. At most `--max-async-invocations` are queued or
+//! running at once; past it the call is answered 503 with `Retry-After`.
+//! Queued and running invocations are run again after a restart (at least
+//! once). Finished ones are kept for `--invocation-retention-secs`, then
+//! removed, from an index by finishing time (no record is read again for
+//! it). Status: `queued`, `running`, `succeeded` (the function answered
+//! below 400), `failed` (it answered 400 or more, or could not run).
+//!
+//! Ids are 128 random bits. An invocation is readable by admin tokens and
+//! by the token that made it; one made without a token (of a public
+//! function) by whoever holds its id. The stored request never holds a
+//! Sluice token: the auth middleware removed it before (see `auth.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::routes::invoke::run_invoke;
+use crate::state::AppState;
+
+/// How often a call refused as busy is tried again, at most.
+const BUSY_RETRIES: u32 = 120;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
+}
+
+/// The owner of a record written before invocations had owners: nobody
+/// but an admin (those ids were sequential, so guessable).
+fn legacy_owner() -> Option<String> {
+    Some(String::new())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) function: String,
+    pub(crate) status: Status,
+    /// The public id of the token that made it; `None` when it was made
+    /// without one.
+    #[serde(default = "legacy_owner")]
+    pub(crate) owner: Option<String>,
+    pub(crate) method: String,
+    pub(crate) path_and_query: String,
+    pub(crate) request_headers: Vec<(String, String)>,
+    pub(crate) request_body: String,
+    pub(crate) response: Option<Stored>,
+    pub(crate) created: String,
+    pub(crate) finished: Option<String>,
+    pub(crate) finished_ms: Option<u64>,
+}
+
+/// The asynchronous invocations of one server: the queue, its bound, and
+/// the index by finishing time the retention reaper reads.
+pub struct Invocations {
+    queue: tokio::sync::mpsc::UnboundedSender<Record>,
+    receiver: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Record>>,
+    /// Queued or running now.
+    outstanding: AtomicUsize,
+    max: usize,
+    /// Finished invocations by the time they finished (unix ms).
+    finished: std::sync::Mutex<BTreeMap<u64, Vec<String>>>,
+}
+
+impl Invocations {
+    /// An empty set bounded at `max` queued or running.
+    pub fn new(max: usize) -> Arc<Invocations> {
+        let (queue, receiver) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(Invocations {
+            queue,
+            receiver: tokio::sync::Mutex::new(receiver),
+            outstanding: AtomicUsize::new(0),
+            max,
+            finished: Default::default(),
+        })
+    }
+
+    /// Takes a place for one more, or `false` at the bound.
+    fn admit(&self) -> bool {
+        self.outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn push(&self, record: Record) {
+        let _ = self.queue.send(record);
+    }
+
+    /// One queued or running invocation ended; `finished_ms` when its
+    /// result was stored (and so is to expire).
+    fn finish(&self, id: &str, finished_ms: Option<u64>) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if let Some(at) = finished_ms {
+            self.finished
+                .lock()
+                .unwrap()
+                .entry(at)
+                .or_default()
+                .push(id.to_string());
+        }
+    }
+
+    /// Queued or running now.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// The ids that finished before `before_ms`, taken out of the index.
+    fn expired(&self, before_ms: u64) -> Vec<String> {
+        let mut finished = self.finished.lock().unwrap();
+        let keep = finished.split_off(&before_ms);
+        let expired = std::mem::replace(&mut *finished, keep);
+        expired.into_values().flatten().collect()
+    }
+}
+
+pub(crate) fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn save(state: &AppState, record: &Record) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(record).expect("records serialize");
+    state
+        .functions
+        .store()
+        .put_invocation(&record.id, &bytes)
+        .await?;
+    Ok(())
+}
+
+/// Stores the request as a queued invocation, queues it, answers 202.
+pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
+    let function = crate::routes::functions::loaded(state, name).await?;
+    let owner = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|caller| caller.token_id().map(str::to_string));
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
+    if !state.invocations.admit() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_invocations",
+            format!(
+                "{} asynchronous invocations are queued or running, the server's limit; retry later",
+                state.invocations.max
+            ),
+        )
+        .with_retry_after(1));
+    }
+    let record = Record {
+        id: state.functions.new_invocation_id(),
+        function: name.to_string(),
+        status: Status::Queued,
+        owner,
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |p| p.to_string()),
+        request_headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        request_body: b64().encode(&body),
+        response: None,
+        created: sluice_store::now_rfc3339(),
+        finished: None,
+        finished_ms: None,
+    };
+    if let Err(error) = save(state, &record).await {
+        state.invocations.outstanding.fetch_sub(1, Ordering::AcqRel);
+        return Err(error);
+    }
+    state.invocations.push(record.clone());
+    let url = format!("/v1/invocations/{}", record.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(http::header::LOCATION, url.clone())],
+        axum::Json(json!({"id": record.id, "status": "queued", "url": url})),
+    )
+        .into_response())
+}
+
+fn rebuild(record: &Record) -> Result<Request, String> {
+    let mut request = http::Request::builder()
+        .method(record.method.as_str())
+        .uri(record.path_and_query.as_str());
+    for (k, v) in &record.request_headers {
+        request = request.header(k, v);
+    }
+    let body = b64()
+        .decode(&record.request_body)
+        .map_err(|e| e.to_string())?;
+    request.body(Body::from(body)).map_err(|e| e.to_string())
+}
+
+/// Runs one invocation and stores its result; returns when it finished,
+/// if the result was stored (otherwise it stays queued or running in the
+/// store, and runs again after a restart).
+async fn run(state: AppState, mut record: Record) -> Option<u64> {
+    record.status = Status::Running;
+    if let Err(error) = save(&state, &record).await {
+        tracing::error!(id = %record.id, ?error, "could not mark an invocation running; it stays queued");
+        return None;
+    }
+    let mut tries = 0;
+    let response = loop {
+        let response = match rebuild(&record) {
+            Ok(request) => match run_invoke(&state, &record.function, request).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            },
+            Err(reason) => ApiError::internal(reason).into_response(),
+        };
+        let busy = matches!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) && response.headers().contains_key(http::header::RETRY_AFTER);
+        tries += 1;
+        if !busy || tries >= BUSY_RETRIES {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    record.status = if parts.status.as_u16() < 400 {
+        Status::Succeeded
+    } else {
+        Status::Failed
+    };
+    record.response = Some(Stored {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: b64().encode(&body),
+    });
+    record.finished = Some(sluice_store::now_rfc3339());
+    record.finished_ms = Some(unix_ms());
+    if let Err(error) = save(&state, &record).await {
+        tracing::error!(id = %record.id, ?error, "could not store an invocation's result");
+        return None;
+    }
+    record.finished_ms
+}
+
+/// Resumes unfinished invocations, starts `workers` workers and the
+/// retention reaper.
+pub fn start(state: AppState, workers: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let retention = state.limits.invocation_retention_secs * 1000;
+    let invocations = state.invocations.clone();
+    for raw in state.functions.store().invocations()? {
+        let Ok(record) = serde_json::from_slice::<Record>(&raw) else {
+            continue;
+        };
+        match (record.status, record.finished_ms) {
+            (Status::Queued | Status::Running, _) => {
+                tracing::info!(id = %record.id, function = %record.function, "resuming invocation");
+                // Accepted before the restart: queued whatever the bound.
+                invocations.outstanding.fetch_add(1, Ordering::AcqRel);
+                invocations.push(record);
+            }
+            (_, Some(at)) => invocations
+                .finished
+                .lock()
+                .unwrap()
+                .entry(at)
+                .or_default()
+                .push(record.id),
+            (_, None) => {}
+        }
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = state.invocations.receiver.lock().await.recv().await;
+                let Some(record) = next else { return };
+                let id = record.id.clone();
+                let finished = run(state.clone(), record).await;
+                state.invocations.finish(&id, finished);
+            }
+        }));
+    }
+    Ok(tokio::spawn(async move {
+        struct Abort(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                for task in &self.0 {
+                    task.abort();
+                }
+            }
+        }
+        let _workers = Abort(tasks);
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            let store = state.functions.store();
+            for id in state
+                .invocations
+                .expired(unix_ms().saturating_sub(retention))
+            {
+                let _ = store.delete_invocation(&id);
+            }
+        }
+    }))
+}
