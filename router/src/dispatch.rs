@@ -151,12 +151,30 @@ pub enum PublishError {
         /// ` at broker "..."` for a broker's bound, else empty.
         of: String,
     },
+    /// One request makes more deliveries than the bound allows pending at
+    /// all: answer 413, it could never be accepted.
+    #[error(
+        "the events make {deliveries} deliveries, more than the {limit} allowed pending{of}; send fewer at once"
+    )]
+    TooManyDeliveries {
+        /// Deliveries the events make.
+        deliveries: usize,
+        /// The bound.
+        limit: usize,
+        /// ` at broker "..."` for a broker's bound, else empty.
+        of: String,
+    },
 }
 
 impl PublishError {
     /// True when the backlog bound refused the events (retry later).
     pub fn is_backlog(&self) -> bool {
         matches!(self, PublishError::Backlog { .. })
+    }
+
+    /// True when one request's deliveries alone pass the bound.
+    pub fn is_too_many(&self) -> bool {
+        matches!(self, PublishError::TooManyDeliveries { .. })
     }
 }
 
@@ -744,8 +762,8 @@ impl Router {
     /// Counts `delta` pending deliveries of `broker` (the gauge and the
     /// broker's count).
     fn count_pending(&self, broker: &str, delta: i64) {
-        self.metrics.queue_depth.add(delta);
         let mut by_broker = self.pending_by_broker.lock().unwrap();
+        self.metrics.queue_depth.add(delta);
         match by_broker.get_mut(broker) {
             Some(count) => {
                 *count = count.saturating_add_signed(delta as isize);
@@ -758,6 +776,68 @@ impl Router {
             }
             None => {}
         }
+    }
+
+    /// Counts `n` more pending deliveries of `broker` unless that would
+    /// pass the bounds (times `scale`); the check and the count are one
+    /// step under the lock every count takes.
+    fn reserve_pending(&self, broker: &str, n: usize, scale: usize) -> Result<(), PublishError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut by_broker = self.pending_by_broker.lock().unwrap();
+        let total_limit = self.limits.max_pending.saturating_mul(scale);
+        let broker_limit = self.limits.max_pending_per_broker.saturating_mul(scale);
+        let at_broker = || format!(" at broker {broker:?}");
+        if n > total_limit {
+            return Err(PublishError::TooManyDeliveries {
+                deliveries: n,
+                limit: total_limit,
+                of: String::new(),
+            });
+        }
+        if broker_limit > 0 && n > broker_limit {
+            return Err(PublishError::TooManyDeliveries {
+                deliveries: n,
+                limit: broker_limit,
+                of: at_broker(),
+            });
+        }
+        let pending = self.pending().max(0) as usize;
+        if pending + n > total_limit {
+            return Err(PublishError::Backlog {
+                pending,
+                limit: total_limit,
+                of: String::new(),
+            });
+        }
+        let of_broker = by_broker.get(broker).copied().unwrap_or(0);
+        if broker_limit > 0 && of_broker + n > broker_limit {
+            return Err(PublishError::Backlog {
+                pending: of_broker,
+                limit: broker_limit,
+                of: at_broker(),
+            });
+        }
+        self.metrics.queue_depth.add(n as i64);
+        match by_broker.get_mut(broker) {
+            Some(count) => *count += n,
+            None => {
+                by_broker.insert(self.intern(broker), n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces and schedules deliveries now written (see [`Stored`]).
+    fn schedule_stored(&self, records: Vec<DeliveryRecord>, shared: Vec<Arc<CloudEvent>>) {
+        for run in records.chunk_by(|a, b| a.trigger == b.trigger) {
+            if let Some(slot) = self.slot(&run[0].trigger) {
+                slot.matched.inc_by(run.len() as u64);
+            }
+        }
+        self.open_groups(&records);
+        self.schedule_parsed(records.into_iter().zip(shared.into_iter().map(Some)));
     }
 
     /// Pending deliveries of `broker`.
@@ -778,8 +858,10 @@ impl Router {
 
     /// Accepts `events` into `broker`: matches them, stores one delivery per
     /// matching trigger, and returns once that is on disk. Replies and
-    /// events guests publish come this way, not held to the backlog bound
-    /// (they are bounded by hops and per-call limits).
+    /// events guests publish come this way: held to twice the backlog bound,
+    /// not the bound itself, so deliveries already accepted can still
+    /// reply while ingress is refused, and a function that publishes for
+    /// every event it gets cannot grow the backlog without end.
     pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
         self.publish_bounded(broker, events, false).await
     }
@@ -849,35 +931,28 @@ impl Router {
                 shared.push(parsed.clone());
             }
         }
-        if bounded && !records.is_empty() {
-            let pending = self.pending().max(0) as usize;
-            if pending + records.len() > self.limits.max_pending {
-                return Err(PublishError::Backlog {
-                    pending,
-                    limit: self.limits.max_pending,
-                    of: String::new(),
-                });
-            }
-            let limit = self.limits.max_pending_per_broker;
-            let of_broker = self.pending_of(broker);
-            if limit > 0 && of_broker + records.len() > limit {
-                return Err(PublishError::Backlog {
-                    pending: of_broker,
-                    limit,
-                    of: format!(" at broker {broker:?}"),
-                });
-            }
-        }
-        if !records.is_empty() {
-            self.store.insert_deliveries(&records).await?;
-        }
-        // Durable now: count and announce.
-        for run in records.chunk_by(|a, b| a.trigger == b.trigger) {
-            if let Some(slot) = self.slot(&run[0].trigger) {
-                slot.matched.inc_by(run.len() as u64);
+        // Places in the backlog are taken before the deliveries are stored
+        // (so concurrent requests cannot all pass the bound), and given
+        // back if storing fails or the request is dropped first.
+        let scale = if bounded { 1 } else { 2 };
+        self.reserve_pending(broker, records.len(), scale)?;
+        let mut tail = Stored {
+            router: self,
+            broker,
+            records,
+            shared,
+            written: false,
+        };
+        if !tail.records.is_empty() {
+            let synced = self.store.put_deliveries(&tail.records)?;
+            // In the journal from here: if the client hangs up while they
+            // are synced, they are still delivered (at least once).
+            tail.written = true;
+            if let Err(error) = synced.await {
+                tail.written = false;
+                return Err(error.into());
             }
         }
-        self.open_groups(&records);
         for entry in seen {
             let _ = self.stream.send(entry);
         }
@@ -889,8 +964,6 @@ impl Router {
             .unmatched
             .with_label_values(&[broker])
             .inc_by(unmatched);
-        self.count_pending(broker, records.len() as i64);
-        self.schedule_parsed(records.into_iter().zip(shared.into_iter().map(Some)));
         Ok(())
     }
 
@@ -972,12 +1045,24 @@ impl Router {
                 Ok(Some(json)) => record.event = json,
                 Ok(None) => {
                     tracing::warn!(id = record.id, trigger = %record.trigger, "a queued delivery is no longer in the journal");
+                    // Not pending any more: neither the backlog's count nor
+                    // its event's group may keep waiting for it.
+                    self.count_pending(&record.broker, -1);
+                    self.settle(&record, false);
                     return;
                 }
                 Err(error) => {
                     tracing::error!(id = record.id, %error, "could not read a delivery's event back; trying again");
                     record.not_before_ms = self.now_ms() + DEAD_LETTER_RETRY.as_millis() as u64;
-                    self.schedule_queued([Queued::new(record, None)]);
+                    // As it was: one waiting only for its dead letter to be
+                    // stored stays so (another attempt would be one too many).
+                    self.schedule_queued([Queued {
+                        record,
+                        event: None,
+                        failed,
+                        admitted: None,
+                        resident: 0,
+                    }]);
                     return;
                 }
             }
@@ -1532,3 +1617,27 @@ impl Router {
 
 #[cfg(test)]
 mod tests;
+
+/// Deliveries of one request, from their places in the backlog on: when it
+/// ends (answered, failed, or dropped because the client hung up), they are
+/// scheduled if they were written, and their places given back if not.
+struct Stored<'a> {
+    router: &'a Router,
+    broker: &'a str,
+    records: Vec<DeliveryRecord>,
+    shared: Vec<Arc<CloudEvent>>,
+    written: bool,
+}
+
+impl Drop for Stored<'_> {
+    fn drop(&mut self) {
+        let records = std::mem::take(&mut self.records);
+        if self.written {
+            self.router
+                .schedule_stored(records, std::mem::take(&mut self.shared));
+        } else if !records.is_empty() {
+            self.router
+                .count_pending(self.broker, -(records.len() as i64));
+        }
+    }
+}

@@ -197,17 +197,29 @@ impl Store {
     /// Writes `records` and returns once they are on disk (concurrent
     /// callers share one sync).
     pub async fn insert_deliveries(&self, records: &[DeliveryRecord]) -> Result<()> {
+        self.put_deliveries(records)?.await
+    }
+
+    /// Writes `records` now and returns what completes once they are on
+    /// disk (concurrent callers share one sync). Written means in the
+    /// journal: a caller that stops waiting still has them there.
+    pub fn put_deliveries(
+        &self,
+        records: &[DeliveryRecord],
+    ) -> Result<impl Future<Output = Result<()>> + use<>> {
         let Some(synced) = self.journal.put(records, true)? else {
             unreachable!("a durable put answers");
         };
-        match synced.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Io {
-                context: "syncing the delivery journal".into(),
-                source: std::io::Error::other(message),
-            }),
-            Err(_) => Err(StoreError::Conflict("the journal writer stopped".into())),
-        }
+        Ok(async move {
+            match synced.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(StoreError::Io {
+                    context: "syncing the delivery journal".into(),
+                    source: std::io::Error::other(message),
+                }),
+                Err(_) => Err(StoreError::Conflict("the journal writer stopped".into())),
+            }
+        })
     }
 
     /// Records a changed attempt count and schedule (written soon, not

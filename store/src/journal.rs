@@ -84,6 +84,12 @@ pub(crate) const COMMIT_SIBLINGS: usize = 4;
 /// copied forward.
 pub(crate) const MAX_SEALED: usize = 4;
 
+/// Bytes of event text the deliveries recovered at open keep (oldest
+/// first); the rest keep an empty event and are read back when due
+/// ([`Journal::event`]), so opening a large backlog does not hold every
+/// event in memory at once.
+pub(crate) const RECOVER_EVENT_BYTES: usize = 32 << 20;
+
 const PUT: u8 = 1;
 const DONE: u8 = 2;
 const HEADER: usize = 8;
@@ -102,6 +108,8 @@ pub(crate) struct Config {
     /// Keep every readable frame of a damaged journal instead of refusing
     /// to open it (the deliveries in the damaged bytes are lost).
     pub(crate) salvage: bool,
+    /// See [`RECOVER_EVENT_BYTES`].
+    pub(crate) recover_event_bytes: usize,
 }
 
 impl Default for Config {
@@ -111,6 +119,7 @@ impl Default for Config {
             max_sealed: MAX_SEALED,
             idle_write: IDLE_WRITE,
             salvage: false,
+            recover_event_bytes: RECOVER_EVENT_BYTES,
         }
     }
 }
@@ -401,10 +410,14 @@ enum Mode {
 }
 
 /// Reads every segment: the pending deliveries and the segments. In
-/// [`Mode::Repair`], a torn tail of the last segment is cut off.
-fn scan(disk: &dyn Disk, dir: &Path, mode: Mode) -> Result<Scanned> {
+/// [`Mode::Repair`], a torn tail of the last segment is cut off. The
+/// deliveries keep `event_bytes` of event text, in the order they are
+/// found; past it, their event is empty (read it back by location).
+fn scan(disk: &dyn Disk, dir: &Path, mode: Mode, event_bytes: usize) -> Result<Scanned> {
     let seqs = segments(disk, dir)?;
-    let mut live = BTreeMap::new();
+    let mut live: BTreeMap<u64, (Loc, DeliveryRecord)> = BTreeMap::new();
+    let mut kept = 0usize;
+    let no_event: Arc<str> = Arc::from("");
     let mut segs = BTreeMap::new();
     let mut names = Names::default();
     for (i, &seq) in seqs.iter().enumerate() {
@@ -433,12 +446,23 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode) -> Result<Scanned> {
                             len: frame.len as u32,
                             share,
                         };
-                        live.insert(record.id, (loc, record));
+                        let mut record = record;
+                        let len = record.event.len();
+                        if kept + len <= event_bytes {
+                            kept += len;
+                        } else {
+                            record.event = no_event.clone();
+                        }
+                        if let Some((_, old)) = live.insert(record.id, (loc, record)) {
+                            kept -= old.event.len();
+                        }
                     }
                 }
                 Entry::Done(ids) => {
                     for id in ids {
-                        live.remove(&id);
+                        if let Some((_, old)) = live.remove(&id) {
+                            kept -= old.event.len();
+                        }
                     }
                 }
             }
@@ -473,7 +497,60 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode) -> Result<Scanned> {
             },
         );
     }
+    top_up(disk, dir, &mut live, event_bytes.saturating_sub(kept))?;
     Ok(Scanned { live, segs })
+}
+
+/// Gives the oldest deliveries whose event text the scan dropped (while
+/// deliveries that ended later in the journal still held the budget) their
+/// text back, as far as `room` goes.
+fn top_up(
+    disk: &dyn Disk,
+    dir: &Path,
+    live: &mut BTreeMap<u64, (Loc, DeliveryRecord)>,
+    mut room: usize,
+) -> Result<()> {
+    // Deliveries of one frame are neighbours: each frame is read once.
+    let mut frame: Option<((u64, u64), Vec<DeliveryRecord>)> = None;
+    for (id, (loc, record)) in live.iter_mut() {
+        if room == 0 {
+            break;
+        }
+        if !record.event.is_empty() {
+            continue;
+        }
+        let at = (loc.seq, loc.offset);
+        if frame.as_ref().is_none_or(|(of, _)| *of != at) {
+            let path = segment_path(dir, loc.seq);
+            let bytes = disk
+                .read_at(&path, loc.offset, loc.len as usize)
+                .map_err(io_error(format!("reading {}", path.display())))?;
+            let records = match read_frame(&bytes, 0) {
+                Ok((Entry::Put(records), _)) => records,
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "delivery journal {} at byte {}: not the put the scan read",
+                        path.display(),
+                        loc.offset
+                    )));
+                }
+            };
+            frame = Some((at, records));
+        }
+        let Some(event) = frame
+            .as_ref()
+            .and_then(|(_, records)| records.iter().find(|r| r.id == *id))
+            .map(|r| r.event.clone())
+        else {
+            continue;
+        };
+        if event.len() > room {
+            break;
+        }
+        room -= event.len();
+        record.event = event;
+    }
+    Ok(())
 }
 
 /// Rewrites every damaged segment in `dir` with its readable frames only.
@@ -629,7 +706,7 @@ impl Journal {
         if config.salvage {
             salvage(&*disk, dir)?;
         }
-        let scanned = scan(&*disk, dir, Mode::Repair)?;
+        let scanned = scan(&*disk, dir, Mode::Repair, config.recover_event_bytes)?;
         // The last segment may hold frames a killed process wrote but never
         // synced (and a cut just made): make them durable before a segment
         // after it exists, or a power cut would leave a torn segment that is
@@ -824,7 +901,7 @@ impl Journal {
     /// Every pending delivery, oldest first, read back from the files.
     pub(crate) fn pending(&self) -> Result<Vec<DeliveryRecord>> {
         self.shared.write_out(false)?;
-        let scanned = scan(&*self.shared.disk, &self.shared.dir, Mode::Read)?;
+        let scanned = scan(&*self.shared.disk, &self.shared.dir, Mode::Read, usize::MAX)?;
         Ok(scanned
             .live
             .into_values()
@@ -1261,6 +1338,7 @@ mod tests {
             max_sealed: 2,
             idle_write: Duration::from_millis(1),
             salvage: false,
+            recover_event_bytes: RECOVER_EVENT_BYTES,
         }
     }
 
@@ -1288,6 +1366,42 @@ mod tests {
 
     fn sim_segments(disk: &SimDisk) -> Vec<u64> {
         segments(disk, Path::new(DIR)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reopen_keeps_event_text_up_to_its_budget_and_the_rest_is_read_back() {
+        let disk = sim();
+        let event = |id: u64| format!(r#"{{"id":"{id}","data":"{}"}}"#, "y".repeat(100));
+        let config = Config {
+            recover_event_bytes: 3 * event(1).len(),
+            ..small()
+        };
+        {
+            let journal = open_sim(&disk, config.clone()).unwrap();
+            for id in 1..=10 {
+                let rx = journal.put(&[record(id, &event(id))], true).unwrap();
+                rx.unwrap().await.unwrap().unwrap();
+            }
+            // One ended: its bytes do not count.
+            journal.done(&[1]).unwrap();
+            journal.sync_blocking().unwrap();
+        }
+        let journal = open_sim(&disk, config).unwrap();
+        let recovered = journal.recovered().unwrap();
+        assert_eq!(ids(&recovered), (2..=10).collect::<Vec<_>>());
+        let with_text: Vec<u64> = recovered
+            .iter()
+            .filter(|r| !r.event.is_empty())
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(with_text, vec![2, 3, 4], "the oldest, within the budget");
+        for record in &recovered {
+            assert_eq!(
+                journal.event(record.id).unwrap().as_deref(),
+                Some(event(record.id).as_str()),
+                "every event can be read back"
+            );
+        }
     }
 
     #[tokio::test]

@@ -106,13 +106,13 @@ impl Store {
         Ok(self.invocations.get(id.as_bytes())?.map(|v| v.to_vec()))
     }
 
-    /// Every asynchronous invocation record.
-    pub fn invocations(&self) -> Result<Vec<Vec<u8>>> {
-        self.invocations
-            .iter()
-            .values()
-            .map(|v| Ok(v?.to_vec()))
-            .collect()
+    /// Calls `each` with every asynchronous invocation record, one at a
+    /// time (they are not all read into memory at once).
+    pub fn each_invocation(&self, mut each: impl FnMut(&[u8])) -> Result<()> {
+        for value in self.invocations.iter().values() {
+            each(&value?);
+        }
+        Ok(())
     }
 
     /// Removes asynchronous invocation `id`.

@@ -446,6 +446,62 @@ async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run() {
 }
 
 #[tokio::test]
+async fn async_invocations_past_the_byte_bound_are_503_naming_it() {
+    let server = Server::start_with(&[
+        "--max-async-invocation-bytes",
+        "1000000",
+        "--async-workers",
+        "1",
+    ]);
+    server
+        .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=3000")
+        .await;
+    let post = || async {
+        server
+            .http()
+            .post(server.url("/v1/functions/sleepy/invoke?async=true"))
+            .body(vec![b'q'; 600_000])
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = post().await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = post().await;
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    let body = second.text().await.unwrap();
+    assert_eq!(crate::harness::error_code(&body), "too_many_invocations");
+    assert!(body.contains("1000000 bytes"), "{body}");
+    // A body no queue could ever hold is 413, not "retry later".
+    let huge = server
+        .http()
+        .post(server.url("/v1/functions/sleepy/invoke?async=true"))
+        .body(vec![b'q'; 1_000_001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    assert!(!huge.headers().contains_key("retry-after"));
+    // Once the first has run, its bytes are free again (given back just
+    // after its result is stored, so the next may need a moment).
+    eventually(Duration::from_secs(30), || async {
+        let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+        let value: Value = serde_json::from_str(&body).unwrap();
+        (value["status"] == "succeeded").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        (post().await.status() == 202).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
     let mut server = Server::start();
     server

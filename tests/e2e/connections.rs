@@ -302,3 +302,143 @@ async fn http2_without_tls_is_served_beside_http1() {
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.status(), 200);
 }
+
+/// One HTTP/2 frame: length, type, flags, stream 0, payload.
+fn h2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn an_http2_connection_kept_up_by_pings_alone_is_closed_as_idle() {
+    let server = Server::start_with(&["--keepalive-timeout-secs", "1"]);
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, &[]));
+    stream.write_all(&hello).await.unwrap();
+    // A ping every 200 ms: bytes never stop, but no request ever starts.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        for i in 0u64.. {
+            if stream
+                .write_all(&h2_frame(0x6, &i.to_be_bytes()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "pings alone kept the connection open");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_has_its_connection_closed() {
+    // A keep-alive far longer than the test: only the send timeout can
+    // close the connection.
+    let server = Server::start_with(&[
+        "--send-timeout-secs",
+        "1",
+        "--keepalive-timeout-secs",
+        "120",
+        "--max-response-bytes",
+        "67108864",
+    ]);
+    // 48 MiB: far more than the socket buffers between server and client.
+    const TOTAL: usize = 48 << 20;
+    server
+        .deploy_ok("big", guests::BIG, "visibility=public&env=BIG_KB=49152")
+        .await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    stream
+        .write_all(b"GET /fn/big/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 15];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    // Stop reading for well past the send timeout, then read what is left.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut received = 0usize;
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection was never closed");
+    assert!(
+        received < TOTAL,
+        "the whole response ({received} bytes) waited for a client that stopped reading"
+    );
+    // The server goes on serving.
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_its_whole_response_past_the_keepalive_timeout() {
+    let server = Server::start_with(&[
+        "--keepalive-timeout-secs",
+        "1",
+        "--send-timeout-secs",
+        "30",
+        "--max-response-bytes",
+        "67108864",
+    ]);
+    // 24 MiB: the body is taken by hyper at once, then waits in its write
+    // buffer while the client reads slowly.
+    const TOTAL: usize = 24 << 20;
+    server
+        .deploy_ok("big", guests::BIG, "visibility=public&env=BIG_KB=24576")
+        .await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    stream
+        .write_all(b"GET /fn/big/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let started = std::time::Instant::now();
+    // Pauses longer than the keep-alive, shorter than the send timeout,
+    // until the whole response has come.
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the server sent nothing for 10 s")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+        let Some(head) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        if received.len() - head - 4 >= TOTAL {
+            break;
+        }
+    }
+    let head = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the client was not slow: it did not outlast the keep-alive"
+    );
+    assert_eq!(
+        received.len() - head - 4,
+        TOTAL,
+        "every byte of the body came"
+    );
+}

@@ -403,6 +403,24 @@ async fn calls_past_the_memory_budget_wait_then_get_503_and_deliveries_wait_in_t
 }
 
 #[tokio::test]
+async fn a_function_larger_than_a_later_starts_memory_budget_is_refused_at_once() {
+    let mut server = Server::start_with(&["--memory-budget", "300M"]);
+    server
+        .deploy_ok("roomy", guests::HELLO, "visibility=public&memory_mb=200")
+        .await;
+    let (status, _) = server.get("/fn/roomy/").await;
+    assert_eq!(status, 200);
+    // Started again with a budget the function's limit alone passes: every
+    // call would wait for memory that can never be free.
+    server.restart_with(&["--memory-budget", "100M", "--queue-timeout-ms", "60000"]);
+    // (Waiting would have ended in a 503 `memory_budget` after a minute.)
+    let (status, body) = server.get("/fn/roomy/").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(error_code(&body), "memory_over_budget", "{body}");
+    assert!(error_message(&body).contains("--memory-budget"), "{body}");
+}
+
+#[tokio::test]
 async fn long_calls_move_to_the_long_call_pool_while_short_calls_go_straight_through() {
     let server = Server::start();
     server.deploy_ok("hello", guests::HELLO, "").await;

@@ -89,6 +89,16 @@ impl Server {
         self.url = url;
     }
 
+    /// Stops the server (SIGKILL) and starts it again on the same data
+    /// directory with `args` instead of the flags it had.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.kill();
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.args
+            .extend(["--admin-token".to_string(), self.admin_token.clone()]);
+        self.start_again();
+    }
+
     /// Kills the server with SIGKILL and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

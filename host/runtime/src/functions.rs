@@ -175,6 +175,19 @@ impl Functions {
             .mebibytes(crate::limits::machine_memory())
             .min(u64::from(u32::MAX >> 3));
         tracing::info!(memory_budget_mb, "memory budget of running instances");
+        // A function deployed under a larger budget than this start's fails
+        // every call and delivery at once: say so now, not per call.
+        for record in store.functions().unwrap_or_default() {
+            let needed_mb = runtime.limits().resolve(&record.settings).memory_bytes >> 20;
+            if needed_mb > memory_budget_mb {
+                tracing::warn!(
+                    function = %record.name,
+                    needed_mb,
+                    memory_budget_mb,
+                    "this function's memory_mb passes the memory budget: every call and delivery to it fails (500 memory_over_budget) until --memory-budget is raised or memory_mb lowered"
+                );
+            }
+        }
         Ok(Arc::new_cyclic(|me| Functions {
             me: me.clone(),
             runtime,

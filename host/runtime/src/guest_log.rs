@@ -13,6 +13,62 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// repeats a refused call in a loop.
 pub const WARNINGS_PER_CALL: u32 = 5;
 
+/// Bytes of text from a guest (a failure's reason, an error response's
+/// body) the host keeps in its log and in a dead letter's reason; Knative
+/// cuts `knativeerrordata` at the same length.
+pub const GUEST_TEXT_BYTES: usize = 1024;
+
+/// `text` from a guest made safe for the host's log: at most
+/// [`GUEST_TEXT_BYTES`] (cut at a character boundary, with how much was
+/// cut), and control characters (newlines, escape sequences) escaped, so
+/// a guest can neither flood the log nor forge lines in it.
+pub fn guest_text(text: &str) -> String {
+    guest_bytes(text.as_bytes())
+}
+
+/// [`guest_text`] of bytes a guest wrote, read as UTF-8 (a bad sequence
+/// becomes U+FFFD); only what is shown is looked at, however long `bytes`.
+pub fn guest_bytes(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    // False once `c`, escaped if need be, no longer fits.
+    let push = |out: &mut String, c: char| {
+        let mut escaped = [0u8; 16];
+        let text: &str = if c.is_control() {
+            let mut n = 0;
+            for e in c.escape_default() {
+                n += e.encode_utf8(&mut escaped[n..]).len();
+            }
+            std::str::from_utf8(&escaped[..n]).expect("escapes are ASCII")
+        } else {
+            c.encode_utf8(&mut escaped)
+        };
+        if out.len() + text.len() > GUEST_TEXT_BYTES {
+            return false;
+        }
+        out.push_str(text);
+        true
+    };
+    'chunks: for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if !push(&mut out, c) {
+                break 'chunks;
+            }
+            shown += c.len_utf8();
+        }
+        if !chunk.invalid().is_empty() {
+            if !push(&mut out, char::REPLACEMENT_CHARACTER) {
+                break 'chunks;
+            }
+            shown += chunk.invalid().len();
+        }
+    }
+    if shown < bytes.len() {
+        out.push_str(&format!("… ({} bytes more)", bytes.len() - shown));
+    }
+    out
+}
+
 /// The warnings budget of one invocation.
 #[derive(Debug, Default)]
 pub struct GuestWarnings {
@@ -54,6 +110,29 @@ impl GuestWarnings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(guest_text("plain"), "plain");
+        assert_eq!(
+            guest_text("a\nFAKE host line\x1b[2J"),
+            "a\\nFAKE host line\\u{1b}[2J"
+        );
+        let long = "é".repeat(1000);
+        let cut = guest_text(&long);
+        assert!(cut.starts_with(&"é".repeat(512)), "{cut}");
+        assert!(cut.ends_with("… (976 bytes more)"), "{cut}");
+        // Escapes count against the bound too.
+        let escapes = guest_text(&"\x1b".repeat(1000));
+        assert!(escapes.len() < GUEST_TEXT_BYTES + 32, "{}", escapes.len());
+        assert!(escapes.ends_with("… (830 bytes more)"), "{escapes}");
+        // Bytes: the count is of the whole body, bad UTF-8 shown as U+FFFD.
+        let mut body = vec![0xff];
+        body.extend(b"x".repeat(5000));
+        let shown = guest_bytes(&body);
+        assert!(shown.starts_with("\u{fffd}xxx"), "{shown}");
+        assert!(shown.ends_with("… (3979 bytes more)"), "{shown}");
+    }
 
     #[test]
     fn the_first_few_are_logged_and_the_rest_counted() {

@@ -65,6 +65,19 @@ pub enum InvokeError {
         /// `--memory-budget`.
         budget_mb: u64,
     },
+    /// The function's memory limit alone is more than the whole budget (it
+    /// was deployed under a larger one): it cannot run until one changes.
+    #[error(
+        "function {name:?} needs {needed_mb} MiB, more than the server's whole memory budget of {budget_mb} MiB; lower its memory_mb or raise --memory-budget"
+    )]
+    MemoryOverBudget {
+        /// The function.
+        name: String,
+        /// What the call needs (its memory limit).
+        needed_mb: u64,
+        /// `--memory-budget`.
+        budget_mb: u64,
+    },
     /// The call ran past its deadline.
     #[error("function {name:?} did not finish within its timeout of {timeout_ms} ms")]
     Timeout {
@@ -130,6 +143,7 @@ impl InvokeError {
             }
             InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::MemoryLimit { .. }
+            | InvokeError::MemoryOverBudget { .. }
             | InvokeError::Trap { .. }
             | InvokeError::Failed { .. }
             | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +161,7 @@ impl InvokeError {
             InvokeError::Busy { .. } => "busy",
             InvokeError::PoolExhausted => "pool_exhausted",
             InvokeError::MemoryBudget { .. } => "memory_budget",
+            InvokeError::MemoryOverBudget { .. } => "memory_over_budget",
             InvokeError::Timeout { .. } => "timeout",
             InvokeError::MemoryLimit { .. } => "memory_limit",
             InvokeError::Trap { .. } => "trap",
@@ -165,12 +180,13 @@ impl InvokeError {
             InvokeError::NotFound(_)
                 | InvokeError::WrongWorld { .. }
                 | InvokeError::RequestTooLarge { .. }
+                | InvokeError::MemoryOverBudget { .. }
         )
     }
 }
 
 /// Every outcome label of `sluice_function_invocations_total`.
-pub const OUTCOMES: [&str; 14] = [
+pub const OUTCOMES: [&str; 15] = [
     "ok",
     "guest_error",
     "not_found",
@@ -178,6 +194,7 @@ pub const OUTCOMES: [&str; 14] = [
     "busy",
     "pool_exhausted",
     "memory_budget",
+    "memory_over_budget",
     "timeout",
     "memory_limit",
     "trap",
@@ -274,10 +291,13 @@ impl Functions {
         }
     }
 
-    /// Takes what a call needs before it may run: its share of the memory
-    /// budget (first, so that a delivery waiting for memory holds nothing
-    /// else meanwhile), a place under its function's concurrency cap, and
-    /// an instance slot of the pool.
+    /// Takes what a call needs before it may run: a place under its
+    /// function's concurrency cap (first, so calls queued behind a busy
+    /// function hold no memory that other functions could run in), its
+    /// share of the memory budget, and an instance slot of the pool. A
+    /// delivery (`wait_for_memory`) takes memory first, waiting as long as
+    /// it takes while holding nothing, then its place within the queue
+    /// timeout.
     async fn acquire(
         &self,
         function: &Function,
@@ -285,30 +305,49 @@ impl Functions {
     ) -> Result<[OwnedSemaphorePermit; 3], InvokeError> {
         let wait = Duration::from_millis(self.runtime().limits().queue_timeout_ms);
         let needed_mb = (function.limits.memory_bytes >> 20).max(1);
+        let budget_mb = self.memory_budget_mb();
+        // A function deployed under a larger budget than this start's could
+        // never run: refused at once, not waited for.
+        if needed_mb > budget_mb {
+            return Err(InvokeError::MemoryOverBudget {
+                name: function.record.name.clone(),
+                needed_mb,
+                budget_mb,
+            });
+        }
+        let own = || async {
+            tokio::time::timeout(wait, function.permits.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| InvokeError::Busy {
+                    name: function.record.name.clone(),
+                    limit: function.limits.max_concurrency,
+                })
+        };
         let memory = self
             .memory_permits()
             .clone()
             .acquire_many_owned(u32::try_from(needed_mb).unwrap_or(u32::MAX));
-        let memory = if wait_for_memory {
-            memory.await.ok()
+        let over = || InvokeError::MemoryBudget {
+            needed_mb,
+            budget_mb,
+        };
+        let (memory, own) = if wait_for_memory {
+            // A delivery waits for memory as long as it takes, holding
+            // nothing (not its function's places, which calls need), then
+            // for a place as a call does.
+            let memory = memory.await.map_err(|_| over())?;
+            (memory, own().await?)
         } else {
-            tokio::time::timeout(wait, memory)
+            let own = own().await?;
+            let memory = tokio::time::timeout(wait, memory)
                 .await
                 .ok()
                 .and_then(Result::ok)
-        }
-        .ok_or(InvokeError::MemoryBudget {
-            needed_mb,
-            budget_mb: self.memory_budget_mb(),
-        })?;
-        let own = tokio::time::timeout(wait, function.permits.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| InvokeError::Busy {
-                name: function.record.name.clone(),
-                limit: function.limits.max_concurrency,
-            })?;
+                .ok_or_else(over)?;
+            (memory, own)
+        };
         let pool = tokio::time::timeout(wait, self.pool_permits().clone().acquire_owned())
             .await
             .ok()
@@ -421,9 +460,14 @@ impl Functions {
         let span = tracing::info_span!("invocation", function = %name, id = %invocation_id, trace_id = %trace.trace_id_hex());
         let run = tracing::Instrument::instrument(
             async move {
-                let _permits = permits;
-                let timed =
-                    crate::cpu::Migrating::new(body(invocation), usage.clone(), cpu, long_calls);
+                // The permits live in the future that owns the store, so they
+                // are given back only once the instance is gone, wherever it
+                // ran (a timed-out long call ends on its pool's thread).
+                let guest = async move {
+                    let _permits = permits;
+                    body(invocation).await
+                };
+                let timed = crate::cpu::Migrating::new(guest, usage.clone(), cpu, long_calls);
                 let end = match tokio::time::timeout_at(deadline, timed).await {
                     Ok(Ok(value)) => TaskEnd::Done(value),
                     Ok(Err(error)) => TaskEnd::Failed(error),
@@ -627,7 +671,9 @@ impl Functions {
             Ok(Ok(Err(code))) => {
                 return Err(InvokeError::Failed {
                     name: function.record.name.clone(),
-                    reason: format!("the guest answered with error {code:?}"),
+                    reason: crate::guest_log::guest_text(&format!(
+                        "the guest answered with error {code:?}"
+                    )),
                 });
             }
             Ok(Err(_)) => {

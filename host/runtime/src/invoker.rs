@@ -19,6 +19,7 @@ use sluice_store::World;
 
 use crate::engine::event_bindings::sluice::function::types as wit;
 use crate::functions::Functions;
+use crate::guest_log::{guest_bytes, guest_text};
 use crate::invoke::CallOptions;
 use crate::trace::{TRACEPARENT, TraceContext};
 
@@ -160,17 +161,17 @@ impl HostInvoker {
                 Ok(Err(wit::HandlerError::Retryable(reason))) => Outcome::Failed {
                     retryable: true,
                     code: Some(500),
-                    reason,
+                    reason: guest_text(&reason),
                 },
                 Ok(Err(wit::HandlerError::Permanent(reason))) => Outcome::Failed {
                     retryable: false,
                     code: Some(400),
-                    reason,
+                    reason: guest_text(&reason),
                 },
                 Err(error) => Outcome::Failed {
                     retryable: error.is_retryable(),
                     code: Some(error.status().as_u16()),
-                    reason: error.to_string(),
+                    reason: guest_text(&error.to_string()),
                 },
             },
             World::Http => {
@@ -198,7 +199,7 @@ impl HostInvoker {
                     Err(error) => Outcome::Failed {
                         retryable: error.is_retryable(),
                         code: Some(error.status().as_u16()),
-                        reason: error.to_string(),
+                        reason: guest_text(&error.to_string()),
                     },
                 }
             }
@@ -245,7 +246,7 @@ fn http_outcome(status: u16, headers: &http::HeaderMap, body: &[u8], destination
     Outcome::Failed {
         retryable: is_retryable_status(status),
         code: Some(status),
-        reason: String::from_utf8_lossy(body).into_owned(),
+        reason: guest_bytes(body),
     }
 }
 

@@ -36,7 +36,8 @@ macro_rules! runtime_limits {
             max_memory_mb: u64 = 1024, "max-memory-mb";
             /// The sum of the memory limits (`memory_mb`) of instances running at
             /// once, across all functions: a size (`12G`, `800M`) or a share of the
-            /// machine's memory read at start (`50%`). Defends the host against
+            /// machine's memory read at start (`50%`; the control group's limit
+            /// when lower, as in a container). Defends the host against
             /// many memory-hungry calls at once (each within its own limit): a call
             /// that would pass it waits up to `--queue-timeout-ms`, then gets 503
             /// with `Retry-After`; a delivery waits in the queue instead.
@@ -214,10 +215,12 @@ impl MemoryBudget {
     }
 }
 
-/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), or 4 GiB
-/// where it cannot be read.
+/// The memory this process may use, in bytes: the machine's (`MemTotal` of
+/// `/proc/meminfo`, or 4 GiB where it cannot be read), or its control
+/// group's limit where that is lower (a container's `--memory`: cgroup v2
+/// `memory.max`, v1 `memory.limit_in_bytes`).
 pub fn machine_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
             info.lines()
@@ -230,7 +233,41 @@ pub fn machine_memory() -> u64 {
                         .ok()
                 })
         })
-        .map_or(4 << 30, |kib| kib << 10)
+        .map_or(4 << 30, |kib| kib << 10);
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    cgroup_limit(&cgroups, |path| std::fs::read_to_string(path).ok())
+        .map_or(total, |limit| limit.min(total))
+}
+
+/// The lowest memory limit of this process's control groups, from the text
+/// of `/proc/self/cgroup` and a reader of files; `None` when there is none.
+/// Both the group's own path and the mount's root are read (inside a
+/// container the group's path is often not where its files are mounted).
+fn cgroup_limit(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut candidates = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup{path}/memory.max"));
+            candidates.push("/sys/fs/cgroup/memory.max".to_string());
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+            candidates.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".to_string());
+        }
+    }
+    candidates
+        .iter()
+        .filter_map(|path| read(path))
+        // "max", or v1's "no limit" (a page short of 2^63), mean none.
+        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .filter(|&limit| limit > 0 && limit < 1 << 62)
+        .min()
 }
 
 /// Why a function's settings were refused.
@@ -379,6 +416,61 @@ pub struct FunctionLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowest_control_group_memory_limit_is_found_in_v1_and_v2() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |path: &str| {
+                entries
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, text)| text.to_string())
+            }
+        };
+        // cgroup v2, the group's own file.
+        assert_eq!(
+            cgroup_limit(
+                "0::/user.slice/app\n",
+                files(&[("/sys/fs/cgroup/user.slice/app/memory.max", "2147483648\n")])
+            ),
+            Some(2 << 30)
+        );
+        // v2 inside a container: only the root is mounted; "max" is none.
+        assert_eq!(
+            cgroup_limit(
+                "0::/\n",
+                files(&[("/sys/fs/cgroup/memory.max", "1073741824\n")])
+            ),
+            Some(1 << 30)
+        );
+        assert_eq!(
+            cgroup_limit("0::/\n", files(&[("/sys/fs/cgroup/memory.max", "max\n")])),
+            None
+        );
+        // v1, as on this machine: unlimited is a page short of 2^63.
+        let v1 = "4:memory:/process_api/abc\n3:cpuset:/\n0::/\n";
+        assert_eq!(
+            cgroup_limit(
+                v1,
+                files(&[(
+                    "/sys/fs/cgroup/memory/process_api/abc/memory.limit_in_bytes",
+                    "9223372036854771712\n"
+                )])
+            ),
+            None
+        );
+        assert_eq!(
+            cgroup_limit(
+                v1,
+                files(&[
+                    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912"),
+                    ("/sys/fs/cgroup/memory.max", "1073741824")
+                ])
+            ),
+            Some(512 << 20)
+        );
+        assert_eq!(cgroup_limit("", files(&[])), None);
+    }
 
     #[test]
     fn memory_budgets_parse_as_sizes_or_shares() {

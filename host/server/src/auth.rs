@@ -127,12 +127,15 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What every token Sluice makes starts with.
+const TOKEN_PREFIX: &str = "sluice_";
+
 /// A fresh random token.
 pub fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     Ok(format!(
-        "sluice_{}",
+        "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
 }
@@ -229,10 +232,81 @@ impl Auth {
             .map(|r| (r.id, r.scope))
     }
 
-    /// True if `headers` carry a bearer token Sluice knows.
-    pub fn carries_own_token(&self, headers: &http::HeaderMap) -> bool {
-        bearer(headers).is_some_and(|token| self.identify(token).is_some())
+    /// Removes every Sluice credential from `headers`: each value of
+    /// `Authorization` or `Proxy-Authorization` that is a token this server
+    /// knows or holds something shaped like one of Sluice's (`sluice_…`, a
+    /// revoked one or another server's, in any scheme, `Basic` decoded),
+    /// and any other header whose value holds a known `sluice_…` token
+    /// (`x-api-key: sluice_…`). Values are searched as bytes, so one that
+    /// is not visible ASCII is no hiding place. Other credentials stay.
+    pub fn scrub(&self, headers: &mut http::HeaderMap) {
+        let mut doomed = Vec::new();
+        for (name, value) in headers.iter() {
+            let bytes = value.as_bytes();
+            let credential =
+                name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION;
+            let secret = if credential {
+                let text = String::from_utf8_lossy(bytes);
+                let (scheme, rest) = text.trim().split_once(' ').unwrap_or(("", text.trim()));
+                let basic = scheme
+                    .eq_ignore_ascii_case("basic")
+                    .then(|| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(rest.trim())
+                            .ok()
+                    })
+                    .flatten()
+                    .unwrap_or_default();
+                self.identify(rest.trim()).is_some()
+                    || self.identify(text.trim()).is_some()
+                    || find(bytes, TOKEN_PREFIX.as_bytes()).is_some()
+                    || find(bytes, b"sluice%5f").is_some()
+                    || find(&basic, TOKEN_PREFIX.as_bytes()).is_some()
+            } else {
+                known_in(bytes, |token| self.identify(token).is_some())
+            };
+            if secret {
+                doomed.push((name.clone(), value.clone()));
+            }
+        }
+        for (name, value) in doomed {
+            let kept: Vec<_> = headers
+                .get_all(&name)
+                .iter()
+                .filter(|v| **v != value)
+                .cloned()
+                .collect();
+            headers.remove(&name);
+            for v in kept {
+                headers.append(name.clone(), v);
+            }
+        }
     }
+}
+
+/// Where `needle` first occurs in `haystack`, ASCII case ignored.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Whether `bytes` hold, anywhere, a `sluice_…` token that `known` accepts.
+fn known_in(bytes: &[u8], known: impl Fn(&str) -> bool) -> bool {
+    let prefix = TOKEN_PREFIX.as_bytes();
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(prefix.len()).position(|w| w == prefix) {
+        let start = at + found;
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-'))
+            .map_or(bytes.len(), |n| start + n);
+        if std::str::from_utf8(&bytes[start..end]).is_ok_and(&known) {
+            return true;
+        }
+        at = start + prefix.len();
+    }
+    false
 }
 
 /// The server's policy for function-to-function calls: a Sluice token a
@@ -242,9 +316,7 @@ pub struct ScrubOwnTokens(pub Arc<Auth>);
 
 impl sluice_runtime::capabilities::outbound::CallPolicy for ScrubOwnTokens {
     fn scrub(&self, headers: &mut http::HeaderMap) {
-        if self.0.carries_own_token(headers) {
-            headers.remove(http::header::AUTHORIZATION);
-        }
+        self.0.scrub(headers);
     }
 
     fn failure(
@@ -377,11 +449,9 @@ pub async fn check(State(state): State<AppState>, mut request: Request, next: Ne
     if let Some(refused) = refused {
         return refused;
     }
-    if identity.is_some() {
-        // Sluice's own credential goes no further: not to a guest, not into
-        // a stored request.
-        request.headers_mut().remove(http::header::AUTHORIZATION);
-    }
+    // Sluice's own credentials go no further: not to a guest, not into a
+    // stored request.
+    auth.scrub(request.headers_mut());
     request.extensions_mut().insert(Caller { token: identity });
     next.run(request).await
 }
@@ -456,5 +526,28 @@ mod tests {
         assert!(a.starts_with("sluice_") && a.len() > 40);
         assert!(constant_time_eq(&hash(&a), &hash(&a)));
         assert!(!constant_time_eq(&hash(&a), &hash(&b)));
+    }
+
+    #[test]
+    fn a_known_token_is_found_wherever_it_sits_in_a_value() {
+        let token = "sluice_abc-DEF_123";
+        let known = |t: &str| t == token;
+        assert!(known_in(b"sluice_abc-DEF_123", known));
+        assert!(known_in(b"key=sluice_abc-DEF_123;x", known));
+        assert!(known_in(b"xsluice_abc-DEF_123", known), "glued to a word");
+        assert!(
+            known_in(b"\xffsluice_abc-DEF_123\xfe", known),
+            "beside obs-text"
+        );
+        assert!(
+            known_in(b"sluice_no sluice_abc-DEF_123", known),
+            "not the first"
+        );
+        assert!(
+            !known_in(b"sluice_abc-DEF_1234", known),
+            "a longer one is another"
+        );
+        assert!(!known_in(b"sluice_other", known));
+        assert_eq!(find(b"Token SLUICE%5Fabc", b"sluice%5f"), Some(6));
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Every request body is wrapped in a [`GuardedBody`] before any handler
 //! reads it:
-//! - After [`BodyLimits::grace`], bytes must keep arriving at an average of
-//!   at least [`BodyLimits::min_rate`] bytes a second, and no gap between
-//!   two chunks may be longer than the grace: a body trickled at a byte a
-//!   second, or one that stops one byte short, ends in 408.
+//! - Bytes must keep arriving at [`BodyLimits::min_rate`] bytes a second,
+//!   measured over windows of [`BodyLimits::grace`]: each window must bring
+//!   `min_rate × grace` bytes (or the body's end) before it closes, and the
+//!   next window opens when it has. A body trickled at a byte a second, one
+//!   that stops one byte short, or one that sends a burst and then trickles
+//!   (an average over the whole body would let 16 MiB sent at once buy
+//!   hours of trickle) ends in 408.
 //! - Every byte read counts against a server-wide budget until the
 //!   request's response is ready: past it, 503 with `Retry-After`. Forty
 //!   clients that each send 15 MiB and stall cannot pin 600 MiB. Component
@@ -30,11 +33,10 @@ use tokio::time::{Instant, Sleep};
 /// The bounds on request bodies, from `sluice serve` flags.
 #[derive(Clone, Debug)]
 pub struct BodyLimits {
-    /// How long a body may take before the rate counts, and the longest gap
-    /// allowed between two of its chunks.
+    /// The window the rate is measured over (so also the longest gap
+    /// allowed between two chunks).
     pub grace: Duration,
-    /// The least average rate a body must keep after the grace, in bytes a
-    /// second.
+    /// The least rate a body must keep in every window, in bytes a second.
     pub min_rate: u64,
     /// Bytes of request bodies held at once, server-wide, except uploads.
     pub budget_bytes: usize,
@@ -105,10 +107,13 @@ impl BodyBudget {
             inner: body,
             budget: budget.clone(),
             held,
-            start: now,
-            received: 0,
+            in_window: 0,
+            per_window: self
+                .limits
+                .min_rate
+                .max(1)
+                .saturating_mul(self.limits.grace.as_secs().max(1)),
             grace: self.limits.grace,
-            min_rate: self.limits.min_rate.max(1),
             deadline: Box::pin(tokio::time::sleep_until(now + self.limits.grace)),
         })
     }
@@ -121,10 +126,12 @@ pin_project_lite::pin_project! {
         inner: axum::body::Body,
         budget: Arc<Semaphore>,
         held: Held,
-        start: Instant,
-        received: u64,
+        // Bytes that arrived in the window open now.
+        in_window: u64,
+        // Bytes each window must bring.
+        per_window: u64,
         grace: Duration,
-        min_rate: u64,
+        // When the window open now closes.
         deadline: Pin<Box<Sleep>>,
     }
 }
@@ -150,14 +157,12 @@ impl hyper::body::Body for GuardedBody {
                             return Poll::Ready(Some(Err(axum::Error::new(BodyRefused::Budget))));
                         }
                     }
-                    *this.received += data.len() as u64;
-                    // The next chunk is due within the grace, and the
-                    // average must stay above the rate.
-                    let by_rate = *this.start
-                        + *this.grace
-                        + Duration::from_secs_f64(*this.received as f64 / *this.min_rate as f64);
-                    let by_gap = Instant::now() + *this.grace;
-                    this.deadline.as_mut().reset(by_rate.min(by_gap));
+                    *this.in_window += data.len() as u64;
+                    // The window brought its share: the next one opens.
+                    if *this.in_window >= *this.per_window {
+                        *this.in_window = 0;
+                        this.deadline.as_mut().reset(Instant::now() + *this.grace);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -178,6 +183,9 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
+/// The most a body's buffer is given before its bytes arrive.
+const INITIAL_CAPACITY: usize = 1 << 20;
+
 /// Reads a body up to `limit` bytes; 413 past it (before reading it all
 /// when `Content-Length` says so).
 pub async fn read_body(
@@ -197,12 +205,28 @@ pub async fn read_body(
     // counts), not those plus the chunks' buffers, nor twice that at the end.
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut body = Limited::new(body, limit);
-    let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(0).min(limit));
+    // Sized for the declared length up to 1 MiB: a client declaring 16 MiB
+    // and sending nothing gets no 16 MiB buffer for it.
+    let capacity = declared.map_or(0, |len| {
+        usize::try_from(len)
+            .unwrap_or(0)
+            .min(limit)
+            .min(INITIAL_CAPACITY)
+    });
     let mut buffer = bytes::BytesMut::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
+                    // Grown to the declared length once the client has
+                    // sent a buffer's worth (it is sending), never to twice
+                    // what has come by doubling.
+                    if buffer.capacity() - buffer.len() < data.len()
+                        && let Some(len) = declared.and_then(|l| usize::try_from(l).ok())
+                        && len >= buffer.len() + data.len()
+                    {
+                        buffer.reserve(len - buffer.len());
+                    }
                     buffer.extend_from_slice(data);
                 }
             }
@@ -329,5 +353,31 @@ mod tests {
             .unwrap();
         assert_eq!(got.to_bytes().len(), 40_000);
         steady.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_buys_no_time_for_a_trickle_after_it() {
+        let budget = budget(1 << 20);
+        // 100 KB at once (100 s at the rate), then a byte every 5 s.
+        let (tx, body) = channel();
+        let burst = tokio::spawn(async move {
+            tx.send(Ok(Bytes::from(vec![0u8; 100_000]))).await.unwrap();
+            while tx.send(Ok(Bytes::from_static(b"x"))).await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let started = Instant::now();
+        let error = budget
+            .guard(body, Held::default(), false)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "the window after the burst brought 2 bytes of its 10,000"
+        );
+        burst.abort();
     }
 }

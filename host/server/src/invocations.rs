@@ -5,7 +5,10 @@
 //! The request is stored (flushed) before the 202, then queued for one of
 //! `--async-workers` workers, which runs it like a synchronous invoke and
 //! stores its response. At most `--max-async-invocations` are queued or
-//! running at once; past it the call is answered 503 with `Retry-After`.
+//! running at once, holding at most `--max-async-invocation-bytes` of
+//! request bodies; past either the call is answered 503 with `Retry-After`.
+//! The queue in memory holds ids; a worker reads the request back from the
+//! store when it starts one.
 //! Queued and running invocations are run again after a restart (at least
 //! once). Finished ones are kept for `--invocation-retention-secs`, then
 //! removed, from an index by finishing time (no record is read again for
@@ -19,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -81,48 +84,89 @@ pub(crate) struct Record {
     pub(crate) finished_ms: Option<u64>,
 }
 
-/// The asynchronous invocations of one server: the queue, its bound, and
+/// One queued invocation: its id, and the bytes of request body it holds
+/// in the store until it runs.
+struct Queued {
+    id: String,
+    bytes: u64,
+}
+
+/// The asynchronous invocations of one server: the queue, its bounds, and
 /// the index by finishing time the retention reaper reads.
 pub struct Invocations {
-    queue: tokio::sync::mpsc::UnboundedSender<Record>,
-    receiver: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Record>>,
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+    receiver: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Queued>>,
     /// Queued or running now.
     outstanding: AtomicUsize,
     max: usize,
+    /// Request-body bytes of those queued or running.
+    bytes: AtomicU64,
+    max_bytes: u64,
     /// Finished invocations by the time they finished (unix ms).
     finished: std::sync::Mutex<BTreeMap<u64, Vec<String>>>,
 }
 
 impl Invocations {
-    /// An empty set bounded at `max` queued or running.
-    pub fn new(max: usize) -> Arc<Invocations> {
+    /// An empty set bounded at `max` queued or running, holding at most
+    /// `max_bytes` of request bodies.
+    pub fn new(max: usize, max_bytes: u64) -> Arc<Invocations> {
         let (queue, receiver) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Invocations {
             queue,
             receiver: tokio::sync::Mutex::new(receiver),
             outstanding: AtomicUsize::new(0),
             max,
+            bytes: AtomicU64::new(0),
+            max_bytes,
             finished: Default::default(),
         })
     }
 
-    /// Takes a place for one more, or `false` at the bound.
-    fn admit(&self) -> bool {
-        self.outstanding
+    /// Takes a place for one more holding `bytes`, or says which bound it
+    /// would pass.
+    fn admit(&self, bytes: u64) -> Result<(), String> {
+        if self
+            .outstanding
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .is_ok()
+            .is_err()
+        {
+            return Err(format!(
+                "{} asynchronous invocations are queued or running, the server's limit; retry later",
+                self.max
+            ));
+        }
+        if self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n.saturating_add(bytes) <= self.max_bytes).then_some(n + bytes)
+            })
+            .is_err()
+        {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!(
+                "queued asynchronous invocations hold {} bytes of request bodies, the server's limit; retry later",
+                self.max_bytes
+            ));
+        }
+        Ok(())
     }
 
-    fn push(&self, record: Record) {
-        let _ = self.queue.send(record);
+    /// Gives back a place taken by [`Invocations::admit`].
+    fn release(&self, bytes: u64) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn push(&self, id: String, bytes: u64) {
+        let _ = self.queue.send(Queued { id, bytes });
     }
 
     /// One queued or running invocation ended; `finished_ms` when its
     /// result was stored (and so is to expire).
-    fn finish(&self, id: &str, finished_ms: Option<u64>) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    fn finish(&self, id: &str, bytes: u64, finished_ms: Option<u64>) {
+        self.release(bytes);
         if let Some(at) = finished_ms {
             self.finished
                 .lock()
@@ -167,6 +211,23 @@ async fn save(state: &AppState, record: &Record) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An asynchronous invocation's place in the queue, while its record is
+/// saved: queued when dropped if `queue` names it, else given back.
+struct Admitted<'a> {
+    invocations: &'a Invocations,
+    bytes: u64,
+    queue: Option<String>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        match self.queue.take() {
+            Some(id) => self.invocations.push(id, self.bytes),
+            None => self.invocations.release(self.bytes),
+        }
+    }
+}
+
 /// Stores the request as a queued invocation, queues it, answers 202.
 pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
     let function = crate::routes::functions::loaded(state, name).await?;
@@ -176,14 +237,23 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         .and_then(|caller| caller.token_id().map(str::to_string));
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
-    if !state.invocations.admit() {
+    let bytes = body.len() as u64;
+    if bytes > state.invocations.max_bytes {
+        // Never admissible: not a reason to retry.
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is {bytes} bytes; queued asynchronous invocations hold at most {} bytes of bodies in all (--max-async-invocation-bytes)",
+                state.invocations.max_bytes
+            ),
+        ));
+    }
+    if let Err(reason) = state.invocations.admit(bytes) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_invocations",
-            format!(
-                "{} asynchronous invocations are queued or running, the server's limit; retry later",
-                state.invocations.max
-            ),
+            reason,
         )
         .with_retry_after(1));
     }
@@ -208,11 +278,19 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         finished: None,
         finished_ms: None,
     };
+    // From the save on, the invocation is queued when this request ends,
+    // even one dropped mid-save by a client that hung up (the worker skips
+    // a record that never got stored); its place is given back if not.
+    let mut admitted = Admitted {
+        invocations: &state.invocations,
+        bytes,
+        queue: Some(record.id.clone()),
+    };
     if let Err(error) = save(state, &record).await {
-        state.invocations.outstanding.fetch_sub(1, Ordering::AcqRel);
+        admitted.queue = None;
         return Err(error);
     }
-    state.invocations.push(record.clone());
+    drop(admitted);
     let url = format!("/v1/invocations/{}", record.id);
     Ok((
         StatusCode::ACCEPTED,
@@ -238,7 +316,22 @@ fn rebuild(record: &Record) -> Result<Request, String> {
 /// Runs one invocation and stores its result; returns when it finished,
 /// if the result was stored (otherwise it stays queued or running in the
 /// store, and runs again after a restart).
-async fn run(state: AppState, mut record: Record) -> Option<u64> {
+async fn run(state: AppState, id: &str) -> Option<u64> {
+    let mut record = match state.functions.store().invocation(id) {
+        Ok(Some(raw)) => match serde_json::from_slice::<Record>(&raw) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(%id, %error, "an invocation's record does not parse; it is not run");
+                return None;
+            }
+        },
+        // Removed meanwhile (the function was deleted).
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::error!(%id, ?error, "could not read an invocation; it stays queued");
+            return None;
+        }
+    };
     record.status = Status::Running;
     if let Err(error) = save(&state, &record).await {
         tracing::error!(id = %record.id, ?error, "could not mark an invocation running; it stays queued");
@@ -297,16 +390,18 @@ async fn run(state: AppState, mut record: Record) -> Option<u64> {
 pub fn start(state: AppState, workers: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let retention = state.limits.invocation_retention_secs * 1000;
     let invocations = state.invocations.clone();
-    for raw in state.functions.store().invocations()? {
-        let Ok(record) = serde_json::from_slice::<Record>(&raw) else {
-            continue;
+    state.functions.store().each_invocation(|raw| {
+        let Ok(record) = serde_json::from_slice::<Record>(raw) else {
+            return;
         };
         match (record.status, record.finished_ms) {
             (Status::Queued | Status::Running, _) => {
                 tracing::info!(id = %record.id, function = %record.function, "resuming invocation");
-                // Accepted before the restart: queued whatever the bound.
+                // Accepted before the restart: queued whatever the bounds.
+                let bytes = (record.request_body.len() as u64) / 4 * 3;
                 invocations.outstanding.fetch_add(1, Ordering::AcqRel);
-                invocations.push(record);
+                invocations.bytes.fetch_add(bytes, Ordering::AcqRel);
+                invocations.push(record.id, bytes);
             }
             (_, Some(at)) => invocations
                 .finished
@@ -317,17 +412,18 @@ pub fn start(state: AppState, workers: usize) -> anyhow::Result<tokio::task::Joi
                 .push(record.id),
             (_, None) => {}
         }
-    }
+    })?;
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let state = state.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = state.invocations.receiver.lock().await.recv().await;
-                let Some(record) = next else { return };
-                let id = record.id.clone();
-                let finished = run(state.clone(), record).await;
-                state.invocations.finish(&id, finished);
+                let Some(Queued { id, bytes }) = next else {
+                    return;
+                };
+                let finished = run(state.clone(), &id).await;
+                state.invocations.finish(&id, bytes, finished);
             }
         }));
     }

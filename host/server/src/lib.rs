@@ -127,7 +127,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         auth,
         draining: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::default(),
-        invocations: invocations::Invocations::new(options.server_limits.max_async_invocations),
+        invocations: invocations::Invocations::new(
+            options.server_limits.max_async_invocations,
+            options.server_limits.max_async_invocation_bytes,
+        ),
         bodies: body::BodyBudget::new(body_limits(&options.limits, &options.server_limits)),
         limits: options.server_limits.clone(),
     }));
@@ -217,6 +220,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             options.server_limits.header_read_timeout_secs.max(1),
         ),
         keepalive_timeout: Duration::from_secs(options.server_limits.keepalive_timeout_secs.max(1)),
+        send_timeout: Duration::from_secs(options.server_limits.send_timeout_secs.max(1)),
         max_connections: listener::connections_that_fit(options.server_limits.max_connections),
     };
     listener::serve(listener, app, connections, draining, Duration::from_secs(1)).await;

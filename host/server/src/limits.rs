@@ -17,22 +17,28 @@ macro_rules! server_limits {
             /// and bounds how long a kept-alive connection waits for its next
             /// request.
             header_read_timeout_secs: u64 = 10, "header-read-timeout-secs";
-            /// Seconds a connection with no request in flight and no byte moving
-            /// stays open (keep-alive idle timeout; also covers a connection that
-            /// never sends a byte, and idle HTTP/2 connections).
+            /// Seconds a connection with no request in flight stays open after its
+            /// last request ended (keep-alive idle timeout). Only requests keep a
+            /// connection open, not bytes: it also closes connections that never
+            /// send a byte and HTTP/2 connections kept up by pings alone.
             keepalive_timeout_secs: u64 = 5, "keepalive-timeout-secs";
+            /// Seconds a response may make no progress (a client that stopped
+            /// reading, or keeps its HTTP/2 window shut) before its connection is
+            /// closed. Defends the host's memory against responses held for good.
+            send_timeout_secs: u64 = 30, "send-timeout-secs";
             /// Client connections open at once. Past it, a new connection is
             /// answered 503 with `Retry-After` and closed; the process never runs
             /// out of file descriptors. Lowered at start to what the open-file limit
             /// allows.
             max_connections: usize = 10_000, "max-connections";
-            /// Seconds a request body may take before `--min-body-rate` counts, and
-            /// the longest gap allowed between two of its chunks: a body that stops
-            /// short is answered 408 after this.
+            /// Seconds of the windows `--min-body-rate` is measured over (so also
+            /// the longest gap allowed between two chunks): a body that stops short
+            /// is answered 408 after this.
             body_grace_secs: u64 = 10, "body-grace-secs";
-            /// The least average rate, in bytes a second, a request body must keep
-            /// after `--body-grace-secs` (408 below it). Defends against bodies
-            /// trickled a byte at a time.
+            /// The least rate, in bytes a second, a request body must keep in every
+            /// `--body-grace-secs` window (408 below it; a burst buys no time for
+            /// a trickle after it). Defends against bodies trickled a byte at a
+            /// time.
             min_body_rate: u64 = 1024, "min-body-rate";
             /// Bytes of request bodies the server holds at once, across all
             /// requests but component uploads (at least the largest request or
@@ -64,6 +70,11 @@ macro_rules! server_limits {
             /// store and memory against a flood of `?async=true` calls: past it
             /// they are answered 503 with `Retry-After`.
             max_async_invocations: usize = 10_000, "max-async-invocations";
+            /// Bytes of request bodies that queued or running asynchronous
+            /// invocations hold in the store. Defends the disk against a flood of
+            /// large `?async=true` calls: past it they are answered 503 with
+            /// `Retry-After`.
+            max_async_invocation_bytes: u64 = 1 << 30, "max-async-invocation-bytes";
             /// Workers running asynchronous invocations (each runs one at a time;
             /// the functions' own concurrency caps apply as well).
             async_workers: usize = 64, "async-workers";

@@ -7,10 +7,17 @@
 //!   a kept-alive connection, the next one) must arrive within this time
 //!   (hyper's header read timer, which runs from the end of the previous
 //!   response).
-//! - `--keepalive-timeout-secs`: a connection with no request in flight and
-//!   no bytes moving for this long is closed. It also covers what hyper's
-//!   timer does not: a connection that sends nothing at all before the
-//!   protocol is known, and idle HTTP/2 connections.
+//! - `--keepalive-timeout-secs`: a connection with no request in flight for
+//!   this long since its last request ended is closed. Bytes alone do not
+//!   keep it open (HTTP/2 pings, settings or stray frames), only requests. It
+//!   also covers what hyper's timer does not: a connection that sends nothing
+//!   at all before the protocol is known (it gets the longer of this and the
+//!   header timeout for its first request), and idle HTTP/2 connections.
+//! - `--send-timeout-secs`: a response that makes no progress for this long
+//!   (the client stopped reading, or keeps an HTTP/2 window shut) closes its
+//!   connection, so a response's memory is not held for good. A body that
+//!   has ended is not done: until hyper's write buffer drains, a blocked
+//!   socket write counts as a stalled response.
 //! - `--max-connections`: past it, a new connection is answered 503 with
 //!   `Retry-After` and closed (at most [`OVERFLOW`] such answers at once;
 //!   beyond those, connections wait in the kernel's accept queue), so the
@@ -22,7 +29,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -54,6 +61,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// See the module's doc.
     pub keepalive_timeout: Duration,
+    /// See the module's doc.
+    pub send_timeout: Duration,
     /// See the module's doc.
     pub max_connections: usize,
 }
@@ -154,11 +163,20 @@ pub async fn serve(
             });
             continue;
         };
-        let busy = Arc::new(AtomicUsize::new(0));
-        let io = TokioIo::new(IdleIo::new(stream, limits.keepalive_timeout, busy.clone()));
+        // The first request has the longer of the two to arrive.
+        let activity = Arc::new(Activity::new(
+            limits.keepalive_timeout.max(limits.header_read_timeout),
+        ));
+        let io = TokioIo::new(IdleIo::new(
+            stream,
+            limits.keepalive_timeout,
+            limits.send_timeout,
+            activity.clone(),
+        ));
         let service = Tracked {
             inner: TowerToHyperService::new(app.clone()),
-            busy,
+            activity,
+            idle: limits.keepalive_timeout,
         };
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -196,20 +214,90 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-/// The service of one connection, counting its requests in flight (so the
-/// connection is not idle while one runs, however long).
+/// What a connection is doing, shared between its service (which sees
+/// requests start and responses end) and its socket (which sees bytes move
+/// and owns the timer).
+struct Activity {
+    origin: Instant,
+    /// Requests whose response body has not been dropped yet.
+    busy: AtomicUsize,
+    /// Responses handed to hyper and not yet all sent.
+    sending: AtomicUsize,
+    /// Milliseconds from `origin` until which the connection may sit with
+    /// nothing in flight: moved on when a request starts or ends, never by
+    /// bytes alone (pings and stray bytes do not keep a connection open).
+    quiet_until: AtomicU64,
+    /// Milliseconds from `origin` when a response last made progress (a
+    /// frame taken from its body or bytes written to the socket).
+    progress: AtomicU64,
+    /// The last write to the socket could not go on (its buffer is full):
+    /// hyper holds bytes the client has not taken, whether or not the
+    /// response's body has ended.
+    blocked: AtomicBool,
+}
+
+impl Activity {
+    fn new(first_request: Duration) -> Activity {
+        Activity {
+            origin: Instant::now(),
+            busy: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
+            quiet_until: AtomicU64::new(millis(first_request)),
+            progress: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        millis(self.origin.elapsed())
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.origin + Duration::from_millis(ms)
+    }
+
+    fn request_edge(&self, idle: Duration) {
+        self.quiet_until
+            .fetch_max(self.now() + millis(idle), Ordering::AcqRel);
+    }
+
+    fn progressed(&self) {
+        self.progress.fetch_max(self.now(), Ordering::AcqRel);
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The service of one connection, telling its [`Activity`] when requests
+/// start and when their responses are ready and done.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
-    busy: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
+    idle: Duration,
 }
 
 /// One request in flight, until its response body is dropped.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight {
+    activity: Arc<Activity>,
+    idle: Duration,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.activity.request_edge(self.idle);
+        self.activity.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response being sent, until its body is dropped.
+struct Sending(Arc<Activity>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -227,15 +315,24 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        let in_flight = InFlight(self.busy.clone());
+        self.activity.busy.fetch_add(1, Ordering::AcqRel);
+        self.activity.request_edge(self.idle);
+        let in_flight = InFlight {
+            activity: self.activity.clone(),
+            idle: self.idle,
+        };
+        let activity = self.activity.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            activity.sending.fetch_add(1, Ordering::AcqRel);
+            activity.progressed();
+            let sending = Sending(activity.clone());
             Ok(response.map(move |body| {
                 use http_body_util::BodyExt;
                 axum::body::Body::new(body.map_frame(move |frame| {
-                    let _ = &in_flight;
+                    let _ = (&in_flight, &sending);
+                    activity.progressed();
                     frame
                 }))
             }))
@@ -244,47 +341,72 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's socket that fails with `TimedOut` once no request is
-    /// in flight and no byte has moved for `idle`.
+    /// A connection's socket that fails with `TimedOut` once the connection
+    /// has sat with nothing in flight for `idle`, or a response has made no
+    /// progress for `send_timeout` (a client that stopped reading).
     struct IdleIo<T> {
         #[pin]
         inner: T,
         sleep: Pin<Box<Sleep>>,
         idle: Duration,
-        busy: Arc<AtomicUsize>,
+        send_timeout: Duration,
+        activity: Arc<Activity>,
     }
 }
 
 impl<T> IdleIo<T> {
-    fn new(inner: T, idle: Duration, busy: Arc<AtomicUsize>) -> IdleIo<T> {
+    fn new(inner: T, idle: Duration, send_timeout: Duration, activity: Arc<Activity>) -> IdleIo<T> {
+        let first = activity.at(activity.quiet_until.load(Ordering::Acquire));
         IdleIo {
             inner,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: Box::pin(tokio::time::sleep_until(first)),
             idle,
-            busy,
+            send_timeout,
+            activity,
         }
     }
 }
 
-/// Whether the idle timer ran out with nothing in flight (re-arming it
-/// while something is).
+/// Whether the connection's time ran out: idle with nothing in flight, or a
+/// response stalled. Re-arms the timer at the next moment either could.
 fn expired(
     sleep: &mut Pin<Box<Sleep>>,
     idle: Duration,
-    busy: &AtomicUsize,
+    send_timeout: Duration,
+    activity: &Activity,
     cx: &mut Context<'_>,
-) -> bool {
-    while sleep.as_mut().poll(cx).is_ready() {
-        if busy.load(Ordering::Acquire) == 0 {
-            return true;
+) -> Option<&'static str> {
+    loop {
+        let now = activity.now();
+        let stalled = activity.blocked.load(Ordering::Acquire)
+            || activity.sending.load(Ordering::Acquire) > 0;
+        let until = if stalled {
+            let until = activity.progress.load(Ordering::Acquire) + millis(send_timeout);
+            if until <= now {
+                return Some("the client stopped reading the response");
+            }
+            until
+        } else if activity.busy.load(Ordering::Acquire) == 0 {
+            let until = activity.quiet_until.load(Ordering::Acquire);
+            if until <= now {
+                return Some("connection idle");
+            }
+            until
+        } else {
+            // A request being served, however long it takes.
+            now + millis(idle.min(send_timeout))
+        };
+        // What the connection is doing changes without the timer knowing
+        // (a response starts, the client stops reading): aim it anew at
+        // every wait, not only when it fires.
+        let at = activity.at(until);
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
         }
-        sleep.as_mut().reset(Instant::now() + idle);
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
     }
-    false
-}
-
-fn idle_error() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "connection idle")
 }
 
 impl<T: AsyncRead> AsyncRead for IdleIo<T> {
@@ -294,14 +416,52 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.sleep.as_mut().reset(Instant::now() + *this.idle);
-                Poll::Ready(Ok(()))
+            Poll::Pending => match expired(
+                this.sleep,
+                *this.idle,
+                *this.send_timeout,
+                this.activity,
+                cx,
+            ) {
+                Some(why) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why))),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<T> IdleIo<T> {
+    /// What a write's outcome means for the timers.
+    fn wrote(
+        self: Pin<&mut Self>,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match written {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                this.activity.progressed();
+                if this.activity.blocked.swap(false, Ordering::AcqRel) {
+                    // A response the client was slow to take may have
+                    // ended long ago: the keep-alive counts from now.
+                    this.activity.request_edge(*this.idle);
+                }
+                Poll::Ready(Ok(n))
             }
-            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
-                Poll::Ready(Err(idle_error()))
+            Poll::Pending => {
+                this.activity.blocked.store(true, Ordering::Release);
+                match expired(
+                    this.sleep,
+                    *this.idle,
+                    *this.send_timeout,
+                    this.activity,
+                    cx,
+                ) {
+                    Some(why) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why))),
+                    None => Poll::Pending,
+                }
             }
             other => other,
         }
@@ -310,21 +470,12 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
 
 impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        match this.inner.poll_write(cx, bytes) {
-            Poll::Ready(Ok(n)) if n > 0 => {
-                this.sleep.as_mut().reset(Instant::now() + *this.idle);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
-                Poll::Ready(Err(idle_error()))
-            }
-            other => other,
-        }
+        let written = self.as_mut().project().inner.poll_write(cx, bytes);
+        self.wrote(written, cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -336,21 +487,12 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) if n > 0 => {
-                this.sleep.as_mut().reset(Instant::now() + *this.idle);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if expired(this.sleep, *this.idle, this.busy, cx) => {
-                Poll::Ready(Err(idle_error()))
-            }
-            other => other,
-        }
+        let written = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
+        self.wrote(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

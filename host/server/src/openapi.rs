@@ -172,10 +172,12 @@ pub enum IngestErrors {
     /// The token lacks the `publish` scope.
     #[response(status = 403)]
     Forbidden(Error),
-    /// Body past `--max-event-bytes`.
+    /// Body past `--max-event-bytes`, or events making more deliveries than
+    /// the backlog may hold at all (`too_many_deliveries`).
     #[response(status = 413)]
     TooLarge(Error),
-    /// The store cannot take writes; nothing was accepted; retry later.
+    /// The store cannot take writes, or the backlog is full
+    /// (`backlog_full`); nothing was accepted; retry later.
     #[response(status = 503)]
     Unavailable(Error),
 }

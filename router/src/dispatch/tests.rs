@@ -755,12 +755,31 @@ async fn ingress_past_the_backlog_bound_is_refused_and_nothing_stored() {
         5,
         "nothing of the refused stored"
     );
-    // Replies and guests' events are not held to it.
-    s.router
-        .publish("default", vec![event_of("x", "reply")])
-        .await
-        .unwrap();
-    assert_eq!(s.router.pending(), 6);
+    // One request whose deliveries alone pass the bound could never be
+    // accepted: told so, not told to retry.
+    let batch = (0..6).map(|i| event_of("x", &format!("b{i}"))).collect();
+    let error = s.router.accept("default", batch).await.unwrap_err();
+    assert!(error.is_too_many(), "{error}");
+    // Replies and guests' events are held to twice the bounds, not the
+    // bounds: "default" takes 4 more (2 × 3), then the server 1 more (2 × 5).
+    let publish = |broker: &'static str, id: &str| {
+        let router = s.router.clone();
+        let event = event_of("x", id);
+        async move { router.publish(broker, vec![event]).await }
+    };
+    for i in 0..4 {
+        publish("default", &format!("reply{i}")).await.unwrap();
+    }
+    let error = publish("default", "reply4").await.unwrap_err();
+    assert!(error.is_backlog(), "{error}");
+    assert!(error.to_string().contains("limit is 6"), "{error}");
+    assert!(error.to_string().contains("\"default\""), "{error}");
+    publish("pay", "reply5").await.unwrap();
+    assert_eq!(s.router.pending(), 10);
+    let error = publish("pay", "reply6").await.unwrap_err();
+    assert!(error.is_backlog(), "{error}");
+    assert!(error.to_string().contains("limit is 10"), "{error}");
+    assert_eq!(s.router.store.delivery_count(), 10);
     gate.add_permits(100);
     settle(&s.router).await;
     accept("pay", "p4".into()).await.unwrap();

@@ -78,6 +78,13 @@ async fn ingest_checked(
     let events = binding::parse_request(&parts.headers, &body)?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     state.router.accept(broker, events).await.map_err(|error| {
+        if error.is_too_many() {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_deliveries",
+                error.to_string(),
+            );
+        }
         if error.is_backlog() {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
