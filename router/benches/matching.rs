@@ -3,6 +3,10 @@
 //! exact `type`, 25 % `type` + `source`, 10 % `type` prefixes (a domain),
 //! 5 % `subject` suffixes. The event matches 5 triggers.
 //!
+//! The `cesql` group is the same mix with a fifth of the triggers written
+//! as CESQL: exact type (and source) tests with a condition the index cannot
+//! use (`subject LIKE`, `LENGTH`, `IN`), and prefix tests with arithmetic.
+//!
 //! `cargo bench -p sluice-router --bench matching`
 
 use std::sync::Arc;
@@ -15,12 +19,23 @@ use sluice_router::trigger::Trigger;
 
 const TRIGGERS: usize = 10_000;
 
-fn triggers() -> Vec<Arc<Trigger>> {
+fn triggers(cesql: bool) -> Vec<Arc<Trigger>> {
     (0..TRIGGERS)
         .map(|i| {
             let name = format!("t{i}");
             let ty = format!("com.example.domain{}.event{}", i % 100, i % 2000);
             let definition = match i % 20 {
+                9..=11 if cesql => json!({"filters": [{"cesql": format!(
+                    "type = '{ty}' AND (subject LIKE 'order.%' OR subject IN ('a', 'b'))"
+                )}]}),
+                15 | 16 if cesql => json!({"filters": [{"cesql": format!(
+                    "type = '{ty}' AND source = '/svc/{}' AND LENGTH(subject) > 3",
+                    i % 30
+                )}]}),
+                18 if cesql => json!({"filters": [{"cesql": format!(
+                    "type LIKE 'com.example.domain{}.%' AND INT('7') * 2 = 14",
+                    i % 100
+                )}]}),
                 0..=11 => json!({"filter": {"attributes": {"type": ty}}}),
                 12..=16 => json!({"filter": {"attributes": {"type": ty, "source": format!("/svc/{}", i % 30)}}}),
                 17 | 18 => json!({"filters": [{"prefix": {"type": format!("com.example.domain{}.", i % 100)}}]}),
@@ -39,27 +54,32 @@ fn event() -> CloudEvent {
 }
 
 fn matching(c: &mut Criterion) {
-    let triggers = triggers();
-    let index = TriggerIndex::build(triggers.clone());
-    let event = event();
-    let indexed = index.matches("default", &event).len();
-    let linear = linear_matches(&triggers, "default", &event).len();
-    assert_eq!(indexed, linear, "the index and the reference agree");
-    println!("the event matches {indexed} of {TRIGGERS} triggers");
-    let mut group = c.benchmark_group("match_10k_triggers");
-    group.bench_function("indexed", |b| {
-        b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event))))
-    });
-    group.bench_function("linear", |b| {
-        b.iter(|| {
-            std::hint::black_box(linear_matches(
-                &triggers,
-                "default",
-                std::hint::black_box(&event),
-            ))
-        })
-    });
-    group.finish();
+    for (group, cesql) in [
+        ("match_10k_triggers", false),
+        ("match_10k_triggers_cesql", true),
+    ] {
+        let triggers = triggers(cesql);
+        let index = TriggerIndex::build(triggers.clone());
+        let event = event();
+        let indexed = index.matches("default", &event).len();
+        let linear = linear_matches(&triggers, "default", &event).len();
+        assert_eq!(indexed, linear, "the index and the reference agree");
+        println!("{group}: the event matches {indexed} of {TRIGGERS} triggers");
+        let mut group = c.benchmark_group(group);
+        group.bench_function("indexed", |b| {
+            b.iter(|| std::hint::black_box(index.matches("default", std::hint::black_box(&event))))
+        });
+        group.bench_function("linear", |b| {
+            b.iter(|| {
+                std::hint::black_box(linear_matches(
+                    &triggers,
+                    "default",
+                    std::hint::black_box(&event),
+                ))
+            })
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, matching);

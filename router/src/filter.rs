@@ -1,12 +1,14 @@
 //! Trigger filters: Knative's `filter.attributes` (an AND of exact matches)
 //! and the CloudEvents Subscriptions API dialects in `filters` (`exact`,
-//! `prefix`, `suffix`, `all`, `any`, `not`, nesting allowed).
+//! `prefix`, `suffix`, `all`, `any`, `not`, nesting allowed, and `cesql`,
+//! a CloudEvents SQL expression: see [`crate::cesql`]).
 //!
 //! Matching is case-sensitive; an attribute the event lacks matches nothing
 //! (so `not` of it matches). Invalid filters are refused at creation with
 //! the reason, never at match time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -34,6 +36,8 @@ pub enum Filter {
     Any(Vec<Filter>),
     /// The nested filter does not match.
     Not(Box<Filter>),
+    /// A CloudEvents SQL expression is `TRUE` (with no error).
+    Cesql(Arc<crate::cesql::Expression>),
 }
 
 /// Why a filter was refused.
@@ -67,6 +71,7 @@ impl Filter {
             Filter::All(filters) => filters.iter().all(|f| f.matches(event)),
             Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
             Filter::Not(filter) => !filter.matches(event),
+            Filter::Cesql(expression) => expression.matches(event),
         }
     }
 
@@ -94,6 +99,7 @@ impl Filter {
                 serde_json::json!({"any": fs.iter().map(Filter::to_json).collect::<Vec<_>>()})
             }
             Filter::Not(f) => serde_json::json!({"not": f.to_json()}),
+            Filter::Cesql(e) => serde_json::json!({"cesql": e.text()}),
         }
     }
 }
@@ -127,7 +133,7 @@ fn parse_node(
         return Err(error(
             path,
             format!(
-                "a filter must have exactly one dialect key (exact, prefix, suffix, all, any, not); found {}",
+                "a filter must have exactly one dialect key (exact, prefix, suffix, all, any, not, cesql); found {}",
                 object.len()
             ),
         ));
@@ -173,10 +179,28 @@ fn parse_node(
             depth + 1,
             nodes,
         )?))),
-        "cesql" => Err(error(&here, "the cesql dialect is not supported yet")),
+        "cesql" => {
+            let Value::String(text) = body else {
+                return Err(error(&here, "must be a CESQL expression in a string"));
+            };
+            let expression = crate::cesql::parse(text)
+                .map_err(|e| error(&here, format!("{}: {e}", e.kind.as_str())))?;
+            if let Some(kind) = expression
+                .result_type()
+                .filter(|kind| *kind != crate::cesql::Type::Boolean)
+            {
+                return Err(error(
+                    &here,
+                    format!(
+                        "the expression yields {kind}; a filter must yield a Boolean (compare it: `x = TRUE`, or cast it: `BOOL(x)`)"
+                    ),
+                ));
+            }
+            Ok(Filter::Cesql(Arc::new(expression)))
+        }
         other => Err(error(
             path,
-            format!("unknown dialect {other:?}; use exact, prefix, suffix, all, any or not"),
+            format!("unknown dialect {other:?}; use exact, prefix, suffix, all, any, not or cesql"),
         )),
     }
 }
@@ -310,6 +334,21 @@ mod tests {
         let nested = json!({"not": {"any": [{"all": [{"suffix": {"type": "x"}}]}, {"not": {"exact": {"id": "1"}}}]}});
         assert!(parse(nested.clone()).matches(&e));
         assert_eq!(parse(nested.clone()).to_json(), nested, "JSON round trip");
+        let cesql = json!({"all": [{"cesql": "type LIKE 'com.%' AND myext = 'Value'"}]});
+        assert!(parse(cesql.clone()).matches(&e));
+        assert_eq!(parse(cesql.clone()).to_json(), cesql, "JSON round trip");
+        // An error is no match, even where the result would be TRUE without it.
+        assert!(!parse(json!({"cesql": "missing = 'x' OR TRUE"})).matches(&e));
+    }
+
+    #[test]
+    fn a_cesql_refusal_names_the_kind_and_position() {
+        let err = Filter::parse(&json!({"cesql": "type = 'a' AND"}), "filters[0]").unwrap_err();
+        assert_eq!(err.path, "filters[0].cesql");
+        assert!(err.reason.starts_with("parse: "), "{err}");
+        assert!(err.reason.contains("at character 15"), "{err}");
+        let err = Filter::parse(&json!({"cesql": "LENGTH(type)"}), "f").unwrap_err();
+        assert!(err.reason.contains("an Integer"), "{err}");
     }
 
     #[test]
@@ -326,7 +365,10 @@ mod tests {
             json!({"all": []}),
             json!({"any": {"exact": {"type": "a"}}}),
             json!({"regex": {"type": "a"}}),
-            json!({"cesql": "type = 'a'"}),
+            json!({"cesql": "type = 'a' AND"}),
+            json!({"cesql": "NOPE(type)"}),
+            json!({"cesql": "LENGTH(type)"}),
+            json!({"cesql": 1}),
         ];
         for case in cases {
             let err = Filter::parse(&case, "filters[0]").unwrap_err();

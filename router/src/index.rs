@@ -91,6 +91,8 @@ impl Required {
                 Filter::Prefix(name, value) => keep_longest(&mut self.prefix, name, value),
                 Filter::Suffix(name, value) => keep_longest(&mut self.suffix, name, value),
                 Filter::All(nested) => self.collect(nested),
+                // What the expression cannot match without.
+                Filter::Cesql(expression) => self.collect(&expression.implied()),
                 Filter::Any(_) | Filter::Not(_) => {}
             }
         }
@@ -335,13 +337,44 @@ mod tests {
             (attr(), value()).prop_map(|(a, v)| Filter::Prefix(a.into(), v)),
             (attr(), value()).prop_map(|(a, v)| Filter::Suffix(a.into(), v)),
         ];
-        leaf.prop_recursive(3, 12, 3, |inner| {
+        let tree = leaf.prop_recursive(3, 12, 3, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 1..3).prop_map(Filter::All),
                 prop::collection::vec(inner.clone(), 1..3).prop_map(Filter::Any),
                 inner.prop_map(|f| Filter::Not(Box::new(f))),
             ]
-        })
+        });
+        // The same trees as CESQL expressions too, which the index narrows
+        // by their top-level AND chain.
+        prop_oneof![
+            2 => tree.clone(),
+            1 => tree.prop_map(|f| Filter::Cesql(Arc::new(crate::cesql::parse(&cesql_of(&f)).unwrap()))),
+        ]
+    }
+
+    /// `filter` written in CESQL.
+    fn cesql_of(filter: &Filter) -> String {
+        let quoted = |v: &str| format!("'{}'", v.replace('\'', "\\'"));
+        let like = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        };
+        match filter {
+            Filter::Exact(a, v) => format!("{a} = {}", quoted(v)),
+            Filter::Prefix(a, v) => format!("{a} LIKE {}", quoted(&format!("{}%", like(v)))),
+            Filter::Suffix(a, v) => format!("{a} LIKE {}", quoted(&format!("%{}", like(v)))),
+            Filter::All(fs) => format!(
+                "({})",
+                fs.iter().map(cesql_of).collect::<Vec<_>>().join(" AND ")
+            ),
+            Filter::Any(fs) => format!(
+                "({})",
+                fs.iter().map(cesql_of).collect::<Vec<_>>().join(" OR ")
+            ),
+            Filter::Not(f) => format!("NOT ({})", cesql_of(f)),
+            Filter::Cesql(e) => format!("({})", e.text()),
+        }
     }
 
     fn trigger() -> impl Strategy<Value = Trigger> {

@@ -1,10 +1,11 @@
 //! The CESQL TCK's Subscriptions API recreations, run against the filter
-//! dialects. Each CESQL expression in the file (`=`, `LIKE 'x%'`,
-//! `LIKE '%x'`, `AND`, `OR`, `NOT`, parentheses) is translated into the
-//! equivalent dialect filter, evaluated on the test's event, and compared
-//! with the expected result. Reads `../shared/vectors/` beside the
-//! repository; skips, saying so, where it is absent, except under `CI`,
-//! where that fails.
+//! dialects: each CESQL expression in the file (`=`, `LIKE 'x%'`,
+//! `LIKE '%x'`, `AND`, `OR`, `NOT`, parentheses) is parsed by the CESQL
+//! parser, turned into the equivalent dialect filter, evaluated on the
+//! test's event, and compared with the expected result (and with the CESQL
+//! evaluation of the same expression). Reads `../shared/vectors/` beside
+//! the repository; skips, saying so, where it is absent, except under
+//! `CI`, where that fails.
 
 use std::path::PathBuf;
 
@@ -27,151 +28,9 @@ struct TckCase {
     event_overrides: Option<serde_yaml::Mapping>,
 }
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    Ident(String),
-    Str(String),
-    Eq,
-    Like,
-    And,
-    Or,
-    Not,
-    Open,
-    Close,
-}
-
-fn tokens(expression: &str) -> Option<Vec<Token>> {
-    let mut out = Vec::new();
-    let chars: Vec<char> = expression.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            ' ' => i += 1,
-            '(' => {
-                out.push(Token::Open);
-                i += 1;
-            }
-            ')' => {
-                out.push(Token::Close);
-                i += 1;
-            }
-            '=' => {
-                out.push(Token::Eq);
-                i += 1;
-            }
-            '\'' => {
-                let end = chars[i + 1..].iter().position(|&c| c == '\'')? + i + 1;
-                out.push(Token::Str(chars[i + 1..end].iter().collect()));
-                i = end + 1;
-            }
-            c if c.is_ascii_alphanumeric() => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|c| !c.is_ascii_alphanumeric())
-                    .map_or(chars.len(), |p| p + i);
-                let word: String = chars[i..end].iter().collect();
-                out.push(match word.to_ascii_uppercase().as_str() {
-                    "LIKE" => Token::Like,
-                    "AND" => Token::And,
-                    "OR" => Token::Or,
-                    "NOT" => Token::Not,
-                    _ => Token::Ident(word),
-                });
-                i = end;
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-struct Parser {
-    tokens: Vec<Token>,
-    at: usize,
-}
-
-impl Parser {
-    fn next(&mut self) -> Option<&Token> {
-        self.at += 1;
-        self.tokens.get(self.at - 1)
-    }
-
-    fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.at)
-    }
-
-    fn or(&mut self) -> Option<Filter> {
-        let mut terms = vec![self.and()?];
-        while self.peek() == Some(&Token::Or) {
-            self.at += 1;
-            terms.push(self.and()?);
-        }
-        Some(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Filter::Any(terms)
-        })
-    }
-
-    fn and(&mut self) -> Option<Filter> {
-        let mut terms = vec![self.unary()?];
-        while self.peek() == Some(&Token::And) {
-            self.at += 1;
-            terms.push(self.unary()?);
-        }
-        Some(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Filter::All(terms)
-        })
-    }
-
-    fn unary(&mut self) -> Option<Filter> {
-        match self.next()? {
-            Token::Not => Some(Filter::Not(Box::new(self.unary()?))),
-            Token::Open => {
-                let inner = self.or()?;
-                (self.next()? == &Token::Close).then_some(inner)
-            }
-            Token::Ident(name) => {
-                let name = name.to_ascii_lowercase();
-                let op = self.next()?;
-                let like = match op {
-                    Token::Eq => false,
-                    Token::Like => true,
-                    _ => return None,
-                };
-                let Token::Str(value) = self.next()? else {
-                    return None;
-                };
-                let value = value.clone();
-                if !like {
-                    return Some(Filter::Exact(name, value));
-                }
-                match (value.strip_suffix('%'), value.strip_prefix('%')) {
-                    (Some(prefix), None) if !prefix.contains(['%', '_']) => {
-                        Some(Filter::Prefix(name, prefix.into()))
-                    }
-                    (None, Some(suffix)) if !suffix.contains(['%', '_']) => {
-                        Some(Filter::Suffix(name, suffix.into()))
-                    }
-                    _ => None, // not expressible in the dialects
-                }
-            }
-            _ => None,
-        }
-    }
-}
-
 /// The dialect filter equivalent to a CESQL expression, if there is one.
 fn translate(expression: &str) -> Option<Filter> {
-    let mut parser = Parser {
-        tokens: tokens(expression)?,
-        at: 0,
-    };
-    let filter = parser.or()?;
-    (parser.at == parser.tokens.len()).then_some(filter)
+    crate::cesql::parse(expression).ok()?.as_dialect()
 }
 
 fn event(overrides: Option<&serde_yaml::Mapping>) -> CloudEvent {
@@ -213,12 +72,15 @@ fn subscriptions_api_recreations_pass() {
             )
         });
         let expected = case.result.as_bool().expect("boolean result");
-        let got = filter.matches(&event(case.event_overrides.as_ref()));
+        let event = event(case.event_overrides.as_ref());
+        let got = filter.matches(&event);
         assert_eq!(
             got, expected,
             "{}: {} as {:?}",
             case.name, case.expression, filter
         );
+        let cesql = crate::cesql::parse(&case.expression).unwrap();
+        assert_eq!(cesql.matches(&event), expected, "{}: as CESQL", case.name);
         run += 1;
     }
     assert_eq!(run, file.tests.len());

@@ -963,3 +963,58 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_cesql_trigger_gets_the_events_its_expression_selects() {
+    let server = Server::start();
+    let sink = Sink::start().await;
+    server
+        .trigger(sink_trigger(
+            "big-orders",
+            &sink,
+            "/big",
+            json!([{"cesql": "type LIKE 'shop.order.%' AND INT(amount) > 100 AND region IN ('eu', 'uk')"}]),
+        ))
+        .await;
+    let send = |id: &'static str, ty: &'static str, amount: &'static str, region: &'static str| {
+        let server = &server;
+        async move {
+            let status = server
+                .send_event(id, ty, &[("ce-amount", amount), ("ce-region", region)], b"")
+                .await;
+            assert_eq!(status, 202);
+        }
+    };
+    send("1", "shop.order.created", "250", "eu").await;
+    send("2", "shop.order.created", "50", "eu").await; // too small
+    send("3", "shop.order.created", "250", "us").await; // elsewhere
+    send("4", "shop.refund", "250", "uk").await; // another type
+    send("5", "shop.order.created", "lots", "uk").await; // a failed cast matches nothing
+    send("6", "shop.order.paid", "101", "uk").await;
+    sink.wait_for(2).await;
+    let got = sink.quiet().await;
+    let ids: BTreeSet<String> = got.iter().map(|r| r.ce("id").unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["1".to_string(), "6".to_string()]));
+    // The trigger reads back as written.
+    let (status, body) = server.get("/v1/triggers/big-orders").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("INT(amount) > 100"), "{body}");
+    // A broken expression is refused at creation, naming where.
+    for (expression, says) in [
+        ("type = 'a' AND", "at character 15"),
+        ("NOPE(type)", "no function NOPE taking 1 argument"),
+        ("LENGTH(type)", "yields an Integer"),
+        ("type LIKE 5", "a string literal pattern"),
+    ] {
+        let (status, body) = server
+            .post_json(
+                "/v1/triggers",
+                json!({"name": "broken", "filters": [{"cesql": expression}], "subscriber": {"uri": format!("{}/x", sink.url)}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{expression}: {body}");
+        assert!(body.contains(says), "{expression}: {body}");
+        assert!(body.contains("filters[0].cesql"), "{body}");
+    }
+    assert_eq!(server.get("/v1/triggers/broken").await.0, 404);
+}

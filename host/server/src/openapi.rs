@@ -316,7 +316,8 @@ pub struct Trigger {
     /// Knative: `{"attributes": {"type": "..."}}`, every attribute equal.
     #[schema(value_type = Object)]
     filter: Option<serde_json::Value>,
-    /// Subscriptions API dialects: `exact`, `prefix`, `suffix`, `all`, `any`, `not`.
+    /// Subscriptions API dialects: `exact`, `prefix`, `suffix`, `all`, `any`, `not`,
+    /// and `cesql` (a CloudEvents SQL v1 expression in a string).
     #[schema(value_type = Vec<Object>)]
     filters: Option<Vec<serde_json::Value>>,
     /// `{"function": "name"}` or `{"uri": "http://..."}`.
