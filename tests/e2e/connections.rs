@@ -344,24 +344,9 @@ async fn an_http2_connection_kept_up_by_pings_alone_is_closed_as_idle() {
 async fn a_client_that_stops_reading_its_response_has_its_connection_closed() {
     // A keep-alive far longer than the test: only the send timeout can
     // close the connection.
-    let server = Server::start_with(&[
-        "--send-timeout-secs",
-        "1",
-        "--keepalive-timeout-secs",
-        "120",
-        "--max-response-bytes",
-        "67108864",
-    ]);
     // 48 MiB: far more than the socket buffers between server and client.
     const TOTAL: usize = 48 << 20;
-    server
-        .deploy_ok("big", guests::BIG, "visibility=public&env=BIG_KB=49152")
-        .await;
-    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
-    stream
-        .write_all(b"GET /fn/big/ HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (server, mut stream) = get_big(TOTAL, "1", "120").await;
     let mut head = [0u8; 15];
     stream.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200 OK");
@@ -390,25 +375,10 @@ async fn a_client_that_stops_reading_its_response_has_its_connection_closed() {
 
 #[tokio::test]
 async fn a_slow_reader_gets_its_whole_response_past_the_keepalive_timeout() {
-    let server = Server::start_with(&[
-        "--keepalive-timeout-secs",
-        "1",
-        "--send-timeout-secs",
-        "30",
-        "--max-response-bytes",
-        "67108864",
-    ]);
     // 24 MiB: the body is taken by hyper at once, then waits in its write
     // buffer while the client reads slowly.
     const TOTAL: usize = 24 << 20;
-    server
-        .deploy_ok("big", guests::BIG, "visibility=public&env=BIG_KB=24576")
-        .await;
-    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
-    stream
-        .write_all(b"GET /fn/big/ HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (_server, mut stream) = get_big(TOTAL, "30", "1").await;
     let mut received = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     let started = std::time::Instant::now();
@@ -441,4 +411,26 @@ async fn a_slow_reader_gets_its_whole_response_past_the_keepalive_timeout() {
         TOTAL,
         "every byte of the body came"
     );
+}
+
+/// A server with the given send and keep-alive timeouts (seconds) and a
+/// public `big` function answering `bytes`, and a connection that has sent
+/// it a GET.
+async fn get_big(bytes: usize, send_timeout: &str, keepalive: &str) -> (Server, TcpStream) {
+    let server = Server::start_with(&[
+        "--send-timeout-secs",
+        send_timeout,
+        "--keepalive-timeout-secs",
+        keepalive,
+        "--max-response-bytes",
+        "67108864",
+    ]);
+    let settings = format!("visibility=public&env=BIG_KB={}", bytes >> 10);
+    server.deploy_ok("big", guests::BIG, &settings).await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    stream
+        .write_all(b"GET /fn/big/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    (server, stream)
 }

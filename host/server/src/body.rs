@@ -319,25 +319,8 @@ mod tests {
         let budget = budget(1 << 20);
         // A byte every 5 s: each gap within the grace, the average far below
         // 1,000 bytes a second.
-        let (tx, body) = channel();
-        let trickle = tokio::spawn(async move {
-            while tx.send(Ok(Bytes::from_static(b"x"))).await.is_ok() {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
-        let started = Instant::now();
-        let error = budget
-            .guard(body, Held::default(), false)
-            .collect()
-            .await
-            .unwrap_err();
-        assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{:?}",
-            started.elapsed()
-        );
-        trickle.abort();
+        let elapsed = cut_after(&budget, 0).await;
+        assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
         // 2,000 bytes a second for 20 s: above the rate, never cut.
         let (tx, body) = channel();
         let steady = tokio::spawn(async move {
@@ -359,9 +342,21 @@ mod tests {
     async fn a_burst_buys_no_time_for_a_trickle_after_it() {
         let budget = budget(1 << 20);
         // 100 KB at once (100 s at the rate), then a byte every 5 s.
+        assert_eq!(
+            cut_after(&budget, 100_000).await,
+            Duration::from_secs(10),
+            "the window after the burst brought 2 bytes of its 10,000"
+        );
+    }
+
+    /// Sends `burst` bytes at once, then a byte every 5 s, through a guard
+    /// of `budget`; how long until the body was cut as too slow.
+    async fn cut_after(budget: &BodyBudget, burst: usize) -> Duration {
         let (tx, body) = channel();
-        let burst = tokio::spawn(async move {
-            tx.send(Ok(Bytes::from(vec![0u8; 100_000]))).await.unwrap();
+        let sender = tokio::spawn(async move {
+            if burst > 0 {
+                tx.send(Ok(Bytes::from(vec![0u8; burst]))).await.unwrap();
+            }
             while tx.send(Ok(Bytes::from_static(b"x"))).await.is_ok() {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -373,11 +368,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(10),
-            "the window after the burst brought 2 bytes of its 10,000"
-        );
-        burst.abort();
+        sender.abort();
+        started.elapsed()
     }
 }

@@ -118,7 +118,10 @@ impl Eval<'_> {
             } => {
                 let value = self.node(value)?;
                 let text = self.string(value);
-                Value::Boolean(pattern.matches(&text) != *negated)
+                match pattern.matches(&text) {
+                    Some(matched) => Value::Boolean(matched != *negated),
+                    None => return self.fail(ErrorKind::FunctionEvaluation),
+                }
             }
             Node::In {
                 value,
@@ -192,6 +195,15 @@ impl Eval<'_> {
     }
 }
 
+/// The longest string a function may make: past it, a function
+/// evaluation error and an empty string (nested `CONCAT_WS` could
+/// otherwise grow without bound from a few hundred bytes of expression).
+pub const MAX_STRING_BYTES: usize = 64 << 10;
+
+/// The most steps one `LIKE` may take (pattern pieces times characters
+/// tried): past it, a function evaluation error and no match.
+pub const MAX_LIKE_STEPS: usize = 1 << 22;
+
 /// The built-in functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Function {
@@ -263,16 +275,13 @@ impl Function {
                 Value::Integer(i32::try_from(s.chars().count()).unwrap_or(i32::MAX))
             }
             Function::Concat => {
-                let mut out = String::new();
-                for value in args {
-                    out.push_str(&eval.string(value));
-                }
-                Value::String(out)
+                let parts: Vec<String> = args.map(|v| eval.string(v)).collect();
+                joined(eval, &parts, "")
             }
             Function::ConcatWs => {
                 let separator = string(eval, &mut args);
                 let parts: Vec<String> = args.map(|v| eval.string(v)).collect();
-                Value::String(parts.join(&separator))
+                joined(eval, &parts, &separator)
             }
             Function::Lower => Value::String(string(eval, &mut args).to_lowercase()),
             Function::Upper => Value::String(string(eval, &mut args).to_uppercase()),
@@ -340,6 +349,25 @@ impl Function {
                 Value::Boolean(s.parse::<i32>().is_ok())
             }
         })
+    }
+}
+
+/// `parts` joined by `separator`, unless that passes [`MAX_STRING_BYTES`]
+/// (checked before anything is joined).
+fn joined(eval: &mut Eval<'_>, parts: &[String], separator: &str) -> Value {
+    let gaps = parts.len().saturating_sub(1);
+    let len = parts
+        .iter()
+        .try_fold(separator.len().checked_mul(gaps), |sum, part| {
+            sum.and_then(|sum| sum.checked_add(part.len())).map(Some)
+        })
+        .flatten();
+    match len {
+        Some(len) if len <= MAX_STRING_BYTES => Value::String(parts.join(separator)),
+        _ => {
+            eval.note(ErrorKind::FunctionEvaluation);
+            Value::String(String::new())
+        }
     }
 }
 
@@ -413,13 +441,19 @@ impl Pattern {
     }
 
     /// Whether `text` matches, in time proportional to their lengths'
-    /// product at worst (one backtracking point, no recursion).
-    pub(super) fn matches(&self, text: &str) -> bool {
+    /// product at worst (one backtracking point, no recursion); `None` past
+    /// [`MAX_LIKE_STEPS`].
+    pub(super) fn matches(&self, text: &str) -> Option<bool> {
         let text: Vec<char> = text.chars().collect();
         let pattern = &self.0;
         let (mut p, mut t) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
+        let mut steps = 0usize;
         while t < text.len() {
+            steps += 1;
+            if steps > MAX_LIKE_STEPS {
+                return None;
+            }
             match pattern.get(p) {
                 Some(Piece::Any) => {
                     star = Some((p, t));
@@ -439,11 +473,11 @@ impl Pattern {
                         t = st + 1;
                         star = Some((sp, st + 1));
                     }
-                    None => return false,
+                    None => return Some(false),
                 },
             }
         }
-        pattern[p..].iter().all(|piece| *piece == Piece::Any)
+        Some(pattern[p..].iter().all(|piece| *piece == Piece::Any))
     }
 
     pub(super) fn affix(&self) -> Option<Affix> {

@@ -21,14 +21,15 @@ mod eval;
 mod parse;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 
 use crate::event::CloudEvent;
 use crate::filter::Filter;
 
-pub use parse::{MAX_EXPRESSION_BYTES, MAX_NESTING};
+pub use eval::{MAX_LIKE_STEPS, MAX_STRING_BYTES};
+pub use parse::{MAX_DEPTH, MAX_EXPRESSION_BYTES, MAX_NESTING};
 
 /// A CESQL value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,9 +199,10 @@ impl Expression {
         out
     }
 
-    /// The whole expression as an equivalent dialect filter, where it is
-    /// one (`=` of an attribute and a string, `LIKE 'x%'`, `LIKE '%x'`,
-    /// `AND`, `OR`, `NOT`).
+    /// The whole expression as a dialect filter (`=` of an attribute and a
+    /// string, `LIKE 'x%'`, `LIKE '%x'`, `AND`, `OR`, `NOT`), equivalent on
+    /// events that have every attribute it names: where one is missing,
+    /// CESQL matches nothing while a dialect `not` or `any` may match.
     pub fn as_dialect(&self) -> Option<Filter> {
         dialect(&self.root)
     }

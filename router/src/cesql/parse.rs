@@ -1,8 +1,8 @@
 //! The CESQL v1 grammar, as a Pratt parser over winnow combinators.
 //!
-//! Binding, loosest first, as in the specification's grammar: `AND`, `OR`
-//! and `XOR` (one level, left to right); `<`, `<=`, `>`, `>=`; `=`, `!=`,
-//! `<>`; `+`, `-`; `*`, `/`, `%`; `[NOT] IN (...)`; `[NOT] LIKE '...'`;
+//! Binding, loosest first, as in the specification: `AND`, `OR` and `XOR`
+//! (one level, left to right); `=`, `!=`, `<>`, `<`, `<=`, `>`, `>=` (one
+//! level, left to right); `+`, `-`; `*`, `/`, `%`; `[NOT] IN (...)`; `[NOT] LIKE '...'`;
 //! unary `-`; `NOT`. So `NOT a = b` is `(NOT a) = b`: write `NOT (a = b)`
 //! or `a != b`. Keywords, function names and attribute names are
 //! case-insensitive (attribute names are lowercase in CloudEvents).
@@ -50,6 +50,7 @@ pub(super) fn parse(text: &str) -> Result<Node, ParseError> {
     let at = |rest: &str| text[..text.len() - rest.len()].chars().count() + 1;
     match parsed {
         Ok(node) => {
+            check_depth(&node)?;
             check_functions(&node, text)?;
             Ok(node)
         }
@@ -119,6 +120,42 @@ fn check_nesting(text: &str) -> Result<(), ParseError> {
                 message: format!("nested deeper than {MAX_NESTING} levels"),
             });
         }
+    }
+    Ok(())
+}
+
+/// The deepest tree accepted: operator chains (`a OR b OR ...`, `1+1+...`)
+/// parse without recursion but nest their nodes, and evaluating them
+/// recurses once a level.
+pub const MAX_DEPTH: usize = 256;
+
+/// Refuses a tree deeper than [`MAX_DEPTH`], measured without recursion.
+fn check_depth(root: &Node) -> Result<(), ParseError> {
+    let mut stack = vec![(root, 1usize)];
+    while let Some((node, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(ParseError {
+                kind: ErrorKind::Parse,
+                position: 1,
+                message: format!(
+                    "the expression nests more than {MAX_DEPTH} operations (a long chain of one operator: use IN for many alternatives)"
+                ),
+            });
+        }
+        let children: Vec<&Node> = match node {
+            Node::Not(a) | Node::Negate(a) => vec![a],
+            Node::Arithmetic(_, a, b) | Node::Compare(_, a, b) | Node::Logic(_, a, b) => {
+                vec![a, b]
+            }
+            Node::Equality { left, right, .. } => vec![left, right],
+            Node::Like { value, .. } => vec![value],
+            Node::In { value, set, .. } => std::iter::once(&**value).chain(set).collect(),
+            Node::Call(_, args) => args.iter().collect(),
+            Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) | Node::Unknown { .. } => {
+                Vec::new()
+            }
+        };
+        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
     }
     Ok(())
 }
@@ -205,15 +242,15 @@ fn expr(input: &mut Input<'_>) -> PResult<Node> {
             dispatch! {any;
                 '<' => alt((
                     '='.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(compare(Compare::LessOrEqual, a, b)))),
-                    '>'.value(Infix::Left(5, |_: &mut Input<'_>, a, b| Ok(equality(false, a, b)))),
+                    '>'.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(equality(false, a, b)))),
                     winnow::combinator::empty.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(compare(Compare::Less, a, b)))),
                 )),
                 '>' => alt((
                     '='.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(compare(Compare::GreaterOrEqual, a, b)))),
                     winnow::combinator::empty.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(compare(Compare::Greater, a, b)))),
                 )),
-                '=' => winnow::combinator::empty.value(Infix::Left(5, |_: &mut Input<'_>, a, b| Ok(equality(true, a, b)))),
-                '!' => '='.value(Infix::Left(5, |_: &mut Input<'_>, a, b| Ok(equality(false, a, b)))),
+                '=' => winnow::combinator::empty.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(equality(true, a, b)))),
+                '!' => '='.value(Infix::Left(3, |_: &mut Input<'_>, a, b| Ok(equality(false, a, b)))),
                 '+' => winnow::combinator::empty.value(Infix::Left(7, |_: &mut Input<'_>, a, b| Ok(arithmetic(Arithmetic::Add, a, b)))),
                 '-' => winnow::combinator::empty.value(Infix::Left(7, |_: &mut Input<'_>, a, b| Ok(arithmetic(Arithmetic::Subtract, a, b)))),
                 '*' => winnow::combinator::empty.value(Infix::Left(9, |_: &mut Input<'_>, a, b| Ok(arithmetic(Arithmetic::Multiply, a, b)))),
