@@ -8,24 +8,11 @@
 //! `CI`, where that fails.
 
 use crate::cesql::tests::TckFile;
-use crate::event::CloudEvent;
 use crate::filter::Filter;
 
 /// The dialect filter equivalent to a CESQL expression, if there is one.
 fn translate(expression: &str) -> Option<Filter> {
     crate::cesql::parse(expression).ok()?.as_dialect()
-}
-
-fn event(overrides: Option<&serde_yaml::Mapping>) -> CloudEvent {
-    // The TCK's cases override what they test; the rest is a plain event.
-    let mut object = serde_json::json!({"specversion": "1.0", "id": "default-id", "source": "/default/source", "type": "default.type"});
-    for (key, value) in overrides.into_iter().flatten() {
-        let (Some(key), Some(value)) = (key.as_str(), value.as_str()) else {
-            panic!("unsupported override {key:?}: {value:?}")
-        };
-        object[key] = serde_json::Value::String(value.to_string());
-    }
-    CloudEvent::from_json(object.to_string().as_bytes()).unwrap()
 }
 
 #[test]
@@ -47,7 +34,7 @@ fn subscriptions_api_recreations_pass() {
             .as_ref()
             .and_then(serde_yaml::Value::as_bool)
             .expect("boolean result");
-        let event = event(case.event_overrides.as_ref());
+        let event = crate::cesql::tests::event_of(case);
         let got = filter.matches(&event);
         assert_eq!(
             got, expected,

@@ -255,34 +255,6 @@ pub struct ServeArgs {
     pub server_limits: ServerLimitArgs,
 }
 
-/// What a token may do (see the server's authentication).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scope {
-    /// Everything.
-    Admin,
-    /// Manage functions, triggers and dead letters; read everything.
-    Deploy,
-    /// Invoke private functions.
-    Invoke,
-    /// Post events.
-    Publish,
-    /// Read `/metrics`.
-    Metrics,
-}
-
-impl Scope {
-    /// The API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "admin",
-            Scope::Deploy => "deploy",
-            Scope::Invoke => "invoke",
-            Scope::Publish => "publish",
-            Scope::Metrics => "metrics",
-        }
-    }
-}
-
 /// How logs are written to stderr.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum LogFormat {
@@ -402,9 +374,13 @@ pub enum FunctionCommand {
 pub enum TokenCommand {
     /// Mint a token; prints it once.
     Create {
-        /// What it may do.
-        #[arg(long, value_enum)]
-        scope: Scope,
+        /// What it may do: admin (everything), deploy (manage functions,
+        /// triggers and dead letters), invoke (call private functions),
+        /// publish (post events), metrics (read /metrics).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+            sluice_server::auth::Scope::ALL.map(sluice_server::auth::Scope::as_str)
+        ))]
+        scope: String,
         /// A label.
         #[arg(long, default_value = "")]
         name: String,

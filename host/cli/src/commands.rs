@@ -599,12 +599,12 @@ pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
             let request = client
                 .http
                 .post(client.url("/v1/tokens"))
-                .json(&serde_json::json!({"scope": scope.as_str(), "name": name}));
+                .json(&serde_json::json!({"scope": scope, "name": name}));
             let token: serde_json::Value = client.send(request).await?.json().await?;
             eprintln!(
                 "token {} ({}); it is shown only now:",
                 token["id"].as_str().unwrap_or_default(),
-                scope.as_str()
+                scope
             );
             println!("{}", token["token"].as_str().unwrap_or_default());
             Ok(())

@@ -61,6 +61,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 5] = [
+        Scope::Admin,
+        Scope::Deploy,
+        Scope::Invoke,
+        Scope::Publish,
+        Scope::Metrics,
+    ];
+
     /// The API name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -246,22 +255,21 @@ impl Auth {
             let credential =
                 name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION;
             let secret = if credential {
+                // The byte searches first: a token the server knows (one
+                // set by --admin-token need not look like Sluice's) costs a
+                // hash and a lookup.
                 let text = String::from_utf8_lossy(bytes);
-                let (scheme, rest) = text.trim().split_once(' ').unwrap_or(("", text.trim()));
-                let basic = scheme
-                    .eq_ignore_ascii_case("basic")
-                    .then(|| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(rest.trim())
-                            .ok()
-                    })
-                    .flatten()
-                    .unwrap_or_default();
-                self.identify(rest.trim()).is_some()
-                    || self.identify(text.trim()).is_some()
-                    || find(bytes, TOKEN_PREFIX.as_bytes()).is_some()
+                let text = text.trim();
+                let (scheme, rest) = text.split_once(' ').unwrap_or(("", text));
+                let rest = rest.trim();
+                find(bytes, TOKEN_PREFIX.as_bytes()).is_some()
                     || find(bytes, b"sluice%5f").is_some()
-                    || find(&basic, TOKEN_PREFIX.as_bytes()).is_some()
+                    || (scheme.eq_ignore_ascii_case("basic")
+                        && base64::engine::general_purpose::STANDARD
+                            .decode(rest)
+                            .is_ok_and(|decoded| find(&decoded, TOKEN_PREFIX.as_bytes()).is_some()))
+                    || self.identify(rest).is_some()
+                    || (rest != text && self.identify(text).is_some())
             } else {
                 known_in(bytes, |token| self.identify(token).is_some())
             };

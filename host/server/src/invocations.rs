@@ -122,9 +122,29 @@ impl Invocations {
         })
     }
 
-    /// Takes a place for one more holding `bytes`, or says which bound it
-    /// would pass.
-    fn admit(&self, bytes: u64) -> Result<(), String> {
+    /// Takes a place for one more holding `bytes` (given back when the
+    /// [`Admitted`] is dropped unless it names a queued invocation by then),
+    /// or says which bound it would pass: 413 for a body no queue could
+    /// hold, 503 with `Retry-After` for a full one.
+    fn admit(&self, bytes: u64) -> Result<Admitted<'_>, ApiError> {
+        if bytes > self.max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is {bytes} bytes; queued asynchronous invocations hold at most {} bytes of bodies in all (--max-async-invocation-bytes)",
+                    self.max_bytes
+                ),
+            ));
+        }
+        let full = |reason: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_invocations",
+                reason,
+            )
+            .with_retry_after(1)
+        };
         if self
             .outstanding
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -132,10 +152,10 @@ impl Invocations {
             })
             .is_err()
         {
-            return Err(format!(
+            return Err(full(format!(
                 "{} asynchronous invocations are queued or running, the server's limit; retry later",
                 self.max
-            ));
+            )));
         }
         if self
             .bytes
@@ -145,12 +165,16 @@ impl Invocations {
             .is_err()
         {
             self.outstanding.fetch_sub(1, Ordering::AcqRel);
-            return Err(format!(
+            return Err(full(format!(
                 "queued asynchronous invocations hold {} bytes of request bodies, the server's limit; retry later",
                 self.max_bytes
-            ));
+            )));
         }
-        Ok(())
+        Ok(Admitted {
+            invocations: self,
+            bytes,
+            queue: None,
+        })
     }
 
     /// Gives back a place taken by [`Invocations::admit`].
@@ -211,7 +235,7 @@ async fn save(state: &AppState, record: &Record) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// An asynchronous invocation's place in the queue, while its record is
+/// An asynchronous invocation's place in the queue, until its record is
 /// saved: queued when dropped if `queue` names it, else given back.
 struct Admitted<'a> {
     invocations: &'a Invocations,
@@ -238,25 +262,7 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
     let bytes = body.len() as u64;
-    if bytes > state.invocations.max_bytes {
-        // Never admissible: not a reason to retry.
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the request body is {bytes} bytes; queued asynchronous invocations hold at most {} bytes of bodies in all (--max-async-invocation-bytes)",
-                state.invocations.max_bytes
-            ),
-        ));
-    }
-    if let Err(reason) = state.invocations.admit(bytes) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_invocations",
-            reason,
-        )
-        .with_retry_after(1));
-    }
+    let mut admitted = state.invocations.admit(bytes)?;
     let record = Record {
         id: state.functions.new_invocation_id(),
         function: name.to_string(),
@@ -281,11 +287,7 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
     // From the save on, the invocation is queued when this request ends,
     // even one dropped mid-save by a client that hung up (the worker skips
     // a record that never got stored); its place is given back if not.
-    let mut admitted = Admitted {
-        invocations: &state.invocations,
-        bytes,
-        queue: Some(record.id.clone()),
-    };
+    admitted.queue = Some(record.id.clone());
     if let Err(error) = save(state, &record).await {
         admitted.queue = None;
         return Err(error);

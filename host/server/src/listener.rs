@@ -397,10 +397,12 @@ fn expired(
             now + millis(idle.min(send_timeout))
         };
         // What the connection is doing changes without the timer knowing
-        // (a response starts, the client stops reading): aim it anew at
-        // every wait, not only when it fires.
+        // (a response starts, the client stops reading): at every wait the
+        // timer is moved earlier if it must fire sooner. A later deadline
+        // waits for it to fire (then all is checked again), so a busy
+        // connection does not re-register its timer at every poll.
         let at = activity.at(until);
-        if sleep.deadline() != at {
+        if at < sleep.deadline() || sleep.deadline() <= activity.at(now) {
             sleep.as_mut().reset(at);
         }
         if sleep.as_mut().poll(cx).is_pending() {

@@ -8,29 +8,81 @@
 //! operator goes on: `NOT 10` is `TRUE`, with a cast error. The first
 //! error met is the one reported.
 
+use std::borrow::Cow;
+
 use super::{Arithmetic, Compare, ErrorKind, Logic, Node, Type, Value};
 use crate::event::CloudEvent;
+
+/// A value while evaluating: strings borrowed from the event and the
+/// expression where they can be, so matching an event copies no
+/// attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Val<'a> {
+    Boolean(bool),
+    Integer(i32),
+    String(Cow<'a, str>),
+}
+
+impl<'a> Val<'a> {
+    fn kind(&self) -> Type {
+        match self {
+            Val::Boolean(_) => Type::Boolean,
+            Val::Integer(_) => Type::Integer,
+            Val::String(_) => Type::String,
+        }
+    }
+
+    fn of(value: &'a Value) -> Val<'a> {
+        match value {
+            Value::Boolean(b) => Val::Boolean(*b),
+            Value::Integer(n) => Val::Integer(*n),
+            Value::String(s) => Val::String(Cow::Borrowed(s)),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Val::Boolean(b) => Value::Boolean(b),
+            Val::Integer(n) => Value::Integer(n),
+            Val::String(s) => Value::String(s.into_owned()),
+        }
+    }
+}
 
 /// Evaluates `root` on `event`.
 pub(super) fn evaluate(root: &Node, event: &CloudEvent) -> (Value, Option<ErrorKind>) {
     let mut eval = Eval { event, first: None };
     let value = match eval.node(root) {
-        Ok(value) => value,
+        Ok(value) => value.into_value(),
         // A root of unknown type is taken for a Boolean (§3.2).
         Err(Failed) => root.kind().unwrap_or(Type::Boolean).zero(),
     };
     (value, eval.first)
 }
 
+/// Whether `root` is `TRUE` on `event` (or an attribute alone holding
+/// `true`, in any case), with no error: [`evaluate`] without making the
+/// result a [`Value`].
+pub(super) fn matches(root: &Node, event: &CloudEvent) -> bool {
+    let mut eval = Eval { event, first: None };
+    let result = eval.node(root);
+    eval.first.is_none()
+        && match result {
+            Ok(Val::Boolean(b)) => b,
+            Ok(Val::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+}
+
 /// A part of the expression failed; its error is noted in [`Eval`].
 struct Failed;
 
-struct Eval<'e> {
-    event: &'e CloudEvent,
+struct Eval<'a> {
+    event: &'a CloudEvent,
     first: Option<ErrorKind>,
 }
 
-impl Eval<'_> {
+impl<'a> Eval<'a> {
     fn note(&mut self, kind: ErrorKind) {
         self.first.get_or_insert(kind);
     }
@@ -40,23 +92,23 @@ impl Eval<'_> {
         Err(Failed)
     }
 
-    fn node(&mut self, node: &Node) -> Result<Value, Failed> {
+    fn node(&mut self, node: &'a Node) -> Result<Val<'a>, Failed> {
         Ok(match node {
-            Node::Literal(value) => value.clone(),
+            Node::Literal(value) => Val::of(value),
             Node::Attribute(name) => match self.event.attribute(name) {
-                Some(value) => Value::String(value.to_string()),
+                Some(value) => Val::String(Cow::Borrowed(value)),
                 None => return self.fail(ErrorKind::MissingAttribute),
             },
-            Node::Exists(name) => Value::Boolean(self.event.attribute(name).is_some()),
+            Node::Exists(name) => Val::Boolean(self.event.attribute(name).is_some()),
             Node::Not(inner) => {
                 let value = self.node(inner)?;
-                Value::Boolean(!self.boolean(value))
+                Val::Boolean(!self.boolean(value))
             }
             Node::Negate(inner) => {
                 let value = self.node(inner)?;
                 let n = self.integer(value);
                 match n.checked_neg() {
-                    Some(n) => Value::Integer(n),
+                    Some(n) => Val::Integer(n),
                     None => return self.fail(ErrorKind::Math),
                 }
             }
@@ -72,7 +124,7 @@ impl Eval<'_> {
                     Arithmetic::Remainder => a.checked_rem(b),
                 };
                 match result {
-                    Some(n) => Value::Integer(n),
+                    Some(n) => Val::Integer(n),
                     None => return self.fail(ErrorKind::Math),
                 }
             }
@@ -81,13 +133,13 @@ impl Eval<'_> {
                 let right = self.node(right)?;
                 // Of two types, the left is cast to the right's.
                 let left = self.cast(left, right.kind());
-                Value::Boolean((left == right) == *equal)
+                Val::Boolean((left == right) == *equal)
             }
             Node::Compare(op, left, right) => {
                 let left = self.node(left)?;
                 let right = self.node(right)?;
                 let (a, b) = (self.integer(left), self.integer(right));
-                Value::Boolean(match op {
+                Val::Boolean(match op {
                     Compare::Less => a < b,
                     Compare::LessOrEqual => a <= b,
                     Compare::Greater => a > b,
@@ -99,13 +151,13 @@ impl Eval<'_> {
                 let left = self.boolean(left);
                 // AND and OR stop once the left decides.
                 match (op, left) {
-                    (Logic::And, false) => return Ok(Value::Boolean(false)),
-                    (Logic::Or, true) => return Ok(Value::Boolean(true)),
+                    (Logic::And, false) => return Ok(Val::Boolean(false)),
+                    (Logic::Or, true) => return Ok(Val::Boolean(true)),
                     _ => {}
                 }
                 let right = self.node(right)?;
                 let right = self.boolean(right);
-                Value::Boolean(match op {
+                Val::Boolean(match op {
                     Logic::And => left && right,
                     Logic::Or => left || right,
                     Logic::Xor => left != right,
@@ -119,7 +171,7 @@ impl Eval<'_> {
                 let value = self.node(value)?;
                 let text = self.string(value);
                 match pattern.matches(&text) {
-                    Some(matched) => Value::Boolean(matched != *negated),
+                    Some(matched) => Val::Boolean(matched != *negated),
                     None => return self.fail(ErrorKind::FunctionEvaluation),
                 }
             }
@@ -139,7 +191,7 @@ impl Eval<'_> {
                         break;
                     }
                 }
-                Value::Boolean(found != *negated)
+                Val::Boolean(found != *negated)
             }
             Node::Unknown { .. } => return self.fail(ErrorKind::MissingFunction),
             Node::Call(function, args) => {
@@ -153,44 +205,44 @@ impl Eval<'_> {
     }
 
     /// `value` as `to`, or `to`'s zero value with a cast error.
-    fn cast(&mut self, value: Value, to: Type) -> Value {
+    fn cast(&mut self, value: Val<'a>, to: Type) -> Val<'a> {
         match to {
-            Type::Boolean => Value::Boolean(self.boolean(value)),
-            Type::Integer => Value::Integer(self.integer(value)),
-            Type::String => Value::String(self.string(value)),
+            Type::Boolean => Val::Boolean(self.boolean(value)),
+            Type::Integer => Val::Integer(self.integer(value)),
+            Type::String => Val::String(self.string(value)),
         }
     }
 
     /// An implicit cast to Boolean: from a String `true` or `false` (any
     /// case), not from an Integer.
-    fn boolean(&mut self, value: Value) -> bool {
+    fn boolean(&mut self, value: Val<'a>) -> bool {
         match value {
-            Value::Boolean(b) => b,
-            Value::String(s) if s.eq_ignore_ascii_case("true") => true,
-            Value::String(s) if s.eq_ignore_ascii_case("false") => false,
-            Value::String(_) | Value::Integer(_) => {
+            Val::Boolean(b) => b,
+            Val::String(s) if s.eq_ignore_ascii_case("true") => true,
+            Val::String(s) if s.eq_ignore_ascii_case("false") => false,
+            Val::String(_) | Val::Integer(_) => {
                 self.note(ErrorKind::Cast);
                 false
             }
         }
     }
 
-    fn integer(&mut self, value: Value) -> i32 {
+    fn integer(&mut self, value: Val<'a>) -> i32 {
         match value {
-            Value::Integer(n) => n,
-            Value::Boolean(b) => i32::from(b),
-            Value::String(s) => s.parse().unwrap_or_else(|_| {
+            Val::Integer(n) => n,
+            Val::Boolean(b) => i32::from(b),
+            Val::String(s) => s.parse().unwrap_or_else(|_| {
                 self.note(ErrorKind::Cast);
                 0
             }),
         }
     }
 
-    fn string(&mut self, value: Value) -> String {
+    fn string(&mut self, value: Val<'a>) -> Cow<'a, str> {
         match value {
-            Value::String(s) => s,
-            Value::Integer(n) => n.to_string(),
-            Value::Boolean(b) => b.to_string(),
+            Val::String(s) => s,
+            Val::Integer(n) => Cow::Owned(n.to_string()),
+            Val::Boolean(b) => Cow::Borrowed(if b { "true" } else { "false" }),
         }
     }
 }
@@ -263,29 +315,29 @@ impl Function {
         }
     }
 
-    fn call(self, eval: &mut Eval<'_>, args: Vec<Value>) -> Result<Value, Failed> {
+    fn call<'a>(self, eval: &mut Eval<'a>, args: Vec<Val<'a>>) -> Result<Val<'a>, Failed> {
         let mut args = args.into_iter();
-        let string = |eval: &mut Eval<'_>, args: &mut std::vec::IntoIter<Value>| {
+        let string = |eval: &mut Eval<'a>, args: &mut std::vec::IntoIter<Val<'a>>| {
             let value = args.next().expect("arity checked at parse time");
             eval.string(value)
         };
         Ok(match self {
             Function::Length => {
                 let s = string(eval, &mut args);
-                Value::Integer(i32::try_from(s.chars().count()).unwrap_or(i32::MAX))
+                Val::Integer(i32::try_from(s.chars().count()).unwrap_or(i32::MAX))
             }
             Function::Concat => {
-                let parts: Vec<String> = args.map(|v| eval.string(v)).collect();
+                let parts: Vec<Cow<'a, str>> = args.map(|v| eval.string(v)).collect();
                 joined(eval, &parts, "")
             }
             Function::ConcatWs => {
                 let separator = string(eval, &mut args);
-                let parts: Vec<String> = args.map(|v| eval.string(v)).collect();
+                let parts: Vec<Cow<'a, str>> = args.map(|v| eval.string(v)).collect();
                 joined(eval, &parts, &separator)
             }
-            Function::Lower => Value::String(string(eval, &mut args).to_lowercase()),
-            Function::Upper => Value::String(string(eval, &mut args).to_uppercase()),
-            Function::Trim => Value::String(string(eval, &mut args).trim().to_string()),
+            Function::Lower => Val::String(Cow::Owned(string(eval, &mut args).to_lowercase())),
+            Function::Upper => Val::String(Cow::Owned(string(eval, &mut args).to_uppercase())),
+            Function::Trim => Val::String(Cow::Owned(string(eval, &mut args).trim().to_string())),
             Function::Left | Function::Right => {
                 let s = string(eval, &mut args);
                 let n = args.next().expect("arity checked");
@@ -293,15 +345,15 @@ impl Function {
                 let Ok(n) = usize::try_from(n) else {
                     // A negative length: the string as it is.
                     eval.note(ErrorKind::FunctionEvaluation);
-                    return Ok(Value::String(s));
+                    return Ok(Val::String(s));
                 };
                 let chars: Vec<char> = s.chars().collect();
                 let n = n.min(chars.len());
-                Value::String(if self == Function::Left {
+                Val::String(Cow::Owned(if self == Function::Left {
                     chars[..n].iter().collect()
                 } else {
                     chars[chars.len() - n..].iter().collect()
-                })
+                }))
             }
             Function::Substring => {
                 let s = string(eval, &mut args);
@@ -309,10 +361,10 @@ impl Function {
                 let position = eval.integer(position);
                 let length = args.next().map(|length| eval.integer(length));
                 match substring(&s, position, length) {
-                    Some(s) => Value::String(s),
+                    Some(s) => Val::String(Cow::Owned(s)),
                     None => {
                         eval.note(ErrorKind::FunctionEvaluation);
-                        Value::String(String::new())
+                        Val::String(Cow::Borrowed(""))
                     }
                 }
             }
@@ -320,33 +372,33 @@ impl Function {
                 let value = args.next().expect("arity checked");
                 let n = eval.integer(value);
                 match n.checked_abs() {
-                    Some(n) => Value::Integer(n),
+                    Some(n) => Val::Integer(n),
                     None => {
                         eval.note(ErrorKind::Math);
-                        Value::Integer(i32::MAX)
+                        Val::Integer(i32::MAX)
                     }
                 }
             }
             Function::Int => {
                 let value = args.next().expect("arity checked");
-                Value::Integer(eval.integer(value))
+                Val::Integer(eval.integer(value))
             }
             Function::Bool => match args.next().expect("arity checked") {
                 // An explicit cast takes Integers too: non-zero is TRUE.
-                Value::Integer(n) => Value::Boolean(n != 0),
-                other => Value::Boolean(eval.boolean(other)),
+                Val::Integer(n) => Val::Boolean(n != 0),
+                other => Val::Boolean(eval.boolean(other)),
             },
             Function::String => {
                 let value = args.next().expect("arity checked");
-                Value::String(eval.string(value))
+                Val::String(eval.string(value))
             }
             Function::IsBool => {
                 let s = string(eval, &mut args);
-                Value::Boolean(s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false"))
+                Val::Boolean(s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false"))
             }
             Function::IsInt => {
                 let s = string(eval, &mut args);
-                Value::Boolean(s.parse::<i32>().is_ok())
+                Val::Boolean(s.parse::<i32>().is_ok())
             }
         })
     }
@@ -354,7 +406,7 @@ impl Function {
 
 /// `parts` joined by `separator`, unless that passes [`MAX_STRING_BYTES`]
 /// (checked before anything is joined).
-fn joined(eval: &mut Eval<'_>, parts: &[String], separator: &str) -> Value {
+fn joined<'a>(eval: &mut Eval<'a>, parts: &[Cow<'a, str>], separator: &str) -> Val<'a> {
     let gaps = parts.len().saturating_sub(1);
     let len = parts
         .iter()
@@ -363,10 +415,10 @@ fn joined(eval: &mut Eval<'_>, parts: &[String], separator: &str) -> Value {
         })
         .flatten();
     match len {
-        Some(len) if len <= MAX_STRING_BYTES => Value::String(parts.join(separator)),
+        Some(len) if len <= MAX_STRING_BYTES => Val::String(Cow::Owned(parts.join(separator))),
         _ => {
             eval.note(ErrorKind::FunctionEvaluation);
-            Value::String(String::new())
+            Val::String(Cow::Borrowed(""))
         }
     }
 }
@@ -444,7 +496,8 @@ impl Pattern {
     /// product at worst (one backtracking point, no recursion); `None` past
     /// [`MAX_LIKE_STEPS`].
     pub(super) fn matches(&self, text: &str) -> Option<bool> {
-        let text: Vec<char> = text.chars().collect();
+        // `t` and the star's text position are byte offsets at characters.
+        let first = |at: usize| text[at..].chars().next().expect("at a character");
         let pattern = &self.0;
         let (mut p, mut t) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
@@ -454,6 +507,7 @@ impl Pattern {
             if steps > MAX_LIKE_STEPS {
                 return None;
             }
+            let c = first(t);
             match pattern.get(p) {
                 Some(Piece::Any) => {
                     star = Some((p, t));
@@ -461,17 +515,18 @@ impl Pattern {
                 }
                 Some(Piece::One) => {
                     p += 1;
-                    t += 1;
+                    t += c.len_utf8();
                 }
-                Some(Piece::Char(c)) if *c == text[t] => {
+                Some(Piece::Char(want)) if *want == c => {
                     p += 1;
-                    t += 1;
+                    t += c.len_utf8();
                 }
                 _ => match star {
                     Some((sp, st)) => {
+                        let st = st + first(st).len_utf8();
                         p = sp + 1;
-                        t = st + 1;
-                        star = Some((sp, st + 1));
+                        t = st;
+                        star = Some((sp, st));
                     }
                     None => return Some(false),
                 },

@@ -184,11 +184,7 @@ impl Expression {
     /// `TRUE` (or an attribute alone holding `true`, in any case) and
     /// evaluating it met no error.
     pub fn matches(&self, event: &CloudEvent) -> bool {
-        match self.evaluate(event) {
-            (Value::Boolean(b), None) => b,
-            (Value::String(s), None) => s.eq_ignore_ascii_case("true"),
-            _ => false,
-        }
+        eval::matches(&self.root, event)
     }
 
     /// Conditions every event this expression matches must meet, as

@@ -50,8 +50,7 @@ pub(super) fn parse(text: &str) -> Result<Node, ParseError> {
     let at = |rest: &str| text[..text.len() - rest.len()].chars().count() + 1;
     match parsed {
         Ok(node) => {
-            check_depth(&node)?;
-            check_functions(&node, text)?;
+            check_tree(&node, text)?;
             Ok(node)
         }
         Err(error) => {
@@ -129,8 +128,10 @@ fn check_nesting(text: &str) -> Result<(), ParseError> {
 /// recurses once a level.
 pub const MAX_DEPTH: usize = 256;
 
-/// Refuses a tree deeper than [`MAX_DEPTH`], measured without recursion.
-fn check_depth(root: &Node) -> Result<(), ParseError> {
+/// Refuses a tree deeper than [`MAX_DEPTH`], measured without recursion,
+/// and calls of functions that do not exist with that many arguments (the
+/// first in the text).
+fn check_tree(root: &Node, text: &str) -> Result<(), ParseError> {
     let mut stack = vec![(root, 1usize)];
     while let Some((node, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
@@ -151,47 +152,27 @@ fn check_depth(root: &Node) -> Result<(), ParseError> {
             Node::Like { value, .. } => vec![value],
             Node::In { value, set, .. } => std::iter::once(&**value).chain(set).collect(),
             Node::Call(_, args) => args.iter().collect(),
-            Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) | Node::Unknown { .. } => {
-                Vec::new()
+            Node::Unknown {
+                name,
+                arity,
+                from_end,
+            } => {
+                return Err(ParseError {
+                    kind: ErrorKind::MissingFunction,
+                    position: text[..text.len() - from_end].chars().count() + 1,
+                    message: format!(
+                        "no function {name} taking {arity} argument{}",
+                        if *arity == 1 { "" } else { "s" }
+                    ),
+                });
             }
+            Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) => Vec::new(),
         };
-        stack.extend(children.into_iter().map(|child| (child, depth + 1)));
+        // Leftmost first, so the first unknown function in the text is
+        // the one named.
+        stack.extend(children.into_iter().rev().map(|child| (child, depth + 1)));
     }
     Ok(())
-}
-
-/// Refuses calls of functions that do not exist with that many arguments.
-fn check_functions(node: &Node, text: &str) -> Result<(), ParseError> {
-    match node {
-        Node::Unknown {
-            name,
-            arity,
-            from_end,
-        } => Err(ParseError {
-            kind: ErrorKind::MissingFunction,
-            position: text[..text.len() - from_end].chars().count() + 1,
-            message: format!(
-                "no function {name} taking {arity} argument{}",
-                if *arity == 1 { "" } else { "s" }
-            ),
-        }),
-        Node::Call(_, args) => args.iter().try_for_each(|a| check_functions(a, text)),
-        Node::Not(a) | Node::Negate(a) => check_functions(a, text),
-        Node::Arithmetic(_, a, b) | Node::Compare(_, a, b) | Node::Logic(_, a, b) => {
-            check_functions(a, text)?;
-            check_functions(b, text)
-        }
-        Node::Equality { left, right, .. } => {
-            check_functions(left, text)?;
-            check_functions(right, text)
-        }
-        Node::Like { value, .. } => check_functions(value, text),
-        Node::In { value, set, .. } => {
-            check_functions(value, text)?;
-            set.iter().try_for_each(|a| check_functions(a, text))
-        }
-        Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) => Ok(()),
-    }
 }
 
 fn ws<'i, O>(

@@ -35,7 +35,7 @@ fn json_of(value: &serde_yaml::Value) -> serde_json::Value {
 }
 
 /// The case's event: its own, or a plain one with its overrides.
-fn event_of(case: &TckCase) -> CloudEvent {
+pub(crate) fn event_of(case: &TckCase) -> CloudEvent {
     let mut object = match &case.event {
         Some(event) => json_of(&serde_yaml::Value::Mapping(event.clone())),
         None => serde_json::json!({

@@ -40,7 +40,10 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     let wanted: CreateToken = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request(
             "invalid_token_request",
-            format!("expected {{\"scope\": \"admin|deploy|invoke|publish\", \"name\": \"...\"}}: {error}"),
+            format!(
+                "expected {{\"scope\": \"{}\", \"name\": \"...\"}}: {error}",
+                Scope::ALL.map(Scope::as_str).join("|")
+            ),
         )
     })?;
     let token = new_token().map_err(ApiError::internal)?;
