@@ -42,6 +42,10 @@ pub enum StoreError {
     /// A conditional write lost a race or found unexpected state.
     #[error("{0}")]
     Conflict(String),
+    /// A write conditional on a function's version found another version
+    /// (another request changed the function meanwhile).
+    #[error("function {0:?} changed while this request ran; retry")]
+    Changed(String),
 }
 
 impl StoreError {

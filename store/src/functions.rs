@@ -154,14 +154,36 @@ fn drop_ref(blobs: &TransactionalTree, refs: &TransactionalTree, digest: &str) -
     Ok(())
 }
 
+/// Aborts a transaction with [`StoreError::Changed`] when the function is not
+/// at `expected` (0: absent).
+fn check_version(
+    name: &str,
+    current: Option<&FunctionRecord>,
+    expected: Option<u64>,
+) -> TxResult<()> {
+    match expected {
+        Some(version) if version != current.map_or(0, |record| record.version) => Err(
+            ConflictableTransactionError::Abort(StoreError::Changed(name.to_string())),
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Deploys `bytes` as function `name` (creating or replacing it), durably.
+    ///
+    /// With `expected_version`, only if the function is still at that version
+    /// (`Some(0)`: only if there is no such function); otherwise
+    /// [`StoreError::Changed`], and nothing is written. A caller that read the
+    /// record, derived the new one from it, and writes it back so loses no
+    /// concurrent change.
     pub async fn deploy_function(
         &self,
         name: &str,
         bytes: &[u8],
         world: World,
         settings: FunctionSettings,
+        expected_version: Option<u64>,
     ) -> Result<FunctionRecord> {
         let digest = digest_of(bytes);
         let now = now_rfc3339();
@@ -171,6 +193,7 @@ impl Store {
                     .get(name.as_bytes())?
                     .map(|raw| decode(&raw))
                     .transpose()?;
+                check_version(name, old.as_ref(), expected_version)?;
                 let record = FunctionRecord {
                     name: name.to_string(),
                     digest: digest.clone(),
@@ -195,11 +218,12 @@ impl Store {
     }
 
     /// Replaces the settings of function `name`, durably. `None` if it does
-    /// not exist.
+    /// not exist. `expected_version` as for [`Store::deploy_function`].
     pub async fn update_function_settings(
         &self,
         name: &str,
         settings: FunctionSettings,
+        expected_version: Option<u64>,
     ) -> Result<Option<FunctionRecord>> {
         let now = now_rfc3339();
         let record = self.functions.transaction(|functions| {
@@ -207,6 +231,7 @@ impl Store {
                 return Ok(None);
             };
             let mut record = decode(&raw)?;
+            check_version(name, Some(&record), expected_version)?;
             record.settings = settings.clone();
             record.version += 1;
             record.updated = now.clone();
@@ -283,13 +308,13 @@ mod tests {
     async fn deploy_get_list_and_versioning() {
         let (_dir, store) = open();
         let first = store
-            .deploy_function("a", b"one", World::Http, FunctionSettings::default())
+            .deploy_function("a", b"one", World::Http, FunctionSettings::default(), None)
             .await
             .unwrap();
         assert_eq!(first.version, 1);
         assert_eq!(first.digest, digest_of(b"one"));
         let second = store
-            .deploy_function("a", b"two", World::Http, FunctionSettings::default())
+            .deploy_function("a", b"two", World::Http, FunctionSettings::default(), None)
             .await
             .unwrap();
         assert_eq!(second.version, 2);
@@ -304,17 +329,17 @@ mod tests {
         let (_dir, store) = open();
         let settings = FunctionSettings::default;
         store
-            .deploy_function("a", b"same", World::Http, settings())
+            .deploy_function("a", b"same", World::Http, settings(), None)
             .await
             .unwrap();
         store
-            .deploy_function("b", b"same", World::Http, settings())
+            .deploy_function("b", b"same", World::Http, settings(), None)
             .await
             .unwrap();
         assert_eq!(store.blob_count(), 1, "identical bytes are stored once");
 
         store
-            .deploy_function("a", b"other", World::Http, settings())
+            .deploy_function("a", b"other", World::Http, settings(), None)
             .await
             .unwrap();
         assert_eq!(store.blob_count(), 2);
@@ -340,7 +365,7 @@ mod tests {
         let (_dir, store) = open();
         for _ in 0..3 {
             store
-                .deploy_function("a", b"same", World::Http, FunctionSettings::default())
+                .deploy_function("a", b"same", World::Http, FunctionSettings::default(), None)
                 .await
                 .unwrap();
         }
@@ -353,7 +378,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .deploy_function("a", b"x", World::Event, FunctionSettings::default())
+                .deploy_function("a", b"x", World::Event, FunctionSettings::default(), None)
                 .await
                 .unwrap();
             let settings = FunctionSettings {
@@ -361,14 +386,14 @@ mod tests {
                 ..FunctionSettings::default()
             };
             let updated = store
-                .update_function_settings("a", settings)
+                .update_function_settings("a", settings, None)
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(updated.version, 2);
             assert!(
                 store
-                    .update_function_settings("missing", FunctionSettings::default())
+                    .update_function_settings("missing", FunctionSettings::default(), None)
                     .await
                     .unwrap()
                     .is_none()
@@ -379,6 +404,50 @@ mod tests {
         assert_eq!(record.settings.timeout_ms, Some(250));
         assert_eq!(record.world, World::Event);
         assert_eq!(store.blob(&record.digest).unwrap().unwrap(), b"x");
+    }
+
+    #[tokio::test]
+    async fn a_write_conditional_on_a_version_changes_nothing_when_it_moved() {
+        let (_dir, store) = open();
+        let defaults = FunctionSettings::default;
+        let changed = |result: Result<FunctionRecord>| matches!(result, Err(StoreError::Changed(name)) if name == "a");
+        assert!(changed(
+            store
+                .deploy_function("a", b"one", World::Http, defaults(), Some(1))
+                .await
+        ));
+        assert!(store.function("a").unwrap().is_none(), "nothing written");
+        let first = store
+            .deploy_function("a", b"one", World::Http, defaults(), Some(0))
+            .await
+            .unwrap();
+        assert!(changed(
+            store
+                .deploy_function("a", b"two", World::Http, defaults(), Some(0))
+                .await
+        ));
+        let public = FunctionSettings {
+            visibility: Visibility::Public,
+            ..defaults()
+        };
+        assert!(matches!(
+            store
+                .update_function_settings("a", public.clone(), Some(7))
+                .await,
+            Err(StoreError::Changed(_))
+        ));
+        assert_eq!(store.function("a").unwrap().unwrap(), first);
+        assert_eq!(store.blob_count(), 1, "the refused bytes left no blob");
+        let second = store
+            .update_function_settings("a", public, Some(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.version, 2);
+        store
+            .deploy_function("a", b"two", World::Http, defaults(), Some(2))
+            .await
+            .unwrap();
     }
 
     #[test]

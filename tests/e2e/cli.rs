@@ -68,6 +68,49 @@ async fn deploy_list_invoke_delete_round_trip() {
     ));
     assert!(invoked.starts_with("Hi! You asked for /"), "{invoked}");
 
+    // Settings: `fn update` changes the named ones; a redeploy keeps them.
+    let updated = stdout(&sluice(
+        &server,
+        &[
+            "fn",
+            "update",
+            "hello",
+            "--public",
+            "--secret",
+            "API_KEY=k3y",
+            "--kv-bucket",
+            "shared",
+            "--max-request-bytes",
+            "4096",
+        ],
+    ));
+    assert!(updated.starts_with("updated hello v2"), "{updated}");
+    assert!(
+        !updated.contains("k3y"),
+        "the secret is not shown: {updated}"
+    );
+    let redeployed = stdout(&sluice(&server, &["fn", "deploy", "hello", guests::HELLO]));
+    assert!(
+        redeployed.contains("v3 (http, public)")
+            && redeployed
+                .contains("kept settings: visibility, max_request_bytes, env, secrets, kv_buckets"),
+        "{redeployed}"
+    );
+    let got: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &["fn", "get", "hello", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(got["settings"]["env"]["GREETING"], "Hi!");
+    assert_eq!(got["settings"]["kv_buckets"][0], "shared");
+    let private = stdout(&sluice(&server, &["fn", "update", "hello", "--private"]));
+    assert!(private.contains("\"visibility\":\"private\""), "{private}");
+    let refused = sluice(&server, &["fn", "update", "hello"]);
+    assert!(
+        !refused.status.success(),
+        "an update naming nothing is refused"
+    );
+
     let deleted = stdout(&sluice(&server, &["fn", "delete", "hello"]));
     assert!(deleted.contains("deleted hello"));
     let list = stdout(&sluice(&server, &["fn", "list"]));

@@ -522,6 +522,90 @@ async fn settings_from_query_multipart_and_patch_reach_the_guest() {
 }
 
 #[tokio::test]
+async fn a_redeploy_keeps_every_setting_it_does_not_name() {
+    let server = Server::start();
+    let anonymous = reqwest::Client::new();
+    let greeting = async |server: &Server| {
+        let response = anonymous
+            .get(server.url("/fn/greeter/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "still public");
+        response.text().await.unwrap()
+    };
+    server
+        .deploy_ok(
+            "greeter",
+            guests::HELLO,
+            "visibility=public&env=GREETING=Howdy!&secret=TOKEN=s3cr3t&timeout_ms=2000",
+        )
+        .await;
+    assert!(greeting(&server).await.starts_with("Howdy!"));
+
+    // New code, nothing else: every setting stays, and the answer says which.
+    let record = server.deploy_ok("greeter", guests::ECHO, "").await;
+    assert_eq!(record["version"], 2);
+    assert_eq!(record["settings"]["visibility"], "public");
+    assert_eq!(record["settings"]["secrets"]["TOKEN"], "<redacted>");
+    assert_eq!(
+        record["kept"],
+        serde_json::json!(["visibility", "timeout_ms", "env", "secrets"])
+    );
+    let record = server.deploy_ok("greeter", guests::HELLO, "").await;
+    assert_eq!(record["version"], 3);
+    assert!(
+        greeting(&server).await.starts_with("Howdy!"),
+        "env survived two code changes"
+    );
+
+    // A named setting replaces that setting only.
+    let record = server
+        .deploy_ok("greeter", guests::HELLO, "env=GREETING=Hi!")
+        .await;
+    assert_eq!(record["settings"]["timeout_ms"], 2000);
+    assert_eq!(
+        record["kept"],
+        serde_json::json!(["visibility", "timeout_ms", "secrets"])
+    );
+    assert!(greeting(&server).await.starts_with("Hi!"));
+
+    // A `config` part changes the keys it holds; `null` resets one.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(std::fs::read(guests::HELLO).unwrap()),
+        )
+        .text("config", r#"{"env": null, "timeout_ms": 3000}"#);
+    let response = server
+        .http()
+        .put(server.url("/v1/functions/greeter"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let record: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(record["settings"]["timeout_ms"], 3000);
+    assert_eq!(record["settings"]["env"], serde_json::json!({}));
+    assert_eq!(record["kept"], serde_json::json!(["visibility", "secrets"]));
+    assert!(!greeting(&server).await.starts_with("Hi!"), "env was reset");
+
+    // A bad setting in a redeploy changes nothing.
+    let response = server
+        .deploy("greeter", guests::ECHO, "memory_mb=999999")
+        .await;
+    assert_eq!(response.status(), 400);
+    let (_, body) = server.get("/v1/functions/greeter").await;
+    let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(record["version"], 5);
+    assert!(
+        record.get("kept").is_none(),
+        "only a redeploy's answer has it"
+    );
+}
+
+#[tokio::test]
 async fn event_components_deploy_as_the_event_world() {
     let server = Server::start();
     let record = server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;

@@ -295,30 +295,25 @@ pub struct ClientArgs {
 /// `sluice fn ...`
 #[derive(Debug, Subcommand)]
 pub enum FunctionCommand {
-    /// Deploy (or replace) a function from a component file.
+    /// Deploy (or replace) a function from a component file. A replacement
+    /// keeps every setting this command does not name.
     Deploy {
         /// Function name (lowercase letters, digits, `-`).
         name: String,
         /// The component (`.wasm`, built for wasm32-wasip2).
         file: PathBuf,
-        /// Environment variable for the guest, KEY=VALUE (repeatable).
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Timeout of one call, in milliseconds.
-        #[arg(long, value_name = "MS")]
-        timeout: Option<u64>,
-        /// Memory cap of one instance, in MiB.
-        #[arg(long, value_name = "MB")]
-        memory: Option<u64>,
-        /// Instances that may run at once.
-        #[arg(long)]
-        max_concurrency: Option<u32>,
-        /// Host the guest may call over HTTP (repeatable).
-        #[arg(long = "allow-outbound", value_name = "HOST")]
-        allow_outbound: Vec<String>,
-        /// Allow anonymous invocation.
-        #[arg(long)]
-        public: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a function's settings, keeping its code and every setting not
+    /// named here.
+    Update {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -367,6 +362,46 @@ pub enum FunctionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Function settings on `fn deploy` and `fn update`.
+#[derive(Debug, clap::Args)]
+pub struct SettingsArgs {
+    /// Environment variable for the guest, KEY=VALUE (repeatable; on
+    /// `deploy` they replace the function's variables, on `update` they are
+    /// added to them).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Secret for the guest, KEY=VALUE (repeatable; never shown back).
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    pub secret: Vec<String>,
+    /// Timeout of one call, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub timeout: Option<u64>,
+    /// Memory cap of one instance, in MiB.
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u64>,
+    /// Instances that may run at once.
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// Largest request body the function accepts, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_bytes: Option<u64>,
+    /// Largest response body the function may produce, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_response_bytes: Option<u64>,
+    /// Host the guest may call over HTTP (repeatable).
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allow_outbound: Vec<String>,
+    /// Shared key-value bucket the guest may open (repeatable).
+    #[arg(long = "kv-bucket", value_name = "BUCKET")]
+    pub kv_bucket: Vec<String>,
+    /// Allow anonymous invocation.
+    #[arg(long, conflicts_with = "private")]
+    pub public: bool,
+    /// Require an `invoke` token (the default for a new function).
+    #[arg(long)]
+    pub private: bool,
 }
 
 /// `sluice token ...`

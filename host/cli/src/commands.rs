@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::args::{
     ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, Output,
-    TokenCommand, TriggerCommand,
+    SettingsArgs, TokenCommand, TriggerCommand,
 };
 
 /// The API client, and how read commands print.
@@ -81,18 +81,59 @@ fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
     })
 }
 
+/// The query parameters of `settings` (see the API's settings parameters).
+fn settings_query(settings: &SettingsArgs) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut query = Vec::new();
+    for (flag, key, pairs) in [
+        ("--env", "env", &settings.env),
+        ("--secret", "secret", &settings.secret),
+    ] {
+        for pair in pairs {
+            if !pair.contains('=') {
+                // A secret's value is not echoed.
+                let shown = if key == "secret" {
+                    "the value"
+                } else {
+                    pair.as_str()
+                };
+                bail!("{flag} {shown:?} is not KEY=VALUE");
+            }
+            query.push((key, pair.clone()));
+        }
+    }
+    for host in &settings.allow_outbound {
+        query.push(("allow_outbound", host.clone()));
+    }
+    for bucket in &settings.kv_bucket {
+        query.push(("kv_bucket", bucket.clone()));
+    }
+    for (key, value) in [
+        ("timeout_ms", settings.timeout),
+        ("memory_mb", settings.memory),
+        ("max_concurrency", settings.max_concurrency.map(u64::from)),
+        ("max_request_bytes", settings.max_request_bytes),
+        ("max_response_bytes", settings.max_response_bytes),
+    ] {
+        if let Some(value) = value {
+            query.push((key, value.to_string()));
+        }
+    }
+    if settings.public {
+        query.push(("visibility", "public".into()));
+    }
+    if settings.private {
+        query.push(("visibility", "private".into()));
+    }
+    Ok(query)
+}
+
 /// Runs one `sluice fn` command.
 pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()> {
     match command {
         FunctionCommand::Deploy {
             name,
             file,
-            env,
-            timeout,
-            memory,
-            max_concurrency,
-            allow_outbound,
-            public,
+            settings,
             client,
         } => {
             let client = Client::new(&client);
@@ -114,28 +155,7 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                     file.display()
                 );
             }
-            let mut query: Vec<(String, String)> = Vec::new();
-            for pair in env {
-                if !pair.contains('=') {
-                    bail!("--env {pair:?} is not KEY=VALUE");
-                }
-                query.push(("env".into(), pair));
-            }
-            for host in allow_outbound {
-                query.push(("allow_outbound".into(), host));
-            }
-            if let Some(ms) = timeout {
-                query.push(("timeout_ms".into(), ms.to_string()));
-            }
-            if let Some(mb) = memory {
-                query.push(("memory_mb".into(), mb.to_string()));
-            }
-            if let Some(n) = max_concurrency {
-                query.push(("max_concurrency".into(), n.to_string()));
-            }
-            if public {
-                query.push(("visibility".into(), "public".into()));
-            }
+            let query = settings_query(&settings)?;
             let (body, progress) = upload(bytes, &format!("uploading {name}"));
             let request = client
                 .http
@@ -154,6 +174,34 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                     f["world"].as_str().unwrap_or_default(),
                     f["settings"]["visibility"].as_str().unwrap_or("private"),
                     f["url"].as_str().unwrap_or_default()
+                );
+                if let Some(kept) = f["kept"].as_array().filter(|kept| !kept.is_empty()) {
+                    let kept: Vec<_> = kept.iter().filter_map(|k| k.as_str()).collect();
+                    println!("kept settings: {}", kept.join(", "));
+                }
+            })
+        }
+        FunctionCommand::Update {
+            name,
+            settings,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let query = settings_query(&settings)?;
+            if query.is_empty() {
+                bail!("name at least one setting to change (see `sluice fn update --help`)");
+            }
+            let request = client
+                .http
+                .patch(client.url(&format!("/v1/functions/{name}")))
+                .query(&query);
+            let record: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&record, |f| {
+                println!(
+                    "updated {} v{}: {}",
+                    f["name"].as_str().unwrap_or_default(),
+                    f["version"],
+                    f["settings"]
                 );
             })
         }

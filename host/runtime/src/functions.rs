@@ -309,11 +309,16 @@ impl Functions {
     }
 
     /// Validates, compiles and stores `bytes` as function `name`.
+    ///
+    /// `expected_version` as for [`sluice_store::Store::deploy_function`]:
+    /// with it, a function changed meanwhile is
+    /// [`StoreError::Changed`](sluice_store::StoreError::Changed).
     pub async fn deploy(
         &self,
         name: &str,
         bytes: Vec<u8>,
         settings: FunctionSettings,
+        expected_version: Option<u64>,
     ) -> Result<FunctionRecord, DeployError> {
         validate_name(name)?;
         let limit = self.runtime.limits().max_component_bytes;
@@ -339,7 +344,7 @@ impl Functions {
         let (world, pre) = self.prepare(&component)?;
         let record = self
             .store
-            .deploy_function(name, &bytes, world, settings)
+            .deploy_function(name, &bytes, world, settings, expected_version)
             .await?;
         let function = self.build(record.clone(), pre);
         self.loaded
@@ -350,17 +355,19 @@ impl Functions {
         Ok(record)
     }
 
-    /// Replaces the settings of function `name`.
+    /// Replaces the settings of function `name` (if still at
+    /// `expected_version`, when given).
     pub async fn update_settings(
         &self,
         name: &str,
         settings: FunctionSettings,
+        expected_version: Option<u64>,
     ) -> Result<FunctionRecord, DeployError> {
         self.runtime.limits().validate(&settings)?;
         self.check_budget(&settings)?;
         let record = self
             .store
-            .update_function_settings(name, settings)
+            .update_function_settings(name, settings, expected_version)
             .await?
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         // The next call reloads with the new settings (from the artifact).

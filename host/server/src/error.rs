@@ -143,6 +143,9 @@ impl From<StoreError> for ApiError {
             )
             .with_retry_after(1);
         }
+        if let StoreError::Changed(_) = error {
+            return ApiError::new(StatusCode::CONFLICT, "function_changed", error.to_string());
+        }
         ApiError::internal(error)
     }
 }

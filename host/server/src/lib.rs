@@ -298,18 +298,29 @@ async fn deploy_examples(functions: &Functions, dir: &std::path::Path) -> anyhow
             .replace('_', "-");
         let bytes = std::fs::read(&path)?;
         let digest = sluice_store::digest_of(&bytes);
-        if functions
-            .store()
-            .function(&name)?
+        let current = functions.store().function(&name)?;
+        if current
+            .as_ref()
             .is_some_and(|record| record.digest == digest)
         {
             continue;
         }
-        let settings = FunctionSettings {
-            visibility: sluice_store::Visibility::Public,
-            ..FunctionSettings::default()
+        // New code for an example already here keeps its settings (an
+        // operator may have changed them); a new example is public.
+        let (settings, expected) = match current {
+            Some(record) => (record.settings, record.version),
+            None => (
+                FunctionSettings {
+                    visibility: sluice_store::Visibility::Public,
+                    ..FunctionSettings::default()
+                },
+                0,
+            ),
         };
-        match functions.deploy(&name, bytes, settings).await {
+        match functions
+            .deploy(&name, bytes, settings, Some(expected))
+            .await
+        {
             Ok(record) => tracing::info!(function = %record.name, "example deployed"),
             Err(error) => tracing::warn!(function = %name, %error, "example not deployed"),
         }

@@ -33,7 +33,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "operations", description = "Health, readiness, metrics, this document, the dashboard.")
     ),
     components(schemas(
-        Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine,
+        Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine, DeployForm,
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
         Invocation, Status, Deleted, ServerStatus
@@ -241,6 +241,21 @@ pub struct Function {
     updated: String,
     /// Where to call it: `/fn/{name}/`.
     url: String,
+    /// Only in the answer to a redeploy: the settings kept from the previous
+    /// version because the request did not name them (those that differ
+    /// from the server defaults).
+    kept: Option<Vec<String>>,
+}
+
+/// A deploy as `multipart/form-data`.
+#[derive(ToSchema)]
+pub struct DeployForm {
+    /// The component.
+    #[schema(format = Binary, content_media_type = "application/wasm")]
+    component: Vec<u8>,
+    /// Settings (JSON). On a redeploy only the keys present change; `null`
+    /// resets one to the server default.
+    config: Option<FunctionSettings>,
 }
 
 /// Per-function settings; unset limits take the server's defaults.

@@ -1,6 +1,8 @@
 //! Function settings from the API's three spellings: query parameters on a
 //! deploy, a multipart `config` JSON part, and a `PATCH` JSON body.
 
+use std::collections::BTreeSet;
+
 use sluice_store::{FunctionSettings, Visibility};
 
 use crate::error::ApiError;
@@ -21,9 +23,29 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ApiError> {
 /// `max_concurrency`, `max_request_bytes`, `max_response_bytes`, repeated
 /// `env=KEY=VALUE`, repeated `allow_outbound=HOST`) onto `settings`.
 /// Unknown parameters are refused, so a typo is not silently ignored.
-pub fn apply_query(settings: &mut FunctionSettings, query: Option<&str>) -> Result<(), ApiError> {
-    let Some(query) = query else { return Ok(()) };
+/// Returns the settings it named, by their JSON names (`secret` is
+/// `secrets`, `kv_bucket` is `kv_buckets`).
+pub fn apply_query(
+    settings: &mut FunctionSettings,
+    query: Option<&str>,
+) -> Result<BTreeSet<&'static str>, ApiError> {
+    let mut named = BTreeSet::new();
+    let Some(query) = query else {
+        return Ok(named);
+    };
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let setting = match key.as_ref() {
+            "secret" => "secrets",
+            "kv_bucket" => "kv_buckets",
+            other => KNOWN
+                .iter()
+                .copied()
+                .find(|known| *known == other)
+                .unwrap_or(""),
+        };
+        if !setting.is_empty() {
+            named.insert(setting);
+        }
         match key.as_ref() {
             "visibility" => {
                 settings.visibility = match value.as_ref() {
@@ -63,38 +85,132 @@ pub fn apply_query(settings: &mut FunctionSettings, query: Option<&str>) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(named)
 }
 
-/// Parses a full settings object (the multipart `config` part).
-pub fn from_json(bytes: &[u8]) -> Result<FunctionSettings, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| bad(format!("invalid config JSON: {error}")))
+/// Every setting, by its JSON name.
+const KNOWN: [&str; 10] = [
+    "visibility",
+    "timeout_ms",
+    "memory_mb",
+    "max_concurrency",
+    "max_request_bytes",
+    "max_response_bytes",
+    "env",
+    "secrets",
+    "allow_outbound",
+    "kv_buckets",
+];
+
+/// The settings a deploy request sets: its multipart `config` part and its
+/// query parameters. Whatever it does not set is kept from the function's
+/// current version, so a plain re-upload of new code changes only the code.
+#[derive(Debug, Default)]
+pub struct Requested {
+    /// The `config` part: a JSON object of settings (`null` resets one).
+    pub config: Option<bytes::Bytes>,
+    /// The query string.
+    pub query: Option<String>,
+}
+
+impl Requested {
+    /// The settings of the new version over `current` (`None` for a new
+    /// function), and the settings kept from `current` that differ from the
+    /// server defaults, by JSON name.
+    pub fn over(
+        &self,
+        current: Option<&FunctionSettings>,
+    ) -> Result<(FunctionSettings, Vec<&'static str>), ApiError> {
+        let base = current.cloned().unwrap_or_default();
+        let mut named = BTreeSet::new();
+        let mut settings = match &self.config {
+            Some(config) => {
+                let (merged, keys) = merge(&base, config, "invalid config JSON")?;
+                named.extend(keys);
+                merged
+            }
+            None => base.clone(),
+        };
+        let mut given = FunctionSettings::default();
+        let from_query = apply_query(&mut given, self.query.as_deref())?;
+        if !from_query.is_empty() {
+            let given = to_map(&given);
+            let mut merged = to_map(&settings);
+            for key in &from_query {
+                match given.get(*key) {
+                    Some(value) => merged.insert((*key).to_string(), value.clone()),
+                    None => merged.remove(*key),
+                };
+            }
+            settings = from_map(merged)?;
+            named.extend(from_query);
+        }
+        let kept = match current {
+            None => Vec::new(),
+            Some(current) => {
+                let (current, defaults) = (to_map(current), to_map(&FunctionSettings::default()));
+                KNOWN
+                    .into_iter()
+                    .filter(|key| !named.contains(key) && current.get(*key) != defaults.get(*key))
+                    .collect()
+            }
+        };
+        Ok((settings, kept))
+    }
+}
+
+type Map = serde_json::Map<String, serde_json::Value>;
+
+fn to_map(settings: &FunctionSettings) -> Map {
+    match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => unreachable!("settings serialize to an object"),
+    }
+}
+
+fn from_map(map: Map) -> Result<FunctionSettings, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|error| bad(format!("invalid settings: {error}")))
 }
 
 /// Merges a `PATCH` body onto `current`: each key present replaces that
 /// setting; `null` resets it to the server default.
 pub fn merge_patch(current: &FunctionSettings, patch: &[u8]) -> Result<FunctionSettings, ApiError> {
-    let patch: serde_json::Value = serde_json::from_slice(patch)
-        .map_err(|error| bad(format!("invalid JSON body: {error}")))?;
+    merge(current, patch, "invalid JSON body").map(|(merged, _)| merged)
+}
+
+/// [`merge_patch`], also returning the keys the patch named.
+fn merge(
+    current: &FunctionSettings,
+    patch: &[u8],
+    what: &str,
+) -> Result<(FunctionSettings, Vec<&'static str>), ApiError> {
+    let patch: serde_json::Value =
+        serde_json::from_slice(patch).map_err(|error| bad(format!("{what}: {error}")))?;
     let serde_json::Value::Object(patch) = patch else {
-        return Err(bad(
-            "the PATCH body must be a JSON object of settings".into()
-        ));
+        return Err(bad(format!(
+            "{what}: settings must be a JSON object of settings"
+        )));
     };
-    let serde_json::Value::Object(mut merged) =
-        serde_json::to_value(current).expect("settings serialize")
-    else {
-        unreachable!("settings serialize to an object")
-    };
+    let mut merged = to_map(current);
+    let mut named = Vec::new();
     for (key, value) in patch {
+        match KNOWN.iter().find(|known| **known == key) {
+            Some(known) => named.push(*known),
+            None => {
+                return Err(bad(format!(
+                    "unknown setting `{key}`; known: {}",
+                    KNOWN.join(", ")
+                )));
+            }
+        }
         if value.is_null() {
             merged.remove(&key);
         } else {
             merged.insert(key, value);
         }
     }
-    let mut merged: FunctionSettings = serde_json::from_value(serde_json::Value::Object(merged))
-        .map_err(|error| bad(format!("invalid settings: {error}")))?;
+    let mut merged = from_map(merged)?;
     // A settings view sent back as a patch carries redacted secrets: keep
     // the stored values instead of storing the placeholder.
     for (name, value) in merged.secrets.iter_mut() {
@@ -104,7 +220,7 @@ pub fn merge_patch(current: &FunctionSettings, patch: &[u8]) -> Result<FunctionS
             value.clone_from(stored);
         }
     }
-    Ok(merged)
+    Ok((merged, named))
 }
 
 #[cfg(test)]
@@ -125,6 +241,46 @@ mod tests {
         assert_eq!(settings.env["A"], "1");
         assert_eq!(settings.env["B"], "x=y");
         assert_eq!(settings.allow_outbound, vec!["api.example.com"]);
+    }
+
+    #[test]
+    fn a_request_over_current_settings_keeps_what_it_does_not_name() {
+        let current = FunctionSettings {
+            visibility: Visibility::Public,
+            timeout_ms: Some(5),
+            env: [("A".to_string(), "1".to_string())].into(),
+            kv_buckets: vec!["shared".into()],
+            ..FunctionSettings::default()
+        };
+        let requested = |config: Option<&'static str>, query: Option<&str>| Requested {
+            config: config.map(|c| bytes::Bytes::from_static(c.as_bytes())),
+            query: query.map(str::to_string),
+        };
+        let (same, kept) = requested(None, None).over(Some(&current)).unwrap();
+        assert_eq!(same, current);
+        assert_eq!(kept, ["visibility", "timeout_ms", "env", "kv_buckets"]);
+
+        let (changed, kept) = requested(Some(r#"{"timeout_ms": null}"#), Some("env=B=2"))
+            .over(Some(&current))
+            .unwrap();
+        assert_eq!(changed.timeout_ms, None);
+        assert_eq!(changed.env, [("B".to_string(), "2".to_string())].into());
+        assert_eq!(changed.visibility, Visibility::Public);
+        assert_eq!(kept, ["visibility", "kv_buckets"]);
+
+        let (fresh, kept) = requested(Some(r#"{"memory_mb": 8}"#), Some("visibility=public"))
+            .over(None)
+            .unwrap();
+        assert_eq!(fresh.memory_mb, Some(8));
+        assert_eq!(fresh.visibility, Visibility::Public);
+        assert!(kept.is_empty(), "a new function keeps nothing");
+
+        for bad in [r#"{"timeout": 5}"#, "[1]", r#"{"timeout_ms": "x"}"#] {
+            assert!(
+                requested(Some(bad), None).over(Some(&current)).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

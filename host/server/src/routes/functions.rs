@@ -7,8 +7,8 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, Sta
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::json;
-use sluice_runtime::functions::Function;
-use sluice_store::{FunctionRecord, FunctionSettings};
+use sluice_runtime::functions::{DeployError, Function};
+use sluice_store::{FunctionRecord, StoreError};
 
 use crate::body::{is_multipart, read_body};
 use crate::error::ApiError;
@@ -54,17 +54,20 @@ pub(crate) fn view(record: &FunctionRecord) -> serde_json::Value {
 
 /// Deploys (or replaces) function `name`. The body is the component
 /// (`application/wasm`), or multipart with a `component` part and a
-/// `settings` JSON part; settings may also come as query parameters.
+/// `config` JSON part; settings may also come as query parameters. A
+/// replacement keeps every setting the request does not name (a `config`
+/// key set to `null` resets one) and lists them in `kept`.
 #[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
     params(("name" = String, Path, description = "Function name"),
         crate::openapi::SettingsQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    request_body(description = "The component, or a form with the component and its settings",
+        content((Vec<u8> = "application/wasm"), (crate::openapi::DeployForm = "multipart/form-data"))),
     responses(
-        (status = 200, description = "Replaced", body = crate::openapi::Function),
+        (status = 200, description = "Replaced (settings the request does not name are kept, listed in `kept`)", body = crate::openapi::Function),
         (status = 201, description = "Deployed", body = crate::openapi::Function),
         (status = 400, description = "Invalid name, settings or component (a core module, another world, imports Sluice does not provide)", body = crate::openapi::Error),
         crate::openapi::AuthErrors,
-        (status = 409, description = "The server holds its limit of functions", body = crate::openapi::Error),
+        (status = 409, description = "The server holds its limit of functions, or the function kept changing while the request ran", body = crate::openapi::Error),
         (status = 413, description = "Past `--max-component-bytes`", body = crate::openapi::Error)))]
 async fn put_function(
     State(state): State<AppState>,
@@ -73,7 +76,7 @@ async fn put_function(
 ) -> Result<Response, ApiError> {
     let limit = state.functions.runtime().limits().max_component_bytes;
     let query = request.uri().query().map(str::to_string);
-    let (bytes, mut settings) = if is_multipart(request.headers()) {
+    let (bytes, config) = if is_multipart(request.headers()) {
         let mut multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|error| ApiError::bad_request("bad_multipart", error.body_text()))?;
@@ -95,7 +98,7 @@ async fn put_function(
             })?;
             match part.as_str() {
                 "component" => component = Some(data),
-                "config" => config = Some(settings::from_json(&data)?),
+                "config" => config = Some(data),
                 other => {
                     return Err(ApiError::bad_request(
                         "bad_multipart",
@@ -112,27 +115,43 @@ async fn put_function(
                 "the multipart body has no `component` part",
             )
         })?;
-        (component, config.unwrap_or_default())
+        (component, config)
     } else {
         let (parts, body) = request.into_parts();
-        (
-            read_body(&parts.headers, body, limit).await?,
-            FunctionSettings::default(),
-        )
+        (read_body(&parts.headers, body, limit).await?, None)
     };
     // Checked after the body is read, so the connection stays reusable.
     sluice_runtime::functions::validate_name(&name)?;
-    settings::apply_query(&mut settings, query.as_deref())?;
-    let record = state
-        .functions
-        .deploy(&name, bytes.to_vec(), settings)
-        .await?;
+    let requested = settings::Requested { config, query };
+    // Settings the request does not name are kept from the current version;
+    // the write is conditional on that version, so a concurrent change is
+    // never overwritten with stale settings (the read is repeated instead).
+    let mut attempts = 0;
+    let (record, kept) = loop {
+        let current = state.functions.store().function(&name)?;
+        let (settings, kept) = requested.over(current.as_ref().map(|r| &r.settings))?;
+        let expected = current.map_or(0, |record| record.version);
+        match state
+            .functions
+            .deploy(&name, bytes.to_vec(), settings, Some(expected))
+            .await
+        {
+            Err(DeployError::Store(StoreError::Changed(_))) if attempts < MAX_ATTEMPTS => {
+                attempts += 1;
+            }
+            result => break (result?, kept),
+        }
+    };
     let status = if record.version == 1 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(view(&record))).into_response())
+    let mut body = view(&record);
+    if record.version > 1 {
+        body["kept"] = json!(kept);
+    }
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// Function `name` (secrets redacted).
@@ -173,29 +192,46 @@ async fn list_functions(State(state): State<AppState>) -> Result<Response, ApiEr
         (status = 200, description = "Changed", body = crate::openapi::Function),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
         crate::openapi::AuthErrors,
-        (status = 404, description = "No such function", body = crate::openapi::Error)))]
+        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 409, description = "The function kept changing while the request ran", body = crate::openapi::Error)))]
 async fn patch_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let record = state
-        .functions
-        .store()
-        .function(&name)?
-        .ok_or_else(|| ApiError::function_not_found(&name))?;
     let query = request.uri().query().map(str::to_string);
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, 1 << 20).await?;
-    let mut settings = if body.is_empty() {
-        record.settings.clone()
-    } else {
-        settings::merge_patch(&record.settings, &body)?
+    let mut attempts = 0;
+    let record = loop {
+        let record = state
+            .functions
+            .store()
+            .function(&name)?
+            .ok_or_else(|| ApiError::function_not_found(&name))?;
+        let mut settings = if body.is_empty() {
+            record.settings.clone()
+        } else {
+            settings::merge_patch(&record.settings, &body)?
+        };
+        settings::apply_query(&mut settings, query.as_deref())?;
+        match state
+            .functions
+            .update_settings(&name, settings, Some(record.version))
+            .await
+        {
+            Err(DeployError::Store(StoreError::Changed(_))) if attempts < MAX_ATTEMPTS => {
+                attempts += 1;
+            }
+            result => break result?,
+        }
     };
-    settings::apply_query(&mut settings, query.as_deref())?;
-    let record = state.functions.update_settings(&name, settings).await?;
     Ok(axum::Json(view(&record)).into_response())
 }
+
+/// How often a settings change re-reads a function that another request
+/// changed meanwhile before answering 409.
+const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(serde::Deserialize)]
 struct LogQuery {
