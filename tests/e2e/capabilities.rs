@@ -55,21 +55,24 @@ async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit
     let (status, first) = post(
         &server,
         "/fn/transaction-processor/",
-        json!({"account": "acc-1", "amount": 100}),
+        json!({"account": "acc-1", "amount": 100.50}),
     )
     .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["status"], "completed");
-    assert_eq!(first["new_balance"], 100);
+    assert_eq!(
+        first["new_balance"], 100.5,
+        "the seed guide's decimal amount"
+    );
     let (status, second) = post(
         &server,
         "/fn/transaction-processor/",
-        json!({"account": "acc-1", "amount": -30}),
+        json!({"account": "acc-1", "amount": -30.25}),
     )
     .await;
     assert_eq!(status, 200, "{second}");
     assert_eq!(
-        second["new_balance"], 70,
+        second["new_balance"], 70.25,
         "the balance outlived the fresh instance of each request"
     );
     for field in [
@@ -89,11 +92,18 @@ async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit
     let entries = entries.as_array().unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert_eq!(entries[0]["transaction_id"], first["transaction_id"]);
-    assert_eq!(entries[1]["new_balance"], 70);
+    assert_eq!(entries[1]["new_balance"], 70.25);
+    let (status, refused) = post(
+        &server,
+        "/fn/transaction-processor/",
+        json!({"account": "acc-1", "amount": 0.001}),
+    )
+    .await;
+    assert_eq!(status, 400, "money has two decimals at most: {refused}");
 
     for (function, needle) in [
         ("transaction-processor", "transaction-processor: txn-000002"),
-        ("balance-manager", "balance-manager: acc-1 -30 -> 70"),
+        ("balance-manager", "balance-manager: acc-1 -30.25 -> 70.25"),
         ("audit-logger", "audit-logger: logged entry 2"),
     ] {
         let lines = logs(&server, function).await;
@@ -107,7 +117,7 @@ async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit
     let (_, balance) = server.get("/fn/balance-manager/balance/acc-1").await;
     assert_eq!(
         serde_json::from_str::<Value>(&balance).unwrap()["balance"],
-        70,
+        70.25,
         "balances survive a restart"
     );
 }
@@ -375,6 +385,19 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
     let lines = logs(&server, "echo").await;
     assert_eq!(lines.len(), 5, "the ring keeps the newest lines: {lines:?}");
     assert_eq!(lines.last().unwrap(), "call 9");
+    server
+        .http()
+        .post(server.url("/fn/echo/"))
+        .body("no newline at the end")
+        .send()
+        .await
+        .unwrap();
+    let lines = logs(&server, "echo").await;
+    assert_eq!(
+        lines.last().unwrap(),
+        "no newline at the end",
+        "a last line without a newline is kept: {lines:?}"
+    );
     let (status, _) = server.get("/v1/functions/nope/logs").await;
     assert_eq!(status, 404);
 

@@ -15,14 +15,21 @@ struct BalanceManager;
 #[derive(Deserialize)]
 struct Update {
     account: String,
-    amount: i64,
+    /// Any JSON number with at most two decimals (money, kept exact as cents).
+    amount: serde_json::Number,
     transaction_id: String,
     timestamp: Option<String>,
 }
 
+/// `cents` as a JSON number (`100`, `100.5`).
+fn money(cents: i64) -> serde_json::Value {
+    serde_json::from_str(&common::format_money(cents, false)).unwrap_or_default()
+}
+
+/// The balance of `account`, in cents.
 fn balance(bucket: &kv::Bucket, account: &str) -> Result<i64, String> {
     match bucket
-        .get(&format!("balance:{account}"))
+        .get(&format!("balance-cents:{account}"))
         .map_err(|e| format!("{e:?}"))?
     {
         Some(raw) => String::from_utf8_lossy(&raw)
@@ -39,25 +46,29 @@ fn handle(request: &IncomingRequest) -> Result<(u16, String), String> {
         (Method::Post, "/update") => {
             let update: Update = serde_json::from_slice(&common::read_body(request))
                 .map_err(|e| format!("invalid update: {e}"))?;
+            let cents = common::parse_cents(&update.amount.to_string())?;
             let new_balance = balance(&bucket, &update.account)?
-                .checked_add(update.amount)
+                .checked_add(cents)
                 .ok_or("balance overflow")?;
             bucket
                 .set(
-                    &format!("balance:{}", update.account),
+                    &format!("balance-cents:{}", update.account),
                     new_balance.to_string().as_bytes(),
                 )
                 .map_err(|e| format!("{e:?}"))?;
             println!(
-                "balance-manager: {} {:+} -> {new_balance} ({})",
-                update.account, update.amount, update.transaction_id
+                "balance-manager: {} {} -> {} ({})",
+                update.account,
+                common::format_money(cents, true),
+                common::format_money(new_balance, false),
+                update.transaction_id
             );
             let timestamp = update.timestamp.unwrap_or_else(common::now_rfc3339);
             let entry = serde_json::json!({
                 "transaction_id": update.transaction_id,
                 "account": update.account,
-                "amount": update.amount,
-                "new_balance": new_balance,
+                "amount": money(cents),
+                "new_balance": money(new_balance),
                 "timestamp": timestamp,
             });
             let (status, body) = common::fetch(
@@ -77,7 +88,7 @@ fn handle(request: &IncomingRequest) -> Result<(u16, String), String> {
                 serde_json::json!({
                     "status": "updated",
                     "account": update.account,
-                    "new_balance": new_balance,
+                    "new_balance": money(new_balance),
                     "transaction_id": update.transaction_id,
                     "timestamp": timestamp,
                 })
@@ -88,7 +99,7 @@ fn handle(request: &IncomingRequest) -> Result<(u16, String), String> {
             let account = &path["/balance/".len()..];
             Ok((
                 200,
-                serde_json::json!({"account": account, "balance": balance(&bucket, account)?})
+                serde_json::json!({"account": account, "balance": money(balance(&bucket, account)?)})
                     .to_string(),
             ))
         }

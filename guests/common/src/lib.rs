@@ -156,3 +156,51 @@ pub fn respond_json(out: ResponseOutparam, status: u16, body: &str) {
         body.as_bytes(),
     );
 }
+
+/// An amount of money, exactly, in cents: from the decimal text of a JSON
+/// number (`100`, `100.5`, `100.50`, `-0.25`; at most two decimals). A
+/// JSON number read as `f64` prints back as its shortest decimal text, so
+/// amounts of up to 15 significant digits arrive here as they were sent.
+pub fn parse_cents(text: &str) -> Result<i64, String> {
+    let invalid = || format!("amount {text} is not a decimal with at most two decimals");
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let fraction = fraction.trim_end_matches('0');
+    if whole.is_empty()
+        || fraction.len() > 2
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let whole: i64 = whole.parse().map_err(|_| invalid())?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().map_err(|_| invalid())?;
+    let cents = whole
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(fraction))
+        .ok_or_else(invalid)?;
+    Ok(if negative { -cents } else { cents })
+}
+
+/// `cents` as decimal text: `100`, `100.50`, `-0.25` (with `signed`, a `+`
+/// before a positive amount).
+pub fn format_money(cents: i64, signed: bool) -> String {
+    let sign = if cents < 0 {
+        "-"
+    } else if signed {
+        "+"
+    } else {
+        ""
+    };
+    let (whole, fraction) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
+    if fraction == 0 {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction:02}")
+    }
+}

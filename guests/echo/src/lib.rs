@@ -36,7 +36,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         }
         let body = common::read_body(&request);
         // The body also goes to stdout, so the function's log shows it.
+        // Rust's stdout is line-buffered inside the guest: without the flush
+        // a last line with no newline would stay in the instance's memory
+        // and vanish with it when the call ends.
         print!("{}", String::from_utf8_lossy(&body));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         head.push('\n');
         let mut response = head.into_bytes();
         response.extend_from_slice(&body);

@@ -11,14 +11,22 @@ const BALANCE_MANAGER: &str = "http://balance-manager.default.svc.cluster.local/
 
 struct TransactionProcessor;
 
+/// `cents` as a JSON number (`100`, `100.5`).
+fn money(cents: i64) -> serde_json::Value {
+    serde_json::from_str(&common::format_money(cents, false)).unwrap_or_default()
+}
+
 #[derive(Deserialize)]
 struct Transaction {
     account: String,
-    amount: i64,
+    /// Any JSON number with at most two decimals (money, kept exact as cents).
+    amount: serde_json::Number,
 }
 
 fn handle(request: &IncomingRequest) -> Result<String, (u16, String)> {
     let tx: Transaction = serde_json::from_slice(&common::read_body(request))
+        .map_err(|e| (400, format!("invalid transaction: {e}")))?;
+    let cents = common::parse_cents(&tx.amount.to_string())
         .map_err(|e| (400, format!("invalid transaction: {e}")))?;
     let bucket = kv::open("").map_err(|e| (500, format!("{e:?}")))?;
     let seq =
@@ -26,12 +34,13 @@ fn handle(request: &IncomingRequest) -> Result<String, (u16, String)> {
     let transaction_id = format!("txn-{seq:06}");
     let timestamp = common::now_rfc3339();
     println!(
-        "transaction-processor: {transaction_id}: {} {:+}",
-        tx.account, tx.amount
+        "transaction-processor: {transaction_id}: {} {}",
+        tx.account,
+        common::format_money(cents, true)
     );
     let update = serde_json::json!({
         "account": tx.account,
-        "amount": tx.amount,
+        "amount": money(cents),
         "transaction_id": transaction_id,
         "timestamp": timestamp,
     });
@@ -57,7 +66,7 @@ fn handle(request: &IncomingRequest) -> Result<String, (u16, String)> {
         "status": "completed",
         "transaction_id": transaction_id,
         "account": tx.account,
-        "amount": tx.amount,
+        "amount": money(cents),
         "new_balance": answer["new_balance"],
         "timestamp": timestamp,
     })

@@ -2,6 +2,11 @@
 //!
 //! Past the cap, writes still succeed (so a chatty guest is not killed for
 //! it) but their bytes are dropped and counted; the log notes the cut.
+//!
+//! The WASIp2 stream writes straight into the buffer, without wasmtime's
+//! default adapter (a worker task behind a channel): with it, the last
+//! writes of a call could still be on their way when the call's output is
+//! taken, and a guest's last line went missing from its log.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -10,6 +15,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 #[derive(Debug, Default)]
 struct Buffer {
@@ -39,6 +45,37 @@ impl CappedOutput {
         let kept = std::mem::take(&mut buffer.kept).to_vec();
         (kept, std::mem::take(&mut buffer.dropped))
     }
+
+    fn keep(&self, bytes: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap();
+        let room = self.capacity.saturating_sub(buffer.kept.len());
+        let keep = bytes.len().min(room);
+        buffer.kept.extend_from_slice(&bytes[..keep]);
+        buffer.dropped += (bytes.len() - keep) as u64;
+    }
+}
+
+/// Most bytes one `check-write` permits (a guest writes in pieces of this).
+const WRITE_PERMIT: usize = 64 * 1024;
+
+impl OutputStream for CappedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.keep(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedOutput {
+    async fn ready(&mut self) {}
 }
 
 impl AsyncWrite for CappedOutput {
@@ -47,11 +84,7 @@ impl AsyncWrite for CappedOutput {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut buffer = self.buffer.lock().unwrap();
-        let room = self.capacity.saturating_sub(buffer.kept.len());
-        let keep = buf.len().min(room);
-        buffer.kept.extend_from_slice(&buf[..keep]);
-        buffer.dropped += (buf.len() - keep) as u64;
+        self.keep(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -72,6 +105,10 @@ impl IsTerminal for CappedOutput {
 
 impl StdoutStream for CappedOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(self.clone())
     }
 }
@@ -129,5 +166,22 @@ mod tests {
                 "[sluice: 19 more bytes of output were dropped at the per-call cap]"
             ]
         );
+        assert_eq!(
+            super::lines(b"one\ntwo", 0, 80),
+            ["one", "two"],
+            "no newline at the end"
+        );
+    }
+
+    #[test]
+    fn the_wasip2_stream_writes_at_once() {
+        let out = CappedOutput::new(8);
+        let mut stream = StdoutStream::p2_stream(&out);
+        assert!(stream.check_write().unwrap() > 0);
+        stream
+            .write(bytes::Bytes::from_static(b"last line"))
+            .unwrap();
+        // No worker task in between: the bytes are there before any await.
+        assert_eq!(out.take(), (b"last lin".to_vec(), 1));
     }
 }
