@@ -469,6 +469,130 @@ async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run() {
 }
 
 #[tokio::test]
+async fn async_invocations_are_listed_and_cancelled_queued_or_running() {
+    let server = Server::start_with(&["--async-workers", "1"]);
+    // Computes without yielding for up to a minute: only the epoch tick
+    // can stop it.
+    server
+        .deploy_ok("spin", guests::SPIN, "env=SPIN_MS=60000&timeout_ms=120000")
+        .await;
+    server.deploy_ok("echo", guests::ECHO, "").await;
+    let submit = async |function: &str| -> String {
+        let response = server
+            .http()
+            .post(server.url(&format!("/v1/functions/{function}/invoke?async=true")))
+            .body("from the queue")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        answer["id"].as_str().unwrap().to_string()
+    };
+    let status = async |id: &str| -> Value {
+        let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+        serde_json::from_str::<Value>(&body).unwrap()["status"].clone()
+    };
+    let running = submit("spin").await;
+    eventually(Duration::from_secs(10), || async {
+        (status(&running).await == "running").then_some(())
+    })
+    .await;
+    // The one worker is busy: this one waits in the queue.
+    let queued = submit("echo").await;
+    assert_eq!(status(&queued).await, "queued");
+
+    let (code, list) = server.get("/v1/invocations").await;
+    assert_eq!(code, 200, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let ids: Vec<&str> = list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(ids.contains(&running.as_str()) && ids.contains(&queued.as_str()));
+    let (_, only) = server.get("/v1/invocations?function=echo").await;
+    let only: Value = serde_json::from_str(&only).unwrap();
+    assert_eq!(only["invocations"][0]["id"], queued.as_str());
+    assert_eq!(only["invocations"].as_array().unwrap().len(), 1);
+
+    // The queued one: cancelled at once, and it never runs.
+    let response = server
+        .http()
+        .delete(server.url(&format!("/v1/invocations/{queued}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], "cancelled");
+    assert!(answer["response"].is_null());
+
+    // The running one: interrupted mid-loop, long before its minute.
+    let started = std::time::Instant::now();
+    let response = server
+        .http()
+        .delete(server.url(&format!("/v1/invocations/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], "cancelled", "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // The worker is free again, and skipped the cancelled echo: a new call
+    // runs, and echo ran once only (its log holds one request).
+    let after = submit("echo").await;
+    eventually(Duration::from_secs(10), || async {
+        (status(&after).await == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(status(&queued).await, "cancelled");
+    let (_, logs) = server.get("/v1/functions/echo/logs").await;
+    let logs: Value = serde_json::from_str(&logs).unwrap();
+    assert_eq!(logs["logs"].as_array().unwrap().len(), 1, "{logs}");
+
+    // Finished ones are not cancelled again; unknown ones are 404.
+    let response = server
+        .http()
+        .delete(server.url(&format!("/v1/invocations/{after}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let response = server
+        .http()
+        .delete(server.url("/v1/invocations/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get(&(
+            "sluice_function_invocations_total".to_string(),
+            "function=spin,outcome=cancelled".to_string()
+        )),
+        Some(&1.0),
+        "the interrupted call is counted as cancelled"
+    );
+
+    // The restart keeps them cancelled.
+    let mut server = server;
+    server.restart();
+    for id in [&queued, &running] {
+        let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["status"],
+            "cancelled"
+        );
+    }
+}
+
+#[tokio::test]
 async fn async_invocations_past_the_byte_bound_are_503_naming_it() {
     let server = Server::start_with(&[
         "--max-async-invocation-bytes",

@@ -111,6 +111,29 @@ async fn deploy_list_invoke_delete_round_trip() {
         "an update naming nothing is refused"
     );
 
+    let none = stdout(&sluice(&server, &["invocation", "list"]));
+    assert!(none.contains("no asynchronous invocations"), "{none}");
+    let queued = stdout(&sluice(&server, &["fn", "invoke", "hello", "--async"]));
+    let id = queued
+        .split_whitespace()
+        .find(|w| w.len() == 32)
+        .unwrap_or_default()
+        .to_string();
+    assert!(!id.is_empty(), "{queued}");
+    let listed = stdout(&sluice(
+        &server,
+        &["invocation", "list", "--function", "hello"],
+    ));
+    assert!(listed.contains(&id), "{listed}");
+    let finished = stdout(&sluice(&server, &["invocation", "get", &id, "--wait"]));
+    assert!(finished.contains("succeeded"), "{finished}");
+    let late = sluice(&server, &["invocation", "cancel", &id]);
+    assert!(
+        !late.status.success(),
+        "a finished invocation is not cancelled"
+    );
+    assert!(String::from_utf8_lossy(&late.stderr).contains("finished already"));
+
     let deleted = stdout(&sluice(&server, &["fn", "delete", "hello"]));
     assert!(deleted.contains("deleted hello"));
     let list = stdout(&sluice(&server, &["fn", "list"]));

@@ -449,4 +449,24 @@ pub enum InvocationCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List asynchronous invocations (your token's; an admin token: all),
+    /// newest first.
+    List {
+        /// Only this function's.
+        #[arg(long)]
+        function: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel an asynchronous invocation: a queued one never runs, a
+    /// running one is interrupted.
+    Cancel {
+        /// Invocation id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }

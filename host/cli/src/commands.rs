@@ -608,7 +608,10 @@ pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Resul
             let spinner = wait.then(|| spinner(&format!("waiting for invocation {id}")));
             let record = loop {
                 let record = client.get(&path).await?;
-                let done = matches!(record["status"].as_str(), Some("succeeded" | "failed"));
+                let done = matches!(
+                    record["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                );
                 if done || !wait {
                     break record;
                 }
@@ -630,6 +633,52 @@ pub async fn run_invocation_command(command: InvocationCommand) -> anyhow::Resul
                         print!("{body}");
                     }
                 }
+            })
+        }
+        InvocationCommand::List {
+            function,
+            limit,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(function) = function {
+                query.push(("function", function));
+            }
+            let request = client.http.get(client.url("/v1/invocations")).query(&query);
+            let list: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&list, |list| {
+                let items = list["invocations"].as_array().cloned().unwrap_or_default();
+                if items.is_empty() {
+                    println!("no asynchronous invocations (`sluice fn invoke NAME --async`)");
+                    return;
+                }
+                println!(
+                    "{:<32} {:<24} {:<10} {:<6} CREATED",
+                    "ID", "FUNCTION", "STATUS", "CODE"
+                );
+                for i in items {
+                    println!(
+                        "{:<32} {:<24} {:<10} {:<6} {}",
+                        plain(&i["id"]),
+                        plain(&i["function"]),
+                        plain(&i["status"]),
+                        i["response_status"]
+                            .as_u64()
+                            .map_or_else(|| "-".to_string(), |code| code.to_string()),
+                        plain(&i["created"])
+                    );
+                }
+            })
+        }
+        InvocationCommand::Cancel { id, client } => {
+            let client = Client::new(&client);
+            let request = client
+                .http
+                .delete(client.url(&format!("/v1/invocations/{id}")));
+            let record: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&record, |r| {
+                println!("{} {}", plain(&r["id"]), plain(&r["status"]));
             })
         }
     }

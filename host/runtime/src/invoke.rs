@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -86,6 +87,12 @@ pub enum InvokeError {
         /// Its timeout.
         timeout_ms: u64,
     },
+    /// The call was cancelled (an asynchronous invocation's `DELETE`).
+    #[error("the call to function {name:?} was cancelled")]
+    Cancelled {
+        /// The function.
+        name: String,
+    },
     /// The guest tried to grow memory past its cap.
     #[error("function {name:?} exceeded its memory limit of {limit_mb} MiB")]
     MemoryLimit {
@@ -142,6 +149,7 @@ impl InvokeError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Cancelled { .. } => StatusCode::CONFLICT,
             InvokeError::MemoryLimit { .. }
             | InvokeError::MemoryOverBudget { .. }
             | InvokeError::Trap { .. }
@@ -163,6 +171,7 @@ impl InvokeError {
             InvokeError::MemoryBudget { .. } => "memory_budget",
             InvokeError::MemoryOverBudget { .. } => "memory_over_budget",
             InvokeError::Timeout { .. } => "timeout",
+            InvokeError::Cancelled { .. } => "cancelled",
             InvokeError::MemoryLimit { .. } => "memory_limit",
             InvokeError::Trap { .. } => "trap",
             InvokeError::Failed { .. } => "failed",
@@ -181,12 +190,13 @@ impl InvokeError {
                 | InvokeError::WrongWorld { .. }
                 | InvokeError::RequestTooLarge { .. }
                 | InvokeError::MemoryOverBudget { .. }
+                | InvokeError::Cancelled { .. }
         )
     }
 }
 
 /// Every outcome label of `sluice_function_invocations_total`.
-pub const OUTCOMES: [&str; 15] = [
+pub const OUTCOMES: [&str; 16] = [
     "ok",
     "guest_error",
     "not_found",
@@ -196,6 +206,7 @@ pub const OUTCOMES: [&str; 15] = [
     "memory_budget",
     "memory_over_budget",
     "timeout",
+    "cancelled",
     "memory_limit",
     "trap",
     "failed",
@@ -230,6 +241,17 @@ pub struct CallOptions {
     /// `--queue-timeout-ms` (a delivery waits in the queue rather than
     /// failing an attempt).
     pub wait_for_memory: bool,
+    /// Cancelling it ends the call at the guest's next epoch tick (or
+    /// while it waits for a place), with [`InvokeError::Cancelled`].
+    pub cancel: Option<CancellationToken>,
+}
+
+/// Resolves when `cancel` is cancelled; never without one.
+async fn cancelled(cancel: Option<&CancellationToken>) {
+    match cancel {
+        Some(cancel) => cancel.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why an invocation whose task panicked failed.
@@ -239,6 +261,7 @@ const TASK_FAILED: &str = "the invocation task ended abnormally";
 enum TaskEnd<R> {
     Done(R),
     TimedOut,
+    Cancelled,
     Failed(wasmtime::Error),
 }
 
@@ -399,7 +422,14 @@ impl Functions {
         F: FnOnce(InvocationStore) -> Fut + Send + 'static,
         Fut: Future<Output = wasmtime::Result<R>> + Send + 'static,
     {
-        let permits = self.acquire(function, options.wait_for_memory).await?;
+        let permits = tokio::select! {
+            permits = self.acquire(function, options.wait_for_memory) => permits?,
+            () = cancelled(options.cancel.as_ref()) => {
+                return Err(InvokeError::Cancelled {
+                    name: function.record.name.clone(),
+                });
+            }
+        };
         let warnings = Arc::new(crate::guest_log::GuestWarnings::default());
         let extra_env: Vec<(String, String)> = options
             .attempt
@@ -435,6 +465,9 @@ impl Functions {
                     trace: None,
                     inline: false,
                     wait_for_memory: false,
+                    // A call made by a cancelled one ends with it (its
+                    // future is dropped when the caller's instance goes).
+                    cancel: None,
                 },
                 trace,
                 max_depth: self.runtime().limits().max_call_depth,
@@ -456,6 +489,7 @@ impl Functions {
             .clone()
             .unwrap_or_else(|| self.new_invocation_id());
         let functions = self.handle();
+        let cancel = options.cancel.clone();
         let running_usage = usage.clone();
         let span = tracing::info_span!("invocation", function = %name, id = %invocation_id, trace_id = %trace.trace_id_hex());
         let run = tracing::Instrument::instrument(
@@ -468,10 +502,15 @@ impl Functions {
                     body(invocation).await
                 };
                 let timed = crate::cpu::Migrating::new(guest, usage.clone(), cpu, long_calls);
-                let end = match tokio::time::timeout_at(deadline, timed).await {
-                    Ok(Ok(value)) => TaskEnd::Done(value),
-                    Ok(Err(error)) => TaskEnd::Failed(error),
-                    Err(_) => TaskEnd::TimedOut,
+                // A guest yields at every epoch tick: dropping its future
+                // there (timeout, cancel) ends it, wherever it runs.
+                let end = tokio::select! {
+                    end = tokio::time::timeout_at(deadline, timed) => match end {
+                        Ok(Ok(value)) => TaskEnd::Done(value),
+                        Ok(Err(error)) => TaskEnd::Failed(error),
+                        Err(_) => TaskEnd::TimedOut,
+                    },
+                    () = cancelled(cancel.as_ref()) => TaskEnd::Cancelled,
                 };
                 if let Some(functions) = functions.upgrade() {
                     functions.keep_output(&name, &invocation_id, &stdout, &stderr);
@@ -505,6 +544,7 @@ impl Functions {
                 };
             }
             Ok(TaskEnd::TimedOut) => return timeout(),
+            Ok(TaskEnd::Cancelled) => return InvokeError::Cancelled { name },
             Ok(TaskEnd::Failed(error)) => error,
             Err(reason) => return InvokeError::Internal(reason.to_string()),
         };

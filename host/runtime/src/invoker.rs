@@ -133,6 +133,7 @@ impl HostInvoker {
             trace: Some(trace),
             inline: true,
             wait_for_memory: true,
+            cancel: None,
         };
         match function.record.world {
             World::Event => match self

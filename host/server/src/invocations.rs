@@ -13,14 +13,16 @@
 //! once). Finished ones are kept for `--invocation-retention-secs`, then
 //! removed, from an index by finishing time (no record is read again for
 //! it). Status: `queued`, `running`, `succeeded` (the function answered
-//! below 400), `failed` (it answered 400 or more, or could not run).
+//! below 400), `failed` (it answered 400 or more, or could not run),
+//! `cancelled` (`DELETE`: a queued one never runs; a running one ends at
+//! the guest's next epoch tick).
 //!
 //! Ids are 128 random bits. An invocation is readable by admin tokens and
 //! by the token that made it; one made without a token (of a public
 //! function) by whoever holds its id. The stored request never holds a
 //! Sluice token: the auth middleware removed it before (see `auth.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +41,7 @@ use crate::body::read_body;
 use crate::error::ApiError;
 use crate::routes::invoke::run_invoke;
 use crate::state::AppState;
+use tokio_util::sync::CancellationToken;
 
 /// How often a call refused as busy is tried again, at most.
 const BUSY_RETRIES: u32 = 120;
@@ -50,6 +53,13 @@ pub(crate) enum Status {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub(crate) fn is_finished(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +114,16 @@ pub struct Invocations {
     max_bytes: u64,
     /// Finished invocations by the time they finished (unix ms).
     finished: std::sync::Mutex<BTreeMap<u64, Vec<String>>>,
+    /// What a `DELETE` acts on, under one lock with what the workers do.
+    control: std::sync::Mutex<Control>,
+}
+
+/// The running invocations (to interrupt) and the queued ones a `DELETE`
+/// took out of the queue (for their worker to skip).
+#[derive(Default)]
+struct Control {
+    running: HashMap<String, CancellationToken>,
+    cancelled: HashSet<String>,
 }
 
 impl Invocations {
@@ -119,6 +139,7 @@ impl Invocations {
             bytes: AtomicU64::new(0),
             max_bytes,
             finished: Default::default(),
+            control: Default::default(),
         })
     }
 
@@ -302,6 +323,107 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         .into_response())
 }
 
+/// Cancels invocation `id` (read by the caller already): a queued one is
+/// stored as cancelled and never runs; a running one is interrupted, and
+/// this waits (a few seconds at most) for its worker to store the end.
+/// Returns the record as it then is; a finished one is left as it was.
+pub(crate) async fn cancel(state: &AppState, id: &str) -> Result<Option<Record>, ApiError> {
+    let store = state.functions.store();
+    let read = |id: &str| -> Result<Option<Record>, ApiError> {
+        match store.invocation(id)? {
+            Some(raw) => Ok(Some(
+                serde_json::from_slice(&raw).map_err(ApiError::internal)?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let running = {
+        let mut control = state.invocations.control.lock().unwrap();
+        let Some(mut record) = read(id)? else {
+            return Ok(None);
+        };
+        if record.status.is_finished() {
+            return Ok(Some(record));
+        }
+        match control.running.get(id) {
+            Some(token) => {
+                token.cancel();
+                None
+            }
+            None => {
+                // Not started: its worker will skip it.
+                control.cancelled.insert(id.to_string());
+                record.status = Status::Cancelled;
+                Some(record)
+            }
+        }
+    };
+    if let Some(mut record) = running {
+        record.finished = Some(sluice_store::now_rfc3339());
+        let at = unix_ms();
+        record.finished_ms = Some(at);
+        save(state, &record).await?;
+        let invocations = &state.invocations;
+        invocations
+            .finished
+            .lock()
+            .unwrap()
+            .entry(at)
+            .or_default()
+            .push(record.id.clone());
+        tracing::info!(id = %record.id, function = %record.function, "queued invocation cancelled");
+        return Ok(Some(record));
+    }
+    let give_up = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let record = read(id)?;
+        let done = record.as_ref().is_none_or(|r| r.status.is_finished());
+        if done || tokio::time::Instant::now() >= give_up {
+            if let Some(record) = &record {
+                tracing::info!(id = %record.id, function = %record.function, status = ?record.status, "running invocation cancelled");
+            }
+            return Ok(record);
+        }
+    }
+}
+
+/// How long a `DELETE` waits for a running invocation to end.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// The invocations `caller` made (every one for an admin), newest first,
+/// at most `limit`, of `function` (any when `None`). One made without a
+/// token is listed to admins only: its id is its only protection.
+pub(crate) fn list(
+    state: &AppState,
+    caller: &Caller,
+    function: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Record>, ApiError> {
+    let mut records = Vec::new();
+    state.functions.store().each_invocation(|raw| {
+        if let Ok(record) = serde_json::from_slice::<Record>(raw)
+            && function.is_none_or(|f| f == record.function)
+            && (caller.is_admin()
+                || record.owner.is_some() && record.owner.as_deref() == caller.token_id())
+        {
+            records.push(record);
+        }
+    })?;
+    records.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+    records.truncate(limit);
+    Ok(records)
+}
+
+/// True when `caller` may read `record`: an admin, the token that made
+/// it, or anyone for one made without a token.
+pub(crate) fn readable(caller: &Caller, record: &Record) -> bool {
+    match &record.owner {
+        None => true,
+        Some(owner) => caller.is_admin() || caller.token_id() == Some(owner.as_str()),
+    }
+}
+
 fn rebuild(record: &Record) -> Result<Request, String> {
     let mut request = http::Request::builder()
         .method(record.method.as_str())
@@ -319,6 +441,23 @@ fn rebuild(record: &Record) -> Result<Request, String> {
 /// if the result was stored (otherwise it stays queued or running in the
 /// store, and runs again after a restart).
 async fn run(state: AppState, id: &str) -> Option<u64> {
+    let cancel = CancellationToken::new();
+    {
+        let mut control = state.invocations.control.lock().unwrap();
+        if control.cancelled.remove(id) {
+            // Its `DELETE` stores it as cancelled (and indexes it).
+            return None;
+        }
+        control.running.insert(id.to_string(), cancel.clone());
+    }
+    /// Takes the invocation off the running list however `run` ends.
+    struct Off<'a>(&'a Invocations, &'a str);
+    impl Drop for Off<'_> {
+        fn drop(&mut self) {
+            self.0.control.lock().unwrap().running.remove(self.1);
+        }
+    }
+    let _off = Off(&state.invocations, id);
     let mut record = match state.functions.store().invocation(id) {
         Ok(Some(raw)) => match serde_json::from_slice::<Record>(&raw) {
             Ok(record) => record,
@@ -334,6 +473,10 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
             return None;
         }
     };
+    if record.status.is_finished() {
+        // Cancelled before a restart, then queued again by an old copy.
+        return record.finished_ms;
+    }
     record.status = Status::Running;
     if let Err(error) = save(&state, &record).await {
         tracing::error!(id = %record.id, ?error, "could not mark an invocation running; it stays queued");
@@ -342,10 +485,13 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
     let mut tries = 0;
     let response = loop {
         let response = match rebuild(&record) {
-            Ok(request) => match run_invoke(&state, &record.function, request).await {
-                Ok(response) => response,
-                Err(error) => error.into_response(),
-            },
+            Ok(mut request) => {
+                request.extensions_mut().insert(cancel.clone());
+                match run_invoke(&state, &record.function, request).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                }
+            }
             Err(reason) => ApiError::internal(reason).into_response(),
         };
         let busy = matches!(
@@ -353,10 +499,13 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) && response.headers().contains_key(http::header::RETRY_AFTER);
         tries += 1;
-        if !busy || tries >= BUSY_RETRIES {
+        if !busy || tries >= BUSY_RETRIES || cancel.is_cancelled() {
             break response;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = cancel.cancelled() => {}
+        }
     };
     let (parts, body) = response.into_parts();
     let body = body
@@ -364,12 +513,15 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    record.status = if parts.status.as_u16() < 400 {
+    // A call that finished before the cancel reached it keeps its result.
+    record.status = if cancel.is_cancelled() && parts.status.as_u16() >= 400 {
+        Status::Cancelled
+    } else if parts.status.as_u16() < 400 {
         Status::Succeeded
     } else {
         Status::Failed
     };
-    record.response = Some(Stored {
+    record.response = (record.status != Status::Cancelled).then(|| Stored {
         status: parts.status.as_u16(),
         headers: parts
             .headers

@@ -441,13 +441,33 @@ pub struct TokenList {
 pub struct Invocation {
     id: String,
     function: String,
-    /// `queued`, `running`, `succeeded`, `failed`.
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
     status: String,
     created: String,
     finished: Option<String>,
     /// `status`, `headers`, and `body` (text) or `body_base64`.
     #[schema(value_type = Object)]
     response: Option<serde_json::Value>,
+}
+
+/// One invocation in a list (without its response).
+#[derive(ToSchema)]
+pub struct InvocationSummary {
+    id: String,
+    function: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
+    status: String,
+    created: String,
+    finished: Option<String>,
+    /// The function's status code, once it answered.
+    response_status: Option<u16>,
+}
+
+/// `GET /v1/invocations`.
+#[derive(ToSchema)]
+pub struct InvocationList {
+    /// Newest first.
+    invocations: Vec<InvocationSummary>,
 }
 
 /// A health or readiness answer.

@@ -14,6 +14,7 @@ use sluice_runtime::engine::event_bindings::sluice::function::types::HandlerErro
 use sluice_runtime::functions::Function;
 use sluice_runtime::invoke::CallOptions;
 use sluice_runtime::invoker::{from_wit, to_wit};
+use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::body::read_body;
@@ -191,6 +192,7 @@ async fn forward(
     );
     let options = CallOptions {
         trace: Some(trace),
+        cancel: parts.extensions.get::<CancellationToken>().cloned(),
         ..CallOptions::default()
     };
     let response = state
@@ -240,6 +242,7 @@ async fn invoke_event_function(
             &CallOptions {
                 cause: Some(Arc::new(event.clone())),
                 trace: Some(trace),
+                cancel: parts.extensions.get::<CancellationToken>().cloned(),
                 ..CallOptions::default()
             },
         )
