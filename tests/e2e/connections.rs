@@ -425,7 +425,11 @@ async fn get_big(bytes: usize, send_timeout: &str, keepalive: &str) -> (Server, 
         "--max-response-bytes",
         "67108864",
     ]);
-    let settings = format!("visibility=public&env=BIG_KB={}", bytes >> 10);
+    // Declared, so the body comes with a length rather than in chunks.
+    let settings = format!(
+        "visibility=public&env=BIG_KB={}&env=BIG_DECLARE=1",
+        bytes >> 10
+    );
     server.deploy_ok("big", guests::BIG, &settings).await;
     let mut stream = TcpStream::connect(address(&server)).await.unwrap();
     stream

@@ -160,7 +160,10 @@ async fn hostile_guests_are_stopped_by_their_limits_and_hello_keeps_answering() 
     server.deploy_ok("hog", guests::HOG, "memory_mb=16").await;
     server.deploy_ok("trap", guests::TRAP, "").await;
     server.deploy_ok("deep", guests::DEEP, "").await;
-    server.deploy_ok("big", guests::BIG, "").await;
+    // Declaring its length, it is refused before any byte is sent.
+    server
+        .deploy_ok("big", guests::BIG, "env=BIG_DECLARE=1")
+        .await;
 
     let cases = [
         ("spin", 504, "timeout", "300 ms"),
@@ -636,6 +639,76 @@ async fn echo_sees_method_headers_and_body() {
     assert!(body.contains("path: /a%20b/c?x=1&y=%2F"), "{body}");
     assert!(body.contains("header: x-custom: value"), "{body}");
     assert!(body.ends_with("\n\npayload bytes"), "{body}");
+}
+
+#[tokio::test]
+async fn responses_stream_as_the_guest_writes_them_and_a_stream_past_the_cap_is_cut() {
+    let server = Server::start_with(&["--max-response-bytes", "1048576"]);
+    // Two 64 KiB chunks, a second apart, no declared length.
+    server
+        .deploy_ok(
+            "ticker",
+            guests::BIG,
+            "env=BIG_KB=128&env=BIG_PAUSE_MS=1000",
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let mut response = server
+        .http()
+        .get(server.url("/fn/ticker/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-length").is_none());
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    let first_at = started.elapsed();
+    let mut total = first.len();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        total += chunk.len();
+    }
+    let last_at = started.elapsed();
+    assert_eq!(total, 128 << 10, "every byte arrives");
+    assert!(
+        last_at - first_at >= Duration::from_millis(800),
+        "the first bytes arrived while the guest still waited to write the rest: first at {first_at:?}, last at {last_at:?}"
+    );
+
+    // Undeclared and past the cap: the head has gone out, so the stream is
+    // cut (the client sees an incomplete body, never a complete-looking
+    // one), logged, and counted.
+    server
+        .deploy_ok("flood", guests::BIG, "env=BIG_KB=4096")
+        .await;
+    let response = server
+        .http()
+        .get(server.url("/fn/flood/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err(), "the response is cut");
+    eventually(Duration::from_secs(10), || async {
+        server
+            .log()
+            .contains("response stream cut at the function's max_response_bytes")
+            .then_some(())
+    })
+    .await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get(&(
+            "sluice_function_invocations_total".to_string(),
+            "function=flood,outcome=response_too_large".to_string()
+        )),
+        Some(&1.0)
+    );
+    let (status, body) = server.get("/fn/ticker/").await;
+    assert_eq!(
+        (status, body.len()),
+        (200, 128 << 10),
+        "the server serves on"
+    );
 }
 
 #[tokio::test]

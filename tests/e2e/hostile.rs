@@ -59,7 +59,7 @@ const LIMITS: &[Limit] = &[
         setting: "max_response_bytes",
         guest: guests::BIG,
         obeyed: "env=BIG_KB=256",
-        violated: "",
+        violated: "env=BIG_DECLARE=1",
         path: "/",
         status: 413,
         code: Some("response_too_large"),

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::WasiHttpView;
@@ -26,6 +26,7 @@ use crate::engine::event_bindings::sluice::function::types::{CloudEvent, Handler
 use crate::engine::{InvocationStore, StoreSetup, Usage};
 use crate::functions::{Function, Functions, Pre};
 use crate::output::CappedOutput;
+use crate::stream::GuestBody;
 use crate::trace::TraceContext;
 use sluice_router::trigger::DEFAULT_BROKER;
 
@@ -255,10 +256,10 @@ async fn cancelled(cancel: Option<&CancellationToken>) {
 }
 
 /// Why an invocation whose task panicked failed.
-const TASK_FAILED: &str = "the invocation task ended abnormally";
+pub(crate) const TASK_FAILED: &str = "the invocation task ended abnormally";
 
 /// How the invocation task ended.
-enum TaskEnd<R> {
+pub(crate) enum TaskEnd<R> {
     Done(R),
     TimedOut,
     Cancelled,
@@ -524,7 +525,7 @@ impl Functions {
     }
 
     /// Turns a failed or timed-out invocation into its error.
-    fn classify<R>(
+    pub(crate) fn classify<R>(
         &self,
         function: &Function,
         timeout_ms: u64,
@@ -582,7 +583,13 @@ impl Functions {
         }
     }
 
-    fn record(&self, function: &Function, started: Instant, outcome: &'static str, usage: &Usage) {
+    pub(crate) fn record(
+        &self,
+        function: &Function,
+        started: Instant,
+        outcome: &'static str,
+        usage: &Usage,
+    ) {
         self.runtime().note_ended();
         let name = function.record.name.as_str();
         let metrics = self.metrics();
@@ -630,27 +637,64 @@ impl Functions {
         request: http::Request<Bytes>,
         options: &CallOptions,
     ) -> Result<http::Response<Bytes>, InvokeError> {
-        let started = Instant::now();
-        let usage = Arc::default();
-        let result = self
-            .call_http_inner(function, request, options, &usage)
-            .await;
-        self.record(
-            function,
-            started,
-            result.as_ref().map_or_else(InvokeError::outcome, |_| "ok"),
-            &usage,
-        );
-        result
+        if request.body().len() as u64 > function.limits.max_request_bytes {
+            let error = InvokeError::RequestTooLarge {
+                limit: function.limits.max_request_bytes,
+            };
+            self.record(function, Instant::now(), error.outcome(), &Usage::default());
+            return Err(error);
+        }
+        let request = request.map(|body| Full::new(body).map_err(|never| match never {}));
+        let response = self.call_http_stream(function, request, options).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(http::Response::from_parts(parts, body))
     }
 
-    async fn call_http_inner(
+    /// Calls a `wasi:http` function with `request`, whose body streams into
+    /// the guest as it arrives (past the function's `max_request_bytes`
+    /// the guest's read fails). Answers once the guest has sent its
+    /// response head; the body streams as the guest writes it (see
+    /// [`GuestBody`] for the bounds that still hold).
+    pub async fn call_http_stream<B>(
         &self,
         function: &Arc<Function>,
-        request: http::Request<Bytes>,
+        request: http::Request<B>,
+        options: &CallOptions,
+    ) -> Result<http::Response<GuestBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let usage = Arc::default();
+        let mut response = match self
+            .call_http_head(function, request, options, &usage, started)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                self.record(function, started, error.outcome(), &usage);
+                return Err(error);
+            }
+        };
+        // From here the body records how the call ended.
+        response.body_mut().prime().await?;
+        Ok(response)
+    }
+
+    async fn call_http_head<B>(
+        &self,
+        function: &Arc<Function>,
+        request: http::Request<B>,
         options: &CallOptions,
         usage: &Arc<Usage>,
-    ) -> Result<http::Response<Bytes>, InvokeError> {
+        started: Instant,
+    ) -> Result<http::Response<GuestBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display,
+    {
         let Pre::Http(pre) = &function.pre else {
             return Err(InvokeError::WrongWorld {
                 name: function.record.name.clone(),
@@ -658,18 +702,23 @@ impl Functions {
                 hint: "send it events through a trigger, or POST a CloudEvent to /v1/functions/{name}/invoke",
             });
         };
-        if request.body().len() as u64 > function.limits.max_request_bytes {
-            return Err(InvokeError::RequestTooLarge {
-                limit: function.limits.max_request_bytes,
-            });
+        let limit = function.limits.max_request_bytes;
+        if request
+            .body()
+            .size_hint()
+            .exact()
+            .or(Some(request.body().size_hint().lower()))
+            .is_some_and(|size| size > limit)
+        {
+            return Err(InvokeError::RequestTooLarge { limit });
         }
+        let request = request.map(|body| crate::stream::RequestBody::new(body, limit));
         let pre = pre.clone();
         let (sender, receiver) = oneshot::channel();
         let metrics = self.metrics().clone();
         let running = self
             .spawn(function, options, usage, move |mut invocation| async move {
                 let store = &mut invocation.store;
-                let request = request.map(Full::new);
                 let request = store
                     .data_mut()
                     .http()
@@ -697,18 +746,17 @@ impl Functions {
             .timeout
             .unwrap_or(function.limits.timeout)
             .as_millis() as u64;
-        let timeout = || InvokeError::Timeout {
-            name: function.record.name.clone(),
-            timeout_ms,
-        };
-
         let head = match tokio::time::timeout_at(deadline, receiver).await {
             Err(_) => {
                 abort.abort();
-                return Err(timeout());
+                return Err(InvokeError::Timeout {
+                    name: function.record.name.clone(),
+                    timeout_ms,
+                });
             }
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(code))) => {
+                abort.abort();
                 return Err(InvokeError::Failed {
                     name: function.record.name.clone(),
                     reason: crate::guest_log::guest_text(&format!(
@@ -723,45 +771,29 @@ impl Functions {
         };
         let (parts, body) = head.into_parts();
         let cap = function.limits.max_response_bytes;
-        let limited = Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
-        match tokio::time::timeout_at(deadline, limited.collect()).await {
-            Err(_) => {
-                abort.abort();
-                Err(timeout())
-            }
-            Ok(Ok(collected)) => {
-                // A body that ends is not yet a success: a guest that traps
-                // mid-body ends it too. The response counts only once the
-                // guest has returned cleanly.
-                match tokio::time::timeout_at(deadline, task).await {
-                    Err(_) => {
-                        abort.abort();
-                        Err(timeout())
-                    }
-                    Ok(Ok(TaskEnd::Done(()))) => {
-                        Ok(http::Response::from_parts(parts, collected.to_bytes()))
-                    }
-                    Ok(end) => Err(self.classify(
-                        function,
-                        timeout_ms,
-                        end.map_err(|_| TASK_FAILED),
-                        memory_exceeded(),
-                    )),
-                }
-            }
-            Ok(Err(error)) if error.is::<LengthLimitError>() => {
-                abort.abort();
-                Err(InvokeError::ResponseTooLarge {
-                    name: function.record.name.clone(),
-                    limit: cap,
-                })
-            }
-            Ok(Err(_)) => {
-                // The body broke off: the guest failed while writing it.
-                let end = task.await.map_err(|_| TASK_FAILED);
-                Err(self.classify(function, timeout_ms, end, memory_exceeded()))
-            }
+        if parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length > cap)
+        {
+            abort.abort();
+            return Err(InvokeError::ResponseTooLarge {
+                name: function.record.name.clone(),
+                limit: cap,
+            });
         }
+        let body = GuestBody::new(
+            body,
+            self.handle(),
+            function.clone(),
+            started,
+            usage,
+            task,
+            deadline,
+            timeout_ms,
+        );
+        Ok(http::Response::from_parts(parts, body))
     }
 
     /// Calls an event function with `event`. The outer error is the

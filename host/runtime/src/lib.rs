@@ -31,6 +31,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod output;
+pub mod stream;
 pub mod trace;
 
 pub use engine::{InvocationState, Runtime};

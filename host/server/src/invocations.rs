@@ -507,12 +507,27 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
             () = cancel.cancelled() => {}
         }
     };
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (mut parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        // The guest's response broke off midway (it trapped, ran out of
+        // time or past its cap while writing): the call failed, as such.
+        Err(error) => {
+            let error = match error
+                .into_inner()
+                .downcast::<sluice_runtime::invoke::InvokeError>()
+            {
+                Ok(error) => ApiError::from(*error),
+                Err(other) => ApiError::internal(other),
+            };
+            let (failed, body) = error.into_response().into_parts();
+            parts = failed;
+            body.collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default()
+        }
+    };
     // A call that finished before the cancel reached it keeps its result.
     record.status = if cancel.is_cancelled() && parts.status.as_u16() >= 400 {
         Status::Cancelled

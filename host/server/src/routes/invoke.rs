@@ -161,7 +161,9 @@ async fn call_function(
     forward(&state, &function, request, format!("{path}{query}")).await
 }
 
-/// Sends `request` to `function` as a request for `path_and_query`.
+/// Sends `request` to `function` as a request for `path_and_query`: the
+/// request body streams into the guest as it arrives, and the response
+/// streams back as the guest writes it.
 async fn forward(
     state: &AppState,
     function: &Arc<Function>,
@@ -169,7 +171,16 @@ async fn forward(
     path_and_query: String,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
+    let limit = function.limits.max_request_bytes;
+    if parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
+    {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let (body, refused) = crate::body::Watched::new(body);
     let host = parts
         .headers
         .get(http::header::HOST)
@@ -197,12 +208,15 @@ async fn forward(
     };
     let response = state
         .functions
-        .call_http(function, http::Request::from_parts(parts, body), &options)
-        .await?;
-    let (mut parts, body) = response.into_parts();
-    // The body is complete: let the server frame it.
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, Body::from(body)))
+        .call_http_stream(function, http::Request::from_parts(parts, body), &options)
+        .await;
+    // A request body cut for its sender's sake is answered as such, however
+    // the guest took its failed read.
+    if let Some(refused) = *refused.lock().unwrap() {
+        return Err(ApiError::body_refused(refused));
+    }
+    let (parts, body) = response?.into_parts();
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// `POST /v1/functions/{name}/invoke` of an event function: the body is a
