@@ -152,6 +152,9 @@ const FIELDS: [&str; 6] = [
     "subscriber",
     "delivery",
 ];
+/// Fields of a trigger's view that a write ignores, so that a `GET` can be
+/// `PUT` back unchanged.
+const READ_ONLY_FIELDS: [&str; 2] = ["status", "stats"];
 const DELIVERY_FIELDS: [&str; 5] = [
     "retry",
     "backoffPolicy",
@@ -197,6 +200,9 @@ impl Trigger {
         let Value::Object(map) = value else {
             return Err(invalid("$", "a trigger must be a JSON object"));
         };
+        let mut map = map.clone();
+        map.retain(|key, _| !READ_ONLY_FIELDS.contains(&key.as_str()));
+        let map = &map;
         check_fields(map, &FIELDS, "$")?;
         let name = match (map.get("name"), name) {
             (Some(Value::String(body)), Some(url)) if body != url => {
@@ -374,6 +380,12 @@ mod tests {
         assert_eq!(trigger.delivery.retry, 3);
         assert_eq!(trigger.delivery.timeout, Some(Duration::from_secs(30)));
         assert_eq!(Trigger::parse(&trigger.to_json(), None).unwrap(), trigger);
+        // A view as the API answers it (read-only fields included) is
+        // accepted back as it is; the read-only fields change nothing.
+        let mut view = trigger.to_json();
+        view["status"] = json!({"ready": false, "reason": "no such function"});
+        view["stats"] = json!({"matched": 7});
+        assert_eq!(Trigger::parse(&view, None).unwrap(), trigger);
     }
 
     #[test]

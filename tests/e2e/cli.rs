@@ -356,3 +356,275 @@ async fn status_completions_and_helpful_messages() {
     );
     assert!(bad_url.contains("is not a server URL"), "{bad_url}");
 }
+
+/// The CLI command behind each operation of the API, by the document the
+/// server serves: an operation added without a command fails here.
+/// `(method, path, command, a flag the command must have)`; operations
+/// with no command say why in the command's place.
+const COMMANDS: &[(&str, &str, &str, &str)] = &[
+    ("*", "/fn/{name}", "fn invoke", "--method"),
+    ("*", "/fn/{name}/", "fn invoke", "--method"),
+    ("*", "/fn/{name}/{path}", "fn invoke", "--path"),
+    ("GET", "/healthz", "status", ""),
+    ("GET", "/readyz", "status", ""),
+    ("GET", "/v1/status", "status", ""),
+    ("GET", "/metrics", "-", "Prometheus scrapes it"),
+    (
+        "GET",
+        "/v1/openapi.json",
+        "-",
+        "the document this test reads",
+    ),
+    ("GET", "/ui", "-", "the dashboard, for a browser"),
+    ("GET", "/ui/", "-", "the dashboard, for a browser"),
+    ("GET", "/ui/app.css", "-", "the dashboard, for a browser"),
+    ("GET", "/ui/app.js", "-", "the dashboard, for a browser"),
+    ("POST", "/v1/events", "event send", "--structured"),
+    (
+        "POST",
+        "/v1/brokers/{broker}/events",
+        "event send",
+        "--broker",
+    ),
+    ("GET", "/v1/events/stream", "event watch", ""),
+    ("GET", "/v1/deadletters", "deadletter list", "--trigger"),
+    ("DELETE", "/v1/deadletters/{id}", "deadletter delete", ""),
+    (
+        "POST",
+        "/v1/deadletters/{id}/replay",
+        "deadletter replay",
+        "",
+    ),
+    ("GET", "/v1/functions", "fn list", ""),
+    ("PUT", "/v1/functions/{name}", "fn deploy", "--secret"),
+    ("GET", "/v1/functions/{name}", "fn get", ""),
+    ("PATCH", "/v1/functions/{name}", "fn update", "--kv-bucket"),
+    ("DELETE", "/v1/functions/{name}", "fn delete", ""),
+    ("GET", "/v1/functions/{name}/invocations", "fn get", ""),
+    (
+        "POST",
+        "/v1/functions/{name}/invoke",
+        "fn invoke",
+        "--async",
+    ),
+    ("GET", "/v1/functions/{name}/logs", "fn logs", "--follow"),
+    ("GET", "/v1/invocations", "invocation list", "--function"),
+    ("GET", "/v1/invocations/{id}", "invocation get", "--wait"),
+    ("DELETE", "/v1/invocations/{id}", "invocation cancel", ""),
+    ("GET", "/v1/tokens", "token list", ""),
+    ("POST", "/v1/tokens", "token create", "--scope"),
+    ("DELETE", "/v1/tokens/{id}", "token revoke", ""),
+    ("GET", "/v1/triggers", "trigger list", ""),
+    ("POST", "/v1/triggers", "trigger create", "--file"),
+    ("PUT", "/v1/triggers/{name}", "trigger create", "--cesql"),
+    ("GET", "/v1/triggers/{name}", "trigger get", ""),
+    ("DELETE", "/v1/triggers/{name}", "trigger delete", ""),
+];
+
+#[tokio::test]
+async fn every_api_operation_has_a_cli_command() {
+    let server = Server::start();
+    let (status, document) = server.get("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+    let mut missing = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_ascii_uppercase();
+            if !["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str()) {
+                continue;
+            }
+            let entry = COMMANDS
+                .iter()
+                .find(|(m, p, _, _)| p == path && (*m == "*" || *m == method));
+            let Some((_, _, command, flag)) = entry else {
+                missing.push(format!("{method} {path}"));
+                continue;
+            };
+            if *command == "-" {
+                continue;
+            }
+            let mut args: Vec<&str> = command.split(' ').collect();
+            args.push("--help");
+            let help = stdout(&sluice(&server, &args));
+            assert!(
+                help.contains(flag),
+                "`sluice {command}` (for {method} {path}) has no {flag}: {help}"
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "operations with no CLI command: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn output_into_a_pipe_closed_early_ends_quietly() {
+    let server = Server::start();
+    for n in 0..3 {
+        stdout(&sluice(
+            &server,
+            &["fn", "deploy", &format!("f{n}"), guests::HELLO],
+        ));
+    }
+    for command in [&["fn", "list"][..], &["fn", "get", "f0", "-o", "json"]] {
+        let mut child = Command::new(SLUICE)
+            .args(command)
+            .env("SLUICE_URL", &server.url)
+            .env("SLUICE_TOKEN", server.admin_token())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes (`| head -0`).
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{command:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stream() {
+    let server = Server::start();
+    let sink = crate::harness::Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Every dialect from flags, a dead-letter uri and a timeout.
+    let created = stdout(&sluice(
+        &server,
+        &[
+            "trigger",
+            "create",
+            "big-orders",
+            "--uri",
+            &format!("{}/orders", sink.url),
+            "--cesql",
+            "type = 'order' AND INT(amount) > 100",
+            "--filter-json",
+            r#"{"not": {"prefix": {"source": "/test"}}}"#,
+            "--dead-letter-uri",
+            &format!("{}/dead", sink.url),
+            "--timeout",
+            "PT5S",
+        ],
+    ));
+    let trigger: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(trigger["delivery"]["timeout"], "PT5S", "{created}");
+    assert_eq!(
+        trigger["delivery"]["deadLetterSink"]["uri"],
+        format!("{}/dead", sink.url)
+    );
+    assert_eq!(trigger["filters"].as_array().unwrap().len(), 2, "{created}");
+    // The same trigger back from a file, under another name.
+    let file = dir.path().join("trigger.json");
+    std::fs::write(&file, &created).unwrap();
+    let copied = stdout(&sluice(
+        &server,
+        &["trigger", "create", "copy", "-f", file.to_str().unwrap()],
+    ));
+    let copy: serde_json::Value = serde_json::from_str(&copied).unwrap();
+    assert_eq!(copy["name"], "copy");
+    assert_eq!(copy["filters"], trigger["filters"]);
+
+    // The live stream, watched while events arrive.
+    let mut watch = Command::new(SLUICE)
+        .args(["event", "watch", "-o", "json"])
+        .env("SLUICE_URL", &server.url)
+        .env("SLUICE_TOKEN", server.admin_token())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Structured mode, and a batch from a file.
+    let sent = stdout(&sluice(
+        &server,
+        &[
+            "event",
+            "send",
+            "--structured",
+            "--type",
+            "order",
+            "--source",
+            "/shop",
+            "--id",
+            "s-1",
+            "--ext",
+            "amount=150",
+            "--data",
+            r#"{"sku": "A1"}"#,
+        ],
+    ));
+    assert!(sent.contains("accepted event s-1"), "{sent}");
+    let batch = dir.path().join("batch.json");
+    std::fs::write(
+        &batch,
+        r#"[{"specversion": "1.0", "id": "b-1", "type": "order", "source": "/shop", "amount": "500"},
+            {"specversion": "1.0", "id": "b-2", "type": "order", "source": "/test", "amount": "500"},
+            {"specversion": "1.0", "id": "b-3", "type": "order", "source": "/shop", "amount": "5"}]"#,
+    )
+    .unwrap();
+    let sent = stdout(&sluice(
+        &server,
+        &["event", "send", "--file", batch.to_str().unwrap()],
+    ));
+    assert!(sent.contains("accepted 3 event(s)"), "{sent}");
+    // s-1 and b-1 match (twice each: two triggers); b-2 is from /test, b-3
+    // too small.
+    let got = sink.wait_for(4).await;
+    let mut ids: Vec<String> = got.iter().filter_map(|r| r.ce("id")).collect();
+    ids.sort();
+    assert_eq!(ids, ["b-1", "b-1", "s-1", "s-1"]);
+    let structured = got
+        .iter()
+        .find(|r| r.ce("id").as_deref() == Some("s-1"))
+        .unwrap();
+    assert_eq!(structured.body, br#"{"sku":"A1"}"#);
+
+    // The watcher printed each accepted event as one JSON line.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    watch.kill().unwrap();
+    let output = watch.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout);
+    for id in ["s-1", "b-1", "b-2", "b-3"] {
+        assert!(lines.contains(&format!("\"{id}\"")), "{id} in {lines}");
+    }
+    assert!(
+        lines
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{lines}"
+    );
+
+    // A direct call: method, path, headers, and the head with -i.
+    stdout(&sluice(&server, &["fn", "deploy", "echo", guests::ECHO]));
+    let answer = stdout(&sluice(
+        &server,
+        &[
+            "fn",
+            "invoke",
+            "echo",
+            "-X",
+            "PUT",
+            "--path",
+            "/orders?limit=5",
+            "-H",
+            "x-test: yes",
+            "-i",
+            "--data",
+            "body",
+        ],
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("method: PUT"), "{answer}");
+    assert!(answer.contains("path: /orders?limit=5"), "{answer}");
+    assert!(answer.contains("header: x-test: yes"), "{answer}");
+    assert!(answer.ends_with("body"), "{answer}");
+}

@@ -96,12 +96,16 @@ pub enum Output {
 #[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 #[derive(Debug, Subcommand)]
 pub enum TriggerCommand {
-    /// Create or replace a trigger.
+    /// Create or replace a trigger, from flags or from a file holding the
+    /// API's JSON (`-f FILE`, `-f -` for stdin; flags then add to it).
     Create {
         /// Trigger name.
         name: String,
+        /// A trigger as JSON (the body of `PUT /v1/triggers/{name}`).
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: Option<String>,
         /// Function that receives matching events.
-        #[arg(long, conflicts_with = "uri", required_unless_present = "uri")]
+        #[arg(long, conflicts_with = "uri")]
         function: Option<String>,
         /// External sink URL that receives matching events.
         #[arg(long)]
@@ -118,6 +122,14 @@ pub enum TriggerCommand {
         /// Attribute suffix match, ATTR=SUFFIX (repeatable, ANDed).
         #[arg(long = "suffix", value_name = "ATTR=SUFFIX")]
         suffixes: Vec<String>,
+        /// A CloudEvents SQL expression (repeatable, ANDed).
+        #[arg(long = "cesql", value_name = "EXPRESSION")]
+        cesql: Vec<String>,
+        /// Any Subscriptions API filter as JSON, such as
+        /// `{"any": [{"exact": {"type": "a"}}, {"not": {"prefix": {"source": "/x"}}}]}`
+        /// (repeatable, ANDed).
+        #[arg(long = "filter-json", value_name = "JSON")]
+        filter_json: Vec<String>,
         /// Retries after the first attempt.
         #[arg(long)]
         retry: Option<u32>,
@@ -128,8 +140,14 @@ pub enum TriggerCommand {
         #[arg(long)]
         backoff_delay: Option<String>,
         /// Function that receives events whose delivery failed for good.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dead_letter_uri")]
         dead_letter: Option<String>,
+        /// External URL that receives events whose delivery failed for good.
+        #[arg(long)]
+        dead_letter_uri: Option<String>,
+        /// Time limit of one delivery attempt, ISO 8601 (PT5S).
+        #[arg(long)]
+        timeout: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -157,14 +175,15 @@ pub enum TriggerCommand {
 /// `sluice event ...`
 #[derive(Debug, Subcommand)]
 pub enum EventCommand {
-    /// Send one event (binary mode).
+    /// Send one event (binary mode; `--structured` for structured mode), or
+    /// post a file holding a structured event or a batch (`--file`).
     Send {
         /// `type` attribute.
-        #[arg(long = "type")]
-        ty: String,
+        #[arg(long = "type", required_unless_present = "file")]
+        ty: Option<String>,
         /// `source` attribute.
-        #[arg(long)]
-        source: String,
+        #[arg(long, required_unless_present = "file")]
+        source: Option<String>,
         /// `id` attribute (default: a fresh one).
         #[arg(long)]
         id: Option<String>,
@@ -183,6 +202,22 @@ pub enum EventCommand {
         /// Broker to send to.
         #[arg(long, default_value = "default")]
         broker: String,
+        /// Send it in structured mode (`application/cloudevents+json`).
+        #[arg(long, conflicts_with = "file")]
+        structured: bool,
+        /// A file (`-` for stdin) holding a structured event (JSON) or a
+        /// batch (a JSON array), posted as it is.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "data"])]
+        file: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print events as they are accepted (the live stream), one JSON
+    /// object a line, until interrupted.
+    Watch {
+        /// Only this broker's.
+        #[arg(long)]
+        broker: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -356,6 +391,18 @@ pub enum FunctionCommand {
         /// Request body: `@FILE`, `-` for stdin, or literal text.
         #[arg(long, short)]
         data: Option<String>,
+        /// HTTP method (an HTTP function is then called at `/fn/NAME/PATH`).
+        #[arg(long, short = 'X')]
+        method: Option<String>,
+        /// Path and query the guest sees (`/orders?limit=5`).
+        #[arg(long)]
+        path: Option<String>,
+        /// Request header, NAME:VALUE (repeatable).
+        #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Print the response status and headers before the body.
+        #[arg(long, short = 'i')]
+        include: bool,
         /// Queue the call and print its invocation id (see `sluice invocation get`).
         #[arg(long = "async")]
         asynchronous: bool,
@@ -469,4 +516,14 @@ pub enum InvocationCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks its own rules (names, conflicts, requirements) here,
+        // not only when a user reaches the broken command.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -61,6 +61,15 @@ impl Client {
     }
 }
 
+/// Writes `bytes` to stdout at once (a closed pipe ends the command
+/// quietly).
+fn emit(stdout: &mut std::io::StdoutLock<'_>, bytes: &[u8]) -> std::io::Result<()> {
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .inspect_err(crate::quit_on)
+}
+
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -313,26 +322,65 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
         FunctionCommand::Invoke {
             name,
             data,
+            method,
+            path,
+            headers,
+            include,
             asynchronous,
             client,
         } => {
             let client = Client::new(&client);
             let body = read_data(data.as_deref())?;
-            let mut request = client
-                .http
-                .post(client.url(&format!("/v1/functions/{name}/invoke")))
-                .body(body);
+            let direct = method.is_some() || path.is_some();
+            if asynchronous && direct {
+                bail!(
+                    "--async queues a POST to /v1/functions/{name}/invoke: drop --method and --path"
+                );
+            }
+            let mut request = if direct {
+                let method = method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+                let method = reqwest::Method::from_bytes(method.as_bytes())
+                    .with_context(|| format!("{method:?} is not an HTTP method"))?;
+                let path = path.unwrap_or_else(|| "/".into());
+                let path = if path.starts_with('/') {
+                    path
+                } else {
+                    format!("/{path}")
+                };
+                client
+                    .http
+                    .request(method, client.url(&format!("/fn/{name}{path}")))
+            } else {
+                client
+                    .http
+                    .post(client.url(&format!("/v1/functions/{name}/invoke")))
+            };
+            for header in &headers {
+                let (name, value) = header
+                    .split_once(':')
+                    .with_context(|| format!("--header {header:?} is not NAME:VALUE"))?;
+                request = request.header(name.trim(), value.trim());
+            }
+            request = request.body(body);
             if asynchronous {
                 request = request.query(&[("async", "true")]);
                 let answer: serde_json::Value = client.send(request).await?.json().await?;
                 println!("{}", answer["id"].as_str().unwrap_or_default());
                 return Ok(());
             }
-            let response = client.send(request).await?;
-            let bytes = response.bytes().await?;
+            let mut response = client.send(request).await?;
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&bytes)?;
-            stdout.flush()?;
+            if include {
+                let mut head = format!("{:?} {}\n", response.version(), response.status());
+                for (name, value) in response.headers() {
+                    head += &format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes()));
+                }
+                emit(&mut stdout, format!("{head}\n").as_bytes())?;
+            }
+            // As the function writes it (a stream of events, a download).
+            while let Some(chunk) = response.chunk().await? {
+                emit(&mut stdout, &chunk)?;
+            }
             Ok(())
         }
     }
@@ -350,25 +398,69 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
     match command {
         TriggerCommand::Create {
             name,
+            file,
             function,
             uri,
             broker,
             filters,
             prefixes,
             suffixes,
+            cesql,
+            filter_json,
             retry,
             backoff_policy,
             backoff_delay,
             dead_letter,
+            dead_letter_uri,
+            timeout,
             client,
         } => {
             let client = Client::new(&client);
+            let mut body = match &file {
+                Some(file) => {
+                    let bytes = read_data(Some(&if file == "-" {
+                        "-".to_string()
+                    } else {
+                        format!("@{file}")
+                    }))?;
+                    let value: serde_json::Value = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{file} is not a JSON trigger"))?;
+                    if !value.is_object() {
+                        bail!("{file} holds no JSON object");
+                    }
+                    value
+                }
+                None => {
+                    if function.is_none() && uri.is_none() {
+                        bail!("give --function or --uri (or a trigger in -f FILE)");
+                    }
+                    serde_json::json!({"broker": broker, "filter": {"attributes": {}}, "filters": [], "delivery": {}})
+                }
+            };
+            body["name"] = name.clone().into();
             let mut attributes = serde_json::Map::new();
             for spec in &filters {
                 let (k, v) = pair(spec, "--filter")?;
                 attributes.insert(k, v.into());
             }
-            let mut dialects = Vec::new();
+            if !attributes.is_empty() {
+                let existing = body["filter"]["attributes"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                attributes.extend(existing);
+                body["filter"] = serde_json::json!({"attributes": attributes});
+            }
+            let mut dialects: Vec<serde_json::Value> =
+                body["filters"].as_array().cloned().unwrap_or_default();
+            for expression in cesql {
+                dialects.push(serde_json::json!({ "cesql": expression }));
+            }
+            for raw in &filter_json {
+                let dialect: serde_json::Value = serde_json::from_str(raw)
+                    .with_context(|| format!("--filter-json {raw:?} is not JSON"))?;
+                dialects.push(dialect);
+            }
             for (flag, dialect, specs) in [
                 ("--prefix", "prefix", &prefixes),
                 ("--suffix", "suffix", &suffixes),
@@ -378,12 +470,13 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                     dialects.push(serde_json::json!({ dialect: { k: v } }));
                 }
             }
-            let subscriber = match (function, uri) {
-                (Some(f), _) => serde_json::json!({"function": f}),
-                (None, Some(u)) => serde_json::json!({"uri": u}),
-                (None, None) => bail!("give --function or --uri"),
-            };
-            let mut delivery = serde_json::Map::new();
+            body["filters"] = dialects.into();
+            match (function, uri) {
+                (Some(f), _) => body["subscriber"] = serde_json::json!({"function": f}),
+                (None, Some(u)) => body["subscriber"] = serde_json::json!({"uri": u}),
+                (None, None) => {}
+            }
+            let mut delivery = body["delivery"].as_object().cloned().unwrap_or_default();
             if let Some(retry) = retry {
                 delivery.insert("retry".into(), retry.into());
             }
@@ -396,14 +489,16 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
             if let Some(dl) = dead_letter {
                 delivery.insert("deadLetterSink".into(), serde_json::json!({"function": dl}));
             }
-            let body = serde_json::json!({
-                "name": name,
-                "broker": broker,
-                "filter": {"attributes": attributes},
-                "filters": dialects,
-                "subscriber": subscriber,
-                "delivery": delivery,
-            });
+            if let Some(dl) = dead_letter_uri {
+                delivery.insert("deadLetterSink".into(), serde_json::json!({"uri": dl}));
+            }
+            if let Some(timeout) = timeout {
+                delivery.insert("timeout".into(), timeout.into());
+            }
+            body["delivery"] = delivery.into();
+            if file.is_some() && broker != "default" {
+                body["broker"] = broker.into();
+            }
             let request = client
                 .http
                 .put(client.url(&format!("/v1/triggers/{name}")))
@@ -494,6 +589,8 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             data,
             content_type,
             broker,
+            structured,
+            file,
             client,
         } => {
             let client = Client::new(&client);
@@ -508,6 +605,69 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             } else {
                 format!("/v1/brokers/{broker}/events")
             };
+            if let Some(file) = file {
+                let spec = if file == "-" {
+                    file.clone()
+                } else {
+                    format!("@{file}")
+                };
+                let bytes = read_data(Some(&spec))?;
+                let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+                let media = if batch {
+                    "application/cloudevents-batch+json"
+                } else {
+                    "application/cloudevents+json"
+                };
+                let request = client
+                    .http
+                    .post(client.url(&path))
+                    .header("content-type", media)
+                    .body(bytes);
+                let answer: serde_json::Value = client.send(request).await?.json().await?;
+                println!("accepted {} event(s) from {file}", answer["accepted"]);
+                return Ok(());
+            }
+            let (ty, source) = (ty.unwrap_or_default(), source.unwrap_or_default());
+            if structured {
+                let data = read_data(data.as_deref())?;
+                let mut event = serde_json::json!({
+                    "specversion": "1.0",
+                    "id": id,
+                    "type": ty,
+                    "source": source,
+                    "datacontenttype": content_type,
+                });
+                if let Some(subject) = subject {
+                    event["subject"] = subject.into();
+                }
+                for spec in &extensions {
+                    let (k, v) = pair(spec, "--ext")?;
+                    event[k] = v.into();
+                }
+                if !data.is_empty() {
+                    let json = content_type.contains("json");
+                    match serde_json::from_slice::<serde_json::Value>(&data) {
+                        Ok(value) if json => event["data"] = value,
+                        _ => match String::from_utf8(data) {
+                            Ok(text) => event["data"] = text.into(),
+                            Err(bytes) => {
+                                use base64::Engine as _;
+                                event["data_base64"] = base64::engine::general_purpose::STANDARD
+                                    .encode(bytes.into_bytes())
+                                    .into();
+                            }
+                        },
+                    }
+                }
+                let request = client
+                    .http
+                    .post(client.url(&path))
+                    .header("content-type", "application/cloudevents+json")
+                    .body(event.to_string());
+                let answer: serde_json::Value = client.send(request).await?.json().await?;
+                println!("accepted event {id} ({} accepted)", answer["accepted"]);
+                return Ok(());
+            }
             let encode = sluice_router::binding::percent_encode;
             let mut request = client
                 .http
@@ -530,6 +690,42 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
                 .json()
                 .await?;
             println!("accepted event {id} ({} accepted)", answer["accepted"]);
+            Ok(())
+        }
+        EventCommand::Watch { broker, client } => {
+            let client = Client::new(&client);
+            let request = client
+                .http
+                .get(client.url("/v1/events/stream"))
+                .header("accept", "text/event-stream");
+            let mut response = client.send(request).await?;
+            let mut stdout = std::io::stdout().lock();
+            let (mut pending, mut kind) = (Vec::new(), String::new());
+            while let Some(chunk) = response.chunk().await? {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let line = line.trim_end();
+                    if let Some(name) = line.strip_prefix("event:") {
+                        kind = name.trim().to_string();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        let entry: serde_json::Value =
+                            serde_json::from_str(data.trim()).unwrap_or_default();
+                        if broker
+                            .as_deref()
+                            .is_some_and(|b| entry["broker"].as_str().is_some_and(|e| e != b))
+                        {
+                            continue;
+                        }
+                        let line = match client.output {
+                            Output::Json => format!("{}\n", data.trim()),
+                            Output::Text => format!("{kind:<14} {}\n", data.trim()),
+                        };
+                        emit(&mut stdout, line.as_bytes())?;
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -5,8 +5,36 @@
 //! are in `args.rs`, the limits among them made from the runtime's and the
 //! server's tables of limits.
 
+/// `println!` and `print!` for output that may go to a pipe closed early
+/// (`sluice fn list | head -1`): a closed stdout ends the command quietly
+/// instead of panicking the way std's macros do.
+macro_rules! println {
+    () => { $crate::stdout_write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_write(format_args!($($arg)*)) };
+}
+
 mod args;
 mod commands;
+
+/// Writes to stdout; a reader that went away ends the process, quietly.
+fn stdout_write(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(error) = std::io::stdout().lock().write_fmt(text) {
+        quit_on(&error);
+        panic!("failed printing to stdout: {error}");
+    }
+}
+
+/// Ends the process at once, successfully, if `error` (of a write to
+/// stdout) is a closed pipe.
+pub(crate) fn quit_on(error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
 
 use args::{Cli, Command, LogFormat};
 use clap::Parser;

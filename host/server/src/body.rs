@@ -246,6 +246,54 @@ pub fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
+/// A request body passed on to a guest as it arrives, remembering whether
+/// it was refused (too slow, or past the byte budget), so that the answer
+/// can say so (408, 503) whatever the guest made of its failed read.
+pub struct Watched {
+    inner: axum::body::Body,
+    refused: Arc<Mutex<Option<BodyRefused>>>,
+}
+
+impl Watched {
+    /// `body`, and where its refusal will be.
+    pub fn new(body: axum::body::Body) -> (Watched, Arc<Mutex<Option<BodyRefused>>>) {
+        let refused = Arc::new(Mutex::new(None));
+        (
+            Watched {
+                inner: body,
+                refused: refused.clone(),
+            },
+            refused,
+        )
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(error))) = &poll
+            && let Some(refused) = BodyRefused::find(error)
+        {
+            *self.refused.lock().unwrap() = Some(refused);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,53 +418,5 @@ mod tests {
         assert_eq!(BodyRefused::find(&error), Some(BodyRefused::TooSlow));
         sender.abort();
         started.elapsed()
-    }
-}
-
-/// A request body passed on to a guest as it arrives, remembering whether
-/// it was refused (too slow, or past the byte budget), so that the answer
-/// can say so (408, 503) whatever the guest made of its failed read.
-pub struct Watched {
-    inner: axum::body::Body,
-    refused: Arc<Mutex<Option<BodyRefused>>>,
-}
-
-impl Watched {
-    /// `body`, and where its refusal will be.
-    pub fn new(body: axum::body::Body) -> (Watched, Arc<Mutex<Option<BodyRefused>>>) {
-        let refused = Arc::new(Mutex::new(None));
-        (
-            Watched {
-                inner: body,
-                refused: refused.clone(),
-            },
-            refused,
-        )
-    }
-}
-
-impl hyper::body::Body for Watched {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(error))) = &poll
-            && let Some(refused) = BodyRefused::find(error)
-        {
-            *self.refused.lock().unwrap() = Some(refused);
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
