@@ -40,6 +40,9 @@ impl Destination {
                 "must be {\"function\": NAME} or {\"uri\": URL}",
             ));
         };
+        if let (Some(reference), 1) = (map.get("ref"), map.len()) {
+            return Destination::parse_ref(reference, &format!("{path}.ref"));
+        }
         match (map.get("function"), map.get("uri"), map.len()) {
             (Some(Value::String(name)), None, 1) => {
                 if !sluice_store::is_dns_label(name) {
@@ -63,6 +66,44 @@ impl Destination {
                 path,
                 "must be {\"function\": NAME} or {\"uri\": URL}",
             )),
+        }
+    }
+
+    /// A Knative reference (`{"apiVersion", "kind", "name"}`) to a
+    /// function: kind `Service` (Knative Serving's) or `Function`.
+    fn parse_ref(value: &Value, path: &str) -> Result<Destination, TriggerError> {
+        let Value::Object(map) = value else {
+            return Err(invalid(path, "must be {\"kind\", \"name\"}"));
+        };
+        check_fields(map, &["apiVersion", "kind", "name", "namespace"], path)?;
+        let text = |key: &str| map.get(key).and_then(Value::as_str);
+        match text("kind") {
+            Some("Service" | "Function") => {}
+            Some(other) => {
+                return Err(invalid(
+                    &format!("{path}.kind"),
+                    format!(
+                        "{other:?} is not a kind Sluice delivers to; name a function with kind Service or Function"
+                    ),
+                ));
+            }
+            None => return Err(invalid(&format!("{path}.kind"), "is required")),
+        }
+        if let Some(namespace) = text("namespace").filter(|n| *n != "default") {
+            return Err(invalid(
+                &format!("{path}.namespace"),
+                format!("{namespace:?}: Sluice has one namespace, `default`"),
+            ));
+        }
+        match text("name") {
+            Some(name) if sluice_store::is_dns_label(name) => {
+                Ok(Destination::Function(name.to_string()))
+            }
+            Some(name) => Err(invalid(
+                &format!("{path}.name"),
+                format!("{name:?} is not a function name"),
+            )),
+            None => Err(invalid(&format!("{path}.name"), "is required")),
         }
     }
 
@@ -380,6 +421,22 @@ mod tests {
         assert_eq!(trigger.delivery.retry, 3);
         assert_eq!(trigger.delivery.timeout, Some(Duration::from_secs(30)));
         assert_eq!(Trigger::parse(&trigger.to_json(), None).unwrap(), trigger);
+        // A Knative reference names a function as `function` does.
+        let mut knative = value.clone();
+        knative["subscriber"] = json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "order-processor"}});
+        knative["delivery"]["deadLetterSink"] =
+            json!({"ref": {"kind": "Function", "name": "dlq-handler", "namespace": "default"}});
+        assert_eq!(Trigger::parse(&knative, None).unwrap(), trigger);
+        for bad in [
+            json!({"ref": {"kind": "Broker", "name": "x"}}),
+            json!({"ref": {"kind": "Service", "name": "x", "namespace": "prod"}}),
+            json!({"ref": {"kind": "Service"}}),
+            json!({"ref": {"kind": "Service", "name": "x"}, "uri": "http://a/"}),
+        ] {
+            let mut broken = value.clone();
+            broken["subscriber"] = bad.clone();
+            assert!(Trigger::parse(&broken, None).is_err(), "{bad}");
+        }
         // A view as the API answers it (read-only fields included) is
         // accepted back as it is; the read-only fields change nothing.
         let mut view = trigger.to_json();

@@ -194,6 +194,14 @@ impl Store {
                     .map(|raw| decode(&raw))
                     .transpose()?;
                 check_version(name, old.as_ref(), expected_version)?;
+                if let Some(old) = &old
+                    && old.digest == digest
+                    && old.world == world
+                    && old.settings == settings
+                {
+                    // The same code and settings again: nothing changes.
+                    return Ok(old.clone());
+                }
                 let record = FunctionRecord {
                     name: name.to_string(),
                     digest: digest.clone(),
@@ -232,6 +240,10 @@ impl Store {
             };
             let mut record = decode(&raw)?;
             check_version(name, Some(&record), expected_version)?;
+            if record.settings == settings {
+                // Nothing changes: the version stays.
+                return Ok(Some(record));
+            }
             record.settings = settings.clone();
             record.version += 1;
             record.updated = now.clone();
@@ -448,6 +460,28 @@ mod tests {
             .deploy_function("a", b"two", World::Http, defaults(), Some(2))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn writing_what_is_there_already_changes_nothing() {
+        let (_dir, store) = open();
+        let defaults = FunctionSettings::default;
+        let first = store
+            .deploy_function("a", b"one", World::Http, defaults(), None)
+            .await
+            .unwrap();
+        let again = store
+            .deploy_function("a", b"one", World::Http, defaults(), None)
+            .await
+            .unwrap();
+        assert_eq!(again, first, "same version, same updated time");
+        let same = store
+            .update_function_settings("a", defaults(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(same, first);
+        assert_eq!(store.blob_count(), 1);
     }
 
     #[test]

@@ -89,7 +89,12 @@ async fn deploy_list_invoke_delete_round_trip() {
         !updated.contains("k3y"),
         "the secret is not shown: {updated}"
     );
-    let redeployed = stdout(&sluice(&server, &["fn", "deploy", "hello", guests::HELLO]));
+    let unchanged = stdout(&sluice(&server, &["fn", "deploy", "hello", guests::HELLO]));
+    assert!(
+        unchanged.starts_with("hello v2 unchanged"),
+        "the same code and settings: {unchanged}"
+    );
+    let redeployed = stdout(&sluice(&server, &["fn", "deploy", "hello", guests::ECHO]));
     assert!(
         redeployed.contains("v3 (http, public)")
             && redeployed

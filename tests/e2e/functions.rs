@@ -609,6 +609,66 @@ async fn a_redeploy_keeps_every_setting_it_does_not_name() {
 }
 
 #[tokio::test]
+async fn requests_that_could_never_work_are_400_and_changing_nothing_keeps_the_version() {
+    let server = Server::start();
+    server.deploy_ok("hello", guests::HELLO, "").await;
+    server.deploy_ok("events", guests::EVENT_ECHO, "").await;
+    let patch = async |body: &str| {
+        let response = server
+            .http()
+            .patch(server.url("/v1/functions/hello"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    // Below what the component needs to start: it could never run.
+    let (status, body) = patch(r#"{"memory_mb": 1}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_message(&body).contains("needs to start"), "{body}");
+    let (status, body) = server.get("/fn/hello/").await;
+    assert_eq!(status, 200, "unchanged and still serving: {body}");
+    let response = server.deploy("hello", guests::HELLO, "memory_mb=1").await;
+    assert_eq!(response.status(), 400);
+
+    // A change that changes nothing keeps the version.
+    let (status, body) = patch("{}").await;
+    assert_eq!(status, 200);
+    let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(record["version"], 1, "{body}");
+    let record = server.deploy_ok("hello", guests::HELLO, "").await;
+    assert_eq!(
+        (record["version"].clone(), record["changed"].clone()),
+        (1.into(), false.into())
+    );
+
+    // `async` is true or false, not anything else run in the foreground.
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/hello/invoke?async=ture"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(&response.text().await.unwrap()), "invalid_query");
+    // An asynchronous call of an event function without an event is
+    // refused now, as the synchronous one is.
+    let response = server
+        .http()
+        .post(server.url("/v1/functions/events/invoke?async=true"))
+        .body("not an event")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // A query that does not parse is the API's JSON error.
+    let (status, body) = server.get("/v1/functions/hello/logs?since=-1").await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "invalid_query", "{body}");
+}
+
+#[tokio::test]
 async fn event_components_deploy_as_the_event_world() {
     let server = Server::start();
     let record = server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;

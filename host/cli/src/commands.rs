@@ -176,6 +176,14 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
             progress.finish_and_clear();
             let record: serde_json::Value = response?.json().await?;
             client.show(&record, |f| {
+                if f["changed"] == false {
+                    println!(
+                        "{} v{} unchanged (the same code and settings)",
+                        f["name"].as_str().unwrap_or_default(),
+                        f["version"]
+                    );
+                    return;
+                }
                 println!(
                     "deployed {} v{} ({}, {}) at {}",
                     f["name"].as_str().unwrap_or_default(),

@@ -34,6 +34,15 @@ pub enum Pre {
     Event(EventHandlerPre<InvocationState>),
 }
 
+/// The largest initial linear memory among `component`'s modules, in bytes.
+fn min_memory_bytes(component: &Component) -> u64 {
+    component
+        .resources_required()
+        .and_then(|required| required.max_initial_memory_size)
+        .unwrap_or(0)
+        .saturating_mul(64 << 10)
+}
+
 /// A loaded function: everything a call needs except the instance.
 pub struct Function {
     /// The stored record.
@@ -51,6 +60,9 @@ pub struct Function {
     pub kv: Arc<KvContext>,
     /// One permit per instance that may run at once.
     pub permits: Arc<Semaphore>,
+    /// The largest initial linear memory of the component's modules: a
+    /// memory limit below it could never instantiate.
+    pub min_memory_bytes: u64,
     last_used_ms: AtomicU64,
     /// True until the first invocation of this loaded copy.
     cold: std::sync::atomic::AtomicBool,
@@ -282,6 +294,23 @@ impl Functions {
         self.memory_budget_mb
     }
 
+    /// Refuses settings whose memory limit is below what the component
+    /// needs to start (such a function could never run).
+    fn check_floor(&self, settings: &FunctionSettings, min_bytes: u64) -> Result<(), DeployError> {
+        let limit = self.runtime.limits().resolve(settings).memory_bytes;
+        if limit < min_bytes {
+            return Err(DeployError::InvalidSetting(InvalidSetting {
+                setting: "memory_mb",
+                reason: format!(
+                    "{} MiB is less than the {} MiB of linear memory the component needs to start",
+                    limit >> 20,
+                    min_bytes.div_ceil(1 << 20)
+                ),
+            }));
+        }
+        Ok(())
+    }
+
     /// Refuses settings whose memory limit alone passes the budget (such a
     /// function could never run).
     fn check_budget(&self, settings: &FunctionSettings) -> Result<(), DeployError> {
@@ -342,11 +371,13 @@ impl Functions {
             }
         };
         let (world, pre) = self.prepare(&component)?;
+        let min_memory = min_memory_bytes(&component);
+        self.check_floor(&settings, min_memory)?;
         let record = self
             .store
             .deploy_function(name, &bytes, world, settings, expected_version)
             .await?;
-        let function = self.build(record.clone(), pre);
+        let function = self.build(record.clone(), pre, min_memory);
         self.loaded
             .write()
             .unwrap()
@@ -365,13 +396,23 @@ impl Functions {
     ) -> Result<FunctionRecord, DeployError> {
         self.runtime.limits().validate(&settings)?;
         self.check_budget(&settings)?;
+        let before = match self.get(name).await? {
+            Some(function) => {
+                self.check_floor(&settings, function.min_memory_bytes)?;
+                Some(function.record.version)
+            }
+            None => None,
+        };
         let record = self
             .store
             .update_function_settings(name, settings, expected_version)
             .await?
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
-        // The next call reloads with the new settings (from the artifact).
-        self.loaded.write().unwrap().remove(name);
+        if before != Some(record.version) {
+            // The next call reloads with the new settings (from the artifact).
+            self.loaded.write().unwrap().remove(name);
+            tracing::info!(function = %name, version = record.version, "settings changed");
+        }
         Ok(record)
     }
 
@@ -442,7 +483,7 @@ impl Functions {
             }
         };
         let (_, pre) = self.prepare(&component)?;
-        let function = Arc::new(self.build(record, pre));
+        let function = Arc::new(self.build(record, pre, min_memory_bytes(&component)));
         self.loaded
             .write()
             .unwrap()
@@ -498,7 +539,7 @@ impl Functions {
         before - loaded.len()
     }
 
-    fn build(&self, record: FunctionRecord, pre: Pre) -> Function {
+    fn build(&self, record: FunctionRecord, pre: Pre, min_memory_bytes: u64) -> Function {
         let limits = self.runtime.limits().resolve(&record.settings);
         let env: Vec<(String, String)> = record
             .settings
@@ -521,6 +562,7 @@ impl Functions {
             kv,
             env,
             permits: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+            min_memory_bytes,
             limits,
             pre,
             record,

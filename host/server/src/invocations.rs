@@ -282,6 +282,16 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         .and_then(|caller| caller.token_id().map(str::to_string));
     let (parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, function.limits.max_request_bytes).await?;
+    if function.record.world == sluice_store::World::Event {
+        // Refused now as the synchronous call would refuse it, not later.
+        let events = sluice_router::binding::parse_request(&parts.headers, &body)?;
+        if events.len() != 1 {
+            return Err(ApiError::bad_request(
+                "one_event",
+                "invoke takes exactly one event; post batches to /v1/events",
+            ));
+        }
+    }
     let bytes = body.len() as u64;
     let mut admitted = state.invocations.admit(bytes)?;
     let record = Record {

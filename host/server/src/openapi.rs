@@ -18,9 +18,10 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(
         title = "Sluice",
-        description = "A WebAssembly function host with an event router. Management routes need `Authorization: Bearer <token>` (scopes: admin, deploy, invoke, publish); see the README.",
+        description = "A WebAssembly function host with an event router. Management routes need `Authorization: Bearer <token>` (scopes: admin, deploy, invoke, publish, metrics); see the README.",
         license(name = "Apache-2.0")
     ),
+    servers((url = "/", description = "The server that serves this document")),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
@@ -36,7 +37,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine, DeployForm,
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
-        Invocation, Status, Deleted, ServerStatus
+        Invocation, InvocationAccepted, InvocationSummary, InvocationList, Status, Deleted,
+        Revoked, ServerStatus, CloudEvent, Component, AnyBody
     ))
 )]
 pub struct ApiDoc;
@@ -143,18 +145,29 @@ pub enum CallErrors {
     /// The token lacks the `invoke` scope.
     #[response(status = 403)]
     Forbidden(Error),
+    /// An event function called over HTTP (`wrong_world`), or a bad query.
+    #[response(status = 400)]
+    BadRequest(Error),
     /// No such function.
     #[response(status = 404)]
     NotFound(Error),
-    /// Request body past the function's limit.
+    /// The request body arrived too slowly (`--min-body-rate`).
+    #[response(status = 408)]
+    TooSlow(Error),
+    /// A request body past the function's limit, or a response whose
+    /// declared length is past it (`response_too_large`).
     #[response(status = 413)]
     TooLarge(Error),
+    /// At its `max_concurrency` past `--queue-timeout-ms`; `Retry-After`.
+    #[response(status = 429)]
+    Busy(Error),
     /// The guest trapped or failed.
     #[response(status = 500)]
     Failed(Error),
-    /// At its concurrency limit, or the instance pool is full.
+    /// The instance pool or the memory budget is full, or too many request
+    /// bytes are held; `Retry-After`.
     #[response(status = 503)]
-    Busy(Error),
+    Unavailable(Error),
     /// Past its timeout.
     #[response(status = 504)]
     Timeout(Error),
@@ -197,17 +210,81 @@ pub struct ErrorDetail {
     message: String,
 }
 
+/// Who may invoke a function.
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+pub enum Visibility {
+    /// Needs an `invoke` token (the default).
+    private,
+    /// Anyone.
+    public,
+}
+
+/// What a token may do.
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+pub enum Scope {
+    /// Everything.
+    admin,
+    /// Functions, triggers, dead letters.
+    deploy,
+    /// Call private functions; read their invocations.
+    invoke,
+    /// Post events.
+    publish,
+    /// Read `/metrics`.
+    metrics,
+}
+
+/// Any bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct AnyBody(Vec<u8>);
+
+/// Component bytes (a WebAssembly component).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Component(Vec<u8>);
+
+/// A CloudEvent in structured mode (JSON). Extension attributes are
+/// further top-level members (lowercase `a-z0-9`).
+#[derive(ToSchema)]
+pub struct CloudEvent {
+    /// `1.0`.
+    specversion: String,
+    id: String,
+    /// A URI-reference.
+    source: String,
+    #[schema(rename = "type")]
+    ty: String,
+    subject: Option<String>,
+    /// RFC 3339.
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    /// Any JSON value.
+    #[schema(value_type = Option<Object>)]
+    data: Option<serde_json::Value>,
+    /// Base64 binary data (not with `data`).
+    data_base64: Option<String>,
+}
+
 /// Settings given as query parameters of a deploy or a settings change.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SettingsQuery {
     /// `private` or `public`.
+    #[param(value_type = Option<Visibility>)]
     visibility: Option<String>,
-    /// Wall-clock limit per call, in milliseconds.
+    /// Wall-clock limit per call, in milliseconds (at most `--max-timeout-ms`).
+    #[param(minimum = 1)]
     timeout_ms: Option<u64>,
-    /// Linear memory cap, in MiB.
+    /// Linear memory cap, in MiB (at most `--max-memory-mb`, at least what
+    /// the component needs to start).
+    #[param(minimum = 1)]
     memory_mb: Option<u64>,
     /// Instances at once.
+    #[param(minimum = 1)]
     max_concurrency: Option<u32>,
     /// Largest request body, in bytes.
     max_request_bytes: Option<u64>,
@@ -245,13 +322,16 @@ pub struct Function {
     /// version because the request did not name them (those that differ
     /// from the server defaults).
     kept: Option<Vec<String>>,
+    /// Only in the answer to a redeploy: false when the code and settings
+    /// were those of the current version (which then stays).
+    changed: Option<bool>,
 }
 
 /// A deploy as `multipart/form-data`.
 #[derive(ToSchema)]
 pub struct DeployForm {
     /// The component.
-    #[schema(format = Binary, content_media_type = "application/wasm")]
+    #[schema(value_type = String, format = Binary, content_media_type = "application/wasm")]
     component: Vec<u8>,
     /// Settings (JSON). On a redeploy only the keys present change; `null`
     /// resets one to the server default.
@@ -262,9 +342,15 @@ pub struct DeployForm {
 #[derive(ToSchema)]
 pub struct FunctionSettings {
     /// `private` (needs an `invoke` token; the default) or `public`.
+    #[schema(value_type = Option<Visibility>)]
     visibility: Option<String>,
+    /// At most `--max-timeout-ms`.
+    #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
+    /// At most `--max-memory-mb`, at least what the component needs to start.
+    #[schema(minimum = 1)]
     memory_mb: Option<u64>,
+    #[schema(minimum = 1)]
     max_concurrency: Option<u32>,
     max_request_bytes: Option<u64>,
     max_response_bytes: Option<u64>,
@@ -324,27 +410,33 @@ pub struct RecentInvocation {
 /// A trigger (Knative `Trigger` shape, or the Subscriptions API's `filters`).
 #[derive(ToSchema)]
 pub struct Trigger {
-    /// DNS label.
+    /// DNS label (on `PUT`, taken from the path when absent).
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     name: String,
     /// Default `default`.
     broker: Option<String>,
     /// Knative: `{"attributes": {"type": "..."}}`, every attribute equal.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
     /// Subscriptions API dialects: `exact`, `prefix`, `suffix`, `all`, `any`, `not`,
     /// and `cesql` (a CloudEvents SQL v1 expression in a string).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Option<Vec<Object>>)]
     filters: Option<Vec<serde_json::Value>>,
-    /// `{"function": "name"}` or `{"uri": "http://..."}`.
+    /// `{"function": "name"}`, `{"uri": "http://..."}`, or a Knative
+    /// reference to a function: `{"ref": {"apiVersion": "serving.knative.dev/v1",
+    /// "kind": "Service", "name": "name"}}` (kind `Service` or `Function`;
+    /// `deadLetterSink` takes the same three shapes).
     #[schema(value_type = Object)]
     subscriber: serde_json::Value,
     /// `retry`, `backoffPolicy` (`exponential`, `linear`), `backoffDelay`
     /// (ISO 8601), `timeout`, `deadLetterSink`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     delivery: Option<serde_json::Value>,
-    /// Read only.
+    /// Read only (ignored on a write).
+    #[schema(read_only)]
     status: Option<TriggerStatus>,
-    /// Read only.
+    /// Read only (ignored on a write).
+    #[schema(read_only)]
     stats: Option<TriggerStats>,
 }
 
@@ -412,10 +504,16 @@ pub struct Deleted {
     deleted: String,
 }
 
+/// The id of the revoked token.
+#[derive(ToSchema)]
+pub struct Revoked {
+    revoked: String,
+}
+
 /// A new token's scope and label.
 #[derive(ToSchema)]
 pub struct TokenRequest {
-    /// `admin`, `deploy`, `invoke` or `publish`.
+    #[schema(value_type = Scope)]
     scope: String,
     name: Option<String>,
 }
@@ -445,9 +543,20 @@ pub struct Invocation {
     status: String,
     created: String,
     finished: Option<String>,
-    /// `status`, `headers`, and `body` (text) or `body_base64`.
-    #[schema(value_type = Object)]
+    /// `status`, `headers`, and `body` (text) or `body_base64`; `null`
+    /// until it finished (and for a cancelled one).
+    #[schema(value_type = Option<Object>)]
     response: Option<serde_json::Value>,
+}
+
+/// A queued asynchronous invocation (`?async=true`).
+#[derive(ToSchema)]
+pub struct InvocationAccepted {
+    id: String,
+    /// `queued`.
+    status: String,
+    /// Where to read it: `/v1/invocations/{id}`.
+    url: String,
 }
 
 /// One invocation in a list (without its response).

@@ -118,7 +118,7 @@ async fn event_stream(
 #[utoipa::path(get, path = "/v1/status", tag = "operations",
     responses(
         (status = 200, description = "Status", body = crate::openapi::ServerStatus),
-        (status = 401, description = "No valid token", body = crate::openapi::Error)))]
+        crate::openapi::AuthErrors))]
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.functions.store();
     Ok(axum::Json(json!({

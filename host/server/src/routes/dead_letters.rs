@@ -1,12 +1,12 @@
 //! `/v1/deadletters`: inspect, redeliver and discard dead letters.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 use crate::state::AppState;
 
 /// The routes of dead letters.
@@ -27,6 +27,7 @@ struct DeadLetterQuery {
     params(("trigger" = Option<String>, Query, description = "Only this trigger's")),
     responses(
         (status = 200, description = "Dead letters", body = crate::openapi::DeadLetterList),
+        (status = 400, description = "A query that does not parse", body = crate::openapi::Error),
         crate::openapi::AuthErrors))]
 async fn list_dead_letters(
     State(state): State<AppState>,

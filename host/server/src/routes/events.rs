@@ -25,7 +25,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Posts CloudEvents (binary, structured or batch mode) to the `default`
 /// broker; 202 once they are on disk.
 #[utoipa::path(post, path = "/v1/events", tag = "events",
-    request_body(content = String, description = "A CloudEvent in binary mode (`ce-*` headers), structured mode (`application/cloudevents+json`) or batch mode (`application/cloudevents-batch+json`)"),
+params(("ce-specversion" = Option<String>, Header, description = "Binary mode: `1.0`"),
+        ("ce-id" = Option<String>, Header, description = "Binary mode"),
+        ("ce-source" = Option<String>, Header, description = "Binary mode"),
+        ("ce-type" = Option<String>, Header, description = "Binary mode")),
+    request_body(description = "A CloudEvent in binary mode (`ce-*` headers, the data as the body), structured mode or batch mode",
+        content((crate::openapi::CloudEvent = "application/cloudevents+json"),
+            (Vec<crate::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+            (crate::openapi::AnyBody = "*/*"))),
     responses(
         (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
         crate::openapi::IngestErrors))]
@@ -38,8 +45,16 @@ async fn post_default_events(
 
 /// Posts CloudEvents to broker `broker`.
 #[utoipa::path(post, path = "/v1/brokers/{broker}/events", tag = "events",
-    params(("broker" = String, Path, description = "Broker name")),
-    request_body(content = String, description = "A CloudEvent in binary, structured or batch mode"),
+params(("broker" = String, Path, description = "Broker name"),
+        ("ce-specversion" = Option<String>, Header, description = "Binary mode: `1.0`"),
+        ("ce-id" = Option<String>, Header, description = "Binary mode"),
+        ("ce-source" = Option<String>, Header, description = "Binary mode"),
+        ("ce-type" = Option<String>, Header, description = "Binary mode")),
+    request_body(description = "A CloudEvent in binary mode (`ce-*` headers, the data as the body), structured mode or batch mode",
+        content((crate::openapi::CloudEvent = "application/cloudevents+json"),
+            (Vec<crate::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+            (crate::openapi::AnyBody = "*/*"))),
+    security(("bearer" = []), ()),
     responses(
         (status = 202, description = "Accepted: durable", body = crate::openapi::Accepted),
         crate::openapi::IngestErrors))]

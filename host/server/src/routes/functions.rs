@@ -61,7 +61,7 @@ pub(crate) fn view(record: &FunctionRecord) -> serde_json::Value {
     params(("name" = String, Path, description = "Function name"),
         crate::openapi::SettingsQuery),
     request_body(description = "The component, or a form with the component and its settings",
-        content((Vec<u8> = "application/wasm"), (crate::openapi::DeployForm = "multipart/form-data"))),
+        content((crate::openapi::Component = "application/wasm"), (crate::openapi::DeployForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "Replaced (settings the request does not name are kept, listed in `kept`)", body = crate::openapi::Function),
         (status = 201, description = "Deployed", body = crate::openapi::Function),
@@ -127,7 +127,7 @@ async fn put_function(
     // the write is conditional on that version, so a concurrent change is
     // never overwritten with stale settings (the read is repeated instead).
     let mut attempts = 0;
-    let (record, kept) = loop {
+    let (record, kept, expected) = loop {
         let current = state.functions.store().function(&name)?;
         let (settings, kept) = requested.over(current.as_ref().map(|r| &r.settings))?;
         let expected = current.map_or(0, |record| record.version);
@@ -139,17 +139,18 @@ async fn put_function(
             Err(DeployError::Store(StoreError::Changed(_))) if attempts < MAX_ATTEMPTS => {
                 attempts += 1;
             }
-            result => break (result?, kept),
+            result => break (result?, kept, expected),
         }
     };
-    let status = if record.version == 1 {
-        StatusCode::CREATED
-    } else {
+    let status = if expected > 0 {
         StatusCode::OK
+    } else {
+        StatusCode::CREATED
     };
     let mut body = view(&record);
-    if record.version > 1 {
+    if expected > 0 {
         body["kept"] = json!(kept);
+        body["changed"] = json!(record.version != expected);
     }
     Ok((status, axum::Json(body)).into_response())
 }
@@ -249,12 +250,13 @@ const MAX_LOG_PAGE: usize = 1000;
         ("limit" = Option<u64>, Query, description = "At most this many (1000 at most)")),
     responses(
         (status = 200, description = "A page of lines", body = crate::openapi::LogPage),
+        (status = 400, description = "A query that does not parse", body = crate::openapi::Error),
         crate::openapi::AuthErrors,
         (status = 404, description = "No such function", body = crate::openapi::Error)))]
 async fn function_logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+    crate::error::Query(query): crate::error::Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     if state.functions.store().function(&name)?.is_none() {
         return Err(ApiError::function_not_found(&name));

@@ -2,14 +2,14 @@
 //! cancelled (see `invocations.rs` for the queue and its workers).
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 use crate::invocations::{Record, b64, readable};
 use crate::state::AppState;
 
@@ -148,6 +148,7 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "Invocations", body = crate::openapi::InvocationList),
+        (status = 400, description = "A query that does not parse", body = crate::openapi::Error),
         crate::openapi::AuthErrors))]
 pub async fn list_invocations(
     State(state): State<AppState>,

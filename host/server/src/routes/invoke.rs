@@ -37,24 +37,36 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invoke",
     params(("name" = String, Path, description = "Function name"),
         ("async" = Option<bool>, Query, description = "Run in the background")),
-    request_body(content = String, description = "A CloudEvent for an event function; any body for an HTTP one"),
+    request_body(description = "A CloudEvent (binary, structured) for an event function; any body for an HTTP one",
+        content((Option<crate::openapi::AnyBody> = "*/*"))),
     responses(
         (status = 200, description = "The function's answer (`{\"replies\": [...]}` for an event function)"),
-        (status = 202, description = "Queued (`?async=true`)", body = crate::openapi::Invocation),
-        (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        crate::openapi::AuthErrors,
-        (status = 404, description = "No such function", body = crate::openapi::Error),
+        (status = 202, description = "Queued (`?async=true`)", body = crate::openapi::InvocationAccepted),
+        crate::openapi::CallErrors,
         (status = 422, description = "The event function failed permanently", body = crate::openapi::Error),
-        (status = 500, description = "The function failed", body = crate::openapi::Error)),
+        (status = "default", description = "Whatever an HTTP function answers")),
     security((), ("bearer" = [])))]
 async fn invoke_function(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let asynchronous = request.uri().query().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "async" && v == "true")
-    });
+    let mut asynchronous = false;
+    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        if key == "async" {
+            asynchronous = match value.as_ref() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    // A typo must not run a long job in the foreground.
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("async={other:?}: use async=true or async=false"),
+                    ));
+                }
+            };
+        }
+    }
     if asynchronous {
         return crate::invocations::enqueue(&state, &name, request).await;
     }
@@ -97,10 +109,11 @@ pub(crate) async fn run_invoke(
 /// `/fn/{name}` and the query; its response is the answer.
 #[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}", tag = "invoke",
     params(("name" = String, Path, description = "Function name")),
-    request_body(content = String, description = "Passed to the guest as is"),
+    request_body(description = "Passed to the guest as is, as it arrives",
+        content((Option<crate::openapi::AnyBody> = "*/*"))),
     responses(
-        (status = 200, description = "Whatever the function answers"),
-        crate::openapi::CallErrors),
+        crate::openapi::CallErrors,
+        (status = "default", description = "Whatever the function answers, streamed as it writes it")),
     security((), ("bearer" = [])))]
 async fn call_function_root(
     State(state): State<AppState>,
@@ -120,10 +133,11 @@ async fn call_function_root(
 /// `/fn/{name}` and the query; its response is the answer.
 #[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/", tag = "invoke",
     params(("name" = String, Path, description = "Function name")),
-    request_body(content = String, description = "Passed to the guest as is"),
+    request_body(description = "Passed to the guest as is, as it arrives",
+        content((Option<crate::openapi::AnyBody> = "*/*"))),
     responses(
-        (status = 200, description = "Whatever the function answers"),
-        crate::openapi::CallErrors),
+        crate::openapi::CallErrors,
+        (status = "default", description = "Whatever the function answers, streamed as it writes it")),
     security((), ("bearer" = [])))]
 async fn call_function_slash(
     state: State<AppState>,
@@ -138,10 +152,11 @@ async fn call_function_slash(
 #[utoipa::path(method(get, post, put, delete, patch, head, options, trace), path = "/fn/{name}/{*path}", tag = "invoke",
     params(("name" = String, Path, description = "Function name"),
         ("path" = String, Path, description = "The rest of the path, given to the guest")),
-    request_body(content = String, description = "Passed to the guest as is"),
+    request_body(description = "Passed to the guest as is, as it arrives",
+        content((Option<crate::openapi::AnyBody> = "*/*"))),
     responses(
-        (status = 200, description = "Whatever the function answers"),
-        crate::openapi::CallErrors),
+        crate::openapi::CallErrors,
+        (status = "default", description = "Whatever the function answers, streamed as it writes it")),
     security((), ("bearer" = [])))]
 async fn call_function(
     State(state): State<AppState>,

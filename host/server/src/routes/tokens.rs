@@ -78,7 +78,7 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "Token id")),
     responses(
-        (status = 200, description = "Revoked", body = crate::openapi::Deleted),
+        (status = 200, description = "Revoked", body = crate::openapi::Revoked),
         crate::openapi::AuthErrors,
         (status = 404, description = "No such token", body = crate::openapi::Error)))]
 async fn revoke(
