@@ -580,6 +580,36 @@ async fn async_invocations_are_listed_and_cancelled_queued_or_running() {
         "the interrupted call is counted as cancelled"
     );
 
+    // A token sees the invocations it made, never another's nor one made
+    // without a token (its id is its only protection).
+    let (_, token) = server
+        .post_json("/v1/tokens", serde_json::json!({"scope": "invoke"}))
+        .await;
+    let token: Value = serde_json::from_str(&token).unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let own = reqwest::Client::new()
+        .post(server.url("/v1/functions/echo/invoke?async=true"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 202);
+    let own: Value = own.json().await.unwrap();
+    let listed = reqwest::Client::new()
+        .get(server.url("/v1/invocations"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    let ids: Vec<&str> = listed["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [own["id"].as_str().unwrap()], "{listed}");
+
     // The restart keeps them cancelled.
     let mut server = server;
     server.restart();

@@ -769,6 +769,67 @@ async fn responses_stream_as_the_guest_writes_them_and_a_stream_past_the_cap_is_
         (200, 128 << 10),
         "the server serves on"
     );
+
+    // A declared length, a HEAD: complete answers, counted `ok`.
+    server
+        .deploy_ok("declared", guests::BIG, "env=BIG_KB=128&env=BIG_DECLARE=1")
+        .await;
+    let (status, body) = server.get("/fn/declared/").await;
+    assert_eq!((status, body.len()), (200, 128 << 10));
+    let response = server
+        .http()
+        .head(server.url("/fn/declared/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let outcome = |function: &'static str, outcome: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .metrics()
+                .await
+                .get(&(
+                    "sluice_function_invocations_total".to_string(),
+                    format!("function={function},outcome={outcome}"),
+                ))
+                .copied()
+                .unwrap_or(0.0)
+        }
+    };
+    eventually(Duration::from_secs(10), || async {
+        (outcome("declared", "ok").await == 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(outcome("declared", "cancelled").await, 0.0);
+
+    // A client that goes away mid-stream stops the guest: `cancelled`.
+    let mut response = server
+        .http()
+        .get(server.url("/fn/ticker/"))
+        .send()
+        .await
+        .unwrap();
+    response.chunk().await.unwrap().expect("a first chunk");
+    drop(response);
+    eventually(Duration::from_secs(10), || async {
+        (outcome("ticker", "cancelled").await == 1.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_that_pauses_longer_than_the_send_timeout_is_not_cut() {
+    let server = Server::start_with(&["--send-timeout-secs", "1"]);
+    server
+        .deploy_ok("slow", guests::BIG, "env=BIG_KB=192&env=BIG_PAUSE_MS=1500")
+        .await;
+    let (status, body) = server.get("/fn/slow/").await;
+    assert_eq!(
+        (status, body.len()),
+        (200, 192 << 10),
+        "waiting for the guest is not a client that stopped reading"
+    );
 }
 
 #[tokio::test]
@@ -793,6 +854,16 @@ async fn request_bodies_over_the_cap_are_413() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "exactly at the cap is accepted");
+    // Streamed without a declared length, past the cap: 413 too.
+    let chunks = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 512])));
+    let response = server
+        .http()
+        .post(server.url("/fn/echo/"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
 }
 
 #[tokio::test]

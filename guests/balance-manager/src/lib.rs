@@ -26,15 +26,25 @@ fn money(cents: i64) -> serde_json::Value {
     serde_json::from_str(&common::format_money(cents, false)).unwrap_or_default()
 }
 
-/// The balance of `account`, in cents.
+/// The balance of `account`, in cents (a balance kept in whole units by an
+/// older version is read as such).
 fn balance(bucket: &kv::Bucket, account: &str) -> Result<i64, String> {
-    match bucket
-        .get(&format!("balance-cents:{account}"))
-        .map_err(|e| format!("{e:?}"))?
-    {
-        Some(raw) => String::from_utf8_lossy(&raw)
-            .parse()
-            .map_err(|_| "corrupt balance".to_string()),
+    let read = |key: String| -> Result<Option<i64>, String> {
+        match bucket.get(&key).map_err(|e| format!("{e:?}"))? {
+            Some(raw) => String::from_utf8_lossy(&raw)
+                .parse()
+                .map(Some)
+                .map_err(|_| "corrupt balance".to_string()),
+            None => Ok(None),
+        }
+    };
+    if let Some(cents) = read(format!("balance-cents:{account}"))? {
+        return Ok(cents);
+    }
+    match read(format!("balance:{account}"))? {
+        Some(units) => units
+            .checked_mul(100)
+            .ok_or_else(|| "balance overflow".to_string()),
         None => Ok(0),
     }
 }

@@ -377,6 +377,14 @@ impl Functions {
             .store
             .deploy_function(name, &bytes, world, settings, expected_version)
             .await?;
+        if self
+            .cached(name)
+            .is_some_and(|loaded| loaded.record == record)
+        {
+            // The same code and settings again: the loaded function (its
+            // concurrency count with it) stays.
+            return Ok(record);
+        }
         let function = self.build(record.clone(), pre, min_memory);
         self.loaded
             .write()
@@ -396,12 +404,14 @@ impl Functions {
     ) -> Result<FunctionRecord, DeployError> {
         self.runtime.limits().validate(&settings)?;
         self.check_budget(&settings)?;
-        let before = match self.get(name).await? {
-            Some(function) => {
+        // A component that no longer loads can still have its settings
+        // changed (the floor is checked when it can be).
+        let before = match self.get(name).await {
+            Ok(Some(function)) => {
                 self.check_floor(&settings, function.min_memory_bytes)?;
                 Some(function.record.version)
             }
-            None => None,
+            Ok(None) | Err(_) => None,
         };
         let record = self
             .store

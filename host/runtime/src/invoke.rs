@@ -247,6 +247,24 @@ pub struct CallOptions {
     pub cancel: Option<CancellationToken>,
 }
 
+/// Stops an invocation's task when dropped, unless [`taken`](Self::taken)
+/// (its future was dropped: the caller went away).
+struct StopUnlessTaken(Option<tokio::task::AbortHandle>);
+
+impl StopUnlessTaken {
+    fn taken(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopUnlessTaken {
+    fn drop(&mut self) {
+        if let Some(abort) = self.0.take() {
+            abort.abort();
+        }
+    }
+}
+
 /// Resolves when `cancel` is cancelled; never without one.
 async fn cancelled(cancel: Option<&CancellationToken>) {
     match cancel {
@@ -495,6 +513,37 @@ impl Functions {
         let span = tracing::info_span!("invocation", function = %name, id = %invocation_id, trace_id = %trace.trace_id_hex());
         let run = tracing::Instrument::instrument(
             async move {
+                // The guest's output reaches its log however the call ends,
+                // also when its task is stopped (a cut stream, a caller gone).
+                struct KeepOutput {
+                    functions: std::sync::Weak<Functions>,
+                    name: String,
+                    invocation: String,
+                    stdout: CappedOutput,
+                    stderr: CappedOutput,
+                    warnings: Arc<crate::guest_log::GuestWarnings>,
+                }
+                impl Drop for KeepOutput {
+                    fn drop(&mut self) {
+                        if let Some(functions) = self.functions.upgrade() {
+                            functions.keep_output(
+                                &self.name,
+                                &self.invocation,
+                                &self.stdout,
+                                &self.stderr,
+                            );
+                        }
+                        self.warnings.finish(&self.name, &self.invocation);
+                    }
+                }
+                let _output = KeepOutput {
+                    functions,
+                    name,
+                    invocation: invocation_id,
+                    stdout,
+                    stderr,
+                    warnings,
+                };
                 // The permits live in the future that owns the store, so they
                 // are given back only once the instance is gone, wherever it
                 // ran (a timed-out long call ends on its pool's thread).
@@ -513,10 +562,6 @@ impl Functions {
                     },
                     () = cancelled(cancel.as_ref()) => TaskEnd::Cancelled,
                 };
-                if let Some(functions) = functions.upgrade() {
-                    functions.keep_output(&name, &invocation_id, &stdout, &stderr);
-                }
-                warnings.finish(&name, &invocation_id);
                 end
             },
             span,
@@ -668,10 +713,22 @@ impl Functions {
     {
         let started = Instant::now();
         let usage = Arc::default();
-        let mut response = match self
+        /// Counts the call `cancelled` if its caller goes away before the
+        /// head (the guard in `call_http_head` stops the guest).
+        struct Counted<'a>(Option<(&'a Functions, &'a Function, Instant, &'a Usage)>);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                if let Some((functions, function, started, usage)) = self.0.take() {
+                    functions.record(function, started, "cancelled", usage);
+                }
+            }
+        }
+        let mut counted = Counted(Some((self, function, started, &usage)));
+        let head = self
             .call_http_head(function, request, options, &usage, started)
-            .await
-        {
+            .await;
+        counted.0 = None;
+        let mut response = match head {
             Ok(response) => response,
             Err(error) => {
                 self.record(function, started, error.outcome(), &usage);
@@ -742,6 +799,8 @@ impl Functions {
         } = running;
         let memory_exceeded = || usage.memory_exceeded.load(Ordering::Relaxed);
         let abort = task.abort_handle();
+        // A caller that goes away before the head stops the guest.
+        let mut guard = StopUnlessTaken(Some(abort.clone()));
         let timeout_ms = options
             .timeout
             .unwrap_or(function.limits.timeout)
@@ -783,6 +842,11 @@ impl Functions {
                 limit: cap,
             });
         }
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        guard.taken();
         let body = GuestBody::new(
             body,
             self.handle(),
@@ -792,6 +856,7 @@ impl Functions {
             task,
             deadline,
             timeout_ms,
+            declared,
         );
         Ok(http::Response::from_parts(parts, body))
     }

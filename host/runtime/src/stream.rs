@@ -47,6 +47,12 @@ pub struct GuestBody {
     broke: bool,
     /// The first frame, read by [`GuestBody::prime`] before the head went out.
     first: Option<Frame<Bytes>>,
+    /// The length the guest declared (`content-length`), if it did.
+    declared: Option<u64>,
+    /// Trailers went out (they come last).
+    trailers: bool,
+    /// The call's deadline.
+    deadline_at: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for GuestBody {
@@ -69,8 +75,12 @@ impl GuestBody {
         task: tokio::task::JoinHandle<TaskEnd<()>>,
         deadline: tokio::time::Instant,
         timeout_ms: u64,
+        declared: Option<u64>,
     ) -> GuestBody {
         GuestBody {
+            declared,
+            trailers: false,
+            deadline_at: deadline,
             inner: Some(inner),
             cap: function.limits.max_response_bytes,
             ending: Some(Ending {
@@ -150,6 +160,7 @@ impl Body for GuestBody {
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
+                    this.trailers |= frame.is_trailers();
                     if let Some(data) = frame.data_ref() {
                         this.sent += data.len() as u64;
                         if this.sent > this.cap {
@@ -223,12 +234,61 @@ impl Body for GuestBody {
 
 impl Drop for GuestBody {
     fn drop(&mut self) {
-        if self.ending.is_some() {
-            // The caller stopped reading (a client that went away).
-            let cancelled = InvokeError::Cancelled {
-                name: self.ending.as_ref().map(name_of).unwrap_or_default(),
-            };
-            self.end(Err(&cancelled));
+        let Some(ending) = self.ending.take() else {
+            return;
+        };
+        // hyper drops a body it has sent all of without asking for its end
+        // (a declared length reached, trailers sent): the response is
+        // complete, so the guest may finish its call (its log kept, its
+        // outcome counted as it ends), within its deadline. Otherwise the
+        // caller went away: the guest is stopped now.
+        let complete = self.inner.is_none() || self.trailers || self.declared == Some(self.sent);
+        let runtime = tokio::runtime::Handle::try_current();
+        match (complete && !self.broke, runtime) {
+            (true, Ok(runtime)) => {
+                self.inner = None;
+                let deadline = self.deadline_at;
+                runtime.spawn(async move {
+                    let Ending {
+                        functions,
+                        function,
+                        started,
+                        usage,
+                        timeout_ms,
+                        task,
+                    } = ending;
+                    let abort = task.abort_handle();
+                    let end = match tokio::time::timeout_at(deadline, task).await {
+                        Ok(end) => end.map_err(|_| TASK_FAILED),
+                        Err(_) => {
+                            abort.abort();
+                            Ok(TaskEnd::TimedOut)
+                        }
+                    };
+                    let Some(functions) = functions.upgrade() else {
+                        return;
+                    };
+                    let outcome = match end {
+                        Ok(TaskEnd::Done(())) => "ok",
+                        end => {
+                            let exceeded = usage
+                                .memory_exceeded
+                                .load(std::sync::atomic::Ordering::Relaxed);
+                            functions
+                                .classify(&function, timeout_ms, end, exceeded)
+                                .outcome()
+                        }
+                    };
+                    functions.record(&function, started, outcome, &usage);
+                });
+            }
+            _ => {
+                let cancelled = InvokeError::Cancelled {
+                    name: name_of(&ending),
+                };
+                self.ending = Some(ending);
+                self.end(Err(&cancelled));
+            }
         }
     }
 }

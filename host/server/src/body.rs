@@ -246,24 +246,38 @@ pub fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
+/// Why a request body streamed into a guest was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Too slow, or past the byte budget.
+    Refused(BodyRefused),
+    /// Past the function's `max_request_bytes` (this many).
+    TooLarge(u64),
+}
+
 /// A request body passed on to a guest as it arrives, remembering whether
-/// it was refused (too slow, or past the byte budget), so that the answer
-/// can say so (408, 503) whatever the guest made of its failed read.
+/// it was cut (too slow, past the byte budget, past `limit` bytes), so that
+/// the answer can say so (408, 503, 413) whatever the guest made of its
+/// failed read.
 pub struct Watched {
     inner: axum::body::Body,
-    refused: Arc<Mutex<Option<BodyRefused>>>,
+    received: u64,
+    limit: u64,
+    cut: Arc<Mutex<Option<Cut>>>,
 }
 
 impl Watched {
-    /// `body`, and where its refusal will be.
-    pub fn new(body: axum::body::Body) -> (Watched, Arc<Mutex<Option<BodyRefused>>>) {
-        let refused = Arc::new(Mutex::new(None));
+    /// `body`, cut past `limit` bytes, and where its cut will be.
+    pub fn new(body: axum::body::Body, limit: u64) -> (Watched, Arc<Mutex<Option<Cut>>>) {
+        let cut = Arc::new(Mutex::new(None));
         (
             Watched {
                 inner: body,
-                refused: refused.clone(),
+                received: 0,
+                limit,
+                cut: cut.clone(),
             },
-            refused,
+            cut,
         )
     }
 }
@@ -277,10 +291,23 @@ impl hyper::body::Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(error))) = &poll
-            && let Some(refused) = BodyRefused::find(error)
-        {
-            *self.refused.lock().unwrap() = Some(refused);
+        match &poll {
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(refused) = BodyRefused::find(error) {
+                    *self.cut.lock().unwrap() = Some(Cut::Refused(refused));
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.received += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if self.received > self.limit {
+                    *self.cut.lock().unwrap() = Some(Cut::TooLarge(self.limit));
+                    return Poll::Ready(Some(Err(axum::Error::new(format!(
+                        "the request body is larger than {} bytes",
+                        self.limit
+                    )))));
+                }
+            }
+            _ => {}
         }
         poll
     }

@@ -401,28 +401,99 @@ pub(crate) async fn cancel(state: &AppState, id: &str) -> Result<Option<Record>,
 /// How long a `DELETE` waits for a running invocation to end.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
+/// What a list shows of an invocation: read without its request and
+/// response bodies (serde skips them without keeping them).
+#[derive(Deserialize)]
+struct Summary {
+    id: String,
+    function: String,
+    status: Status,
+    #[serde(default = "legacy_owner")]
+    owner: Option<String>,
+    created: String,
+    finished: Option<String>,
+    response: Option<SummaryResponse>,
+}
+
+#[derive(Deserialize)]
+struct SummaryResponse {
+    status: u16,
+}
+
 /// The invocations `caller` made (every one for an admin), newest first,
 /// at most `limit`, of `function` (any when `None`). One made without a
-/// token is listed to admins only: its id is its only protection.
-pub(crate) fn list(
+/// token is listed to admins only: its id is its only protection. The
+/// scan runs off the async threads and keeps at most `limit` at a time.
+pub(crate) async fn list(
     state: &AppState,
     caller: &Caller,
-    function: Option<&str>,
+    function: Option<String>,
     limit: usize,
-) -> Result<Vec<Record>, ApiError> {
-    let mut records = Vec::new();
-    state.functions.store().each_invocation(|raw| {
-        if let Ok(record) = serde_json::from_slice::<Record>(raw)
-            && function.is_none_or(|f| f == record.function)
-            && (caller.is_admin()
-                || record.owner.is_some() && record.owner.as_deref() == caller.token_id())
-        {
-            records.push(record);
-        }
-    })?;
-    records.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
-    records.truncate(limit);
-    Ok(records)
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let store = state.functions.store().clone();
+    let admin = caller.is_admin();
+    let token = caller.token_id().map(str::to_string);
+    let scan = tokio::task::spawn_blocking(move || {
+        // Newest `limit` by (created, id), the oldest of them on top.
+        let mut kept = std::collections::BinaryHeap::new();
+        store.each_invocation(|raw| {
+            let Ok(summary) = serde_json::from_slice::<Summary>(raw) else {
+                return;
+            };
+            let mine = admin || summary.owner.is_some() && summary.owner == token;
+            if !mine || function.as_ref().is_some_and(|f| *f != summary.function) {
+                return;
+            }
+            kept.push(std::cmp::Reverse((
+                summary.created.clone(),
+                summary.id.clone(),
+                SummaryView(summary),
+            )));
+            if kept.len() > limit {
+                kept.pop();
+            }
+        })?;
+        let mut kept: Vec<Summary> = kept
+            .into_iter()
+            .map(|std::cmp::Reverse((_, _, s))| s.0)
+            .collect();
+        kept.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+        Ok::<_, sluice_store::StoreError>(kept)
+    });
+    let kept = scan.await.map_err(ApiError::internal)??;
+    Ok(kept
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "function": s.function,
+                "status": s.status,
+                "created": s.created,
+                "finished": s.finished,
+                "response_status": s.response.map(|r| r.status),
+            })
+        })
+        .collect())
+}
+
+/// A summary in the heap (ordered by the key beside it only).
+struct SummaryView(Summary);
+
+impl PartialEq for SummaryView {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for SummaryView {}
+impl PartialOrd for SummaryView {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SummaryView {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
 }
 
 /// True when `caller` may read `record`: an admin, the token that made

@@ -223,6 +223,9 @@ struct Activity {
     busy: AtomicUsize,
     /// Responses handed to hyper and not yet all sent.
     sending: AtomicUsize,
+    /// Of those, the ones whose body hyper is waiting on (a guest that has
+    /// not written its next bytes yet): no client is slow there.
+    producing: AtomicUsize,
     /// Milliseconds from `origin` until which the connection may sit with
     /// nothing in flight: moved on when a request starts or ends, never by
     /// bytes alone (pings and stray bytes do not keep a connection open).
@@ -242,6 +245,7 @@ impl Activity {
             origin: Instant::now(),
             busy: AtomicUsize::new(0),
             sending: AtomicUsize::new(0),
+            producing: AtomicUsize::new(0),
             quiet_until: AtomicU64::new(millis(first_request)),
             progress: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
@@ -329,14 +333,73 @@ where
             activity.progressed();
             let sending = Sending(activity.clone());
             Ok(response.map(move |body| {
-                use http_body_util::BodyExt;
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _ = (&in_flight, &sending);
-                    activity.progressed();
-                    frame
-                }))
+                axum::body::Body::new(Watched {
+                    inner: body,
+                    activity,
+                    waiting: false,
+                    _in_flight: in_flight,
+                    _sending: sending,
+                })
             }))
         })
+    }
+}
+
+/// A response body on its way out: each frame is progress, and while it
+/// has no next frame yet the response is waiting on its producer, not on
+/// the client.
+struct Watched {
+    inner: axum::body::Body,
+    activity: Arc<Activity>,
+    waiting: bool,
+    _in_flight: InFlight,
+    _sending: Sending,
+}
+
+impl Watched {
+    fn waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.activity.producing.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.activity.producing.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Pending => self.waiting(true),
+            Poll::Ready(_) => {
+                self.waiting(false);
+                self.activity.progressed();
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.waiting(false);
     }
 }
 
@@ -378,8 +441,12 @@ fn expired(
 ) -> Option<&'static str> {
     loop {
         let now = activity.now();
+        // A response hyper holds back (the socket is full, or an HTTP/2
+        // window is shut) stalls; one waiting for its body's next bytes
+        // does not: a server-sent event stream may pause for minutes.
         let stalled = activity.blocked.load(Ordering::Acquire)
-            || activity.sending.load(Ordering::Acquire) > 0;
+            || activity.sending.load(Ordering::Acquire)
+                > activity.producing.load(Ordering::Acquire);
         let until = if stalled {
             let until = activity.progress.load(Ordering::Acquire) + millis(send_timeout);
             if until <= now {

@@ -85,7 +85,14 @@ async fn serve_tracked(
     let request = request.map(|body| state.bodies.guard(body, held.clone(), upload));
     let response = next.run(request).await;
     drop(held);
-    response
+    // In flight until its body is done: a streamed response counts until
+    // it ends, so a graceful shutdown waits for it.
+    response.map(|body| {
+        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _ = &_done;
+            frame
+        }))
+    })
 }
 
 pub async fn not_found() -> ApiError {

@@ -156,7 +156,6 @@ pub async fn list_invocations(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let records = crate::invocations::list(&state, &caller, query.function.as_deref(), limit)?;
-    let views: Vec<Value> = records.iter().map(|record| view(record, false)).collect();
+    let views = crate::invocations::list(&state, &caller, query.function, limit).await?;
     Ok(axum::Json(json!({"invocations": views})).into_response())
 }

@@ -195,7 +195,8 @@ async fn forward(
     {
         return Err(ApiError::body_too_large(limit));
     }
-    let (body, refused) = crate::body::Watched::new(body);
+    let (body, cut) = crate::body::Watched::new(body, limit);
+    let method = parts.method.clone();
     let host = parts
         .headers
         .get(http::header::HOST)
@@ -227,10 +228,22 @@ async fn forward(
         .await;
     // A request body cut for its sender's sake is answered as such, however
     // the guest took its failed read.
-    if let Some(refused) = *refused.lock().unwrap() {
-        return Err(ApiError::body_refused(refused));
+    let cut = *cut.lock().unwrap();
+    match cut {
+        Some(crate::body::Cut::Refused(refused)) => return Err(ApiError::body_refused(refused)),
+        Some(crate::body::Cut::TooLarge(limit)) => return Err(ApiError::body_too_large(limit)),
+        None => {}
     }
     let (parts, body) = response?.into_parts();
+    if method == http::Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        // No body goes out: the call ends here, counted as it ends.
+        use http_body_util::BodyExt;
+        body.collect().await?;
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
