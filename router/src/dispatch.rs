@@ -29,6 +29,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use sluice_store::{DeadLetterRecord, DeliveryRecord, Store, StoreError};
 use tokio::sync::{Notify, Semaphore, broadcast};
 
+use crate::broker::Broker;
 use crate::event::CloudEvent;
 use crate::index::TriggerIndex;
 use crate::trigger::{Destination, Trigger};
@@ -423,6 +424,8 @@ pub struct Router {
     invoker: Arc<dyn Invoker>,
     limits: DispatchLimits,
     triggers: RwLock<BTreeMap<String, Arc<Trigger>>>,
+    /// Stored brokers (their default deliveries).
+    brokers: RwLock<BTreeMap<String, Arc<Broker>>>,
     index: RwLock<Arc<TriggerIndex>>,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -553,6 +556,17 @@ struct TriggerSlot {
     in_flight: IntGauge,
 }
 
+/// The delivery of a trigger that sets none: its broker's default, or
+/// Knative's defaults.
+fn resolve_delivery(brokers: &BTreeMap<String, Arc<Broker>>, trigger: &mut Trigger) {
+    if !trigger.own_delivery {
+        trigger.delivery = brokers
+            .get(&trigger.broker)
+            .and_then(|broker| broker.delivery.clone())
+            .unwrap_or_default();
+    }
+}
+
 impl Router {
     /// Loads triggers and pending deliveries from `store`. Call
     /// [`Router::run`] to start delivering.
@@ -562,11 +576,20 @@ impl Router {
         limits: DispatchLimits,
         registry: &Registry,
     ) -> Result<Arc<Router>, StoreError> {
+        let mut brokers = BTreeMap::new();
+        for raw in store.brokers()? {
+            let value: serde_json::Value = serde_json::from_slice(&raw)?;
+            let broker = Broker::parse(&value, None).map_err(|error| {
+                StoreError::Corrupt(format!("stored broker is invalid: {error}"))
+            })?;
+            brokers.insert(broker.name.clone(), Arc::new(broker));
+        }
         let mut triggers = BTreeMap::new();
         for raw in store.triggers()? {
             let value: serde_json::Value = serde_json::from_slice(&raw)?;
             match Trigger::parse(&value, None) {
-                Ok(trigger) => {
+                Ok(mut trigger) => {
+                    resolve_delivery(&brokers, &mut trigger);
                     triggers.insert(trigger.name.clone(), Arc::new(trigger));
                 }
                 Err(error) => {
@@ -583,6 +606,7 @@ impl Router {
             invoker,
             limits,
             triggers: RwLock::new(triggers),
+            brokers: RwLock::new(brokers),
             index: RwLock::new(index),
             queue: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
@@ -1508,9 +1532,10 @@ impl Router {
     }
 
     /// Creates or replaces a trigger, durably. Returns true if it replaced one.
-    pub async fn put_trigger(&self, trigger: Trigger) -> Result<bool, StoreError> {
+    pub async fn put_trigger(&self, mut trigger: Trigger) -> Result<bool, StoreError> {
         let json = serde_json::to_vec(&trigger.to_json()).expect("JSON");
         let replaced = self.store.put_trigger(&trigger.name, &json).await?;
+        resolve_delivery(&self.brokers.read().unwrap(), &mut trigger);
         let mut triggers = self.triggers.write().unwrap();
         triggers.insert(trigger.name.clone(), Arc::new(trigger));
         *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
@@ -1570,6 +1595,60 @@ impl Router {
     /// Every trigger, by name.
     pub fn triggers(&self) -> Vec<Arc<Trigger>> {
         self.triggers.read().unwrap().values().cloned().collect()
+    }
+
+    /// Stores a broker (creating or replacing it), durably, and gives its
+    /// default delivery to its triggers that set none. Returns true if it
+    /// replaced one.
+    pub async fn put_broker(&self, broker: Broker) -> Result<bool, StoreError> {
+        let json = serde_json::to_vec(&broker.to_json()).expect("JSON");
+        let replaced = self.store.put_broker(&broker.name, &json).await?;
+        let name = broker.name.clone();
+        self.brokers
+            .write()
+            .unwrap()
+            .insert(name.clone(), Arc::new(broker));
+        self.reresolve(&name);
+        Ok(replaced)
+    }
+
+    /// Deletes a broker, durably (its triggers that set no delivery take
+    /// Knative's defaults). Returns true if it existed.
+    pub async fn delete_broker(&self, name: &str) -> Result<bool, StoreError> {
+        let existed = self.store.delete_broker(name).await?;
+        self.brokers.write().unwrap().remove(name);
+        self.reresolve(name);
+        Ok(existed)
+    }
+
+    /// Every stored broker, by name.
+    pub fn brokers(&self) -> Vec<Arc<Broker>> {
+        self.brokers.read().unwrap().values().cloned().collect()
+    }
+
+    /// The stored broker `name`.
+    pub fn broker(&self, name: &str) -> Option<Arc<Broker>> {
+        self.brokers.read().unwrap().get(name).cloned()
+    }
+
+    /// Gives the triggers of broker `name` that set no delivery its current
+    /// default.
+    fn reresolve(&self, name: &str) {
+        let brokers = self.brokers.read().unwrap();
+        let mut triggers = self.triggers.write().unwrap();
+        let mut changed = false;
+        for trigger in triggers.values_mut() {
+            if trigger.broker == name && !trigger.own_delivery {
+                let mut resolved = (**trigger).clone();
+                resolve_delivery(&brokers, &mut resolved);
+                *trigger = Arc::new(resolved);
+                changed = true;
+            }
+        }
+        if changed {
+            *self.index.write().unwrap() =
+                Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        }
     }
 
     /// `Ok` if the trigger's subscriber can take events now, else why not.

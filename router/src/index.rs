@@ -390,6 +390,7 @@ mod tests {
                 filters,
                 subscriber: crate::trigger::Destination::Function("f".into()),
                 delivery: Default::default(),
+                own_delivery: true,
             })
     }
 

@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod binding;
+pub mod broker;
 pub mod cesql;
 pub mod dispatch;
 pub mod event;

@@ -20,7 +20,7 @@ fn subscriptions_api_recreations_pass() {
     let Some(text) = crate::cesql::tests::tck_text("subscriptions_api_recreations") else {
         return;
     };
-    let file: TckFile = serde_yaml::from_str(&text).unwrap();
+    let file: TckFile = serde_norway::from_str(&text).unwrap();
     let mut run = 0;
     for case in &file.tests {
         let filter = translate(&case.expression).unwrap_or_else(|| {
@@ -32,7 +32,7 @@ fn subscriptions_api_recreations_pass() {
         let expected = case
             .result
             .as_ref()
-            .and_then(serde_yaml::Value::as_bool)
+            .and_then(serde_norway::Value::as_bool)
             .expect("boolean result");
         let event = crate::cesql::tests::event_of(case);
         let got = filter.matches(&event);

@@ -126,8 +126,85 @@ pub struct DeliverySpec {
     pub backoff_delay: Duration,
     /// Per-attempt timeout; `None` leaves the function's own.
     pub timeout: Option<Duration>,
+    /// Knative's cap on a subscriber's `Retry-After`. Kept and shown, but
+    /// Sluice does not wait for `Retry-After` yet (its backoff applies).
+    pub retry_after_max: Option<Duration>,
     /// Where an event goes after its last failed attempt.
     pub dead_letter_sink: Option<Destination>,
+}
+
+impl DeliverySpec {
+    /// Parses a Knative `delivery` object at `path` (of a trigger or a
+    /// broker).
+    pub fn parse(value: &Value, path: &str) -> Result<DeliverySpec, TriggerError> {
+        let Value::Object(d) = value else {
+            return Err(invalid(path, "must be an object"));
+        };
+        let at = |field: &str| format!("{path}.{field}");
+        check_fields(d, &DELIVERY_FIELDS, path)?;
+        let retry = match d.get("retry") {
+            None => DEFAULT_RETRY,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(r) if r <= u64::from(MAX_RETRY) => r as u32,
+                _ => {
+                    return Err(invalid(
+                        &at("retry"),
+                        format!("must be an integer from 0 to {MAX_RETRY}"),
+                    ));
+                }
+            },
+            Some(_) => return Err(invalid(&at("retry"), "must be an integer")),
+        };
+        let backoff_policy = match d.get("backoffPolicy") {
+            None => BackoffPolicy::Exponential,
+            Some(Value::String(p)) if p == "exponential" => BackoffPolicy::Exponential,
+            Some(Value::String(p)) if p == "linear" => BackoffPolicy::Linear,
+            Some(_) => {
+                return Err(invalid(
+                    &at("backoffPolicy"),
+                    "must be \"exponential\" or \"linear\"",
+                ));
+            }
+        };
+        let backoff_delay =
+            duration(d.get("backoffDelay"), &at("backoffDelay"))?.unwrap_or(DEFAULT_BACKOFF_DELAY);
+        let timeout = duration(d.get("timeout"), &at("timeout"))?;
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(&at("timeout"), "must be longer than zero"));
+        }
+        let dead_letter_sink = match d.get("deadLetterSink") {
+            None | Some(Value::Null) => None,
+            Some(sink) => Some(Destination::parse(sink, &at("deadLetterSink"))?),
+        };
+        let retry_after_max = duration(d.get("retryAfterMax"), &at("retryAfterMax"))?;
+        Ok(DeliverySpec {
+            retry,
+            backoff_policy,
+            backoff_delay,
+            timeout,
+            retry_after_max,
+            dead_letter_sink,
+        })
+    }
+
+    /// The Knative-shaped JSON, with defaults filled in.
+    pub fn to_json(&self) -> Value {
+        let mut delivery = json!({
+            "retry": self.retry,
+            "backoffPolicy": self.backoff_policy.as_str(),
+            "backoffDelay": format_iso8601(self.backoff_delay),
+        });
+        if let Some(timeout) = self.timeout {
+            delivery["timeout"] = json!(format_iso8601(timeout));
+        }
+        if let Some(max) = self.retry_after_max {
+            delivery["retryAfterMax"] = json!(format_iso8601(max));
+        }
+        if let Some(sink) = &self.dead_letter_sink {
+            delivery["deadLetterSink"] = sink.to_json();
+        }
+        delivery
+    }
 }
 
 impl Default for DeliverySpec {
@@ -137,6 +214,7 @@ impl Default for DeliverySpec {
             backoff_policy: BackoffPolicy::Exponential,
             backoff_delay: DEFAULT_BACKOFF_DELAY,
             timeout: None,
+            retry_after_max: None,
             dead_letter_sink: None,
         }
     }
@@ -155,8 +233,12 @@ pub struct Trigger {
     pub filters: Vec<Filter>,
     /// Where matching events go.
     pub subscriber: Destination,
-    /// Retry policy.
+    /// Retry policy: its own, or (when its definition has none) its
+    /// broker's default, or Knative's defaults.
     pub delivery: DeliverySpec,
+    /// True when its definition sets `delivery`; false when it takes its
+    /// broker's (see [`crate::dispatch::Router::put_broker`]).
+    pub own_delivery: bool,
 }
 
 /// Why a trigger definition was refused.
@@ -196,11 +278,12 @@ const FIELDS: [&str; 6] = [
 /// Fields of a trigger's view that a write ignores, so that a `GET` can be
 /// `PUT` back unchanged.
 const READ_ONLY_FIELDS: [&str; 2] = ["status", "stats"];
-const DELIVERY_FIELDS: [&str; 5] = [
+const DELIVERY_FIELDS: [&str; 6] = [
     "retry",
     "backoffPolicy",
     "backoffDelay",
     "timeout",
+    "retryAfterMax",
     "deadLetterSink",
 ];
 
@@ -312,53 +395,10 @@ impl Trigger {
                 .ok_or_else(|| invalid("subscriber", "is required"))?,
             "subscriber",
         )?;
+        let own_delivery = !matches!(map.get("delivery"), None | Some(Value::Null));
         let delivery = match map.get("delivery") {
             None | Some(Value::Null) => DeliverySpec::default(),
-            Some(Value::Object(d)) => {
-                check_fields(d, &DELIVERY_FIELDS, "delivery")?;
-                let retry = match d.get("retry") {
-                    None => DEFAULT_RETRY,
-                    Some(Value::Number(n)) => match n.as_u64() {
-                        Some(r) if r <= u64::from(MAX_RETRY) => r as u32,
-                        _ => {
-                            return Err(invalid(
-                                "delivery.retry",
-                                format!("must be an integer from 0 to {MAX_RETRY}"),
-                            ));
-                        }
-                    },
-                    Some(_) => return Err(invalid("delivery.retry", "must be an integer")),
-                };
-                let backoff_policy = match d.get("backoffPolicy") {
-                    None => BackoffPolicy::Exponential,
-                    Some(Value::String(p)) if p == "exponential" => BackoffPolicy::Exponential,
-                    Some(Value::String(p)) if p == "linear" => BackoffPolicy::Linear,
-                    Some(_) => {
-                        return Err(invalid(
-                            "delivery.backoffPolicy",
-                            "must be \"exponential\" or \"linear\"",
-                        ));
-                    }
-                };
-                let backoff_delay = duration(d.get("backoffDelay"), "delivery.backoffDelay")?
-                    .unwrap_or(DEFAULT_BACKOFF_DELAY);
-                let timeout = duration(d.get("timeout"), "delivery.timeout")?;
-                if timeout.is_some_and(|t| t.is_zero()) {
-                    return Err(invalid("delivery.timeout", "must be longer than zero"));
-                }
-                let dead_letter_sink = match d.get("deadLetterSink") {
-                    None | Some(Value::Null) => None,
-                    Some(sink) => Some(Destination::parse(sink, "delivery.deadLetterSink")?),
-                };
-                DeliverySpec {
-                    retry,
-                    backoff_policy,
-                    backoff_delay,
-                    timeout,
-                    dead_letter_sink,
-                }
-            }
-            Some(_) => return Err(invalid("delivery", "must be an object")),
+            Some(d) => DeliverySpec::parse(d, "delivery")?,
         };
         Ok(Trigger {
             name,
@@ -367,6 +407,7 @@ impl Trigger {
             filters,
             subscriber,
             delivery,
+            own_delivery,
         })
     }
 
@@ -378,27 +419,20 @@ impl Trigger {
             && self.filters.iter().all(|f| f.matches(event))
     }
 
-    /// The Knative-shaped JSON, with defaults filled in.
+    /// The Knative-shaped JSON, with defaults filled in; without
+    /// `delivery` when it takes its broker's.
     pub fn to_json(&self) -> Value {
-        let mut delivery = json!({
-            "retry": self.delivery.retry,
-            "backoffPolicy": self.delivery.backoff_policy.as_str(),
-            "backoffDelay": format_iso8601(self.delivery.backoff_delay),
-        });
-        if let Some(timeout) = self.delivery.timeout {
-            delivery["timeout"] = json!(format_iso8601(timeout));
-        }
-        if let Some(sink) = &self.delivery.dead_letter_sink {
-            delivery["deadLetterSink"] = sink.to_json();
-        }
-        json!({
+        let mut view = json!({
             "name": self.name,
             "broker": self.broker,
             "filter": {"attributes": self.attributes},
             "filters": self.filters.iter().map(Filter::to_json).collect::<Vec<_>>(),
             "subscriber": self.subscriber.to_json(),
-            "delivery": delivery,
-        })
+        });
+        if self.own_delivery {
+            view["delivery"] = self.delivery.to_json();
+        }
+        view
     }
 }
 

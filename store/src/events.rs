@@ -194,6 +194,30 @@ impl Store {
         Ok(old.is_some())
     }
 
+    /// Stores broker `name` (creating or replacing), durably. Returns true
+    /// if it replaced one.
+    pub async fn put_broker(&self, name: &str, definition: &[u8]) -> Result<bool> {
+        let old = self.brokers.insert(name.as_bytes(), definition)?;
+        self.flush().await?;
+        Ok(old.is_some())
+    }
+
+    /// Every broker definition, ordered by name.
+    pub fn brokers(&self) -> Result<Vec<Vec<u8>>> {
+        self.brokers
+            .iter()
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
+    }
+
+    /// Deletes broker `name`, durably. Returns true if it existed.
+    pub async fn delete_broker(&self, name: &str) -> Result<bool> {
+        let old = self.brokers.remove(name.as_bytes())?;
+        self.flush().await?;
+        Ok(old.is_some())
+    }
+
     /// Writes `records` and returns once they are on disk (concurrent
     /// callers share one sync).
     pub async fn insert_deliveries(&self, records: &[DeliveryRecord]) -> Result<()> {

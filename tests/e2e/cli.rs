@@ -110,6 +110,24 @@ async fn deploy_list_invoke_delete_round_trip() {
     assert_eq!(got["settings"]["kv_buckets"][0], "shared");
     let private = stdout(&sluice(&server, &["fn", "update", "hello", "--private"]));
     assert!(private.contains("\"visibility\":\"private\""), "{private}");
+    let reset = stdout(&sluice(
+        &server,
+        &[
+            "fn",
+            "update",
+            "hello",
+            "--reset",
+            "secrets",
+            "--reset",
+            "kv_buckets",
+        ],
+    ));
+    let reset: serde_json::Value =
+        serde_json::from_str(reset.split_once(": ").unwrap().1.trim()).unwrap();
+    assert!(
+        reset.get("secrets").is_none() && reset.get("kv_buckets").is_none(),
+        "{reset}"
+    );
     let refused = sluice(&server, &["fn", "update", "hello"]);
     assert!(
         !refused.status.success(),
@@ -424,6 +442,11 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
     ("PUT", "/v1/triggers/{name}", "trigger create", "--cesql"),
     ("GET", "/v1/triggers/{name}", "trigger get", ""),
     ("DELETE", "/v1/triggers/{name}", "trigger delete", ""),
+    ("GET", "/v1/brokers", "broker list", ""),
+    ("GET", "/v1/brokers/{name}", "broker get", ""),
+    ("PUT", "/v1/brokers/{name}", "broker create", "--retry"),
+    ("DELETE", "/v1/brokers/{name}", "broker delete", ""),
+    ("POST", "/v1/apply", "apply", "--file"),
 ];
 
 #[tokio::test]
@@ -632,4 +655,173 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
     assert!(answer.contains("path: /orders?limit=5"), "{answer}");
     assert!(answer.contains("header: x-test: yes"), "{answer}");
     assert!(answer.ends_with("body"), "{answer}");
+}
+
+/// The Trigger of Knative's documentation ("Triggers"), as written there.
+const KNATIVE_TRIGGER: &str = "apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: my-service-trigger
+spec:
+  broker: default
+  filter:
+    attributes:
+      type: dev.knative.foo.bar
+      myextension: my-extension-value
+  subscriber:
+    ref:
+      apiVersion: serving.knative.dev/v1
+      kind: Service
+      name: my-service
+";
+
+#[tokio::test]
+async fn knative_resources_apply_as_written_twice_changes_nothing_and_export_round_trips() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guests::EVENT_ECHO, dir.path().join("my-service.wasm")).unwrap();
+    let app = dir.path().join("app.yaml");
+    let write = |retry: u32| {
+        std::fs::write(
+            &app,
+            format!(
+                "apiVersion: sluice.dev/v1
+kind: Function
+metadata:
+  name: my-service
+spec:
+  component: my-service.wasm
+  settings:
+    env:
+      GREETING: hi
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+spec:
+  delivery:
+    retry: {retry}
+    backoffDelay: PT0.01S
+---
+{KNATIVE_TRIGGER}"
+            ),
+        )
+        .unwrap();
+    };
+    let apply =
+        |file: &std::path::Path| stdout(&sluice(&server, &["apply", "-f", file.to_str().unwrap()]));
+    write(2);
+    let first = apply(&app);
+    assert_eq!(
+        first.lines().collect::<Vec<_>>(),
+        [
+            "function/my-service created",
+            "broker/default created",
+            "trigger/my-service-trigger created"
+        ],
+        "{first}"
+    );
+    let second = apply(&app);
+    assert!(
+        second.lines().all(|l| l.ends_with(" unchanged")) && second.lines().count() == 3,
+        "applying twice changes nothing: {second}"
+    );
+    write(3);
+    let third = apply(&app);
+    assert!(third.contains("broker/default changed"), "{third}");
+    assert!(
+        third.contains("trigger/my-service-trigger unchanged"),
+        "{third}"
+    );
+
+    // The trigger takes the broker's delivery, and delivers to the function.
+    let (_, broker) = server.get("/v1/brokers/default").await;
+    let broker: serde_json::Value = serde_json::from_str(&broker).unwrap();
+    assert_eq!(broker["delivery"]["retry"], 3);
+    assert_eq!(broker["triggers"], 1);
+    let (_, trigger) = server.get("/v1/triggers/my-service-trigger").await;
+    let trigger: serde_json::Value = serde_json::from_str(&trigger).unwrap();
+    assert_eq!(trigger["subscriber"]["function"], "my-service");
+    assert!(
+        trigger.get("delivery").is_none(),
+        "its own view sets none: {trigger}"
+    );
+    assert_eq!(
+        trigger["status"]["delivery"]["retry"], 3,
+        "the broker's, in force"
+    );
+    let status = server
+        .send_event(
+            "k-1",
+            "dev.knative.foo.bar",
+            &[("ce-myextension", "my-extension-value")],
+            b"{}",
+        )
+        .await;
+    assert_eq!(status, 202);
+    crate::harness::eventually(std::time::Duration::from_secs(10), || async {
+        let (_, recent) = server.get("/v1/functions/my-service/invocations").await;
+        let recent: serde_json::Value = serde_json::from_str(&recent).unwrap();
+        (!recent["invocations"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    // Exported, then applied: a round trip.
+    for kind in ["triggers", "functions", "brokers"] {
+        let exported = stdout(&sluice(&server, &["get", kind]));
+        assert!(exported.starts_with("---\napiVersion: "), "{exported}");
+        let file = dir.path().join(format!("{kind}.yaml"));
+        std::fs::write(&file, &exported).unwrap();
+        let again = apply(&file);
+        assert!(
+            !again.is_empty() && again.lines().all(|l| l.ends_with(" unchanged")),
+            "{kind}: {again}\n{exported}"
+        );
+    }
+
+    // A file with one bad resource writes nothing, and says which.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: fresh
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: broken
+spec:
+  subscriber:
+    ref:
+      kind: Channel
+      name: x
+",
+    )
+    .unwrap();
+    let output = sluice(&server, &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Trigger broken") && stderr.contains("Channel"),
+        "{stderr}"
+    );
+    let (status, _) = server.get("/v1/brokers/fresh").await;
+    assert_eq!(status, 404, "nothing of that file was written");
+
+    // The JSON route takes a List, and Knative's ref on a plain trigger.
+    let response = server
+        .http()
+        .post(server.url("/v1/apply"))
+        .json(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "fresh"}}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["results"][0]["action"], "created");
 }

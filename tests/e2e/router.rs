@@ -721,7 +721,11 @@ async fn triggers_validate_report_readiness_and_survive_restart() {
             .contains("not-yet"),
         "{body}"
     );
-    assert_eq!(trigger["delivery"]["retry"], 10, "Knative's default");
+    assert!(trigger.get("delivery").is_none(), "it sets none: {body}");
+    assert_eq!(
+        trigger["status"]["delivery"]["retry"], 10,
+        "Knative's default in force"
+    );
 
     server.restart();
     server.deploy_ok("not-yet", guests::EVENT_ECHO, "").await;

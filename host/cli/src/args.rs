@@ -69,6 +69,28 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(name = "deadletter", subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Manage brokers (their default delivery).
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+    /// Apply Knative resources (Trigger, Broker) and Sluice Functions from
+    /// YAML or JSON, as `kubectl apply` does: twice changes nothing.
+    Apply {
+        /// The file (`-` for stdin): YAML with one or more documents, or
+        /// JSON (a resource, an array, or a List).
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print resources in the shapes `apply` takes (YAML unless `-o json`),
+    /// so that export then apply is a round trip.
+    Get {
+        /// What to print.
+        #[arg(value_enum)]
+        kind: GetKind,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the server's health and counts.
     Status {
         #[command(flatten)]
@@ -82,6 +104,70 @@ pub enum Command {
     },
 }
 
+/// What `sluice get` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GetKind {
+    /// Knative Triggers.
+    #[value(alias = "trigger")]
+    Triggers,
+    /// Sluice Functions (by digest, settings included, secrets redacted).
+    #[value(alias = "function", alias = "fn")]
+    Functions,
+    /// Knative Brokers (the stored ones).
+    #[value(alias = "broker")]
+    Brokers,
+}
+
+/// `sluice broker ...`
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// List brokers: stored ones, those triggers name, and `default`.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one broker.
+    Get {
+        /// Broker name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create or replace a broker, with the default delivery of its
+    /// triggers that set none.
+    Create {
+        /// Broker name.
+        name: String,
+        /// Retries after the first attempt.
+        #[arg(long)]
+        retry: Option<u32>,
+        /// Backoff policy: exponential or linear.
+        #[arg(long)]
+        backoff_policy: Option<String>,
+        /// Backoff base delay, ISO 8601 (PT0.2S).
+        #[arg(long)]
+        backoff_delay: Option<String>,
+        /// Time limit of one delivery attempt, ISO 8601 (PT5S).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Function that receives events whose delivery failed for good.
+        #[arg(long, conflicts_with = "dead_letter_uri")]
+        dead_letter: Option<String>,
+        /// External URL that receives events whose delivery failed for good.
+        #[arg(long)]
+        dead_letter_uri: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a stored broker (its triggers stay).
+    Delete {
+        /// Broker name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// How read commands print what they get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -90,6 +176,8 @@ pub enum Output {
     Text,
     /// The API's JSON, for scripts.
     Json,
+    /// The API's answer as YAML.
+    Yaml,
 }
 
 /// `sluice trigger ...`
@@ -207,7 +295,7 @@ pub enum EventCommand {
         structured: bool,
         /// A file (`-` for stdin) holding a structured event (JSON) or a
         /// batch (a JSON array), posted as it is.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "data"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "data", "id", "subject", "extensions"])]
         file: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -349,6 +437,10 @@ pub enum FunctionCommand {
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// Reset a setting to the server default (repeatable): `env`,
+        /// `secrets`, `allow_outbound`, `kv_buckets`, `timeout_ms`, ...
+        #[arg(long = "reset", value_name = "SETTING")]
+        reset: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

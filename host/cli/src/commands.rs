@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use crate::args::{
-    ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, InvocationCommand, Output,
-    SettingsArgs, TokenCommand, TriggerCommand,
+    BrokerCommand, ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, GetKind,
+    InvocationCommand, Output, SettingsArgs, TokenCommand, TriggerCommand,
 };
 
 /// The API client, and how read commands print.
@@ -45,6 +45,10 @@ impl Client {
     ) -> anyhow::Result<()> {
         match self.output {
             Output::Json => print_json(value),
+            Output::Yaml => {
+                print!("{}", serde_norway::to_string(value)?);
+                Ok(())
+            }
             Output::Text => {
                 text(value);
                 Ok(())
@@ -201,17 +205,28 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
         FunctionCommand::Update {
             name,
             settings,
+            reset,
             client,
         } => {
             let client = Client::new(&client);
             let query = settings_query(&settings)?;
-            if query.is_empty() {
+            if query.is_empty() && reset.is_empty() {
                 bail!("name at least one setting to change (see `sluice fn update --help`)");
             }
-            let request = client
+            // Resets go first (the body), then the flags (the query).
+            let patch: serde_json::Map<String, serde_json::Value> = reset
+                .iter()
+                .map(|key| (key.clone(), serde_json::Value::Null))
+                .collect();
+            let mut request = client
                 .http
                 .patch(client.url(&format!("/v1/functions/{name}")))
                 .query(&query);
+            if !patch.is_empty() {
+                request = request
+                    .header("content-type", "application/merge-patch+json")
+                    .body(serde_json::Value::Object(patch).to_string());
+            }
             let record: serde_json::Value = client.send(request).await?.json().await?;
             client.show(&record, |f| {
                 println!(
@@ -308,7 +323,7 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                 for line in &lines {
                     match client.output {
                         // One JSON object per line, so `--follow` streams too.
-                        Output::Json => println!("{line}"),
+                        Output::Json | Output::Yaml => println!("{line}"),
                         Output::Text => println!(
                             "{} {} [{}] {}",
                             line["time"].as_str().unwrap_or_default(),
@@ -452,12 +467,13 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                 attributes.insert(k, v.into());
             }
             if !attributes.is_empty() {
-                let existing = body["filter"]["attributes"]
+                // The flags win over the file.
+                let mut merged = body["filter"]["attributes"]
                     .as_object()
                     .cloned()
                     .unwrap_or_default();
-                attributes.extend(existing);
-                body["filter"] = serde_json::json!({"attributes": attributes});
+                merged.extend(attributes);
+                body["filter"] = serde_json::json!({"attributes": merged});
             }
             let mut dialects: Vec<serde_json::Value> =
                 body["filters"].as_array().cloned().unwrap_or_default();
@@ -727,7 +743,7 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
                             continue;
                         }
                         let line = match client.output {
-                            Output::Json => format!("{}\n", data.trim()),
+                            Output::Json | Output::Yaml => format!("{}\n", data.trim()),
                             Output::Text => format!("{kind:<14} {}\n", data.trim()),
                         };
                         emit(&mut stdout, line.as_bytes())?;
@@ -1032,4 +1048,330 @@ fn upload(bytes: Vec<u8>, message: &str) -> (reqwest::Body, indicatif::ProgressB
         reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
         bar,
     )
+}
+
+/// The `delivery` object of delivery flags (those given).
+fn delivery_json(
+    retry: Option<u32>,
+    backoff_policy: Option<String>,
+    backoff_delay: Option<String>,
+    timeout: Option<String>,
+    dead_letter: Option<String>,
+    dead_letter_uri: Option<String>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut delivery = serde_json::Map::new();
+    if let Some(retry) = retry {
+        delivery.insert("retry".into(), retry.into());
+    }
+    if let Some(policy) = backoff_policy {
+        delivery.insert("backoffPolicy".into(), policy.into());
+    }
+    if let Some(delay) = backoff_delay {
+        delivery.insert("backoffDelay".into(), delay.into());
+    }
+    if let Some(timeout) = timeout {
+        delivery.insert("timeout".into(), timeout.into());
+    }
+    if let Some(function) = dead_letter {
+        delivery.insert(
+            "deadLetterSink".into(),
+            serde_json::json!({"function": function}),
+        );
+    }
+    if let Some(uri) = dead_letter_uri {
+        delivery.insert("deadLetterSink".into(), serde_json::json!({"uri": uri}));
+    }
+    delivery
+}
+
+/// Runs one `sluice broker` command.
+pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
+    match command {
+        BrokerCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/brokers").await?;
+            client.show(&list, |list| {
+                println!("{:<32} {:>8}  {:<7} DELIVERY", "NAME", "TRIGGERS", "STORED");
+                for broker in list["brokers"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<32} {:>8}  {:<7} {}",
+                        plain(&broker["name"]),
+                        plain(&broker["triggers"]),
+                        if broker["stored"] == true {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        if broker["delivery"].is_null() {
+                            "-".to_string()
+                        } else {
+                            broker["delivery"].to_string()
+                        }
+                    );
+                }
+            })
+        }
+        BrokerCommand::Get { name, client } => {
+            let client = Client::new(&client);
+            let broker = client.get(&format!("/v1/brokers/{name}")).await?;
+            client.show(&broker, |b| println!("{b:#}"))
+        }
+        BrokerCommand::Create {
+            name,
+            retry,
+            backoff_policy,
+            backoff_delay,
+            timeout,
+            dead_letter,
+            dead_letter_uri,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let delivery = delivery_json(
+                retry,
+                backoff_policy,
+                backoff_delay,
+                timeout,
+                dead_letter,
+                dead_letter_uri,
+            );
+            let mut body = serde_json::json!({"name": name});
+            if !delivery.is_empty() {
+                body["delivery"] = delivery.into();
+            }
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/brokers/{name}")))
+                .json(&body);
+            let broker: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&broker, |b| println!("{b:#}"))
+        }
+        BrokerCommand::Delete { name, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/brokers/{name}"))),
+                )
+                .await?;
+            println!("deleted broker {name}");
+            Ok(())
+        }
+    }
+}
+
+/// The resources in `text`: JSON (a resource, an array, a List) or YAML
+/// documents.
+fn resources(text: &str, file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize as _;
+    let trimmed = text.trim_start();
+    let values: Vec<serde_json::Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        vec![serde_json::from_str(text).with_context(|| format!("{file} is not valid JSON"))?]
+    } else {
+        let mut values = Vec::new();
+        for document in serde_norway::Deserializer::from_str(text) {
+            let value = serde_json::Value::deserialize(document)
+                .with_context(|| format!("{file} is not valid YAML"))?;
+            if !value.is_null() {
+                values.push(value);
+            }
+        }
+        values
+    };
+    let mut items = Vec::new();
+    for value in values {
+        match value {
+            serde_json::Value::Array(list) => items.extend(list),
+            serde_json::Value::Object(ref map)
+                if map.get("kind").and_then(|k| k.as_str()) == Some("List") =>
+            {
+                items.extend(map["items"].as_array().cloned().unwrap_or_default());
+            }
+            other => items.push(other),
+        }
+    }
+    Ok(items)
+}
+
+/// Every settings key, so that a `Function` applied ends with exactly its
+/// `spec.settings` (an absent key resets to the default).
+const SETTINGS: [&str; 10] = [
+    "visibility",
+    "timeout_ms",
+    "memory_mb",
+    "max_concurrency",
+    "max_request_bytes",
+    "max_response_bytes",
+    "env",
+    "secrets",
+    "allow_outbound",
+    "kv_buckets",
+];
+
+/// `sluice apply -f FILE`.
+pub async fn run_apply(file: &str, args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args);
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let base = match file {
+        "-" => std::path::PathBuf::from("."),
+        file => std::path::Path::new(file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let items = resources(&text, file)?;
+    if items.is_empty() {
+        bail!("{file} holds no resources");
+    }
+    let mut server_side = Vec::new();
+    let mut results = Vec::new();
+    for item in items {
+        let component = item["spec"]["component"].as_str().map(str::to_string);
+        let (Some(component), Some("Function")) = (component, item["kind"].as_str()) else {
+            server_side.push(item);
+            continue;
+        };
+        // A Function with a component file: uploaded, its settings exactly
+        // `spec.settings`.
+        let name = item["metadata"]["name"]
+            .as_str()
+            .with_context(|| "a Function needs metadata.name")?
+            .to_string();
+        let path = base.join(&component);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("cannot read {} (spec.component of {name})", path.display())
+        })?;
+        let mut config = serde_json::Map::new();
+        for key in SETTINGS {
+            config.insert(
+                key.into(),
+                item["spec"]["settings"]
+                    .get(key)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            );
+        }
+        let form = reqwest::multipart::Form::new()
+            .part("component", reqwest::multipart::Part::bytes(bytes))
+            .text("config", serde_json::Value::Object(config).to_string());
+        let response = client
+            .send(
+                client
+                    .http
+                    .put(client.url(&format!("/v1/functions/{name}")))
+                    .multipart(form),
+            )
+            .await?;
+        let created = response.status() == reqwest::StatusCode::CREATED;
+        let record: serde_json::Value = response.json().await?;
+        let action = match (created, record["changed"].as_bool()) {
+            (true, _) => "created",
+            (false, Some(false)) => "unchanged",
+            _ => "changed",
+        };
+        results.push(serde_json::json!({"kind": "Function", "name": name, "action": action}));
+    }
+    if !server_side.is_empty() {
+        let request = client
+            .http
+            .post(client.url("/v1/apply"))
+            .json(&serde_json::Value::Array(server_side));
+        let answer: serde_json::Value = client.send(request).await?.json().await?;
+        results.extend(answer["results"].as_array().cloned().unwrap_or_default());
+    }
+    let answer = serde_json::json!({"results": results});
+    client.show(&answer, |answer| {
+        for result in answer["results"].as_array().cloned().unwrap_or_default() {
+            println!(
+                "{}/{} {}",
+                plain(&result["kind"]).to_lowercase(),
+                plain(&result["name"]),
+                plain(&result["action"])
+            );
+        }
+    })
+}
+
+/// `sluice get KIND`: the resources in the shapes `apply` takes.
+pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args);
+    let knative = "eventing.knative.dev/v1";
+    let documents: Vec<serde_json::Value> = match kind {
+        GetKind::Triggers => {
+            let list = client.get("/v1/triggers").await?;
+            list["triggers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| {
+                    let mut spec = serde_json::Map::new();
+                    spec.insert("broker".into(), t["broker"].clone());
+                    if t["filter"]["attributes"]
+                        .as_object()
+                        .is_some_and(|a| !a.is_empty())
+                    {
+                        spec.insert("filter".into(), t["filter"].clone());
+                    }
+                    if t["filters"].as_array().is_some_and(|f| !f.is_empty()) {
+                        spec.insert("filters".into(), t["filters"].clone());
+                    }
+                    spec.insert("subscriber".into(), t["subscriber"].clone());
+                    if !t["delivery"].is_null() {
+                        spec.insert("delivery".into(), t["delivery"].clone());
+                    }
+                    serde_json::json!({"apiVersion": knative, "kind": "Trigger",
+                        "metadata": {"name": t["name"]}, "spec": spec})
+                })
+                .collect()
+        }
+        GetKind::Brokers => {
+            let list = client.get("/v1/brokers").await?;
+            list["brokers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| b["stored"] == true)
+                .map(|b| {
+                    let mut spec = serde_json::Map::new();
+                    if !b["delivery"].is_null() {
+                        spec.insert("delivery".into(), b["delivery"].clone());
+                    }
+                    serde_json::json!({"apiVersion": knative, "kind": "Broker",
+                        "metadata": {"name": b["name"]}, "spec": spec})
+                })
+                .collect()
+        }
+        GetKind::Functions => {
+            let list = client.get("/v1/functions").await?;
+            list["functions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| {
+                    serde_json::json!({"apiVersion": "sluice.dev/v1", "kind": "Function",
+                        "metadata": {"name": f["name"]},
+                        "spec": {"digest": f["digest"], "settings": f["settings"]}})
+                })
+                .collect()
+        }
+    };
+    if client.output == Output::Json {
+        return print_json(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": documents}),
+        );
+    }
+    for document in documents {
+        print!("---\n{}", serde_norway::to_string(&document)?);
+    }
+    Ok(())
 }

@@ -94,6 +94,9 @@ fn main() -> std::process::ExitCode {
             Command::Invocation(command) => commands::run_invocation_command(command).await,
             Command::Event(command) => commands::run_event_command(command).await,
             Command::DeadLetter(command) => commands::run_dead_letter_command(command).await,
+            Command::Broker(command) => commands::run_broker_command(command).await,
+            Command::Apply { file, client } => commands::run_apply(&file, client).await,
+            Command::Get { kind, client } => commands::run_get(kind, client).await,
             Command::Status { client } => commands::run_status(client).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;

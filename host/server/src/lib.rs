@@ -338,6 +338,8 @@ pub fn router(state: AppState) -> Routes {
         .merge(routes::invoke::routes())
         .merge(routes::invocations::routes())
         .merge(routes::triggers::routes())
+        .merge(routes::brokers::routes())
+        .merge(routes::apply::routes())
         .merge(routes::events::routes())
         .merge(routes::dead_letters::routes())
         .merge(routes::tokens::routes())

@@ -38,7 +38,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
         Invocation, InvocationAccepted, InvocationSummary, InvocationList, Status, Deleted,
-        Revoked, ServerStatus, CloudEvent, Component, AnyBody
+        Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Resource,
+        Applied, AppliedResource
     ))
 )]
 pub struct ApiDoc;
@@ -440,11 +441,15 @@ pub struct Trigger {
     stats: Option<TriggerStats>,
 }
 
-/// Whether the subscriber can take events now.
+/// Whether the subscriber can take events now, and the delivery in force.
 #[derive(ToSchema)]
 pub struct TriggerStatus {
     ready: bool,
     reason: Option<String>,
+    /// The trigger's own `delivery`, or (when it sets none) its broker's
+    /// default, or Knative's defaults.
+    #[schema(value_type = Option<Object>)]
+    delivery: Option<serde_json::Value>,
 }
 
 /// Counts since the server started.
@@ -455,6 +460,60 @@ pub struct TriggerStats {
     retried: u64,
     dead_lettered: u64,
     in_flight: i64,
+}
+
+/// A broker: the default `delivery` of its triggers that set none.
+#[derive(ToSchema)]
+pub struct Broker {
+    /// DNS label (on `PUT`, taken from the path when absent).
+    name: Option<String>,
+    /// As a trigger's `delivery`.
+    #[schema(value_type = Option<Object>)]
+    delivery: Option<serde_json::Value>,
+    /// Read only: how many triggers it has.
+    #[schema(read_only)]
+    triggers: Option<u64>,
+    /// Read only: true for a stored broker (`PUT`), false for one only
+    /// named by triggers (or `default`).
+    #[schema(read_only)]
+    stored: Option<bool>,
+}
+
+/// Every broker.
+#[derive(ToSchema)]
+pub struct BrokerList {
+    brokers: Vec<Broker>,
+}
+
+/// Resources for `POST /v1/apply`: one, an array, or a `List` with `items`.
+#[derive(ToSchema)]
+pub struct Resource {
+    /// `eventing.knative.dev/v1` (`Trigger`, `Broker`) or `sluice.dev/v1`
+    /// (`Function`).
+    #[schema(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    /// `name` (and `namespace`, only `default`).
+    #[schema(value_type = Object)]
+    metadata: serde_json::Value,
+    /// The kind's spec.
+    #[schema(value_type = Option<Object>)]
+    spec: Option<serde_json::Value>,
+}
+
+/// What `POST /v1/apply` did, per resource, in order.
+#[derive(ToSchema)]
+pub struct Applied {
+    results: Vec<AppliedResource>,
+}
+
+/// One resource of an apply.
+#[derive(ToSchema)]
+pub struct AppliedResource {
+    kind: String,
+    name: String,
+    /// `created`, `changed` or `unchanged`.
+    action: String,
 }
 
 /// Every trigger.

@@ -21,23 +21,23 @@ pub(crate) struct TckCase {
     pub(crate) name: String,
     pub(crate) expression: String,
     #[serde(default)]
-    pub(crate) result: Option<serde_yaml::Value>,
+    pub(crate) result: Option<serde_norway::Value>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
-    event: Option<serde_yaml::Mapping>,
+    event: Option<serde_norway::Mapping>,
     #[serde(default, rename = "eventOverrides")]
-    pub(crate) event_overrides: Option<serde_yaml::Mapping>,
+    pub(crate) event_overrides: Option<serde_norway::Mapping>,
 }
 
-fn json_of(value: &serde_yaml::Value) -> serde_json::Value {
+fn json_of(value: &serde_norway::Value) -> serde_json::Value {
     serde_json::to_value(value).expect("YAML scalars are JSON")
 }
 
 /// The case's event: its own, or a plain one with its overrides.
 pub(crate) fn event_of(case: &TckCase) -> CloudEvent {
     let mut object = match &case.event {
-        Some(event) => json_of(&serde_yaml::Value::Mapping(event.clone())),
+        Some(event) => json_of(&serde_norway::Value::Mapping(event.clone())),
         None => serde_json::json!({
             "specversion": "1.0",
             "id": "default-id",
@@ -51,13 +51,13 @@ pub(crate) fn event_of(case: &TckCase) -> CloudEvent {
     CloudEvent::from_json(object.to_string().as_bytes()).unwrap()
 }
 
-fn expected_value(value: &serde_yaml::Value) -> Value {
+fn expected_value(value: &serde_norway::Value) -> Value {
     match value {
-        serde_yaml::Value::Bool(b) => Value::Boolean(*b),
-        serde_yaml::Value::Number(n) => {
+        serde_norway::Value::Bool(b) => Value::Boolean(*b),
+        serde_norway::Value::Number(n) => {
             Value::Integer(i32::try_from(n.as_i64().expect("integer")).expect("32-bit"))
         }
-        serde_yaml::Value::String(s) => Value::String(s.clone()),
+        serde_norway::Value::String(s) => Value::String(s.clone()),
         other => panic!("unexpected result {other:?}"),
     }
 }
@@ -109,7 +109,7 @@ fn run(file: &str) {
     let Some(text) = tck_text(file) else {
         return;
     };
-    let file: TckFile = serde_yaml::from_str(&text).unwrap();
+    let file: TckFile = serde_norway::from_str(&text).unwrap();
     assert!(!file.tests.is_empty());
     for case in &file.tests {
         let error = case.error.as_deref().map(expected_error);

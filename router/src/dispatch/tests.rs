@@ -787,3 +787,85 @@ async fn ingress_past_the_backlog_bound_is_refused_and_nothing_stored() {
     settle(&s.router).await;
     s.runner.abort();
 }
+
+#[tokio::test]
+async fn a_trigger_without_delivery_takes_its_brokers_default_live_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let inherits = Trigger::parse(
+        &json!({"name": "inherits", "broker": "payments", "subscriber": {"function": "f"}}),
+        None,
+    )
+    .unwrap();
+    let own = trigger("own", "t", "f", json!({"retry": 1}));
+    let broker = |retry: u32| {
+        Broker::parse(
+            &json!({"name": "payments", "delivery": {"retry": retry}}),
+            None,
+        )
+        .unwrap()
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let router = Router::new(
+            store,
+            Arc::new(Fake::default()),
+            DispatchLimits::default(),
+            &Registry::new(),
+        )
+        .unwrap();
+        router.put_broker(broker(2)).await.unwrap();
+        router.put_trigger(inherits.clone()).await.unwrap();
+        router.put_trigger(own.clone()).await.unwrap();
+        assert_eq!(router.trigger("inherits").unwrap().delivery.retry, 2);
+        assert!(
+            router
+                .trigger("inherits")
+                .unwrap()
+                .to_json()
+                .get("delivery")
+                .is_none(),
+            "its view says it sets none"
+        );
+        router.put_broker(broker(5)).await.unwrap();
+        assert_eq!(
+            router.trigger("inherits").unwrap().delivery.retry,
+            5,
+            "live"
+        );
+        assert_eq!(
+            router.trigger("own").unwrap().delivery.retry,
+            1,
+            "its own stays"
+        );
+    }
+    let store = reopen(dir.path());
+    let router = Router::new(
+        store,
+        Arc::new(Fake::default()),
+        DispatchLimits::default(),
+        &Registry::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        router.trigger("inherits").unwrap().delivery.retry,
+        5,
+        "after a restart"
+    );
+    assert!(router.delete_broker("payments").await.unwrap());
+    assert_eq!(
+        router.trigger("inherits").unwrap().delivery,
+        crate::trigger::DeliverySpec::default(),
+        "Knative's defaults once the broker is gone"
+    );
+}
+
+/// Opens the store in `dir` again once the previous handle's lock is gone.
+fn reopen(dir: &std::path::Path) -> Store {
+    for _ in 0..100 {
+        if let Ok(store) = Store::open(dir) {
+            return store;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Store::open(dir).unwrap()
+}

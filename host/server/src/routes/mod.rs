@@ -1,6 +1,8 @@
 //! The HTTP routes, one module per resource. Each takes its state from
 //! `state.rs` and turns its errors into responses through `error.rs`.
 
+pub mod apply;
+pub mod brokers;
 pub mod dashboard;
 pub mod dead_letters;
 pub mod events;

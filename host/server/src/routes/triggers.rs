@@ -18,17 +18,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_trigger, put_trigger, delete_trigger))
 }
 
-fn trigger_view(state: &AppState, trigger: &Trigger) -> Value {
+pub(crate) fn trigger_view(state: &AppState, trigger: &Trigger) -> Value {
     let mut view = trigger.to_json();
     view["status"] = match state.router.readiness(trigger) {
         Ok(()) => json!({"ready": true}),
         Err(reason) => json!({"ready": false, "reason": reason}),
     };
+    // The delivery in force: its own, or its broker's default.
+    view["status"]["delivery"] = trigger.delivery.to_json();
     view["stats"] = json!(state.router.trigger_stats(&trigger.name));
     view
 }
 
-async fn json_body(request: Request) -> Result<Value, ApiError> {
+pub(crate) async fn json_body(request: Request) -> Result<Value, ApiError> {
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, 1 << 20).await?;
     sluice_router::event::check_depth(&bytes)?;
@@ -109,7 +111,7 @@ async fn put_trigger(
 }
 
 /// Refuses a new trigger past `--max-triggers` (replacing one is fine).
-fn check_trigger_count(state: &AppState, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_trigger_count(state: &AppState, name: &str) -> Result<(), ApiError> {
     let max = state.limits.max_triggers;
     if state.router.trigger(name).is_none() && state.router.store().trigger_count() >= max {
         return Err(ApiError::new(

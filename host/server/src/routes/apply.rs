@@ -1,0 +1,252 @@
+//! `POST /v1/apply`: Knative's own resource shapes, applied declaratively
+//! (`kubectl apply` style): `eventing.knative.dev/v1` `Trigger` and
+//! `Broker`, and Sluice's `sluice.dev/v1` `Function` (by the digest of a
+//! component the server holds; `sluice apply -f` uploads files first).
+//! Every resource is checked before any is written; each answers
+//! `created`, `changed` or `unchanged` (applying twice changes nothing).
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sluice_router::broker::Broker;
+use sluice_router::trigger::Trigger;
+use sluice_store::FunctionSettings;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::error::ApiError;
+use crate::routes::triggers::{check_trigger_count, json_body};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(apply))
+}
+
+/// Most resources one apply takes.
+const MAX_RESOURCES: usize = 1000;
+
+/// A resource, checked.
+enum Desired {
+    Trigger(Trigger),
+    Broker(Broker),
+    Function {
+        name: String,
+        digest: String,
+        settings: FunctionSettings,
+    },
+}
+
+fn invalid(at: &str, reason: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_resource", format!("{at}: {reason}"))
+}
+
+/// The resources of a body: one, an array, or a `List`.
+fn items(body: Value) -> Result<Vec<Value>, ApiError> {
+    let items = match body {
+        Value::Array(items) => items,
+        Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
+            match map.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                _ => return Err(invalid("$", "a List needs `items`, an array")),
+            }
+        }
+        object @ Value::Object(_) => vec![object],
+        _ => return Err(invalid("$", "send a resource, an array of them, or a List")),
+    };
+    if items.len() > MAX_RESOURCES {
+        return Err(invalid("$", format!("more than {MAX_RESOURCES} resources")));
+    }
+    Ok(items)
+}
+
+/// Checks one resource (`at` names it in errors).
+fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(invalid(at, "a resource is a JSON object"));
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
+    let (api, kind) = (text("apiVersion"), text("kind"));
+    let metadata = map.get("metadata").and_then(Value::as_object);
+    let name = metadata
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(at, "metadata.name is required"))?
+        .to_string();
+    if let Some(namespace) = metadata
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|n| *n != "default")
+    {
+        return Err(invalid(
+            at,
+            format!("metadata.namespace {namespace:?}: Sluice has one namespace, `default`"),
+        ));
+    }
+    let at = format!("{at} ({kind} {name})");
+    let spec = match map.get("spec") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(spec)) => spec.clone(),
+        Some(_) => return Err(invalid(&at, "spec must be an object")),
+    };
+    let spec_fields = |known: &[&str]| -> Result<(), ApiError> {
+        match spec.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(unknown) => Err(invalid(
+                &at,
+                format!("unknown field spec.{unknown}; known: {}", known.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    };
+    match (api, kind) {
+        ("eventing.knative.dev/v1", "Trigger") => {
+            spec_fields(&["broker", "filter", "filters", "subscriber", "delivery"])?;
+            let mut definition = Value::Object(spec.clone());
+            definition["name"] = json!(name);
+            let trigger = Trigger::parse(&definition, None)
+                .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;
+            Ok(Desired::Trigger(trigger))
+        }
+        ("eventing.knative.dev/v1", "Broker") => {
+            spec_fields(&["delivery", "config"])?;
+            if spec.contains_key("config") {
+                return Err(invalid(
+                    &at,
+                    "spec.config names a Kubernetes broker class configuration; Sluice's brokers have none (leave it out)",
+                ));
+            }
+            let mut definition = json!({"name": name});
+            if let Some(delivery) = spec.get("delivery") {
+                definition["delivery"] = delivery.clone();
+            }
+            let broker = Broker::parse(&definition, None)
+                .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;
+            Ok(Desired::Broker(broker))
+        }
+        ("sluice.dev/v1", "Function") => {
+            spec_fields(&["digest", "component", "settings"])?;
+            if spec.contains_key("component") {
+                return Err(invalid(
+                    &at,
+                    "spec.component is a file on your machine: `sluice apply -f` uploads it; this route takes spec.digest of a component the server holds",
+                ));
+            }
+            sluice_runtime::functions::validate_name(&name).map_err(|e| invalid(&at, e))?;
+            let digest = spec
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(&at, "spec.digest is required"))?
+                .to_string();
+            let settings = match spec.get("settings") {
+                None | Some(Value::Null) => FunctionSettings::default(),
+                Some(settings) => serde_json::from_value(settings.clone())
+                    .map_err(|e| invalid(&at, format!("spec.settings: {e}")))?,
+            };
+            Ok(Desired::Function {
+                name,
+                digest,
+                settings,
+            })
+        }
+        (api, kind) => Err(invalid(
+            &at,
+            format!(
+                "apiVersion {api:?} kind {kind:?} is not one Sluice applies: eventing.knative.dev/v1 Trigger or Broker, sluice.dev/v1 Function"
+            ),
+        )),
+    }
+}
+
+/// Applies Knative `Trigger` and `Broker` resources and Sluice `Function`
+/// resources, declaratively: each ends as the resource says (a `Function`
+/// takes exactly its `spec.settings`; secrets shown as `<redacted>` keep
+/// their values). All are checked before any is written.
+#[utoipa::path(post, path = "/v1/apply", tag = "triggers",
+    request_body(content = Vec<crate::openapi::Resource>, description = "A resource, an array of them, or a `List`"),
+    responses(
+        (status = 200, description = "What each resource did", body = crate::openapi::Applied),
+        (status = 400, description = "A resource is invalid (nothing was written)", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
+        (status = 409, description = "Past a limit, or a function changed meanwhile", body = crate::openapi::Error)))]
+async fn apply(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let items = items(json_body(request).await?)?;
+    let mut desired = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        desired.push(check(item, &format!("resource {i}"))?);
+    }
+    let store = state.functions.store();
+    for resource in &desired {
+        if let Desired::Function { name, digest, .. } = resource
+            && store.blob(digest)?.is_none()
+        {
+            return Err(invalid(
+                &format!("Function {name}"),
+                format!(
+                    "the server holds no component {digest}; deploy it first (`sluice apply -f` uploads spec.component)"
+                ),
+            ));
+        }
+    }
+    let mut results = Vec::new();
+    for resource in desired {
+        let (kind, name, action) = match resource {
+            Desired::Trigger(trigger) => {
+                let name = trigger.name.clone();
+                let action = match state.router.trigger(&name) {
+                    Some(current) if current.to_json() == trigger.to_json() => "unchanged",
+                    Some(_) => "changed",
+                    None => "created",
+                };
+                if action != "unchanged" {
+                    check_trigger_count(&state, &name)?;
+                    state.router.put_trigger(trigger).await?;
+                }
+                ("Trigger", name, action)
+            }
+            Desired::Broker(broker) => {
+                let name = broker.name.clone();
+                let action = match state.router.broker(&name) {
+                    Some(current) if *current == broker => "unchanged",
+                    Some(_) => "changed",
+                    None => "created",
+                };
+                if action != "unchanged" {
+                    state.router.put_broker(broker).await?;
+                }
+                ("Broker", name, action)
+            }
+            Desired::Function {
+                name,
+                digest,
+                mut settings,
+            } => {
+                let current = store.function(&name)?;
+                if let Some(current) = &current {
+                    // A redacted secret sent back keeps its value.
+                    for (key, value) in settings.secrets.iter_mut() {
+                        if value == crate::routes::functions::REDACTED
+                            && let Some(stored) = current.settings.secrets.get(key)
+                        {
+                            value.clone_from(stored);
+                        }
+                    }
+                }
+                let action = match &current {
+                    Some(c) if c.digest == digest && c.settings == settings => "unchanged",
+                    Some(_) => "changed",
+                    None => "created",
+                };
+                if action != "unchanged" {
+                    let bytes = store.blob(&digest)?.unwrap_or_default();
+                    let expected = current.map_or(0, |c| c.version);
+                    state
+                        .functions
+                        .deploy(&name, bytes, settings, Some(expected))
+                        .await?;
+                }
+                ("Function", name, action)
+            }
+        };
+        tracing::info!(kind, %name, action, "applied");
+        results.push(json!({"kind": kind, "name": name, "action": action}));
+    }
+    Ok(axum::Json(json!({"results": results})).into_response())
+}
