@@ -426,6 +426,7 @@ pub struct Router {
     triggers: RwLock<BTreeMap<String, Arc<Trigger>>>,
     /// Stored brokers (their default deliveries).
     brokers: RwLock<BTreeMap<String, Arc<Broker>>>,
+    broker_writes: tokio::sync::Mutex<()>,
     index: RwLock<Arc<TriggerIndex>>,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -505,6 +506,9 @@ impl StreamEntry {
 #[derive(Default)]
 struct Gate {
     running: usize,
+    /// Its limit as of the last delivery started: the trigger's
+    /// `maxConcurrency` under the server's per-trigger limit.
+    limit: usize,
     parked: VecDeque<Queued>,
 }
 
@@ -520,7 +524,10 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let next = {
             let mut gate = self.slot.gate.lock().unwrap();
-            match gate.parked.pop_front() {
+            // Over a limit lowered meanwhile: the place is given up.
+            let over = gate.running > gate.limit.max(1);
+            let next = if over { None } else { gate.parked.pop_front() };
+            match next {
                 Some(mut next) => {
                     next.admitted = Some(Box::new(Admitted {
                         router: self.router.clone(),
@@ -607,6 +614,7 @@ impl Router {
             limits,
             triggers: RwLock::new(triggers),
             brokers: RwLock::new(brokers),
+            broker_writes: tokio::sync::Mutex::new(()),
             index: RwLock::new(index),
             queue: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
@@ -688,9 +696,13 @@ impl Router {
                         && let Some((_, slot)) = &found
                     {
                         let mut gate = slot.gate.lock().unwrap();
-                        if gate.running >= self.limits.max_in_flight_per_trigger
-                            || !gate.parked.is_empty()
-                        {
+                        gate.limit = found
+                            .as_ref()
+                            .and_then(|(trigger, _)| trigger.delivery.max_concurrency)
+                            .map_or(self.limits.max_in_flight_per_trigger, |max| {
+                                (max as usize).min(self.limits.max_in_flight_per_trigger)
+                            });
+                        if gate.running >= gate.limit || !gate.parked.is_empty() {
                             // At its limit: parked, no attempt used, until
                             // one of the trigger's deliveries ends.
                             gate.parked.push_back(queued);
@@ -1535,10 +1547,15 @@ impl Router {
     pub async fn put_trigger(&self, mut trigger: Trigger) -> Result<bool, StoreError> {
         let json = serde_json::to_vec(&trigger.to_json()).expect("JSON");
         let replaced = self.store.put_trigger(&trigger.name, &json).await?;
-        resolve_delivery(&self.brokers.read().unwrap(), &mut trigger);
+        // Under the brokers' lock until it is in: a broker changed meanwhile
+        // re-resolves it after, never before.
+        let brokers = self.brokers.read().unwrap();
+        resolve_delivery(&brokers, &mut trigger);
         let mut triggers = self.triggers.write().unwrap();
         triggers.insert(trigger.name.clone(), Arc::new(trigger));
         *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        drop(triggers);
+        drop(brokers);
         Ok(replaced)
     }
 
@@ -1601,6 +1618,8 @@ impl Router {
     /// default delivery to its triggers that set none. Returns true if it
     /// replaced one.
     pub async fn put_broker(&self, broker: Broker) -> Result<bool, StoreError> {
+        // One broker write at a time, so the store and memory agree.
+        let _writing = self.broker_writes.lock().await;
         let json = serde_json::to_vec(&broker.to_json()).expect("JSON");
         let replaced = self.store.put_broker(&broker.name, &json).await?;
         let name = broker.name.clone();
@@ -1615,6 +1634,7 @@ impl Router {
     /// Deletes a broker, durably (its triggers that set no delivery take
     /// Knative's defaults). Returns true if it existed.
     pub async fn delete_broker(&self, name: &str) -> Result<bool, StoreError> {
+        let _writing = self.broker_writes.lock().await;
         let existed = self.store.delete_broker(name).await?;
         self.brokers.write().unwrap().remove(name);
         self.reresolve(name);

@@ -129,6 +129,9 @@ pub struct DeliverySpec {
     /// Knative's cap on a subscriber's `Retry-After`. Kept and shown, but
     /// Sluice does not wait for `Retry-After` yet (its backoff applies).
     pub retry_after_max: Option<Duration>,
+    /// `maxConcurrency` (a Sluice extension): deliveries of the trigger in
+    /// flight at once, below the server's `--max-deliveries-per-trigger`.
+    pub max_concurrency: Option<u32>,
     /// Where an event goes after its last failed attempt.
     pub dead_letter_sink: Option<Destination>,
 }
@@ -177,12 +180,26 @@ impl DeliverySpec {
             Some(sink) => Some(Destination::parse(sink, &at("deadLetterSink"))?),
         };
         let retry_after_max = duration(d.get("retryAfterMax"), &at("retryAfterMax"))?;
+        let max_concurrency = match d.get("maxConcurrency") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n @ 1..=MAX_CONCURRENCY) => Some(n as u32),
+                _ => {
+                    return Err(invalid(
+                        &at("maxConcurrency"),
+                        format!("must be an integer from 1 to {MAX_CONCURRENCY}"),
+                    ));
+                }
+            },
+            Some(_) => return Err(invalid(&at("maxConcurrency"), "must be an integer")),
+        };
         Ok(DeliverySpec {
             retry,
             backoff_policy,
             backoff_delay,
             timeout,
             retry_after_max,
+            max_concurrency,
             dead_letter_sink,
         })
     }
@@ -200,6 +217,9 @@ impl DeliverySpec {
         if let Some(max) = self.retry_after_max {
             delivery["retryAfterMax"] = json!(format_iso8601(max));
         }
+        if let Some(max) = self.max_concurrency {
+            delivery["maxConcurrency"] = json!(max);
+        }
         if let Some(sink) = &self.dead_letter_sink {
             delivery["deadLetterSink"] = sink.to_json();
         }
@@ -215,6 +235,7 @@ impl Default for DeliverySpec {
             backoff_delay: DEFAULT_BACKOFF_DELAY,
             timeout: None,
             retry_after_max: None,
+            max_concurrency: None,
             dead_letter_sink: None,
         }
     }
@@ -278,14 +299,18 @@ const FIELDS: [&str; 6] = [
 /// Fields of a trigger's view that a write ignores, so that a `GET` can be
 /// `PUT` back unchanged.
 const READ_ONLY_FIELDS: [&str; 2] = ["status", "stats"];
-const DELIVERY_FIELDS: [&str; 6] = [
+const DELIVERY_FIELDS: [&str; 7] = [
     "retry",
     "backoffPolicy",
     "backoffDelay",
     "timeout",
     "retryAfterMax",
+    "maxConcurrency",
     "deadLetterSink",
 ];
+
+/// The largest `delivery.maxConcurrency`.
+const MAX_CONCURRENCY: u64 = 100_000;
 
 fn check_fields(
     map: &serde_json::Map<String, Value>,
@@ -304,12 +329,16 @@ fn check_fields(
 fn duration(value: Option<&Value>, path: &str) -> Result<Option<Duration>, TriggerError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => parse_iso8601(text).map(Some).ok_or_else(|| {
-            invalid(
-                path,
-                format!("{text:?} is not an ISO 8601 duration such as PT0.2S"),
-            )
-        }),
+        // Whole milliseconds, as a definition is stored (`PT0.0001S` would be
+        // stored as `PT0S`, which a restart would then refuse).
+        Some(Value::String(text)) => parse_iso8601(text)
+            .map(|d| Some(Duration::from_millis(d.as_millis() as u64)))
+            .ok_or_else(|| {
+                invalid(
+                    path,
+                    format!("{text:?} is not an ISO 8601 duration such as PT0.2S"),
+                )
+            }),
         Some(_) => Err(invalid(
             path,
             "must be an ISO 8601 duration string such as PT0.2S",
@@ -395,11 +424,14 @@ impl Trigger {
                 .ok_or_else(|| invalid("subscriber", "is required"))?,
             "subscriber",
         )?;
-        let own_delivery = !matches!(map.get("delivery"), None | Some(Value::Null));
         let delivery = match map.get("delivery") {
             None | Some(Value::Null) => DeliverySpec::default(),
             Some(d) => DeliverySpec::parse(d, "delivery")?,
         };
+        // A trigger sets its own delivery unless it leaves `delivery` out,
+        // empty, or at Knative's defaults (as every trigger stored before
+        // brokers had defaults is): then its broker's applies.
+        let own_delivery = delivery != DeliverySpec::default();
         Ok(Trigger {
             name,
             broker,
@@ -461,6 +493,12 @@ mod tests {
         knative["delivery"]["deadLetterSink"] =
             json!({"ref": {"kind": "Function", "name": "dlq-handler", "namespace": "default"}});
         assert_eq!(Trigger::parse(&knative, None).unwrap(), trigger);
+        let mut tiny = value.clone();
+        tiny["delivery"]["timeout"] = json!("PT0.0001S");
+        assert!(
+            Trigger::parse(&tiny, None).is_err(),
+            "a timeout that would be stored as PT0S is refused"
+        );
         for bad in [
             json!({"ref": {"kind": "Broker", "name": "x"}}),
             json!({"ref": {"kind": "Service", "name": "x", "namespace": "prod"}}),

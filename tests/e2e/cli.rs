@@ -784,7 +784,14 @@ spec:
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "apiVersion: eventing.knative.dev/v1
+        "apiVersion: sluice.dev/v1
+kind: Function
+metadata:
+  name: not-yet
+spec:
+  component: my-service.wasm
+---
+apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata:
   name: fresh
@@ -810,13 +817,74 @@ spec:
     );
     let (status, _) = server.get("/v1/brokers/fresh").await;
     assert_eq!(status, 404, "nothing of that file was written");
+    let (status, _) = server.get("/v1/functions/not-yet").await;
+    assert_eq!(status, 404, "not even the function uploaded from a file");
+
+    // Twice the same name, a secret an export hid, a typo in a Function:
+    // refused, naming the resource.
+    for (bad, says) in [
+        (
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: twice\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: twice\n",
+            "appears twice",
+        ),
+        (
+            "apiVersion: sluice.dev/v1\nkind: Function\nmetadata:\n  name: fresh-fn\nspec:\n  component: my-service.wasm\n  setting:\n    env: {}\n",
+            "unknown field spec.setting",
+        ),
+    ] {
+        let file = dir.path().join("refused.yaml");
+        std::fs::write(&file, bad).unwrap();
+        let output = sluice(&server, &["apply", "-f", file.to_str().unwrap()]);
+        assert!(!output.status.success(), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let exported: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &["get", "functions", "-o", "json"],
+    )))
+    .unwrap();
+    let mut copy = exported["items"][0].clone();
+    copy["metadata"]["name"] = "copy-fn".into();
+    copy["spec"]["settings"]["secrets"] = serde_json::json!({"KEY": "<redacted>"});
+    let response = server
+        .http()
+        .post(server.url("/v1/apply"))
+        .json(&copy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        400,
+        "a hidden secret is not stored as the mark"
+    );
+    assert!(response.text().await.unwrap().contains("give its value"));
+
+    // A trigger made by the CLI without delivery takes its broker's.
+    stdout(&sluice(
+        &server,
+        &[
+            "trigger",
+            "create",
+            "plain",
+            "--function",
+            "my-service",
+            "--filter",
+            "type=x",
+        ],
+    ));
+    let (_, plain) = server.get("/v1/triggers/plain").await;
+    let plain: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(plain["status"]["delivery"]["retry"], 3, "{plain}");
 
     // The JSON route takes a List, and Knative's ref on a plain trigger.
     let response = server
         .http()
         .post(server.url("/v1/apply"))
         .json(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "fresh"}}
+            {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "fresh"},
+             "spec": {"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "config-br-default-channel"}}}
         ]}))
         .send()
         .await

@@ -198,9 +198,9 @@ pub enum TriggerCommand {
         /// External sink URL that receives matching events.
         #[arg(long)]
         uri: Option<String>,
-        /// Broker whose events it sees.
-        #[arg(long, default_value = "default")]
-        broker: String,
+        /// Broker whose events it sees (`default` unless the file names one).
+        #[arg(long)]
+        broker: Option<String>,
         /// Exact attribute match, ATTR=VALUE (repeatable, ANDed).
         #[arg(long = "filter", value_name = "ATTR=VALUE")]
         filters: Vec<String>,

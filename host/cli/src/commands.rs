@@ -457,7 +457,7 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                     if function.is_none() && uri.is_none() {
                         bail!("give --function or --uri (or a trigger in -f FILE)");
                     }
-                    serde_json::json!({"broker": broker, "filter": {"attributes": {}}, "filters": [], "delivery": {}})
+                    serde_json::json!({"filter": {"attributes": {}}, "filters": []})
                 }
             };
             body["name"] = name.clone().into();
@@ -519,8 +519,15 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
             if let Some(timeout) = timeout {
                 delivery.insert("timeout".into(), timeout.into());
             }
-            body["delivery"] = delivery.into();
-            if file.is_some() && broker != "default" {
+            // A trigger that sets no delivery takes its broker's.
+            if delivery.is_empty() {
+                if let Some(map) = body.as_object_mut() {
+                    map.remove("delivery");
+                }
+            } else {
+                body["delivery"] = delivery.into();
+            }
+            if let Some(broker) = broker {
                 body["broker"] = broker.into();
             }
             let request = client
@@ -1209,6 +1216,48 @@ const SETTINGS: [&str; 10] = [
     "kv_buckets",
 ];
 
+/// Checks a `Function` resource with a component file as the server would
+/// check one by digest: a typo must not reset its settings.
+fn check_function(item: &serde_json::Value) -> anyhow::Result<()> {
+    let name = item["metadata"]["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        bail!("a Function needs metadata.name");
+    }
+    if item["apiVersion"] != "sluice.dev/v1" {
+        bail!(
+            "Function {name}: apiVersion {} is not sluice.dev/v1",
+            item["apiVersion"]
+        );
+    }
+    if let Some(namespace) = item["metadata"]["namespace"]
+        .as_str()
+        .filter(|n| *n != "default")
+    {
+        bail!(
+            "Function {name}: metadata.namespace {namespace:?}: Sluice has one namespace, `default`"
+        );
+    }
+    let spec = item["spec"].as_object().cloned().unwrap_or_default();
+    if let Some(unknown) = spec
+        .keys()
+        .find(|k| !["component", "settings"].contains(&k.as_str()))
+    {
+        bail!("Function {name}: unknown field spec.{unknown}; known: component, settings");
+    }
+    if let Some(settings) = spec.get("settings") {
+        let Some(settings) = settings.as_object() else {
+            bail!("Function {name}: spec.settings must be an object");
+        };
+        if let Some(unknown) = settings.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
+            bail!(
+                "Function {name}: unknown setting spec.settings.{unknown}; known: {}",
+                SETTINGS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `sluice apply -f FILE`.
 pub async fn run_apply(file: &str, args: ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(&args);
@@ -1230,21 +1279,41 @@ pub async fn run_apply(file: &str, args: ClientArgs) -> anyhow::Result<()> {
     if items.is_empty() {
         bail!("{file} holds no resources");
     }
+    // Everything is checked before anything is written: the Functions with
+    // a component file here, the rest by the server (a dry run).
     let mut server_side = Vec::new();
-    let mut results = Vec::new();
+    let mut uploads = Vec::new();
     for item in items {
         let component = item["spec"]["component"].as_str().map(str::to_string);
-        let (Some(component), Some("Function")) = (component, item["kind"].as_str()) else {
-            server_side.push(item);
-            continue;
-        };
+        match (component, item["kind"].as_str()) {
+            (Some(component), Some("Function")) => {
+                check_function(&item)?;
+                let path = base.join(&component);
+                if !path.is_file() {
+                    bail!(
+                        "cannot read {} (spec.component of Function {})",
+                        path.display(),
+                        plain(&item["metadata"]["name"])
+                    );
+                }
+                uploads.push((item, path));
+            }
+            _ => server_side.push(item),
+        }
+    }
+    if !server_side.is_empty() {
+        let request = client
+            .http
+            .post(client.url("/v1/apply"))
+            .query(&[("dry_run", "true")])
+            .json(&serde_json::Value::Array(server_side.clone()));
+        client.send(request).await?;
+    }
+    let mut results = Vec::new();
+    for (item, path) in uploads {
         // A Function with a component file: uploaded, its settings exactly
         // `spec.settings`.
-        let name = item["metadata"]["name"]
-            .as_str()
-            .with_context(|| "a Function needs metadata.name")?
-            .to_string();
-        let path = base.join(&component);
+        let name = plain(&item["metadata"]["name"]);
         let bytes = std::fs::read(&path).with_context(|| {
             format!("cannot read {} (spec.component of {name})", path.display())
         })?;
@@ -1299,6 +1368,15 @@ pub async fn run_apply(file: &str, args: ClientArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A destination in Knative's shape: a function as a `ref` to a Service.
+fn knative_destination(destination: &serde_json::Value) -> serde_json::Value {
+    match destination["function"].as_str() {
+        Some(name) => serde_json::json!({"ref": {
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}}),
+        None => destination.clone(),
+    }
+}
+
 /// `sluice get KIND`: the resources in the shapes `apply` takes.
 pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(&args);
@@ -1323,9 +1401,14 @@ pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
                     if t["filters"].as_array().is_some_and(|f| !f.is_empty()) {
                         spec.insert("filters".into(), t["filters"].clone());
                     }
-                    spec.insert("subscriber".into(), t["subscriber"].clone());
+                    spec.insert("subscriber".into(), knative_destination(&t["subscriber"]));
                     if !t["delivery"].is_null() {
-                        spec.insert("delivery".into(), t["delivery"].clone());
+                        let mut delivery = t["delivery"].clone();
+                        if !delivery["deadLetterSink"].is_null() {
+                            delivery["deadLetterSink"] =
+                                knative_destination(&delivery["deadLetterSink"]);
+                        }
+                        spec.insert("delivery".into(), delivery);
                     }
                     serde_json::json!({"apiVersion": knative, "kind": "Trigger",
                         "metadata": {"name": t["name"]}, "spec": spec})

@@ -99,6 +99,12 @@ impl ApiError {
         )
     }
 
+    /// The same error, its message followed by `context`.
+    pub(crate) fn context(mut self, context: &str) -> ApiError {
+        self.message = format!("{} ({context})", self.message);
+        self
+    }
+
     pub(crate) fn with_retry_after(mut self, seconds: u32) -> ApiError {
         self.retry_after = Some(seconds);
         self

@@ -430,7 +430,9 @@ pub struct Trigger {
     #[schema(value_type = Object)]
     subscriber: serde_json::Value,
     /// `retry`, `backoffPolicy` (`exponential`, `linear`), `backoffDelay`
-    /// (ISO 8601), `timeout`, `deadLetterSink`.
+    /// (ISO 8601), `timeout`, `retryAfterMax` (kept; Sluice does not wait
+    /// for `Retry-After` yet), `maxConcurrency` (a Sluice extension:
+    /// deliveries in flight at once), `deadLetterSink`.
     #[schema(value_type = Option<Object>)]
     delivery: Option<serde_json::Value>,
     /// Read only (ignored on a write).

@@ -869,3 +869,54 @@ fn reopen(dir: &std::path::Path) -> Store {
     }
     Store::open(dir).unwrap()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_triggers_max_concurrency_caps_its_deliveries_below_the_servers_limit() {
+    let fake = Fake {
+        delay: Some(Duration::from_millis(100)),
+        ..Fake::default()
+    };
+    let limits = DispatchLimits {
+        max_in_flight_per_trigger: 4,
+        ..DispatchLimits::default()
+    };
+    let s = setup(
+        fake,
+        limits,
+        vec![trigger(
+            "t",
+            "x",
+            "f",
+            json!({"retry": 0, "maxConcurrency": 1}),
+        )],
+    )
+    .await;
+    assert_eq!(
+        s.router.trigger("t").unwrap().to_json()["delivery"]["maxConcurrency"],
+        1
+    );
+    let events = (0..6).map(|i| event_of("x", &format!("e{i}"))).collect();
+    s.router.publish("default", events).await.unwrap();
+    settle(&s.router).await;
+    assert_eq!(
+        s.fake.max_running.load(Ordering::SeqCst),
+        1,
+        "one at a time"
+    );
+    let attempts = attempts_of(&s.fake, "f");
+    assert_eq!(attempts.len(), 6, "every event delivered, none lost parked");
+    assert!(
+        attempts.iter().all(|a| a.0 == 1),
+        "no attempt used up waiting"
+    );
+    s.runner.abort();
+    for bad in [json!({"maxConcurrency": 0}), json!({"maxConcurrency": "2"})] {
+        assert!(
+            Trigger::parse(
+                &json!({"name": "b", "subscriber": {"function": "f"}, "delivery": bad}),
+                None
+            )
+            .is_err()
+        );
+    }
+}

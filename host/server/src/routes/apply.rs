@@ -14,11 +14,30 @@ use sluice_store::FunctionSettings;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::ApiError;
-use crate::routes::triggers::{check_trigger_count, json_body};
+use crate::routes::triggers::json_body;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(apply))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApplyQuery {
+    /// Check every resource, write none (`results` say `checked`).
+    #[serde(default)]
+    dry_run: bool,
+}
+
+const REDACTED: &str = crate::routes::functions::REDACTED;
+
+/// The kind and name of `resource`.
+fn identify(resource: &Desired) -> (&'static str, &str) {
+    match resource {
+        Desired::Trigger(t) => ("Trigger", &t.name),
+        Desired::Broker(b) => ("Broker", &b.name),
+        Desired::Function { name, .. } => ("Function", name),
+    }
 }
 
 /// Most resources one apply takes.
@@ -106,13 +125,9 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
             Ok(Desired::Trigger(trigger))
         }
         ("eventing.knative.dev/v1", "Broker") => {
+            // `config` names a Kubernetes ConfigMap of the broker class:
+            // Sluice has none to read, so it is accepted and has no effect.
             spec_fields(&["delivery", "config"])?;
-            if spec.contains_key("config") {
-                return Err(invalid(
-                    &at,
-                    "spec.config names a Kubernetes broker class configuration; Sluice's brokers have none (leave it out)",
-                ));
-            }
             let mut definition = json!({"name": name});
             if let Some(delivery) = spec.get("delivery") {
                 definition["delivery"] = delivery.clone();
@@ -160,32 +175,118 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
 /// takes exactly its `spec.settings`; secrets shown as `<redacted>` keep
 /// their values). All are checked before any is written.
 #[utoipa::path(post, path = "/v1/apply", tag = "triggers",
+    params(ApplyQuery),
     request_body(content = Vec<crate::openapi::Resource>, description = "A resource, an array of them, or a `List`"),
     responses(
         (status = 200, description = "What each resource did", body = crate::openapi::Applied),
         (status = 400, description = "A resource is invalid (nothing was written)", body = crate::openapi::Error),
         crate::openapi::AuthErrors,
         (status = 409, description = "Past a limit, or a function changed meanwhile", body = crate::openapi::Error)))]
-async fn apply(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn apply(
+    State(state): State<AppState>,
+    crate::error::Query(query): crate::error::Query<ApplyQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let items = items(json_body(request).await?)?;
     let mut desired = Vec::with_capacity(items.len());
+    let mut seen = std::collections::BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
-        desired.push(check(item, &format!("resource {i}"))?);
-    }
-    let store = state.functions.store();
-    for resource in &desired {
-        if let Desired::Function { name, digest, .. } = resource
-            && store.blob(digest)?.is_none()
-        {
+        let resource = check(item, &format!("resource {i}"))?;
+        let (kind, name) = identify(&resource);
+        if !seen.insert((kind, name.to_string())) {
             return Err(invalid(
-                &format!("Function {name}"),
-                format!(
-                    "the server holds no component {digest}; deploy it first (`sluice apply -f` uploads spec.component)"
-                ),
+                &format!("resource {i} ({kind} {name})"),
+                "appears twice in one apply",
             ));
         }
+        desired.push(resource);
     }
-    let mut results = Vec::new();
+    let store = state.functions.store();
+    let limits = state.functions.runtime().limits();
+    let mut new_triggers = 0;
+    for resource in &mut desired {
+        match resource {
+            Desired::Function {
+                name,
+                digest,
+                settings,
+            } => {
+                let at = format!("Function {name}");
+                if store.blob(digest)?.is_none() {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "the server holds no component {digest}; deploy it first (`sluice apply -f` uploads spec.component)"
+                        ),
+                    ));
+                }
+                limits.validate(settings).map_err(|e| invalid(&at, e))?;
+                // A redacted secret sent back keeps its stored value; one
+                // with no stored value is refused, not stored as the mark.
+                let current = store.function(name)?;
+                for (key, value) in settings.secrets.iter_mut() {
+                    if value == REDACTED {
+                        match current.as_ref().and_then(|c| c.settings.secrets.get(key)) {
+                            Some(stored) => value.clone_from(stored),
+                            None => {
+                                return Err(invalid(
+                                    &at,
+                                    format!(
+                                        "spec.settings.secrets.{key} is {REDACTED:?} (an export hides secrets): give its value"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            Desired::Trigger(trigger) => {
+                if state.router.trigger(&trigger.name).is_none() {
+                    new_triggers += 1;
+                }
+            }
+            Desired::Broker(_) => {}
+        }
+    }
+    let max = state.limits.max_triggers;
+    if new_triggers > 0 && state.router.store().trigger_count() + new_triggers > max {
+        return Err(ApiError::new(
+            http::StatusCode::CONFLICT,
+            "too_many_triggers",
+            format!(
+                "the apply would pass the server's limit of {max} triggers; nothing was written"
+            ),
+        ));
+    }
+    if query.dry_run {
+        let results: Vec<Value> = desired
+            .iter()
+            .map(|resource| {
+                let (kind, name) = identify(resource);
+                json!({"kind": kind, "name": name, "action": "checked"})
+            })
+            .collect();
+        return Ok(axum::Json(json!({"results": results})).into_response());
+    }
+    let mut results: Vec<Value> = Vec::new();
+    let written = |results: &Vec<Value>| -> String {
+        let done: Vec<String> = results
+            .iter()
+            .filter(|r| r["action"] != "unchanged")
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["kind"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        if done.is_empty() {
+            "nothing was written".into()
+        } else {
+            format!("already written: {}", done.join(", "))
+        }
+    };
     for resource in desired {
         let (kind, name, action) = match resource {
             Desired::Trigger(trigger) => {
@@ -195,9 +296,10 @@ async fn apply(State(state): State<AppState>, request: Request) -> Result<Respon
                     Some(_) => "changed",
                     None => "created",
                 };
-                if action != "unchanged" {
-                    check_trigger_count(&state, &name)?;
-                    state.router.put_trigger(trigger).await?;
+                if action != "unchanged"
+                    && let Err(error) = state.router.put_trigger(trigger).await
+                {
+                    return Err(ApiError::from(error).context(&written(&results)));
                 }
                 ("Trigger", name, action)
             }
@@ -208,39 +310,42 @@ async fn apply(State(state): State<AppState>, request: Request) -> Result<Respon
                     Some(_) => "changed",
                     None => "created",
                 };
-                if action != "unchanged" {
-                    state.router.put_broker(broker).await?;
+                if action != "unchanged"
+                    && let Err(error) = state.router.put_broker(broker).await
+                {
+                    return Err(ApiError::from(error).context(&written(&results)));
                 }
                 ("Broker", name, action)
             }
             Desired::Function {
                 name,
                 digest,
-                mut settings,
+                settings,
             } => {
                 let current = store.function(&name)?;
-                if let Some(current) = &current {
-                    // A redacted secret sent back keeps its value.
-                    for (key, value) in settings.secrets.iter_mut() {
-                        if value == crate::routes::functions::REDACTED
-                            && let Some(stored) = current.settings.secrets.get(key)
-                        {
-                            value.clone_from(stored);
-                        }
-                    }
-                }
                 let action = match &current {
                     Some(c) if c.digest == digest && c.settings == settings => "unchanged",
                     Some(_) => "changed",
                     None => "created",
                 };
                 if action != "unchanged" {
-                    let bytes = store.blob(&digest)?.unwrap_or_default();
+                    let Some(bytes) = store.blob(&digest)? else {
+                        return Err(invalid(
+                            &format!("Function {name}"),
+                            format!(
+                                "component {digest} went away meanwhile ({})",
+                                written(&results)
+                            ),
+                        ));
+                    };
                     let expected = current.map_or(0, |c| c.version);
-                    state
+                    if let Err(error) = state
                         .functions
                         .deploy(&name, bytes, settings, Some(expected))
-                        .await?;
+                        .await
+                    {
+                        return Err(ApiError::from(error).context(&written(&results)));
+                    }
                 }
                 ("Function", name, action)
             }

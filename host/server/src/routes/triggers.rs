@@ -78,6 +78,11 @@ async fn create_trigger(
     }
     check_trigger_count(&state, &trigger.name)?;
     state.router.put_trigger(trigger.clone()).await?;
+    // As the router holds it: with its broker's delivery when it sets none.
+    let trigger = state
+        .router
+        .trigger(&trigger.name)
+        .unwrap_or(trigger.into());
     Ok((
         StatusCode::CREATED,
         axum::Json(trigger_view(&state, &trigger)),
@@ -102,6 +107,10 @@ async fn put_trigger(
     let trigger = Trigger::parse(&json_body(request).await?, Some(&name))?;
     check_trigger_count(&state, &trigger.name)?;
     let replaced = state.router.put_trigger(trigger.clone()).await?;
+    let trigger = state
+        .router
+        .trigger(&trigger.name)
+        .unwrap_or(trigger.into());
     let status = if replaced {
         StatusCode::OK
     } else {
