@@ -9,7 +9,9 @@
 //!   next window opens when it has. A body trickled at a byte a second, one
 //!   that stops one byte short, or one that sends a burst and then trickles
 //!   (an average over the whole body would let 16 MiB sent at once buy
-//!   hours of trickle) ends in 408.
+//!   hours of trickle) ends in 408. A window's time is the time spent
+//!   waiting for the client's bytes: a reader that takes its time (a guest
+//!   the body streams into) does not use up the client's grace.
 //! - Every byte read counts against a server-wide budget until the
 //!   request's response is ready: past it, 503 with `Retry-After`. Forty
 //!   clients that each send 15 MiB and stall cannot pin 600 MiB. Component
@@ -115,6 +117,8 @@ impl BodyBudget {
                 .saturating_mul(self.limits.grace.as_secs().max(1)),
             grace: self.limits.grace,
             deadline: Box::pin(tokio::time::sleep_until(now + self.limits.grace)),
+            waited: Duration::ZERO,
+            waiting_since: None,
         })
     }
 }
@@ -131,8 +135,14 @@ pin_project_lite::pin_project! {
         // Bytes each window must bring.
         per_window: u64,
         grace: Duration,
-        // When the window open now closes.
+        // When the window open now closes, counting only the time spent
+        // waiting on the client: a reader that takes its time (a guest the
+        // body streams into) does not use up the client's grace.
         deadline: Pin<Box<Sleep>>,
+        // Time this window spent waiting for bytes.
+        waited: Duration,
+        // Since when it waits now.
+        waiting_since: Option<Instant>,
     }
 }
 
@@ -145,7 +155,13 @@ impl hyper::body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let poll = this.inner.poll_frame(cx);
+        if poll.is_ready()
+            && let Some(since) = this.waiting_since.take()
+        {
+            *this.waited += since.elapsed();
+        }
+        match poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
                     && !data.is_empty()
@@ -161,15 +177,25 @@ impl hyper::body::Body for GuardedBody {
                     // The window brought its share: the next one opens.
                     if *this.in_window >= *this.per_window {
                         *this.in_window = 0;
-                        this.deadline.as_mut().reset(Instant::now() + *this.grace);
+                        *this.waited = Duration::ZERO;
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyRefused::TooSlow)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    let now = Instant::now();
+                    *this.waiting_since = Some(now);
+                    let left = this.grace.saturating_sub(*this.waited);
+                    this.deadline.as_mut().reset(now + left);
+                }
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(axum::Error::new(BodyRefused::TooSlow))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             other => other,
         }
     }
@@ -411,6 +437,35 @@ mod tests {
             .unwrap();
         assert_eq!(got.to_bytes().len(), 40_000);
         steady.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_takes_its_time_does_not_use_up_the_clients_grace() {
+        let budget = budget(1 << 20);
+        let (tx, body) = channel();
+        let mut body = budget.guard(body, Held::default(), false);
+        // The client sends 8 KB at once, then 1 KB 100 ms after each ask:
+        // it never makes the reader wait long. The reader takes 1 KB every
+        // 3 s (a guest doing work per chunk): 30 s for the first window's
+        // worth, far past the 10 s grace, yet it waited on the client only
+        // 100 ms at a time.
+        for _ in 0..8 {
+            tx.send(Ok(Bytes::from(vec![0u8; 1000]))).await.unwrap();
+        }
+        let mut got = 0;
+        for round in 0..12 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if round >= 8 {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tx.send(Ok(Bytes::from(vec![0u8; 1000]))).await.unwrap();
+                });
+            }
+            let frame = body.frame().await.expect("a frame").expect("not cut");
+            got += frame.data_ref().map_or(0, |d| d.len());
+        }
+        assert_eq!(got, 12_000);
     }
 
     #[tokio::test(start_paused = true)]
