@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::trigger::{DeliverySpec, TriggerError};
+use crate::trigger::{DeliverySpec, TriggerError, check_fields, invalid, resource_name};
 
 /// A broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,40 +19,14 @@ impl Broker {
     /// Parses `{"name", "delivery"}`; `name`, when given (from the URL),
     /// must agree with the body's.
     pub fn parse(value: &Value, name: Option<&str>) -> Result<Broker, TriggerError> {
-        let invalid = |path: &str, reason: String| TriggerError {
-            path: path.to_string(),
-            reason,
-        };
         let Value::Object(map) = value else {
-            return Err(invalid("$", "a broker must be a JSON object".into()));
+            return Err(invalid("$", "a broker must be a JSON object"));
         };
-        if let Some(unknown) = map
-            .keys()
-            .find(|k| !["name", "delivery", "triggers", "stored"].contains(&k.as_str()))
-        {
-            return Err(invalid(
-                "$",
-                format!("unknown field {unknown:?}; known: name, delivery"),
-            ));
-        }
-        let name = match (map.get("name"), name) {
-            (Some(Value::String(body)), Some(url)) if body != url => {
-                return Err(invalid(
-                    "name",
-                    format!("{body:?} differs from {url:?} in the URL"),
-                ));
-            }
-            (Some(Value::String(body)), _) => body.clone(),
-            (None, Some(url)) => url.to_string(),
-            (None, None) => return Err(invalid("name", "is required".into())),
-            (Some(_), _) => return Err(invalid("name", "must be a string".into())),
-        };
-        if !sluice_store::is_dns_label(&name) {
-            return Err(invalid(
-                "name",
-                format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`"),
-            ));
-        }
+        // A view sent back: its read-only fields change nothing.
+        let mut map = map.clone();
+        map.retain(|key, _| !["triggers", "stored"].contains(&key.as_str()));
+        check_fields(&map, &["name", "delivery"], "$")?;
+        let name = resource_name(&map, name)?;
         let delivery = match map.get("delivery") {
             None | Some(Value::Null) => None,
             Some(delivery) => Some(DeliverySpec::parse(delivery, "delivery")?),

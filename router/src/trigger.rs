@@ -272,7 +272,34 @@ pub struct TriggerError {
     pub reason: String,
 }
 
-fn invalid(path: &str, reason: impl Into<String>) -> TriggerError {
+/// The DNS-label `name` of a trigger or broker definition; `url`, when
+/// given (from the path), must agree with the body's.
+pub(crate) fn resource_name(
+    map: &serde_json::Map<String, Value>,
+    url: Option<&str>,
+) -> Result<String, TriggerError> {
+    let name = match (map.get("name"), url) {
+        (Some(Value::String(body)), Some(url)) if body != url => {
+            return Err(invalid(
+                "name",
+                format!("{body:?} differs from {url:?} in the URL"),
+            ));
+        }
+        (Some(Value::String(body)), _) => body.clone(),
+        (None, Some(url)) => url.to_string(),
+        (None, None) => return Err(invalid("name", "is required")),
+        (Some(_), _) => return Err(invalid("name", "must be a string")),
+    };
+    if !sluice_store::is_dns_label(&name) {
+        return Err(invalid(
+            "name",
+            format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`"),
+        ));
+    }
+    Ok(name)
+}
+
+pub(crate) fn invalid(path: &str, reason: impl Into<String>) -> TriggerError {
     TriggerError {
         path: path.to_string(),
         reason: reason.into(),
@@ -312,7 +339,7 @@ const DELIVERY_FIELDS: [&str; 7] = [
 /// The largest `delivery.maxConcurrency`.
 const MAX_CONCURRENCY: u64 = 100_000;
 
-fn check_fields(
+pub(crate) fn check_fields(
     map: &serde_json::Map<String, Value>,
     known: &[&str],
     path: &str,
@@ -357,24 +384,7 @@ impl Trigger {
         map.retain(|key, _| !READ_ONLY_FIELDS.contains(&key.as_str()));
         let map = &map;
         check_fields(map, &FIELDS, "$")?;
-        let name = match (map.get("name"), name) {
-            (Some(Value::String(body)), Some(url)) if body != url => {
-                return Err(invalid(
-                    "name",
-                    format!("{body:?} differs from {url:?} in the URL"),
-                ));
-            }
-            (Some(Value::String(body)), _) => body.clone(),
-            (None, Some(url)) => url.to_string(),
-            (None, None) => return Err(invalid("name", "is required")),
-            (Some(_), _) => return Err(invalid("name", "must be a string")),
-        };
-        if !sluice_store::is_dns_label(&name) {
-            return Err(invalid(
-                "name",
-                format!("{name:?} must be 1 to 63 lowercase letters, digits and `-`"),
-            ));
-        }
+        let name = resource_name(map, name)?;
         let broker = match map.get("broker") {
             None => DEFAULT_BROKER.to_string(),
             Some(Value::String(b)) if sluice_store::is_dns_label(b) => b.clone(),

@@ -138,24 +138,8 @@ pub enum BrokerCommand {
     Create {
         /// Broker name.
         name: String,
-        /// Retries after the first attempt.
-        #[arg(long)]
-        retry: Option<u32>,
-        /// Backoff policy: exponential or linear.
-        #[arg(long)]
-        backoff_policy: Option<String>,
-        /// Backoff base delay, ISO 8601 (PT0.2S).
-        #[arg(long)]
-        backoff_delay: Option<String>,
-        /// Time limit of one delivery attempt, ISO 8601 (PT5S).
-        #[arg(long)]
-        timeout: Option<String>,
-        /// Function that receives events whose delivery failed for good.
-        #[arg(long, conflicts_with = "dead_letter_uri")]
-        dead_letter: Option<String>,
-        /// External URL that receives events whose delivery failed for good.
-        #[arg(long)]
-        dead_letter_uri: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -218,24 +202,8 @@ pub enum TriggerCommand {
         /// (repeatable, ANDed).
         #[arg(long = "filter-json", value_name = "JSON")]
         filter_json: Vec<String>,
-        /// Retries after the first attempt.
-        #[arg(long)]
-        retry: Option<u32>,
-        /// Backoff policy: exponential or linear.
-        #[arg(long)]
-        backoff_policy: Option<String>,
-        /// Backoff base delay, ISO 8601 (PT0.2S).
-        #[arg(long)]
-        backoff_delay: Option<String>,
-        /// Function that receives events whose delivery failed for good.
-        #[arg(long, conflicts_with = "dead_letter_uri")]
-        dead_letter: Option<String>,
-        /// External URL that receives events whose delivery failed for good.
-        #[arg(long)]
-        dead_letter_uri: Option<String>,
-        /// Time limit of one delivery attempt, ISO 8601 (PT5S).
-        #[arg(long)]
-        timeout: Option<String>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -501,6 +469,30 @@ pub enum FunctionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Delivery flags of `trigger create` and `broker create` (Knative's
+/// `delivery`; those given are set).
+#[derive(Debug, clap::Args)]
+pub struct DeliveryArgs {
+    /// Retries after the first attempt.
+    #[arg(long)]
+    pub retry: Option<u32>,
+    /// Backoff policy: exponential or linear.
+    #[arg(long)]
+    pub backoff_policy: Option<String>,
+    /// Backoff base delay, ISO 8601 (PT0.2S).
+    #[arg(long)]
+    pub backoff_delay: Option<String>,
+    /// Time limit of one delivery attempt, ISO 8601 (PT5S).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Function that receives events whose delivery failed for good.
+    #[arg(long, conflicts_with = "dead_letter_uri")]
+    pub dead_letter: Option<String>,
+    /// External URL that receives events whose delivery failed for good.
+    #[arg(long)]
+    pub dead_letter_uri: Option<String>,
 }
 
 /// Function settings on `fn deploy` and `fn update`.

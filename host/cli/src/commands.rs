@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use crate::args::{
-    BrokerCommand, ClientArgs, DeadLetterCommand, EventCommand, FunctionCommand, GetKind,
-    InvocationCommand, Output, SettingsArgs, TokenCommand, TriggerCommand,
+    BrokerCommand, ClientArgs, DeadLetterCommand, DeliveryArgs, EventCommand, FunctionCommand,
+    GetKind, InvocationCommand, Output, SettingsArgs, TokenCommand, TriggerCommand,
 };
 
 /// The API client, and how read commands print.
@@ -430,12 +430,7 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
             suffixes,
             cesql,
             filter_json,
-            retry,
-            backoff_policy,
-            backoff_delay,
-            dead_letter,
-            dead_letter_uri,
-            timeout,
+            delivery: flags,
             client,
         } => {
             let client = Client::new(&client);
@@ -501,24 +496,7 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                 (None, None) => {}
             }
             let mut delivery = body["delivery"].as_object().cloned().unwrap_or_default();
-            if let Some(retry) = retry {
-                delivery.insert("retry".into(), retry.into());
-            }
-            if let Some(policy) = backoff_policy {
-                delivery.insert("backoffPolicy".into(), policy.into());
-            }
-            if let Some(delay) = backoff_delay {
-                delivery.insert("backoffDelay".into(), delay.into());
-            }
-            if let Some(dl) = dead_letter {
-                delivery.insert("deadLetterSink".into(), serde_json::json!({"function": dl}));
-            }
-            if let Some(dl) = dead_letter_uri {
-                delivery.insert("deadLetterSink".into(), serde_json::json!({"uri": dl}));
-            }
-            if let Some(timeout) = timeout {
-                delivery.insert("timeout".into(), timeout.into());
-            }
+            delivery.extend(delivery_json(flags));
             // A trigger that sets no delivery takes its broker's.
             if delivery.is_empty() {
                 if let Some(map) = body.as_object_mut() {
@@ -1058,14 +1036,15 @@ fn upload(bytes: Vec<u8>, message: &str) -> (reqwest::Body, indicatif::ProgressB
 }
 
 /// The `delivery` object of delivery flags (those given).
-fn delivery_json(
-    retry: Option<u32>,
-    backoff_policy: Option<String>,
-    backoff_delay: Option<String>,
-    timeout: Option<String>,
-    dead_letter: Option<String>,
-    dead_letter_uri: Option<String>,
-) -> serde_json::Map<String, serde_json::Value> {
+fn delivery_json(flags: DeliveryArgs) -> serde_json::Map<String, serde_json::Value> {
+    let DeliveryArgs {
+        retry,
+        backoff_policy,
+        backoff_delay,
+        timeout,
+        dead_letter,
+        dead_letter_uri,
+    } = flags;
     let mut delivery = serde_json::Map::new();
     if let Some(retry) = retry {
         delivery.insert("retry".into(), retry.into());
@@ -1125,23 +1104,11 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
         }
         BrokerCommand::Create {
             name,
-            retry,
-            backoff_policy,
-            backoff_delay,
-            timeout,
-            dead_letter,
-            dead_letter_uri,
+            delivery,
             client,
         } => {
             let client = Client::new(&client);
-            let delivery = delivery_json(
-                retry,
-                backoff_policy,
-                backoff_delay,
-                timeout,
-                dead_letter,
-                dead_letter_uri,
-            );
+            let delivery = delivery_json(delivery);
             let mut body = serde_json::json!({"name": name});
             if !delivery.is_empty() {
                 body["delivery"] = delivery.into();
@@ -1203,18 +1170,7 @@ fn resources(text: &str, file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Every settings key, so that a `Function` applied ends with exactly its
 /// `spec.settings` (an absent key resets to the default).
-const SETTINGS: [&str; 10] = [
-    "visibility",
-    "timeout_ms",
-    "memory_mb",
-    "max_concurrency",
-    "max_request_bytes",
-    "max_response_bytes",
-    "env",
-    "secrets",
-    "allow_outbound",
-    "kv_buckets",
-];
+const SETTINGS: [&str; 10] = sluice_server::settings::KNOWN;
 
 /// Checks a `Function` resource with a component file as the server would
 /// check one by digest: a typo must not reset its settings.

@@ -760,13 +760,8 @@ impl Functions {
             });
         };
         let limit = function.limits.max_request_bytes;
-        if request
-            .body()
-            .size_hint()
-            .exact()
-            .or(Some(request.body().size_hint().lower()))
-            .is_some_and(|size| size > limit)
-        {
+        // Known to be too large already (a declared length): refused unread.
+        if request.body().size_hint().lower() > limit {
             return Err(InvokeError::RequestTooLarge { limit });
         }
         let request = request.map(|body| crate::stream::RequestBody::new(body, limit));

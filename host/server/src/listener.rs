@@ -333,7 +333,7 @@ where
             activity.progressed();
             let sending = Sending(activity.clone());
             Ok(response.map(move |body| {
-                axum::body::Body::new(Watched {
+                axum::body::Body::new(Outgoing {
                     inner: body,
                     activity,
                     waiting: false,
@@ -348,7 +348,7 @@ where
 /// A response body on its way out: each frame is progress, and while it
 /// has no next frame yet the response is waiting on its producer, not on
 /// the client.
-struct Watched {
+struct Outgoing {
     inner: axum::body::Body,
     activity: Arc<Activity>,
     waiting: bool,
@@ -356,7 +356,7 @@ struct Watched {
     _sending: Sending,
 }
 
-impl Watched {
+impl Outgoing {
     fn waiting(&mut self, waiting: bool) {
         if self.waiting != waiting {
             self.waiting = waiting;
@@ -369,7 +369,7 @@ impl Watched {
     }
 }
 
-impl hyper::body::Body for Watched {
+impl hyper::body::Body for Outgoing {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -397,7 +397,7 @@ impl hyper::body::Body for Watched {
     }
 }
 
-impl Drop for Watched {
+impl Drop for Outgoing {
     fn drop(&mut self) {
         self.waiting(false);
     }

@@ -89,7 +89,7 @@ pub fn apply_query(
 }
 
 /// Every setting, by its JSON name.
-const KNOWN: [&str; 10] = [
+pub const KNOWN: [&str; 10] = [
     "visibility",
     "timeout_ms",
     "memory_mb",
