@@ -46,6 +46,11 @@ pub enum StoreError {
     /// (another request changed the function meanwhile).
     #[error("function {0:?} changed while this request ran; retry")]
     Changed(String),
+    /// The cluster backend (NATS JetStream) cannot be reached or has no
+    /// quorum: nothing was written, or whether it was is unknown and a retry
+    /// with the same request is safe.
+    #[error("cluster storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -65,7 +70,10 @@ impl StoreError {
     /// True when the failure is in the storage medium (full disk, I/O error),
     /// so the caller should answer 503 and the client retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Sled(_) | StoreError::Io { .. })
+        matches!(
+            self,
+            StoreError::Sled(_) | StoreError::Io { .. } | StoreError::Unavailable(_)
+        )
     }
 }
 

@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod component;
 mod disk;
 mod error;

@@ -1,0 +1,292 @@
+//! The catalog: key-value buckets every node reads and watches.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{Bucket, connected, is_revision_conflict};
+use crate::StoreError;
+
+/// What a write expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything: the write replaces whatever is there.
+    Any,
+    /// Nothing: the key must be absent (or deleted).
+    Absent,
+    /// Exactly this revision: the write loses if another landed since.
+    Revision(u64),
+}
+
+/// A value and the revision that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The bucket's sequence of the write (a compare-and-set token).
+    pub revision: u64,
+}
+
+/// One change a [`Watcher`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key that changed.
+    pub key: String,
+    /// The new value, or `None` when the key was deleted.
+    pub value: Option<Bytes>,
+    /// The revision of the change.
+    pub revision: u64,
+}
+
+/// One catalog bucket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    bucket: Bucket,
+    kv: kv::Store,
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl Catalog {
+    pub(super) fn new(
+        bucket: Bucket,
+        kv: kv::Store,
+        client: async_nats::Client,
+        timeout: Duration,
+    ) -> Catalog {
+        Catalog {
+            bucket,
+            kv,
+            client,
+            timeout,
+        }
+    }
+
+    /// Which bucket this is.
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+
+    /// The current value of `key`, read from the bucket's leader (a replica
+    /// could answer with a value older than a write already acknowledged).
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        let read = self.kv.stream.get_last_raw_message_by_subject(&subject);
+        let message = match tokio::time::timeout(self.timeout, read).await {
+            Err(_) => return Err(self.unanswered("read", key)),
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Ok(Err(e)) => return Err(self.unavailable("read", key, &e)),
+        };
+        let deleted = message
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        if deleted {
+            return Ok(None);
+        }
+        Ok(Some(Versioned {
+            value: message.payload,
+            revision: message.sequence,
+        }))
+    }
+
+    /// Writes `value` at `key` if the key is as `expect` says; returns the
+    /// new revision. A lost race is [`StoreError::Changed`].
+    pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<u64, StoreError> {
+        connected(&self.client, self.timeout).await?;
+        let write = async {
+            match expect {
+                Expect::Any => self
+                    .kv
+                    .put(key, value)
+                    .await
+                    .map_err(|e| self.failed(key, &e)),
+                Expect::Absent => self.kv.create(key, value).await.map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                        StoreError::Changed(key.to_owned())
+                    } else {
+                        self.failed(key, &e)
+                    }
+                }),
+                Expect::Revision(revision) => self
+                    .kv
+                    .update(key, value, revision)
+                    .await
+                    .map_err(|e| self.failed(key, &e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(self.unanswered("write", key)),
+        }
+    }
+
+    /// Deletes `key` if it is as `expect` says; false when it was absent.
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
+        let Some(current) = self.get(key).await? else {
+            return match expect {
+                Expect::Revision(_) => Err(StoreError::Changed(key.to_owned())),
+                Expect::Any | Expect::Absent => Ok(false),
+            };
+        };
+        match expect {
+            Expect::Absent => return Err(StoreError::Changed(key.to_owned())),
+            Expect::Revision(r) if r != current.revision => {
+                return Err(StoreError::Changed(key.to_owned()));
+            }
+            Expect::Revision(_) | Expect::Any => {}
+        }
+        connected(&self.client, self.timeout).await?;
+        let delete = self.kv.delete_expect_revision(key, Some(current.revision));
+        match tokio::time::timeout(self.timeout, delete).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(self.failed(key, &e)),
+            Err(_) => Err(self.unanswered("delete", key)),
+        }
+    }
+
+    /// Every live key with its value, and the bucket's last revision at the
+    /// time of reading: watching from the revision after it misses nothing.
+    pub async fn snapshot(&self) -> Result<(Vec<(String, Versioned)>, u64), StoreError> {
+        let mut stream = self.kv.stream.clone();
+        let last = match tokio::time::timeout(self.timeout, stream.info()).await {
+            Ok(Ok(info)) => info.state.last_sequence,
+            Ok(Err(e)) => return Err(self.unavailable("list", "", &e)),
+            Err(_) => return Err(self.unanswered("list", "")),
+        };
+        let keys = async {
+            let mut keys = self
+                .kv
+                .keys()
+                .await
+                .map_err(|e| self.unavailable("list", "", &e))?;
+            let mut all = Vec::new();
+            while let Some(key) = keys.next().await {
+                all.push(key.map_err(|e| self.unavailable("list", "", &e))?);
+            }
+            Ok::<_, StoreError>(all)
+        };
+        let keys = match tokio::time::timeout(self.timeout, keys).await {
+            Ok(keys) => keys?,
+            Err(_) => return Err(self.unanswered("list", "")),
+        };
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.get(&key).await? {
+                entries.push((key, value));
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((entries, last))
+    }
+
+    /// Every change after revision `after`, as it happens, for as long as the
+    /// [`Watcher`] lives. The watch survives lost connections and server
+    /// restarts: it is re-created from the last revision it reported (so a
+    /// change is reported at most once and none is skipped), with a backoff.
+    pub fn watch(&self, after: u64) -> Watcher {
+        let (tx, rx) = mpsc::channel(256);
+        let catalog = self.clone();
+        let task = tokio::spawn(async move { catalog.supervise(after, tx).await });
+        Watcher { rx, task }
+    }
+
+    async fn supervise(self, mut after: u64, tx: mpsc::Sender<Change>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let watch =
+                tokio::time::timeout(self.timeout, self.kv.watch_all_from_revision(after + 1))
+                    .await;
+            match watch {
+                Ok(Ok(mut watch)) => {
+                    delay = Duration::from_millis(100);
+                    while let Some(entry) = watch.next().await {
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(e) => {
+                                tracing::warn!(bucket = self.bucket.name(), error = %e, "catalog watch failed; re-creating it");
+                                break;
+                            }
+                        };
+                        if entry.revision <= after {
+                            continue;
+                        }
+                        after = entry.revision;
+                        let value = match entry.operation {
+                            kv::Operation::Put => Some(entry.value),
+                            kv::Operation::Delete | kv::Operation::Purge => None,
+                        };
+                        let change = Change {
+                            key: entry.key,
+                            value,
+                            revision: entry.revision,
+                        };
+                        if tx.send(change).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(bucket = self.bucket.name(), error = %e, "catalog watch not created; retrying");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        bucket = self.bucket.name(),
+                        "catalog watch not created in time; retrying"
+                    );
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn failed(&self, key: &str, error: &(dyn std::error::Error + 'static)) -> StoreError {
+        if is_revision_conflict(error) {
+            StoreError::Changed(key.to_owned())
+        } else {
+            self.unavailable("write", key, error)
+        }
+    }
+
+    fn unavailable(&self, what: &str, key: &str, error: &dyn std::fmt::Display) -> StoreError {
+        StoreError::Unavailable(format!("{what} {}/{key}: {error}", self.bucket.name()))
+    }
+
+    fn unanswered(&self, what: &str, key: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{what} {}/{key}: JetStream did not answer within {:?}; the outcome is unknown",
+            self.bucket.name(),
+            self.timeout
+        ))
+    }
+}
+
+/// Changes to one bucket, in revision order, from [`Catalog::watch`]. The
+/// watch stops when this is dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    rx: mpsc::Receiver<Change>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    /// The next change; waits for one.
+    pub async fn next(&mut self) -> Option<Change> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,137 @@
+//! Accepted events: the `SLUICE_EVENTS` stream.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Cluster, EVENTS_SUBJECT, connected};
+use crate::StoreError;
+
+/// What JetStream answered for a published event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The event's sequence in the events stream (the original one for a
+    /// duplicate).
+    pub sequence: u64,
+    /// True when (broker, source, id) was already stored within the dedupe
+    /// window: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// The `Nats-Msg-Id` of an event: a digest of (broker, source, id), each
+/// length-prefixed so no two triples share one.
+pub fn event_message_id(broker: &str, source: &str, id: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [broker, source, id] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    format!("ev-{}", &hex::encode(hash.finalize())[..32])
+}
+
+impl Cluster {
+    /// Stores one event for `broker` and returns once JetStream has
+    /// acknowledged it (on a quorum of the stream's replicas): the only
+    /// point at which ingress may answer 202.
+    ///
+    /// An unanswered publish may or may not have been stored; it is retried
+    /// with the same message id until the request timeout has passed, so a
+    /// retry that lands is answered as the duplicate it is. Past that, the
+    /// error is [`StoreError::Unavailable`] and the client's own retry (with
+    /// the same source and id) is just as safe.
+    pub async fn publish_event(
+        &self,
+        broker: &str,
+        source: &str,
+        id: &str,
+        payload: Bytes,
+    ) -> Result<Published, StoreError> {
+        self.layout()?;
+        let subject = format!("{EVENTS_SUBJECT}.{broker}");
+        let message_id = event_message_id(broker, source, id);
+        let budget = self.inner.options.request_timeout;
+        let deadline = tokio::time::Instant::now() + budget;
+        connected(&self.inner.client, budget).await?;
+        let mut pause = Duration::from_millis(50);
+        let mut maybe_stored = false;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = connected(&self.inner.client, remaining).await {
+                if !maybe_stored {
+                    return Err(e);
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "JetStream did not acknowledge the event within {budget:?} (connection lost); it may or may not be stored: retry with the same source and id"
+                )));
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", message_id.as_str());
+            let attempt = async {
+                self.inner
+                    .js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let failure = match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(ack)) => {
+                    return Ok(Published {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Ok(Err(e)) => match e.kind() {
+                    PublishErrorKind::MaxPayloadExceeded => {
+                        return Err(StoreError::Conflict(format!(
+                            "event too large for the NATS server's max_payload: {e}"
+                        )));
+                    }
+                    // Not stored, or not known to be: try again with the same id.
+                    _ => e.to_string(),
+                },
+                Err(_) => "no acknowledgement".to_owned(),
+            };
+            maybe_stored = true;
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "JetStream did not acknowledge the event within {budget:?} ({failure}); it may or may not be stored: retry with the same source and id"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Events stored in the events stream now (for tests and metrics).
+    pub async fn event_count(&self) -> Result<u64, StoreError> {
+        let mut events = self.layout()?.events.clone();
+        match tokio::time::timeout(self.inner.options.request_timeout, events.info()).await {
+            Ok(Ok(info)) => Ok(info.state.messages),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "reading the events stream: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                "reading the events stream: no answer".to_owned(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_message_id;
+
+    #[test]
+    fn message_ids_tell_every_triple_apart_and_are_header_safe() {
+        let a = event_message_id("default", "ab", "c");
+        assert_eq!(a, event_message_id("default", "ab", "c"));
+        assert_ne!(a, event_message_id("default", "a", "bc"));
+        assert_ne!(a, event_message_id("other", "ab", "c"));
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_eq!(a.len(), 35);
+    }
+}

@@ -1,0 +1,440 @@
+//! Cluster mode: what Sluice keeps durable, on NATS JetStream.
+//!
+//! One [`Cluster`] is one node's connection to a NATS cluster and the
+//! JetStream layout every node shares (see `docs/cluster.md` for the layout
+//! and why):
+//!
+//! - `SLUICE_EVENTS`, a stream of accepted events on `sluice.events.<broker>`
+//!   (file storage, `discard: new`: a full stream refuses, never drops), each
+//!   published with a `Nats-Msg-Id` derived from (broker, source, id), so a
+//!   client that retries after a lost answer adds nothing: [`Cluster::publish_event`].
+//! - Key-value buckets for what every node must see (functions, triggers,
+//!   brokers, tokens), written with compare-and-set on revisions and watched
+//!   by every node: [`Catalog`].
+//! - An object store of component bytes named by digest, checked on read:
+//!   [`Cluster::put_blob`], [`Cluster::blob`].
+//!
+//! Connecting never waits for NATS: [`Cluster::connect`] returns at once, and
+//! a background task keeps dialling and creates (or binds) the layout as soon
+//! as JetStream answers. Until then, and whenever the connection is lost,
+//! every operation fails with [`StoreError::Unavailable`] naming the reason,
+//! and [`Cluster::readiness`] says why.
+
+mod blobs;
+mod catalog;
+mod events;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, kv, object_store, stream};
+
+use crate::StoreError;
+
+pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
+pub use events::Published;
+
+/// The events stream.
+pub const EVENTS_STREAM: &str = "SLUICE_EVENTS";
+/// Subject prefix of accepted events: `sluice.events.<broker>`.
+pub const EVENTS_SUBJECT: &str = "sluice.events";
+/// The object store holding component bytes by digest.
+pub const BLOBS_BUCKET: &str = "sluice_blobs";
+
+/// The key-value buckets of the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Function records, by name.
+    Functions,
+    /// Triggers, by name.
+    Triggers,
+    /// Brokers, by name.
+    Brokers,
+    /// API tokens, by hash.
+    Tokens,
+}
+
+impl Bucket {
+    /// Every bucket, in the order they are created.
+    pub const ALL: [Bucket; 4] = [
+        Bucket::Functions,
+        Bucket::Triggers,
+        Bucket::Brokers,
+        Bucket::Tokens,
+    ];
+
+    /// The JetStream bucket name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::Functions => "sluice_functions",
+            Bucket::Triggers => "sluice_triggers",
+            Bucket::Brokers => "sluice_brokers",
+            Bucket::Tokens => "sluice_tokens",
+        }
+    }
+}
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// NATS server URLs (`nats://host:port`); any one reachable is enough.
+    pub urls: Vec<String>,
+    /// A NATS credentials file (`.creds`).
+    pub credentials: Option<PathBuf>,
+    /// Replicas of every stream and bucket; `None`: 3 when the cluster has
+    /// three or more servers, else 1.
+    pub replicas: Option<usize>,
+    /// How long accepted events stay in the events stream.
+    pub event_retention: Duration,
+    /// Within this window a repeat of (broker, source, id) is answered as a
+    /// duplicate and not stored again (JetStream's duplicate window).
+    pub dedupe_window: Duration,
+    /// This node's name, as NATS shows the connection.
+    pub name: String,
+    /// How long one JetStream request may take before it counts as
+    /// unanswered.
+    pub request_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// Options for `urls` with the defaults: event retention 24 h (as
+    /// EventFlow keeps events), a 10 minute dedupe window, 5 s requests.
+    pub fn new(urls: Vec<String>) -> ClusterOptions {
+        ClusterOptions {
+            urls,
+            credentials: None,
+            replicas: None,
+            event_retention: Duration::from_secs(24 * 3600),
+            dedupe_window: Duration::from_secs(600),
+            name: "sluice".to_owned(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The layout handles, once created or bound.
+struct Layout {
+    events: stream::Stream,
+    buckets: Vec<(Bucket, kv::Store)>,
+    blobs: object_store::ObjectStore,
+    replicas: usize,
+}
+
+impl std::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layout")
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: ClusterOptions,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    layout: OnceLock<Layout>,
+    /// Why the layout is not there yet (the last error of the set-up task).
+    waiting: Mutex<String>,
+}
+
+/// One node's handle on the cluster. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// Connects (without waiting for a server to answer) and starts the task
+    /// that creates the layout. Fails only for options that can never work
+    /// (no URL, an unreadable credentials file). Must run inside a tokio
+    /// runtime.
+    pub async fn connect(options: ClusterOptions) -> Result<Cluster, StoreError> {
+        if options.urls.is_empty() {
+            return Err(StoreError::Unavailable("no NATS URL given".to_owned()));
+        }
+        let mut connect = match &options.credentials {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| StoreError::Io {
+                    context: format!("reading NATS credentials {}", path.display()),
+                    source,
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        connect = connect
+            .name(&options.name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            // The default (60 s) notices a hung server only after minutes.
+            .ping_interval(Duration::from_secs(2))
+            .request_timeout(Some(options.request_timeout))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((50u64 << attempts.min(5) as u32).min(1000))
+            });
+        let client = connect
+            .connect(options.urls.as_slice())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("connecting to NATS: {e}")))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                options,
+                client,
+                js,
+                layout: OnceLock::new(),
+                waiting: Mutex::new("connecting to NATS".to_owned()),
+            }),
+        };
+        let setup = cluster.clone();
+        tokio::spawn(async move { setup.set_up().await });
+        Ok(cluster)
+    }
+
+    /// Waits until the layout exists (or `timeout` passes): for start-up
+    /// paths that would rather wait than answer 503 at once.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.readiness() {
+                Ok(()) => return Ok(()),
+                Err(reason) if tokio::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Unavailable(reason));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Ok when connected with the layout in place, else why not (for
+    /// `/readyz` and for 503 answers). Cheap: reads local state only.
+    pub fn readiness(&self) -> Result<(), String> {
+        let urls = self.inner.options.urls.join(",");
+        match self.inner.client.connection_state() {
+            State::Connected => {}
+            State::Pending => return Err(format!("connecting to NATS at {urls}")),
+            State::Disconnected => return Err(format!("NATS at {urls} unreachable")),
+        }
+        if self.inner.layout.get().is_none() {
+            let waiting = self.inner.waiting.lock().unwrap().clone();
+            return Err(format!("JetStream not ready: {waiting}"));
+        }
+        Ok(())
+    }
+
+    /// Asks JetStream itself (one round trip): the live check behind
+    /// `/readyz`, which also notices a server that is connected but has lost
+    /// its JetStream quorum.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.readiness()?;
+        match tokio::time::timeout(
+            self.inner.options.request_timeout,
+            self.inner.js.query_account(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("JetStream does not answer: {e}")),
+            Err(_) => Err("JetStream does not answer in time".to_owned()),
+        }
+    }
+
+    /// Replicas of every stream and bucket, once the layout exists.
+    pub fn replicas(&self) -> Option<usize> {
+        self.inner.layout.get().map(|l| l.replicas)
+    }
+
+    /// The options this node connected with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.inner.options
+    }
+
+    /// The catalog bucket `bucket`.
+    pub fn catalog(&self, bucket: Bucket) -> Result<Catalog, StoreError> {
+        let layout = self.layout()?;
+        let kv = layout
+            .buckets
+            .iter()
+            .find(|(b, _)| *b == bucket)
+            .map(|(_, kv)| kv.clone())
+            .expect("every bucket is created with the layout");
+        Ok(Catalog::new(
+            bucket,
+            kv,
+            self.inner.client.clone(),
+            self.inner.options.request_timeout,
+        ))
+    }
+
+    fn layout(&self) -> Result<&Layout, StoreError> {
+        self.inner.layout.get().ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "JetStream not ready: {}",
+                self.inner.waiting.lock().unwrap()
+            ))
+        })
+    }
+
+    /// Keeps trying to create (or bind) the layout until it exists.
+    async fn set_up(self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.inner.client.connection_state() == State::Connected {
+                match self.create_layout().await {
+                    Ok(layout) => {
+                        tracing::info!(
+                            replicas = layout.replicas,
+                            "JetStream layout ready (events stream, catalog buckets, blob store)"
+                        );
+                        let _ = self.inner.layout.set(layout);
+                        return;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "JetStream layout not ready yet; retrying");
+                        *self.inner.waiting.lock().unwrap() = reason;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn create_layout(&self) -> Result<Layout, String> {
+        let options = &self.inner.options;
+        let js = &self.inner.js;
+        let replicas = match options.replicas {
+            Some(n) => n.max(1),
+            None => {
+                // Every server's client URL, this one's included, as the
+                // server advertises them; at least the URLs we were given.
+                let info = self.inner.client.server_info();
+                let servers = info.connect_urls.len().max(options.urls.len());
+                if servers >= 3 { 3 } else { 1 }
+            }
+        };
+        let events_config = stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            description: Some("Sluice: accepted CloudEvents, one subject per broker".to_owned()),
+            subjects: vec![format!("{EVENTS_SUBJECT}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_age: options.event_retention,
+            // JetStream caps the duplicate window at max_age.
+            duplicate_window: options.dedupe_window.min(options.event_retention),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let events = ensure_stream(js, events_config).await?;
+        let mut buckets = Vec::new();
+        for bucket in Bucket::ALL {
+            let kv = match js.get_key_value(bucket.name()).await {
+                Ok(kv) => kv,
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: bucket.name().to_owned(),
+                        history: 1,
+                        storage: stream::StorageType::File,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("creating bucket {}: {e}", bucket.name()))?,
+            };
+            buckets.push((bucket, kv));
+        }
+        let blobs = match js.get_object_store(BLOBS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: BLOBS_BUCKET.to_owned(),
+                    description: Some("Sluice: component bytes by digest".to_owned()),
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating object store {BLOBS_BUCKET}: {e}"))?,
+        };
+        Ok(Layout {
+            events,
+            buckets,
+            blobs,
+            replicas,
+        })
+    }
+}
+
+/// Creates `config`'s stream, or updates an existing one to it (another
+/// retention or replica count after an upgrade or a flag change).
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, String> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| format!("reading stream {name}: {e}"))?;
+            let current = &info.config;
+            if current.max_age != config.max_age
+                || current.duplicate_window != config.duplicate_window
+                || current.num_replicas != config.num_replicas
+            {
+                js.update_stream(&config)
+                    .await
+                    .map_err(|e| format!("updating stream {name}: {e}"))?;
+            }
+            Ok(existing)
+        }
+        Err(_) => js
+            .create_stream(config)
+            .await
+            .map_err(|e| format!("creating stream {name}: {e}")),
+    }
+}
+
+/// Waits up to `budget` for `client` to be connected. A request sent while
+/// disconnected waits in the client's queue and may land after its caller
+/// gave up (and answered 503): so nothing is sent until the connection is
+/// up, and a caller that runs out of time has written nothing.
+async fn connected(client: &async_nats::Client, budget: Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        match client.connection_state() {
+            State::Connected => return Ok(()),
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(StoreError::Unavailable(format!(
+                    "not connected to NATS (waited {budget:?}); nothing was written"
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The JetStream error code in `error`'s source chain, if any.
+fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// A revision conflict, however the server reports it: 10071 ("wrong last
+/// sequence"), or 10164 as replicated streams answer it.
+fn is_revision_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(jetstream_code(error), Some(10071) | Some(10164))
+        || error.to_string().contains("wrong last sequence")
+}

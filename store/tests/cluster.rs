@@ -1,0 +1,328 @@
+//! The JetStream backend against real nats-server processes: one server,
+//! and a three-node cluster whose servers are killed for real.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_store::StoreError;
+use sluice_store::cluster::{Bucket, Change, Cluster, ClusterOptions, Expect, Watcher};
+use support::nats::Nats;
+
+/// Generous: these bound waits for elections and reconnects, they do not
+/// measure them.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn node(urls: Vec<String>, name: &str) -> Cluster {
+    let mut options = ClusterOptions::new(urls);
+    options.name = name.to_owned();
+    options.request_timeout = Duration::from_secs(3);
+    Cluster::connect(options).await.unwrap()
+}
+
+async fn ready_node(urls: Vec<String>, name: &str) -> Cluster {
+    let cluster = node(urls, name).await;
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    cluster
+}
+
+async fn next_change(watcher: &mut Watcher) -> Change {
+    tokio::time::timeout(PATIENCE, watcher.next())
+        .await
+        .expect("a change within the patience window")
+        .expect("the watch is open")
+}
+
+fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_writes_compare_and_set_and_every_node_sees_them() {
+    let nats = Nats::single();
+    let a = ready_node(nats.urls(), "a").await;
+    let b = ready_node(nats.urls(), "b").await;
+    let on_a = a.catalog(Bucket::Triggers).unwrap();
+    let on_b = b.catalog(Bucket::Triggers).unwrap();
+
+    let (before, last) = on_b.snapshot().await.unwrap();
+    assert!(before.is_empty());
+    let mut watch = on_b.watch(last);
+
+    let r1 = on_a.put("t1", bytes("v1"), Expect::Absent).await.unwrap();
+    assert!(matches!(
+        on_a.put("t1", bytes("again"), Expect::Absent).await,
+        Err(StoreError::Changed(key)) if key == "t1"
+    ));
+    assert!(matches!(
+        on_b.put("t1", bytes("stale"), Expect::Revision(r1 + 100))
+            .await,
+        Err(StoreError::Changed(_))
+    ));
+    let r2 = on_b
+        .put("t1", bytes("v2"), Expect::Revision(r1))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    // The loser of a race reads the winner's value, from either node.
+    let read = on_a.get("t1").await.unwrap().unwrap();
+    assert_eq!((read.value, read.revision), (bytes("v2"), r2));
+
+    let change = next_change(&mut watch).await;
+    assert_eq!(
+        change,
+        Change {
+            key: "t1".into(),
+            value: Some(bytes("v1")),
+            revision: r1
+        }
+    );
+    assert_eq!(next_change(&mut watch).await.value, Some(bytes("v2")));
+
+    on_a.put("t2", bytes("w"), Expect::Any).await.unwrap();
+    assert_eq!(next_change(&mut watch).await.key, "t2");
+    assert!(on_a.delete("t1", Expect::Any).await.unwrap());
+    let deleted = next_change(&mut watch).await;
+    assert_eq!((deleted.key.as_str(), deleted.value), ("t1", None));
+    assert!(!on_a.delete("t1", Expect::Any).await.unwrap());
+    assert_eq!(on_b.get("t1").await.unwrap(), None);
+    // A deleted key can be created again.
+    on_b.put("t1", bytes("v3"), Expect::Absent).await.unwrap();
+
+    let (now, _) = on_a.snapshot().await.unwrap();
+    let keys: Vec<&str> = now.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["t1", "t2"]);
+    assert_eq!(now[0].1.value, bytes("v3"));
+
+    // Buckets are separate.
+    let functions = a.catalog(Bucket::Functions).unwrap();
+    assert_eq!(functions.get("t2").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_stored_once_per_broker_source_and_id() {
+    let nats = Nats::single();
+    let cluster = ready_node(nats.urls(), "a").await;
+    let first = cluster
+        .publish_event("default", "/s", "1", bytes("{}"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let again = cluster
+        .publish_event("default", "/s", "1", bytes("{\"changed\":true}"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.sequence, first.sequence);
+    for (broker, source, id) in [
+        ("default", "/s", "2"),
+        ("default", "/t", "1"),
+        ("other", "/s", "1"),
+    ] {
+        let published = cluster
+            .publish_event(broker, source, id, bytes("{}"))
+            .await
+            .unwrap();
+        assert!(!published.duplicate, "{broker} {source} {id}");
+    }
+    assert_eq!(cluster.event_count().await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_are_stored_by_digest_and_checked_on_read() {
+    let nats = Nats::single();
+    let cluster = ready_node(nats.urls(), "a").await;
+    // Several chunks (128 KiB each) and a ragged end.
+    let component: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = cluster.put_blob(&component).await.unwrap();
+    assert_eq!(digest, sluice_store::digest_of(&component));
+    assert_eq!(cluster.put_blob(&component).await.unwrap(), digest);
+    let other = ready_node(nats.urls(), "b").await;
+    assert_eq!(other.blob(&digest).await.unwrap(), Some(component));
+    let empty = other.put_blob(b"").await.unwrap();
+    assert_eq!(cluster.blob(&empty).await.unwrap(), Some(Vec::new()));
+    let unknown = sluice_store::digest_of(b"never stored");
+    assert_eq!(cluster.blob(&unknown).await.unwrap(), None);
+    assert!(matches!(
+        cluster.blob("md5:abc").await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut nats = Nats::single_on(port);
+    let cluster = node(nats.urls(), "a").await;
+    let reason = cluster.readiness().unwrap_err();
+    assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+    match cluster
+        .publish_event("default", "/s", "1", bytes("{}"))
+        .await
+    {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("NATS"), "{why}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        cluster.catalog(Bucket::Functions),
+        Err(StoreError::Unavailable(_))
+    ));
+
+    nats.spawn(0);
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    cluster.probe().await.unwrap();
+    assert_eq!(cluster.replicas(), Some(1));
+    cluster
+        .publish_event("default", "/s", "1", bytes("{}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_rejoined_and_a_parked_watch_resumes() {
+    let mut nats = Nats::single();
+    let cluster = ready_node(nats.urls(), "a").await;
+    let catalog = cluster.catalog(Bucket::Functions).unwrap();
+    let (_, last) = catalog.snapshot().await.unwrap();
+    let mut watch = catalog.watch(last);
+    catalog.put("f", bytes("1"), Expect::Any).await.unwrap();
+    assert_eq!(next_change(&mut watch).await.value, Some(bytes("1")));
+
+    nats.kill(0);
+    // Nobody polls the watch while the server is gone (async-nats issue
+    // 1596 was exactly this).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cluster.readiness().is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loss was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.readiness().unwrap_err().contains("unreachable"));
+    assert!(matches!(
+        catalog.put("f", bytes("lost"), Expect::Any).await,
+        Err(StoreError::Unavailable(_))
+    ));
+
+    nats.spawn(0);
+    nats.wait_listening(0);
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    // JetStream may need a moment after the port opens; retry the write
+    // until it is accepted, as a client would.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match catalog.put("f", bytes("2"), Expect::Any).await {
+            Ok(_) => break,
+            Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The stored value survived the kill, and the parked watch reports the
+    // new one (and nothing twice).
+    assert_eq!(next_change(&mut watch).await.value, Some(bytes("2")));
+    assert_eq!(catalog.get("f").await.unwrap().unwrap().value, bytes("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
+    let mut nats = Nats::cluster();
+    let a = ready_node(nats.urls(), "a").await;
+    let b = ready_node(nats.urls(), "b").await;
+    assert_eq!(a.replicas(), Some(3));
+
+    // Compare-and-set on a replicated bucket: two nodes race from the same
+    // revision; exactly one wins and the other is told it lost (R3 streams
+    // answer the conflict with error 10164, not 10071).
+    let on_a = a.catalog(Bucket::Triggers).unwrap();
+    let on_b = b.catalog(Bucket::Triggers).unwrap();
+    let base = on_a.put("t", bytes("0"), Expect::Absent).await.unwrap();
+    let (ra, rb) = tokio::join!(
+        on_a.put("t", bytes("a"), Expect::Revision(base)),
+        on_b.put("t", bytes("b"), Expect::Revision(base)),
+    );
+    let lost = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Changed(_))))
+        .count();
+    assert_eq!(
+        (ra.is_ok() as u8 + rb.is_ok() as u8, lost),
+        (1, 1),
+        "{ra:?} {rb:?}"
+    );
+
+    let (_, last) = on_b.snapshot().await.unwrap();
+    let mut watch = on_b.watch(last);
+
+    // Find the events stream's leader and kill it mid-traffic.
+    let client = async_nats::connect(nats.urls()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut events = js.get_stream("SLUICE_EVENTS").await.unwrap();
+    let info = events.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    drop(js);
+
+    // Sixty events, the leader killed after the tenth. Each is retried, as a
+    // client told 503 would, until JetStream acknowledges it; no answer is
+    // a 202 for an event that was not stored (checked below).
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..60 {
+        if i == 10 {
+            nats.kill(nats.index_of(&leader));
+        }
+        let id = i.to_string();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match a.publish_event("default", "/kill", &id, bytes("{}")).await {
+                Ok(_) => break,
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("event {id}: {e}"),
+            }
+        }
+        acknowledged.push(id);
+    }
+    eprintln!("{refused} publishes refused while the stream elected a new leader");
+    // Every acknowledged event is stored: publishing it again is a duplicate.
+    for id in &acknowledged {
+        let again = a
+            .publish_event("default", "/kill", id, bytes("{}"))
+            .await
+            .unwrap();
+        assert!(
+            again.duplicate,
+            "event {id} was acknowledged but not stored"
+        );
+    }
+
+    // The catalog still takes writes and every node still sees them.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match on_a.put("after", bytes("kill"), Expect::Any).await {
+            Ok(_) => break,
+            Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let change = next_change(&mut watch).await;
+    assert_eq!(
+        (change.key.as_str(), change.value),
+        ("after", Some(bytes("kill")))
+    );
+}
