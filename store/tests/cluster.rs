@@ -326,3 +326,125 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
         ("after", Some(bytes("kill")))
     );
 }
+
+async fn quick_node(urls: Vec<String>, name: &str) -> Cluster {
+    let mut options = ClusterOptions::new(urls);
+    options.name = name.to_owned();
+    options.request_timeout = Duration::from_secs(3);
+    // A node that stops acking loses its messages to the others this soon.
+    options.ack_wait = Duration::from_secs(2);
+    let cluster = Cluster::connect(options).await.unwrap();
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    cluster
+}
+
+async fn next_arrival(feed: &mut sluice_store::cluster::Feed) -> sluice_store::cluster::Arrival {
+    tokio::time::timeout(PATIENCE, feed.next())
+        .await
+        .expect("a message within the patience window")
+        .expect("the feed is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_fan_out_once_and_an_unacked_one_goes_to_another_node() {
+    let nats = Nats::single();
+    let a = quick_node(nats.urls(), "a").await;
+    let b = quick_node(nats.urls(), "b").await;
+    for id in ["1", "2"] {
+        a.publish_event("default", "/s", id, bytes(id))
+            .await
+            .unwrap();
+    }
+    let mut on_a = a.event_feed(1);
+    let first = next_arrival(&mut on_a).await;
+    assert_eq!(first.subject, "sluice.events.default");
+    assert_eq!((first.delivered, first.payload.clone()), (1, bytes("1")));
+    // Capacity 1: the second waits until the first is finished.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), on_a.next())
+            .await
+            .is_err()
+    );
+    first.ack().await.unwrap();
+    let second = next_arrival(&mut on_a).await;
+    assert_eq!(second.payload, bytes("2"));
+    // Node a "dies" holding the second: it is never acked.
+    drop(second);
+    drop(on_a);
+    let mut on_b = b.event_feed(8);
+    let again = next_arrival(&mut on_b).await;
+    assert_eq!((again.payload.clone(), again.delivered), (bytes("2"), 2));
+    again.ack().await.unwrap();
+    // Fanned out events stay in the stream (retention), but are not handed
+    // out again.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), on_b.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(a.event_count().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_retry_with_a_delay_count_attempts_and_end_acked_or_terminated() {
+    let nats = Nats::single();
+    let a = quick_node(nats.urls(), "a").await;
+    let first = a
+        .enqueue_delivery(7, "orders", "delivery", bytes("d1"))
+        .await
+        .unwrap();
+    // Fanned out again (say by a node replacing a dead one): no duplicate.
+    assert_eq!(
+        a.enqueue_delivery(7, "orders", "delivery", bytes("d1"))
+            .await
+            .unwrap(),
+        first
+    );
+    a.enqueue_delivery(7, "audit", "delivery", bytes("d2"))
+        .await
+        .unwrap();
+    assert_eq!(a.delivery_count().await.unwrap(), 2);
+
+    let mut feed = a.delivery_feed(8);
+    let mut got = vec![next_arrival(&mut feed).await, next_arrival(&mut feed).await];
+    got.sort_by_key(|m| m.subject.clone());
+    let orders = got.pop().unwrap();
+    let audit = got.pop().unwrap();
+    assert_eq!(
+        orders.subject,
+        format!(
+            "sluice.deliveries.{}.orders",
+            sluice_store::cluster::shard_of("orders")
+        )
+    );
+    assert_eq!((orders.sequence, orders.delivered), (first, 1));
+    audit.ack().await.unwrap();
+
+    // A retry after its backoff: attempt 2 arrives no sooner.
+    let naked = std::time::Instant::now();
+    orders.nak(Duration::from_millis(700)).await.unwrap();
+    let retry = next_arrival(&mut feed).await;
+    assert!(naked.elapsed() >= Duration::from_millis(700));
+    assert_eq!((retry.sequence, retry.delivered), (first, 2));
+    // Long work keeps its message with progress notes past the ack wait.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        retry.progress().await.unwrap();
+    }
+    retry.term().await.unwrap();
+    // Nothing comes back, and the work queue is empty: terminated and acked
+    // messages both leave it.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), feed.next())
+            .await
+            .is_err()
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.delivery_count().await.unwrap() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the work queue kept a finished message"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

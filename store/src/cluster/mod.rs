@@ -23,6 +23,7 @@
 mod blobs;
 mod catalog;
 mod events;
+mod queue;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,7 +35,11 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use crate::StoreError;
 
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
-pub use events::Published;
+pub use events::{Published, event_message_id};
+pub use queue::{
+    ACK_WAIT, Arrival, DELIVERIES_STREAM, DELIVERIES_SUBJECT, FANOUT_CONSUMER, Feed, SHARDS,
+    shard_of,
+};
 
 /// The events stream.
 pub const EVENTS_STREAM: &str = "SLUICE_EVENTS";
@@ -54,15 +59,18 @@ pub enum Bucket {
     Brokers,
     /// API tokens, by hash.
     Tokens,
+    /// Dead letters, by delivery id.
+    DeadLetters,
 }
 
 impl Bucket {
     /// Every bucket, in the order they are created.
-    pub const ALL: [Bucket; 4] = [
+    pub const ALL: [Bucket; 5] = [
         Bucket::Functions,
         Bucket::Triggers,
         Bucket::Brokers,
         Bucket::Tokens,
+        Bucket::DeadLetters,
     ];
 
     /// The JetStream bucket name.
@@ -72,6 +80,7 @@ impl Bucket {
             Bucket::Triggers => "sluice_triggers",
             Bucket::Brokers => "sluice_brokers",
             Bucket::Tokens => "sluice_tokens",
+            Bucket::DeadLetters => "sluice_dead_letters",
         }
     }
 }
@@ -96,6 +105,9 @@ pub struct ClusterOptions {
     /// How long one JetStream request may take before it counts as
     /// unanswered.
     pub request_timeout: Duration,
+    /// How long a pulled event or delivery may go without an ack or a
+    /// progress note before another node gets it.
+    pub ack_wait: Duration,
 }
 
 impl ClusterOptions {
@@ -110,6 +122,7 @@ impl ClusterOptions {
             dedupe_window: Duration::from_secs(600),
             name: "sluice".to_owned(),
             request_timeout: Duration::from_secs(5),
+            ack_wait: ACK_WAIT,
         }
     }
 }
@@ -117,6 +130,7 @@ impl ClusterOptions {
 /// The layout handles, once created or bound.
 struct Layout {
     events: stream::Stream,
+    deliveries: stream::Stream,
     buckets: Vec<(Bucket, kv::Store)>,
     blobs: object_store::ObjectStore,
     replicas: usize,
@@ -331,6 +345,7 @@ impl Cluster {
             ..Default::default()
         };
         let events = ensure_stream(js, events_config).await?;
+        let deliveries = ensure_stream(js, queue::deliveries_config(options, replicas)).await?;
         let mut buckets = Vec::new();
         for bucket in Bucket::ALL {
             let kv = match js.get_key_value(bucket.name()).await {
@@ -363,6 +378,7 @@ impl Cluster {
         };
         Ok(Layout {
             events,
+            deliveries,
             buckets,
             blobs,
             replicas,

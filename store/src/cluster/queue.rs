@@ -1,0 +1,381 @@
+//! Fan-out and dispatch: the events stream's shared consumer and the
+//! sharded work-queue of deliveries.
+//!
+//! Every node pulls accepted events from one durable consumer
+//! (`sluice_fanout`), matches each against its trigger index, enqueues one
+//! delivery message per matching trigger (message id `<event
+//! sequence>.<trigger>`, so a node that dies mid-fan-out and whose event is
+//! fanned out again by another node adds no duplicate), and only then acks
+//! the event. Deliveries live in a work-queue stream, on subjects
+//! `sluice.deliveries.<shard>.<trigger>`, one durable consumer per shard
+//! (a work-queue's consumers must not overlap); every node pulls from every
+//! shard. A delivery is acked when it ends, NAKed with the trigger's backoff
+//! for a retry (JetStream's delivery count is the attempt number), and
+//! terminated once its dead letter is stored: every message ends as ack or
+//! term, never left at a server-side `max_deliver`.
+//!
+//! A node never holds more messages than it has room to run: a feed pulls
+//! only as many as its capacity has free permits, and each [`Arrival`]
+//! holds its permit until it is finished (or dropped).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::{Cluster, EVENTS_STREAM, connected};
+
+use crate::StoreError;
+
+/// The work-queue stream of deliveries.
+pub const DELIVERIES_STREAM: &str = "SLUICE_DELIVERIES";
+/// Subject prefix of deliveries: `sluice.deliveries.<shard>.<trigger>`.
+pub const DELIVERIES_SUBJECT: &str = "sluice.deliveries";
+/// Shards of the work queue. A retry waiting out its backoff counts against
+/// its shard consumer's `max_ack_pending`: shards keep one trigger's
+/// backlog of retries from stalling every other trigger.
+pub const SHARDS: usize = 8;
+/// The events stream's shared consumer.
+pub const FANOUT_CONSUMER: &str = "sluice_fanout";
+/// How long a pulled message may go without an ack or a progress note
+/// before JetStream gives it to another node. A delivery that runs longer
+/// sends progress notes ([`Arrival::progress`]).
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages one shard consumer has out (pulled, not yet acked) at most,
+/// across every node.
+const MAX_ACK_PENDING: i64 = 4096;
+
+/// The shard of `trigger`'s deliveries.
+pub fn shard_of(trigger: &str) -> usize {
+    let hash = Sha256::digest(trigger.as_bytes());
+    usize::from(hash[0]) % SHARDS
+}
+
+pub(super) fn deliveries_config(
+    options: &super::ClusterOptions,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: DELIVERIES_STREAM.to_owned(),
+        description: Some("Sluice: deliveries, one per (event, matching trigger)".to_owned()),
+        subjects: vec![format!("{DELIVERIES_SUBJECT}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: options.dedupe_window.min(options.event_retention),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// One message pulled from a feed: an accepted event (from
+/// [`Cluster::event_feed`]) or a delivery (from [`Cluster::delivery_feed`]).
+pub struct Arrival {
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its bytes.
+    pub payload: Bytes,
+    /// Its sequence in its stream (unique cluster-wide per stream).
+    pub sequence: u64,
+    /// How many times JetStream has handed it out, this time included
+    /// (1 on the first).
+    pub delivered: u64,
+    message: jetstream::Message,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Arrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arrival")
+            .field("subject", &self.subject)
+            .field("sequence", &self.sequence)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Arrival {
+    /// Done: JetStream removes a delivery (and marks an event fanned out),
+    /// and confirms it did.
+    pub async fn ack(self) -> Result<(), StoreError> {
+        ack(&self.message, AckKind::Ack, true).await
+    }
+
+    /// Hand it out again after `delay` (to any node).
+    pub async fn nak(self, delay: Duration) -> Result<(), StoreError> {
+        ack(&self.message, AckKind::Nak(Some(delay)), false).await
+    }
+
+    /// Never hand it out again (its dead letter is stored).
+    pub async fn term(self) -> Result<(), StoreError> {
+        ack(&self.message, AckKind::Term, true).await
+    }
+
+    /// Still working on it: restarts its [`ACK_WAIT`].
+    pub async fn progress(&self) -> Result<(), StoreError> {
+        ack(&self.message, AckKind::Progress, false).await
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind, confirm: bool) -> Result<(), StoreError> {
+    let sent = async {
+        if confirm {
+            message.double_ack_with(kind).await
+        } else {
+            message.ack_with(kind).await
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), sent).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+            "acknowledging a message: {e}"
+        ))),
+        Err(_) => Err(StoreError::Unavailable(
+            "acknowledging a message: no answer".to_owned(),
+        )),
+    }
+}
+
+/// Messages pulled for this node; the pulling stops when this is dropped.
+#[derive(Debug)]
+pub struct Feed {
+    rx: mpsc::Receiver<Arrival>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Feed {
+    /// The next message; waits for one.
+    pub async fn next(&mut self) -> Option<Arrival> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// Deliveries stored in the work queue now (waiting, running or waiting
+    /// out a retry's backoff).
+    pub async fn delivery_count(&self) -> Result<u64, StoreError> {
+        let mut deliveries = self.layout()?.deliveries.clone();
+        match tokio::time::timeout(self.inner.options.request_timeout, deliveries.info()).await {
+            Ok(Ok(info)) => Ok(info.state.messages),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "reading the deliveries stream: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                "reading the deliveries stream: no answer".to_owned(),
+            )),
+        }
+    }
+
+    /// Enqueues the delivery of the event at `event_sequence` to `trigger`
+    /// (`kind` tells deliveries of one event to one trigger apart: the
+    /// delivery itself, or its dead letter's forwarding to the sink).
+    /// Returns once JetStream stored it (or knew it already: a repeat of the
+    /// same (sequence, trigger, kind) within the dedupe window adds
+    /// nothing). The returned sequence identifies the delivery.
+    pub async fn enqueue_delivery(
+        &self,
+        event_sequence: u64,
+        trigger: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Result<u64, StoreError> {
+        self.layout()?;
+        let budget = self.inner.options.request_timeout;
+        connected(&self.inner.client, budget).await?;
+        let subject = format!("{DELIVERIES_SUBJECT}.{}.{trigger}", shard_of(trigger));
+        let message_id = format!("{event_sequence}.{trigger}.{kind}");
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", message_id.as_str());
+            let attempt = async {
+                self.inner
+                    .js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let failure = match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack.sequence),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no acknowledgement".to_owned(),
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "JetStream did not take a delivery of trigger {trigger:?}: {failure}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Accepted events for this node to fan out, at most `capacity` held at
+    /// once.
+    pub fn event_feed(&self, capacity: usize) -> Feed {
+        let permits = Arc::new(Semaphore::new(capacity.max(1)));
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let cluster = self.clone();
+        let task = tokio::spawn(async move {
+            cluster
+                .pull(EVENTS_STREAM, FANOUT_CONSUMER, String::new(), permits, tx)
+                .await
+        });
+        Feed {
+            rx,
+            tasks: vec![task],
+        }
+    }
+
+    /// Deliveries for this node to run, from every shard, at most
+    /// `capacity` held at once.
+    pub fn delivery_feed(&self, capacity: usize) -> Feed {
+        let permits = Arc::new(Semaphore::new(capacity.max(1)));
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let tasks = (0..SHARDS)
+            .map(|shard| {
+                let cluster = self.clone();
+                let (permits, tx) = (permits.clone(), tx.clone());
+                tokio::spawn(async move {
+                    cluster
+                        .pull(
+                            DELIVERIES_STREAM,
+                            &format!("sluice_dispatch_{shard}"),
+                            format!("{DELIVERIES_SUBJECT}.{shard}.>"),
+                            permits,
+                            tx,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        Feed { rx, tasks }
+    }
+
+    /// Pulls from `consumer` (made if missing) into `tx` for as long as `tx`
+    /// is open, never holding more than `permits` allow; re-binds after any
+    /// error, with a backoff.
+    async fn pull(
+        self,
+        stream: &str,
+        consumer: &str,
+        filter: String,
+        permits: Arc<Semaphore>,
+        tx: mpsc::Sender<Arrival>,
+    ) {
+        let mut delay = Duration::from_millis(100);
+        while !tx.is_closed() {
+            let bound = match self.bind(stream, consumer, &filter).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    tracing::debug!(%consumer, error = %e, "consumer not bound yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            delay = Duration::from_millis(100);
+            loop {
+                // Room for one at least, then as many as are free now.
+                let Ok(first) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut held = vec![first];
+                while held.len() < 64 {
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => held.push(permit),
+                        Err(_) => break,
+                    }
+                }
+                let batch = bound
+                    .batch()
+                    .max_messages(held.len())
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await;
+                let mut batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::debug!(%consumer, error = %e, "pull failed; re-binding");
+                        break;
+                    }
+                };
+                let mut failed = false;
+                while let Some(message) = batch.next().await {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::debug!(%consumer, error = %e, "pull ended; re-binding");
+                            failed = true;
+                            break;
+                        }
+                    };
+                    let Ok(info) = message.info() else {
+                        continue;
+                    };
+                    let (sequence, delivered) =
+                        (info.stream_sequence, info.delivered.max(1) as u64);
+                    let Some(permit) = held.pop() else {
+                        break;
+                    };
+                    let arrival = Arrival {
+                        subject: message.subject.to_string(),
+                        payload: message.payload.clone(),
+                        sequence,
+                        delivered,
+                        message,
+                        _permit: permit,
+                    };
+                    if tx.send(arrival).await.is_err() {
+                        return;
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn bind(
+        &self,
+        stream: &str,
+        consumer: &str,
+        filter: &str,
+    ) -> Result<PullConsumer, String> {
+        let js = &self.inner.js;
+        let stream = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| format!("stream {stream}: {e}"))?;
+        let config = pull::Config {
+            durable_name: Some(consumer.to_owned()),
+            filter_subject: filter.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: self.inner.options.ack_wait,
+            // Unlimited: Sluice ends every message itself (ack or term).
+            max_deliver: -1,
+            max_ack_pending: MAX_ACK_PENDING,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(consumer, config)
+            .await
+            .map_err(|e| format!("consumer {consumer}: {e}"))
+    }
+}
