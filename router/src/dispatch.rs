@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use sluice_store::cluster::Bucket;
 use sluice_store::{DeadLetterRecord, DeliveryRecord, Store, StoreError};
 use tokio::sync::{Notify, Semaphore, broadcast};
 
@@ -451,6 +452,8 @@ pub struct Router {
     no_event: Arc<str>,
     /// One copy of each broker and trigger name in queued deliveries.
     names: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Cluster mode: events and deliveries on JetStream (see `cluster.rs`).
+    cluster: Option<cluster::Link>,
 }
 
 /// At most one log line a second for a warning that something a guest
@@ -574,6 +577,58 @@ fn resolve_delivery(brokers: &BTreeMap<String, Arc<Broker>>, trigger: &mut Trigg
     }
 }
 
+/// The event a dead letter holds as it was accepted: without the error
+/// extensions (what a replay redelivers).
+fn original_event(letter: String) -> String {
+    match CloudEvent::from_json(letter.as_bytes()) {
+        Ok(mut event) => {
+            event
+                .extensions
+                .retain(|name, _| !name.starts_with("knativeerror"));
+            event.to_json()
+        }
+        Err(_) => letter,
+    }
+}
+
+/// Brokers and triggers from their stored JSON, each trigger given its
+/// broker's default delivery if it sets none.
+#[allow(clippy::type_complexity)]
+fn load(
+    raw_brokers: Vec<Vec<u8>>,
+    raw_triggers: Vec<Vec<u8>>,
+) -> Result<
+    (
+        BTreeMap<String, Arc<Broker>>,
+        BTreeMap<String, Arc<Trigger>>,
+    ),
+    StoreError,
+> {
+    let mut brokers = BTreeMap::new();
+    for raw in raw_brokers {
+        let value: serde_json::Value = serde_json::from_slice(&raw)?;
+        let broker = Broker::parse(&value, None)
+            .map_err(|error| StoreError::Corrupt(format!("stored broker is invalid: {error}")))?;
+        brokers.insert(broker.name.clone(), Arc::new(broker));
+    }
+    let mut triggers = BTreeMap::new();
+    for raw in raw_triggers {
+        let value: serde_json::Value = serde_json::from_slice(&raw)?;
+        match Trigger::parse(&value, None) {
+            Ok(mut trigger) => {
+                resolve_delivery(&brokers, &mut trigger);
+                triggers.insert(trigger.name.clone(), Arc::new(trigger));
+            }
+            Err(error) => {
+                return Err(StoreError::Corrupt(format!(
+                    "stored trigger is invalid: {error}"
+                )));
+            }
+        }
+    }
+    Ok((brokers, triggers))
+}
+
 impl Router {
     /// Loads triggers and pending deliveries from `store`. Call
     /// [`Router::run`] to start delivering.
@@ -583,31 +638,33 @@ impl Router {
         limits: DispatchLimits,
         registry: &Registry,
     ) -> Result<Arc<Router>, StoreError> {
-        let mut brokers = BTreeMap::new();
-        for raw in store.brokers()? {
-            let value: serde_json::Value = serde_json::from_slice(&raw)?;
-            let broker = Broker::parse(&value, None).map_err(|error| {
-                StoreError::Corrupt(format!("stored broker is invalid: {error}"))
-            })?;
-            brokers.insert(broker.name.clone(), Arc::new(broker));
+        let (brokers, triggers) = load(store.brokers()?, store.triggers()?)?;
+        let router = Router::assemble(store, invoker, limits, registry, brokers, triggers, None);
+        let pending = router.store.recovered_deliveries()?;
+        if !pending.is_empty() {
+            tracing::info!(pending = pending.len(), "resuming pending deliveries");
         }
-        let mut triggers = BTreeMap::new();
-        for raw in store.triggers()? {
-            let value: serde_json::Value = serde_json::from_slice(&raw)?;
-            match Trigger::parse(&value, None) {
-                Ok(mut trigger) => {
-                    resolve_delivery(&brokers, &mut trigger);
-                    triggers.insert(trigger.name.clone(), Arc::new(trigger));
-                }
-                Err(error) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "stored trigger is invalid: {error}"
-                    )));
-                }
-            }
+        for record in &pending {
+            router.count_pending(&record.broker, 1);
         }
+        router.open_groups(&pending);
+        router.schedule(pending);
+        // Built in one go: no room left over from growing.
+        router.queue.lock().unwrap().shrink_to_fit();
+        Ok(router)
+    }
+
+    fn assemble(
+        store: Store,
+        invoker: Arc<dyn Invoker>,
+        limits: DispatchLimits,
+        registry: &Registry,
+        brokers: BTreeMap<String, Arc<Broker>>,
+        triggers: BTreeMap<String, Arc<Trigger>>,
+        cluster: Option<cluster::Link>,
+    ) -> Arc<Router> {
         let index = Arc::new(TriggerIndex::build(triggers.values().cloned()));
-        let router = Arc::new(Router {
+        Arc::new(Router {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             store,
             invoker,
@@ -630,19 +687,8 @@ impl Router {
             resident: Default::default(),
             no_event: Arc::from(""),
             names: Mutex::default(),
-        });
-        let pending = router.store.recovered_deliveries()?;
-        if !pending.is_empty() {
-            tracing::info!(pending = pending.len(), "resuming pending deliveries");
-        }
-        for record in &pending {
-            router.count_pending(&record.broker, 1);
-        }
-        router.open_groups(&pending);
-        router.schedule(pending);
-        // Built in one go: no room left over from growing.
-        router.queue.lock().unwrap().shrink_to_fit();
-        Ok(router)
+            cluster,
+        })
     }
 
     /// Unix milliseconds on the router's clock.
@@ -657,6 +703,9 @@ impl Router {
 
     /// Runs the delivery loop until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        if self.cluster.is_some() {
+            self.clone().start_cluster();
+        }
         loop {
             let next_due = {
                 let queue = self.queue.lock().unwrap();
@@ -767,7 +816,9 @@ impl Router {
         // parse the JSON) takes some three times its JSON again.
         let parsed = if queued.event.is_some() { 3 } else { 0 };
         let bytes = queued.record.event.len() * (1 + parsed);
-        if queued.resident > 0 || bytes == 0 {
+        // A clustered delivery has no journal to read its event back from;
+        // the node holds no more of them than its feed's capacity.
+        if queued.resident > 0 || bytes == 0 || self.cluster.is_some() {
             return;
         }
         let kept = self
@@ -902,12 +953,37 @@ impl Router {
         self.publish_bounded(broker, events, false).await
     }
 
+    /// True (and counted, and logged at most once a second) when `event`
+    /// has passed the hop limit: it is dropped.
+    fn over_hop_limit(&self, broker: &str, event: &CloudEvent) -> bool {
+        let hops: u32 = event
+            .extensions
+            .get(HOPS_EXTENSION)
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(0);
+        if hops <= self.limits.max_hops {
+            return false;
+        }
+        // A loop makes these as fast as it runs: one line a second.
+        if let Some(since) = self.hop_warnings.allow(self.now_ms()) {
+            tracing::warn!(%broker, id = %event.id, hops, more_since_last_line = since, "event dropped: hop limit reached (a reply or publish loop?)");
+        }
+        self.metrics
+            .dropped
+            .with_label_values(&[broker, "hop_limit"])
+            .inc();
+        true
+    }
+
     async fn publish_bounded(
         &self,
         broker: &str,
         events: Vec<CloudEvent>,
         bounded: bool,
     ) -> Result<(), PublishError> {
+        if let Some(link) = &self.cluster {
+            return self.publish_clustered(link, broker, events).await;
+        }
         let index = self.index.read().unwrap().clone();
         let mut records = Vec::new();
         let mut shared = Vec::new();
@@ -917,20 +993,7 @@ impl Router {
         let mut seen = Vec::new();
         let broker_name = self.intern(broker);
         for event in events {
-            let hops: u32 = event
-                .extensions
-                .get(HOPS_EXTENSION)
-                .and_then(|h| h.parse().ok())
-                .unwrap_or(0);
-            if hops > self.limits.max_hops {
-                // A loop makes these as fast as it runs: one line a second.
-                if let Some(since) = self.hop_warnings.allow(self.now_ms()) {
-                    tracing::warn!(%broker, id = %event.id, hops, more_since_last_line = since, "event dropped: hop limit reached (a reply or publish loop?)");
-                }
-                self.metrics
-                    .dropped
-                    .with_label_values(&[broker, "hop_limit"])
-                    .inc();
+            if self.over_hop_limit(broker, &event) {
                 continue;
             }
             accepted += 1;
@@ -1221,6 +1284,11 @@ impl Router {
     }
 
     fn done(&self, record: &DeliveryRecord) {
+        if let Some(link) = &self.cluster {
+            link.finish(record.id, cluster::End::Ack);
+            self.count_pending(&record.broker, -1);
+            return;
+        }
         if let Err(error) = self.store.complete_delivery(record.id) {
             tracing::error!(id = record.id, %error, "could not mark a delivery done; it may run again");
         }
@@ -1245,6 +1313,12 @@ impl Router {
             if record.dead_letter.is_none() {
                 slot.retried.inc();
                 self.announce("retrying", &record, &event);
+            }
+            if let Some(link) = &self.cluster {
+                // Back to JetStream, due after the backoff, for any node.
+                link.finish(record.id, cluster::End::Retry(wait));
+                self.count_pending(&record.broker, -1);
+                return;
             }
             record.not_before_ms = self.now_ms() + wait.as_millis() as u64;
             if let Err(error) = self.store.update_delivery(&record) {
@@ -1312,6 +1386,11 @@ impl Router {
                 );
             }
             json = event.to_json().into();
+        }
+        if let Some(link) = &self.cluster {
+            self.dead_letter_clustered(link, record, event, failure, json)
+                .await;
+            return;
         }
         // The dead letter takes the delivery's id: a delivery run again
         // after a crash overwrites its own dead letter.
@@ -1391,7 +1470,7 @@ impl Router {
         event: Option<Arc<CloudEvent>>,
         failure: Failure,
     ) {
-        if !self.store.healthy() {
+        if self.cluster.is_none() && !self.store.healthy() {
             tracing::error!(id = record.id, trigger = %record.trigger, "the store failed: this delivery stays pending and is run again after a restart");
             return;
         }
@@ -1534,19 +1613,41 @@ impl Router {
     }
 
     /// Stops starting deliveries and waits for those in flight to end. What
-    /// is still queued stays durable and runs after the next start.
+    /// is still queued stays durable and runs after the next start (in
+    /// cluster mode: goes back to the work queue for any node).
     pub async fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
         self.wake.notify_one();
+        if let Some(link) = &self.cluster {
+            link.stop_pulling();
+        }
         let all = u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX);
         let _all_permits = self.in_flight.acquire_many(all).await;
+        if let Some(link) = &self.cluster {
+            // Held but not started: straight back to JetStream for the
+            // other nodes, rather than after the ack wait.
+            link.release_all().await;
+        }
     }
 
     /// Creates or replaces a trigger, durably. Returns true if it replaced one.
-    pub async fn put_trigger(&self, mut trigger: Trigger) -> Result<bool, StoreError> {
+    pub async fn put_trigger(&self, trigger: Trigger) -> Result<bool, StoreError> {
         let json = serde_json::to_vec(&trigger.to_json()).expect("JSON");
-        let replaced = self.store.put_trigger(&trigger.name, &json).await?;
+        let replaced = match &self.cluster {
+            Some(link) => {
+                let (replaced, revision) = link.put(Bucket::Triggers, &trigger.name, json).await?;
+                link.seen(Bucket::Triggers, &trigger.name, revision);
+                replaced
+            }
+            None => self.store.put_trigger(&trigger.name, &json).await?,
+        };
+        self.install_trigger(trigger);
+        Ok(replaced)
+    }
+
+    /// Puts `trigger` in memory and in the index (written already).
+    fn install_trigger(&self, mut trigger: Trigger) {
         // Under the brokers' lock until it is in: a broker changed meanwhile
         // re-resolves it after, never before.
         let brokers = self.brokers.read().unwrap();
@@ -1556,13 +1657,27 @@ impl Router {
         *self.index.write().unwrap() = Arc::new(TriggerIndex::build(triggers.values().cloned()));
         drop(triggers);
         drop(brokers);
-        Ok(replaced)
     }
 
     /// Deletes a trigger, durably, and its metric series. Returns true if
     /// it existed.
     pub async fn delete_trigger(&self, name: &str) -> Result<bool, StoreError> {
-        let existed = self.store.delete_trigger(name).await?;
+        let existed = match &self.cluster {
+            Some(link) => {
+                let deleted = link.delete(Bucket::Triggers, name).await?;
+                if let Some(revision) = deleted {
+                    link.seen(Bucket::Triggers, name, revision);
+                }
+                deleted.is_some()
+            }
+            None => self.store.delete_trigger(name).await?,
+        };
+        self.uninstall_trigger(name);
+        Ok(existed)
+    }
+
+    /// Takes trigger `name` out of memory, the index and the metrics.
+    fn uninstall_trigger(&self, name: &str) {
         {
             let mut triggers = self.triggers.write().unwrap();
             triggers.remove(name);
@@ -1601,7 +1716,6 @@ impl Router {
             let _ = counter.remove_label_values(&[name]);
         }
         let _ = m.trigger_in_flight.remove_label_values(&[name]);
-        Ok(existed)
     }
 
     /// Trigger `name`.
@@ -1621,23 +1735,47 @@ impl Router {
         // One broker write at a time, so the store and memory agree.
         let _writing = self.broker_writes.lock().await;
         let json = serde_json::to_vec(&broker.to_json()).expect("JSON");
-        let replaced = self.store.put_broker(&broker.name, &json).await?;
+        let replaced = match &self.cluster {
+            Some(link) => {
+                let (replaced, revision) = link.put(Bucket::Brokers, &broker.name, json).await?;
+                link.seen(Bucket::Brokers, &broker.name, revision);
+                replaced
+            }
+            None => self.store.put_broker(&broker.name, &json).await?,
+        };
+        self.install_broker(broker);
+        Ok(replaced)
+    }
+
+    fn install_broker(&self, broker: Broker) {
         let name = broker.name.clone();
         self.brokers
             .write()
             .unwrap()
             .insert(name.clone(), Arc::new(broker));
         self.reresolve(&name);
-        Ok(replaced)
+    }
+
+    fn uninstall_broker(&self, name: &str) {
+        self.brokers.write().unwrap().remove(name);
+        self.reresolve(name);
     }
 
     /// Deletes a broker, durably (its triggers that set no delivery take
     /// Knative's defaults). Returns true if it existed.
     pub async fn delete_broker(&self, name: &str) -> Result<bool, StoreError> {
         let _writing = self.broker_writes.lock().await;
-        let existed = self.store.delete_broker(name).await?;
-        self.brokers.write().unwrap().remove(name);
-        self.reresolve(name);
+        let existed = match &self.cluster {
+            Some(link) => {
+                let deleted = link.delete(Bucket::Brokers, name).await?;
+                if let Some(revision) = deleted {
+                    link.seen(Bucket::Brokers, name, revision);
+                }
+                deleted.is_some()
+            }
+            None => self.store.delete_broker(name).await?,
+        };
+        self.uninstall_broker(name);
         Ok(existed)
     }
 
@@ -1679,19 +1817,13 @@ impl Router {
     /// Redelivers dead letter `id` to its trigger. `false` if it does not
     /// exist.
     pub async fn replay(&self, id: u64) -> Result<bool, StoreError> {
+        if let Some(link) = &self.cluster {
+            return self.replay_clustered(link, id).await;
+        }
         let Some(letter) = self.store.dead_letter_record(id)? else {
             return Ok(false);
         };
-        // The redelivered event is the original: without the error extensions.
-        let event = match CloudEvent::from_json(letter.event.as_bytes()) {
-            Ok(mut event) => {
-                event
-                    .extensions
-                    .retain(|name, _| !name.starts_with("knativeerror"));
-                event.to_json()
-            }
-            Err(_) => letter.event,
-        };
+        let event = original_event(letter.event);
         let record = DeliveryRecord {
             id: self.store.next_id().await?,
             broker: self.intern(&letter.broker),
@@ -1714,6 +1846,7 @@ impl Router {
     }
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;
 

@@ -82,10 +82,10 @@ async fn catalog_writes_compare_and_set_and_every_node_sees_them() {
 
     on_a.put("t2", bytes("w"), Expect::Any).await.unwrap();
     assert_eq!(next_change(&mut watch).await.key, "t2");
-    assert!(on_a.delete("t1", Expect::Any).await.unwrap());
+    assert!(on_a.delete("t1", Expect::Any).await.unwrap().is_some());
     let deleted = next_change(&mut watch).await;
     assert_eq!((deleted.key.as_str(), deleted.value), ("t1", None));
-    assert!(!on_a.delete("t1", Expect::Any).await.unwrap());
+    assert_eq!(on_a.delete("t1", Expect::Any).await.unwrap(), None);
     assert_eq!(on_b.get("t1").await.unwrap(), None);
     // A deleted key can be created again.
     on_b.put("t1", bytes("v3"), Expect::Absent).await.unwrap();

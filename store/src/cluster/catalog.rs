@@ -126,12 +126,13 @@ impl Catalog {
         }
     }
 
-    /// Deletes `key` if it is as `expect` says; false when it was absent.
-    pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool, StoreError> {
+    /// Deletes `key` if it is as `expect` says; returns the revision it
+    /// deleted, or `None` when the key was absent.
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<Option<u64>, StoreError> {
         let Some(current) = self.get(key).await? else {
             return match expect {
                 Expect::Revision(_) => Err(StoreError::Changed(key.to_owned())),
-                Expect::Any | Expect::Absent => Ok(false),
+                Expect::Any | Expect::Absent => Ok(None),
             };
         };
         match expect {
@@ -144,7 +145,7 @@ impl Catalog {
         connected(&self.client, self.timeout).await?;
         let delete = self.kv.delete_expect_revision(key, Some(current.revision));
         match tokio::time::timeout(self.timeout, delete).await {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(())) => Ok(Some(current.revision)),
             Ok(Err(e)) => Err(self.failed(key, &e)),
             Err(_) => Err(self.unanswered("delete", key)),
         }

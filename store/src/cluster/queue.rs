@@ -102,17 +102,17 @@ impl std::fmt::Debug for Arrival {
 impl Arrival {
     /// Done: JetStream removes a delivery (and marks an event fanned out),
     /// and confirms it did.
-    pub async fn ack(self) -> Result<(), StoreError> {
+    pub async fn ack(&self) -> Result<(), StoreError> {
         ack(&self.message, AckKind::Ack, true).await
     }
 
     /// Hand it out again after `delay` (to any node).
-    pub async fn nak(self, delay: Duration) -> Result<(), StoreError> {
+    pub async fn nak(&self, delay: Duration) -> Result<(), StoreError> {
         ack(&self.message, AckKind::Nak(Some(delay)), false).await
     }
 
     /// Never hand it out again (its dead letter is stored).
-    pub async fn term(self) -> Result<(), StoreError> {
+    pub async fn term(&self) -> Result<(), StoreError> {
         ack(&self.message, AckKind::Term, true).await
     }
 

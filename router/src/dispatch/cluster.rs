@@ -1,0 +1,557 @@
+//! Cluster mode: the same dispatcher, with events and deliveries on NATS
+//! JetStream instead of the local journal.
+//!
+//! - Ingress publishes each event to the events stream and answers once
+//!   JetStream acknowledged it ([`Router::publish_clustered`]).
+//! - Every node pulls events from the shared fan-out consumer, matches each
+//!   with its own trigger index and enqueues one delivery per matching
+//!   trigger in the work queue, then acks the event.
+//! - Every node pulls deliveries and runs them through the one dispatcher
+//!   (in-flight limits, `maxConcurrency`, retry policy, dead letters,
+//!   replies): a delivery ends as an ack, a NAK with the trigger's backoff
+//!   (any node may run the next attempt; JetStream's delivery count is the
+//!   attempt number), or, once its dead letter is stored in the cluster, a
+//!   term. Held deliveries get progress notes, so only a node that stops
+//!   (dies) loses them to the others, after the ack wait.
+//! - Triggers and brokers live in catalog buckets; every node watches them
+//!   and applies each change to its index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_store::cluster::{Arrival, Bucket, Cluster, Expect};
+use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
+
+use super::{Failure, PublishError, Router, StreamEntry, load, original_event};
+use crate::event::CloudEvent;
+use crate::trigger::Trigger;
+
+/// Events one node fans out at once.
+const FANOUT_CAPACITY: usize = 64;
+
+/// How a held delivery ends.
+pub(super) enum End {
+    /// Done (delivered, or given up with nothing to keep).
+    Ack,
+    /// Hand it out again after the delay.
+    Retry(Duration),
+    /// Its dead letter is stored: never again.
+    Term,
+}
+
+/// A delivery message's body.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    broker: String,
+    trigger: String,
+    /// The event, structured-mode JSON.
+    event: String,
+    /// For the forwarding of a dead letter to the trigger's sink: its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dead_letter: Option<u64>,
+}
+
+/// The router's side of the cluster.
+pub(super) struct Link {
+    cluster: Cluster,
+    /// Deliveries pulled and not finished, by id (their work-queue
+    /// sequence).
+    held: Mutex<HashMap<u64, Arc<Arrival>>>,
+    /// The newest revision applied per catalog key: a watched change no
+    /// newer than what this node wrote or saw is skipped.
+    revisions: Mutex<HashMap<(Bucket, String), u64>>,
+    /// Where the watches start: the revisions of the snapshots loaded.
+    after: Mutex<HashMap<Bucket, u64>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Link {
+    /// Ends held delivery `id` with JetStream (in the background: the
+    /// outcome is already decided; a lost answer means the delivery is
+    /// handed out again, at least once).
+    pub(super) fn finish(&self, id: u64, end: End) {
+        let Some(arrival) = self.held.lock().unwrap().remove(&id) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let result = match end {
+                End::Ack => arrival.ack().await,
+                End::Retry(delay) => arrival.nak(delay).await,
+                End::Term => arrival.term().await,
+            };
+            if let Err(error) = result {
+                tracing::warn!(id, %error, "could not finish a delivery with JetStream; it will run again");
+            }
+        });
+    }
+
+    /// Stops pulling events and deliveries (a node shutting down); progress
+    /// notes for what is still held go on.
+    pub(super) fn stop_pulling(&self) {
+        // The first two tasks are fan-out and intake (see start_cluster).
+        for task in self.tasks.lock().unwrap().iter().take(2) {
+            task.abort();
+        }
+    }
+
+    /// Hands every held delivery back at once, for any node to run (its
+    /// next delivery counts as an attempt, as after a crash: JetStream
+    /// counts handings-out).
+    pub(super) async fn release_all(&self) {
+        let held: Vec<Arc<Arrival>> = self.held.lock().unwrap().drain().map(|(_, a)| a).collect();
+        for arrival in held {
+            let _ = arrival.nak(Duration::ZERO).await;
+        }
+    }
+
+    /// Writes `json` at `key` with compare-and-set against what is there
+    /// (two nodes replacing one trigger cannot both win silently). Returns
+    /// whether it replaced a value, and the new revision.
+    pub(super) async fn put(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        json: Vec<u8>,
+    ) -> Result<(bool, u64), StoreError> {
+        let catalog = self.cluster.catalog(bucket)?;
+        let json = bytes::Bytes::from(json);
+        for _ in 0..8 {
+            let current = catalog.get(key).await?;
+            let expect = match &current {
+                Some(value) => Expect::Revision(value.revision),
+                None => Expect::Absent,
+            };
+            match catalog.put(key, json.clone(), expect).await {
+                Ok(revision) => return Ok((current.is_some(), revision)),
+                Err(StoreError::Changed(_)) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(StoreError::Changed(key.to_owned()))
+    }
+
+    /// Deletes `key`; the revision it deleted, or `None` if it was absent.
+    pub(super) async fn delete(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        self.cluster.catalog(bucket)?.delete(key, Expect::Any).await
+    }
+
+    /// Records that this node applied `revision` of `key`.
+    pub(super) fn seen(&self, bucket: Bucket, key: &str, revision: u64) {
+        let mut revisions = self.revisions.lock().unwrap();
+        let known = revisions.entry((bucket, key.to_owned())).or_default();
+        *known = (*known).max(revision);
+    }
+
+    /// True (and recorded) when `revision` of `key` is newer than any this
+    /// node applied.
+    fn fresh(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
+        let mut revisions = self.revisions.lock().unwrap();
+        let known = revisions.entry((bucket, key.to_owned())).or_default();
+        if *known >= revision {
+            return false;
+        }
+        *known = revision;
+        true
+    }
+}
+
+impl Router {
+    /// A router in cluster mode: triggers and brokers from the cluster's
+    /// catalog, events and deliveries on JetStream. `store` still holds
+    /// what is this node's own. Call [`Router::run`] to start.
+    pub async fn clustered(
+        store: sluice_store::Store,
+        cluster: Cluster,
+        invoker: Arc<dyn super::Invoker>,
+        limits: super::DispatchLimits,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Router>, StoreError> {
+        let (brokers, after_brokers) = cluster.catalog(Bucket::Brokers)?.snapshot().await?;
+        let (triggers, after_triggers) = cluster.catalog(Bucket::Triggers)?.snapshot().await?;
+        let mut revisions = HashMap::new();
+        for (bucket, entries) in [(Bucket::Brokers, &brokers), (Bucket::Triggers, &triggers)] {
+            for (key, value) in entries {
+                revisions.insert((bucket, key.clone()), value.revision);
+            }
+        }
+        let raw = |entries: Vec<(String, sluice_store::cluster::Versioned)>| {
+            entries
+                .into_iter()
+                .map(|(_, v)| v.value.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let (brokers, triggers) = load(raw(brokers), raw(triggers))?;
+        let link = Link {
+            cluster,
+            held: Mutex::default(),
+            revisions: Mutex::new(revisions),
+            after: Mutex::new(HashMap::from([
+                (Bucket::Brokers, after_brokers),
+                (Bucket::Triggers, after_triggers),
+            ])),
+            tasks: Mutex::default(),
+        };
+        Ok(Router::assemble(
+            store,
+            invoker,
+            limits,
+            registry,
+            brokers,
+            triggers,
+            Some(link),
+        ))
+    }
+
+    /// The cluster this router runs on, in cluster mode.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref().map(|link| &link.cluster)
+    }
+
+    /// Stops this node's part in the cluster at once, finishing nothing:
+    /// what it held goes to other nodes after the ack wait, as when a node
+    /// dies. (For tests of exactly that.)
+    pub fn abandon(&self) {
+        if let Some(link) = &self.cluster {
+            for task in link.tasks.lock().unwrap().drain(..) {
+                task.abort();
+            }
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.wake.notify_one();
+            link.held.lock().unwrap().clear();
+        }
+    }
+
+    /// Starts fan-out, intake, progress notes and the catalog watches.
+    pub(super) fn start_cluster(self: Arc<Self>) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let tasks = vec![
+            tokio::spawn(self.clone().fan_out_loop()),
+            tokio::spawn(self.clone().intake_loop()),
+            tokio::spawn(self.clone().progress_loop()),
+            tokio::spawn(self.clone().watch_loop(Bucket::Triggers)),
+            tokio::spawn(self.clone().watch_loop(Bucket::Brokers)),
+        ];
+        link.tasks.lock().unwrap().extend(tasks);
+    }
+
+    fn link(&self) -> &Link {
+        self.cluster.as_ref().expect("cluster mode")
+    }
+
+    /// Ingress in cluster mode: each event into the events stream; returns
+    /// once JetStream acknowledged every one (a 202 may be answered).
+    pub(super) async fn publish_clustered(
+        &self,
+        link: &Link,
+        broker: &str,
+        events: Vec<CloudEvent>,
+    ) -> Result<(), PublishError> {
+        let mut accepted = 0;
+        for event in events {
+            if self.over_hop_limit(broker, &event) {
+                continue;
+            }
+            let json = event.to_json();
+            link.cluster
+                .publish_event(broker, &event.source, &event.id, json.into())
+                .await?;
+            accepted += 1;
+        }
+        self.metrics
+            .accepted
+            .with_label_values(&[broker])
+            .inc_by(accepted);
+        Ok(())
+    }
+
+    async fn fan_out_loop(self: Arc<Self>) {
+        let mut feed = self.link().cluster.event_feed(FANOUT_CAPACITY);
+        while let Some(arrival) = feed.next().await {
+            let router = self.clone();
+            tokio::spawn(async move { router.fan_out(arrival).await });
+        }
+    }
+
+    /// One accepted event: a delivery per matching trigger, then the ack.
+    async fn fan_out(&self, arrival: Arrival) {
+        let link = self.link();
+        let Some(broker) = arrival.subject.strip_prefix("sluice.events.") else {
+            let _ = arrival.term().await;
+            return;
+        };
+        let event = match CloudEvent::from_json(&arrival.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                // Only Sluice publishes here, after parsing: never retried.
+                tracing::error!(sequence = arrival.sequence, %error, "an unreadable event in the events stream; skipped");
+                let _ = arrival.term().await;
+                return;
+            }
+        };
+        let matches = self.index.read().unwrap().clone().matches(broker, &event);
+        let json = match std::str::from_utf8(&arrival.payload) {
+            Ok(json) => json.to_owned(),
+            Err(_) => event.to_json(),
+        };
+        let enqueued = futures::future::join_all(matches.iter().map(|trigger| {
+            let wire = Wire {
+                broker: broker.to_owned(),
+                trigger: trigger.name.clone(),
+                event: json.clone(),
+                dead_letter: None,
+            };
+            let body = serde_json::to_vec(&wire).expect("JSON");
+            link.cluster
+                .enqueue_delivery(arrival.sequence, &trigger.name, "delivery", body.into())
+        }))
+        .await;
+        if let Some(Err(error)) = enqueued.into_iter().find(Result::is_err) {
+            // Fanned out again later; the ones that did go in are not
+            // doubled (their message ids are the same).
+            tracing::warn!(sequence = arrival.sequence, %error, "could not fan an event out; trying again");
+            let _ = arrival.nak(Duration::from_secs(1)).await;
+            return;
+        }
+        if let Err(error) = arrival.ack().await {
+            tracing::warn!(sequence = arrival.sequence, %error, "fanned out, but the ack was lost; it may be fanned out again (no duplicates)");
+        }
+        if matches.is_empty() {
+            self.metrics.unmatched.with_label_values(&[broker]).inc();
+        }
+        for trigger in &matches {
+            if let Some(slot) = self.slot(&trigger.name) {
+                slot.matched.inc();
+            }
+        }
+        if self.stream.receiver_count() > 0 {
+            let entry: StreamEntry = self
+                .entry("accepted", broker, None, &event, None)
+                .with_matched(matches.iter().map(|t| t.name.clone()).collect());
+            let _ = self.stream.send(entry);
+        }
+    }
+
+    async fn intake_loop(self: Arc<Self>) {
+        let link = self.link();
+        let mut feed = link.cluster.delivery_feed(self.limits.max_in_flight);
+        while let Some(arrival) = feed.next().await {
+            let wire: Wire = match serde_json::from_slice(&arrival.payload) {
+                Ok(wire) => wire,
+                Err(error) => {
+                    tracing::error!(sequence = arrival.sequence, %error, "an unreadable delivery in the work queue; skipped");
+                    let _ = arrival.term().await;
+                    continue;
+                }
+            };
+            let record = DeliveryRecord {
+                id: arrival.sequence,
+                broker: self.intern(&wire.broker),
+                trigger: self.intern(&wire.trigger),
+                event: wire.event.into(),
+                attempts: u32::try_from(arrival.delivered.saturating_sub(1)).unwrap_or(u32::MAX),
+                not_before_ms: 0,
+                dead_letter: wire.dead_letter,
+                group: 0,
+            };
+            link.held
+                .lock()
+                .unwrap()
+                .insert(record.id, Arc::new(arrival));
+            self.count_pending(&record.broker, 1);
+            self.schedule(vec![record]);
+        }
+    }
+
+    /// Progress notes for every held delivery, three per ack wait.
+    async fn progress_loop(self: Arc<Self>) {
+        let link = self.link();
+        let every = link.cluster.options().ack_wait / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let held: Vec<Arc<Arrival>> = link.held.lock().unwrap().values().cloned().collect();
+            for arrival in held {
+                if let Err(error) = arrival.progress().await {
+                    tracing::debug!(%error, "a progress note was not sent");
+                }
+            }
+        }
+    }
+
+    /// Applies every change to `bucket` another node (or this one) makes.
+    async fn watch_loop(self: Arc<Self>, bucket: Bucket) {
+        let link = self.link();
+        let after = link
+            .after
+            .lock()
+            .unwrap()
+            .get(&bucket)
+            .copied()
+            .unwrap_or(0);
+        let catalog = match link.cluster.catalog(bucket) {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch the catalog");
+                return;
+            }
+        };
+        let mut watch = catalog.watch(after);
+        while let Some(change) = watch.next().await {
+            if !link.fresh(bucket, &change.key, change.revision) {
+                continue;
+            }
+            match (bucket, change.value) {
+                (Bucket::Triggers, Some(json)) => match parse(&json, Trigger::parse) {
+                    Ok(trigger) => self.install_trigger(trigger),
+                    Err(error) => {
+                        tracing::error!(trigger = %change.key, %error, "a trigger in the catalog is invalid; ignored")
+                    }
+                },
+                (Bucket::Triggers, None) => self.uninstall_trigger(&change.key),
+                (Bucket::Brokers, Some(json)) => match parse(&json, crate::broker::Broker::parse) {
+                    Ok(broker) => self.install_broker(broker),
+                    Err(error) => {
+                        tracing::error!(broker = %change.key, %error, "a broker in the catalog is invalid; ignored")
+                    }
+                },
+                (Bucket::Brokers, None) => self.uninstall_broker(&change.key),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stores a dead letter in the cluster, enqueues its forwarding to the
+    /// trigger's sink (if any), then terminates the delivery. If that
+    /// cannot be done now, it is tried again later (the delivery stays held).
+    pub(super) async fn dead_letter_clustered(
+        &self,
+        link: &Link,
+        record: DeliveryRecord,
+        event: Option<Arc<CloudEvent>>,
+        failure: Failure,
+        json: Arc<str>,
+    ) {
+        let letter = DeadLetterRecord {
+            id: record.id,
+            broker: record.broker.to_string(),
+            trigger: record.trigger.to_string(),
+            event: json.to_string(),
+            attempts: record.attempts,
+            reason: failure.reason.clone(),
+            time: sluice_store::now_rfc3339(),
+        };
+        let has_sink = self
+            .triggers
+            .read()
+            .unwrap()
+            .get(&*record.trigger)
+            .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
+        let stored = async {
+            let body = serde_json::to_vec(&letter).expect("JSON");
+            link.cluster
+                .catalog(Bucket::DeadLetters)?
+                .put(&record.id.to_string(), body.into(), Expect::Any)
+                .await?;
+            if has_sink {
+                let wire = Wire {
+                    broker: letter.broker.clone(),
+                    trigger: letter.trigger.clone(),
+                    event: letter.event.clone(),
+                    dead_letter: Some(record.id),
+                };
+                let body = serde_json::to_vec(&wire).expect("JSON");
+                link.cluster
+                    .enqueue_delivery(record.id, &record.trigger, "deadletter", body.into())
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match stored {
+            Ok(()) => {
+                if let Some(event) = &event {
+                    self.announce("dead_lettered", &record, event);
+                }
+                if let Some(slot) = self.slot(&record.trigger) {
+                    slot.dead_lettered.inc();
+                }
+                link.finish(record.id, End::Term);
+                self.count_pending(&record.broker, -1);
+            }
+            Err(error) => {
+                tracing::error!(id = record.id, %error, "could not store a dead letter in the cluster; trying again");
+                self.retry_dead_letter(record, event, failure);
+            }
+        }
+    }
+
+    /// Redelivers dead letter `id` (cluster mode).
+    pub(super) async fn replay_clustered(&self, link: &Link, id: u64) -> Result<bool, StoreError> {
+        let catalog = link.cluster.catalog(Bucket::DeadLetters)?;
+        let Some(stored) = catalog.get(&id.to_string()).await? else {
+            return Ok(false);
+        };
+        let letter: DeadLetterRecord = serde_json::from_slice(&stored.value)?;
+        let wire = Wire {
+            broker: letter.broker.clone(),
+            trigger: letter.trigger.clone(),
+            event: original_event(letter.event),
+            dead_letter: None,
+        };
+        let body = serde_json::to_vec(&wire).expect("JSON");
+        // One replay per stored dead letter, however often it is asked for.
+        link.cluster
+            .enqueue_delivery(
+                id,
+                &letter.trigger,
+                &format!("replay{}", stored.revision),
+                body.into(),
+            )
+            .await?;
+        match catalog
+            .delete(&id.to_string(), Expect::Revision(stored.revision))
+            .await
+        {
+            Ok(_) | Err(StoreError::Changed(_)) => {}
+            Err(error) => return Err(error),
+        }
+        if let Some(slot) = self.slot(&letter.trigger) {
+            slot.replayed.inc();
+        }
+        Ok(true)
+    }
+
+    /// Dead letters stored in the cluster, oldest first.
+    pub async fn cluster_dead_letters(&self) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let Some(link) = &self.cluster else {
+            return Ok(Vec::new());
+        };
+        let (entries, _) = link
+            .cluster
+            .catalog(Bucket::DeadLetters)?
+            .snapshot()
+            .await?;
+        let mut letters = entries
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice::<DeadLetterRecord>(&v.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        letters.sort_by_key(|l| l.id);
+        Ok(letters)
+    }
+}
+
+fn parse<T>(
+    json: &[u8],
+    parse: fn(&serde_json::Value, Option<&str>) -> Result<T, crate::trigger::TriggerError>,
+) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    parse(&value, None).map_err(|e| e.to_string())
+}
