@@ -1814,6 +1814,22 @@ impl Router {
         self.invoker.check(&trigger.subscriber)
     }
 
+    /// Every dead letter, oldest first (in cluster mode, the cluster's).
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        match &self.cluster {
+            Some(link) => self.dead_letters_clustered(link).await,
+            None => self.store.dead_letters(),
+        }
+    }
+
+    /// Discards dead letter `id`; `false` if it does not exist.
+    pub async fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        match &self.cluster {
+            Some(link) => self.delete_dead_letter_clustered(link, id).await,
+            None => self.store.delete_dead_letter(id).await,
+        }
+    }
+
     /// Redelivers dead letter `id` to its trigger. `false` if it does not
     /// exist.
     pub async fn replay(&self, id: u64) -> Result<bool, StoreError> {

@@ -98,10 +98,12 @@ impl Node {
             recorder.clone(),
             DispatchLimits::default(),
             &Registry::new(),
-        )
-        .await
-        .unwrap();
+        );
         let run = tokio::spawn(router.clone().run());
+        until("the node loaded the catalog", || {
+            router.cluster_readiness().is_ok()
+        })
+        .await;
         Node {
             router,
             recorder,
@@ -260,7 +262,7 @@ async fn retries_count_attempts_across_nodes_then_dead_letter_and_replay() {
     // One first try and two retries, numbered by JetStream, whichever node
     // ran each.
     assert_eq!(attempts, [1, 2, 3]);
-    let letters = a.router.cluster_dead_letters().await.unwrap();
+    let letters = a.router.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!((letter.trigger.as_str(), letter.attempts), ("t", 3));
@@ -289,7 +291,7 @@ async fn retries_count_attempts_across_nodes_then_dead_letter_and_replay() {
         tally(&[&a, &b]).get(&("f".to_owned(), "e1".to_owned())) == Some(&4)
     })
     .await;
-    assert!(a.router.cluster_dead_letters().await.unwrap().is_empty());
+    assert!(a.router.dead_letters().await.unwrap().is_empty());
     assert!(!a.router.replay(letter.id).await.unwrap());
     let cluster = a.router.cluster().unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -161,12 +161,67 @@ fn check_version(
     current: Option<&FunctionRecord>,
     expected: Option<u64>,
 ) -> TxResult<()> {
+    expect_version(name, current, expected).map_err(ConflictableTransactionError::Abort)
+}
+
+/// [`StoreError::Changed`] when the function is not at `expected` (0:
+/// absent); the rule of every conditional write, in either backend.
+pub(crate) fn expect_version(
+    name: &str,
+    current: Option<&FunctionRecord>,
+    expected: Option<u64>,
+) -> Result<()> {
     match expected {
-        Some(version) if version != current.map_or(0, |record| record.version) => Err(
-            ConflictableTransactionError::Abort(StoreError::Changed(name.to_string())),
-        ),
+        Some(version) if version != current.map_or(0, |record| record.version) => {
+            Err(StoreError::Changed(name.to_string()))
+        }
         _ => Ok(()),
     }
+}
+
+/// The record a deploy of `digest` with `settings` makes of `old`, or `None`
+/// when it changes nothing (the same code and settings again).
+pub(crate) fn deployed(
+    name: &str,
+    old: Option<&FunctionRecord>,
+    digest: &str,
+    world: World,
+    settings: &FunctionSettings,
+    now: &str,
+) -> Option<FunctionRecord> {
+    if let Some(old) = old
+        && old.digest == digest
+        && old.world == world
+        && old.settings == *settings
+    {
+        return None;
+    }
+    Some(FunctionRecord {
+        name: name.to_string(),
+        digest: digest.to_string(),
+        version: old.map_or(1, |old| old.version + 1),
+        world,
+        settings: settings.clone(),
+        created: old.map_or_else(|| now.to_string(), |old| old.created.clone()),
+        updated: now.to_string(),
+    })
+}
+
+/// The record a settings change makes of `record`, or `None` when it
+/// changes nothing.
+pub(crate) fn resettled(
+    record: &FunctionRecord,
+    settings: &FunctionSettings,
+    now: &str,
+) -> Option<FunctionRecord> {
+    if record.settings == *settings {
+        return None;
+    }
+    let mut record = record.clone();
+    record.settings = settings.clone();
+    record.version += 1;
+    record.updated = now.to_string();
+    Some(record)
 }
 
 impl Store {
@@ -194,24 +249,10 @@ impl Store {
                     .map(|raw| decode(&raw))
                     .transpose()?;
                 check_version(name, old.as_ref(), expected_version)?;
-                if let Some(old) = &old
-                    && old.digest == digest
-                    && old.world == world
-                    && old.settings == settings
-                {
+                let Some(record) = deployed(name, old.as_ref(), &digest, world, &settings, &now)
+                else {
                     // The same code and settings again: nothing changes.
-                    return Ok(old.clone());
-                }
-                let record = FunctionRecord {
-                    name: name.to_string(),
-                    digest: digest.clone(),
-                    version: old.as_ref().map_or(1, |old| old.version + 1),
-                    world,
-                    settings: settings.clone(),
-                    created: old
-                        .as_ref()
-                        .map_or_else(|| now.clone(), |old| old.created.clone()),
-                    updated: now.clone(),
+                    return Ok(old.clone().expect("unchanged implies present"));
                 };
                 add_ref(blobs, refs, &digest, bytes)?;
                 if let Some(old) = &old {
@@ -238,20 +279,38 @@ impl Store {
             let Some(raw) = functions.get(name.as_bytes())? else {
                 return Ok(None);
             };
-            let mut record = decode(&raw)?;
+            let record = decode(&raw)?;
             check_version(name, Some(&record), expected_version)?;
-            if record.settings == settings {
+            let Some(record) = resettled(&record, &settings, &now) else {
                 // Nothing changes: the version stays.
                 return Ok(Some(record));
-            }
-            record.settings = settings.clone();
-            record.version += 1;
-            record.updated = now.clone();
+            };
             functions.insert(name.as_bytes(), encode(&record))?;
             Ok(Some(record))
         })?;
         self.flush().await?;
         Ok(record)
+    }
+
+    /// Writes `record` as it is, with its component `bytes`: this node's
+    /// copy of a function the cluster's catalog holds (cluster mode keeps
+    /// the local store as a replica that every read path uses).
+    pub async fn replicate_function(&self, record: &FunctionRecord, bytes: &[u8]) -> Result<()> {
+        (&self.functions, &self.blobs, &self.blob_refs).transaction(
+            |(functions, blobs, refs)| {
+                let old = functions
+                    .get(record.name.as_bytes())?
+                    .map(|raw| decode(&raw))
+                    .transpose()?;
+                add_ref(blobs, refs, &record.digest, bytes)?;
+                if let Some(old) = &old {
+                    drop_ref(blobs, refs, &old.digest)?;
+                }
+                functions.insert(record.name.as_bytes(), encode(record))?;
+                Ok(())
+            },
+        )?;
+        self.flush().await
     }
 
     /// Deletes function `name` and, if no other function uses them, its

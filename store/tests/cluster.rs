@@ -105,12 +105,12 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
     let nats = Nats::single();
     let cluster = ready_node(nats.urls(), "a").await;
     let first = cluster
-        .publish_event("default", "/s", "1", bytes("{}"))
+        .publish_event("default", "/s", "1", bytes("{}"), 0)
         .await
         .unwrap();
     assert!(!first.duplicate);
     let again = cluster
-        .publish_event("default", "/s", "1", bytes("{\"changed\":true}"))
+        .publish_event("default", "/s", "1", bytes("{\"changed\":true}"), 0)
         .await
         .unwrap();
     assert!(again.duplicate);
@@ -121,7 +121,7 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
         ("other", "/s", "1"),
     ] {
         let published = cluster
-            .publish_event(broker, source, id, bytes("{}"))
+            .publish_event(broker, source, id, bytes("{}"), 0)
             .await
             .unwrap();
         assert!(!published.duplicate, "{broker} {source} {id}");
@@ -161,7 +161,7 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
     let reason = cluster.readiness().unwrap_err();
     assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
     match cluster
-        .publish_event("default", "/s", "1", bytes("{}"))
+        .publish_event("default", "/s", "1", bytes("{}"), 0)
         .await
     {
         Err(StoreError::Unavailable(why)) => assert!(why.contains("NATS"), "{why}"),
@@ -177,7 +177,7 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
     cluster.probe().await.unwrap();
     assert_eq!(cluster.replicas(), Some(1));
     cluster
-        .publish_event("default", "/s", "1", bytes("{}"))
+        .publish_event("default", "/s", "1", bytes("{}"), 0)
         .await
         .unwrap();
 }
@@ -285,7 +285,10 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
         let id = i.to_string();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match a.publish_event("default", "/kill", &id, bytes("{}")).await {
+            match a
+                .publish_event("default", "/kill", &id, bytes("{}"), 0)
+                .await
+            {
                 Ok(_) => break,
                 Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
                     refused += 1;
@@ -300,7 +303,7 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
     // Every acknowledged event is stored: publishing it again is a duplicate.
     for id in &acknowledged {
         let again = a
-            .publish_event("default", "/kill", id, bytes("{}"))
+            .publish_event("default", "/kill", id, bytes("{}"), 0)
             .await
             .unwrap();
         assert!(
@@ -351,7 +354,7 @@ async fn events_fan_out_once_and_an_unacked_one_goes_to_another_node() {
     let a = quick_node(nats.urls(), "a").await;
     let b = quick_node(nats.urls(), "b").await;
     for id in ["1", "2"] {
-        a.publish_event("default", "/s", id, bytes(id))
+        a.publish_event("default", "/s", id, bytes(id), 0)
             .await
             .unwrap();
     }

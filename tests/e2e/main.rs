@@ -5,6 +5,7 @@
 mod auth;
 mod capabilities;
 mod cli;
+mod cluster;
 mod connections;
 mod dashboard;
 mod functions;

@@ -338,6 +338,39 @@ pub struct ServeArgs {
     /// private ones too.
     #[arg(long)]
     pub public_metrics: bool,
+    /// Cluster mode: run as one of several identical nodes on NATS
+    /// JetStream at these URLs (comma-separated or repeated; any one
+    /// reachable is enough). Every node given the same NATS is one Sluice:
+    /// functions, triggers, brokers, tokens, accepted events, deliveries and
+    /// dead letters live in JetStream (see docs/cluster.md).
+    #[arg(
+        long = "nats",
+        env = "SLUICE_NATS_URL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub nats: Vec<String>,
+    /// A NATS credentials file (.creds) for cluster mode.
+    #[arg(
+        long,
+        env = "SLUICE_NATS_CREDS",
+        value_name = "FILE",
+        requires = "nats"
+    )]
+    pub nats_creds: Option<PathBuf>,
+    /// Replicas of each JetStream stream and bucket (default: 3 when the
+    /// NATS cluster has three or more servers, else 1).
+    #[arg(long, value_name = "N", requires = "nats")]
+    pub nats_replicas: Option<usize>,
+    /// Cluster mode: how long accepted events stay in the events stream
+    /// (for replay), e.g. `24h`, `7d`.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub event_retention: std::time::Duration,
+    /// Cluster mode: how long a node may hold an event or a delivery
+    /// without a sign of life (it sends progress notes while it works)
+    /// before another node takes it over: how soon a dead node's work moves.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub nats_ack_wait: std::time::Duration,
     /// The runtime's limits.
     #[command(flatten)]
     pub limits: LimitArgs,

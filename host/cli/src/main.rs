@@ -85,6 +85,16 @@ fn main() -> std::process::ExitCode {
                     public_brokers: args.public_brokers,
                     salvage_journal: args.salvage_journal,
                     public_metrics: args.public_metrics,
+                    cluster: (!args.nats.is_empty()).then(|| {
+                        let mut cluster = sluice_server::ClusterOptions::new(args.nats);
+                        cluster.credentials = args.nats_creds;
+                        cluster.replicas = args.nats_replicas;
+                        cluster.event_retention = args.event_retention;
+                        cluster.ack_wait =
+                            args.nats_ack_wait.max(std::time::Duration::from_secs(1));
+                        cluster.name = format!("sluice {} pid {}", args.listen, std::process::id());
+                        cluster
+                    }),
                 })
                 .await
             }

@@ -373,10 +373,20 @@ impl Functions {
         let (world, pre) = self.prepare(&component)?;
         let min_memory = min_memory_bytes(&component);
         self.check_floor(&settings, min_memory)?;
-        let record = self
-            .store
-            .deploy_function(name, &bytes, world, settings, expected_version)
-            .await?;
+        let record = match self.cluster() {
+            Some(cluster) => {
+                let record = cluster
+                    .deploy_function(name, &bytes, world, settings, expected_version)
+                    .await?;
+                self.keep_replica(&record, Some(&bytes)).await?;
+                record
+            }
+            None => {
+                self.store
+                    .deploy_function(name, &bytes, world, settings, expected_version)
+                    .await?
+            }
+        };
         if self
             .cached(name)
             .is_some_and(|loaded| loaded.record == record)
@@ -413,11 +423,21 @@ impl Functions {
             }
             Ok(None) | Err(_) => None,
         };
-        let record = self
-            .store
-            .update_function_settings(name, settings, expected_version)
-            .await?
-            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        let record = match self.cluster() {
+            Some(cluster) => {
+                let record = cluster
+                    .update_function_settings(name, settings, expected_version)
+                    .await?
+                    .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+                self.keep_replica(&record, None).await?;
+                record
+            }
+            None => self
+                .store
+                .update_function_settings(name, settings, expected_version)
+                .await?
+                .ok_or_else(|| DeployError::NotFound(name.to_string()))?,
+        };
         if before != Some(record.version) {
             // The next call reloads with the new settings (from the artifact).
             self.loaded.write().unwrap().remove(name);
@@ -428,11 +448,85 @@ impl Functions {
 
     /// Deletes function `name`, and its artifact when no function uses it.
     pub async fn delete(&self, name: &str) -> Result<FunctionRecord, DeployError> {
+        if let Some(cluster) = self.cluster() {
+            let record = cluster
+                .delete_function(name)
+                .await?
+                .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+            self.forget(name).await?;
+            return Ok(record);
+        }
         let record = self
             .store
             .delete_function(name)
             .await?
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        self.unload(&record).await?;
+        Ok(record)
+    }
+
+    /// The cluster, in cluster mode (the router's).
+    fn cluster(&self) -> Option<sluice_store::cluster::Cluster> {
+        self.router.get().and_then(|r| r.cluster().cloned())
+    }
+
+    /// Makes the local store (this node's replica of the cluster's catalog)
+    /// hold `record`, with its bytes from `bytes`, the local store, or the
+    /// cluster's object store (checked against the digest). A loaded
+    /// function of another version is unloaded: the next call loads this
+    /// one.
+    pub async fn keep_replica(
+        &self,
+        record: &FunctionRecord,
+        bytes: Option<&[u8]>,
+    ) -> Result<(), DeployError> {
+        if self.store.function(&record.name)?.as_ref() == Some(record) {
+            return Ok(());
+        }
+        let fetched;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => match self.store.blob(&record.digest)? {
+                Some(local) => {
+                    fetched = local;
+                    &fetched
+                }
+                None => {
+                    let cluster = self.cluster().ok_or_else(|| {
+                        DeployError::Internal("replicating outside cluster mode".into())
+                    })?;
+                    fetched = cluster.blob(&record.digest).await?.ok_or_else(|| {
+                        DeployError::Internal(format!(
+                            "component bytes {} of {:?} are in no node's store",
+                            record.digest, record.name
+                        ))
+                    })?;
+                    &fetched
+                }
+            },
+        };
+        self.store.replicate_function(record, bytes).await?;
+        if !self
+            .cached(&record.name)
+            .is_some_and(|loaded| loaded.record == *record)
+        {
+            self.loaded.write().unwrap().remove(&record.name);
+        }
+        Ok(())
+    }
+
+    /// Takes function `name` out of this node (its replica deleted in the
+    /// cluster): the local record, the loaded function, its logs.
+    pub async fn forget(&self, name: &str) -> Result<(), DeployError> {
+        if let Some(record) = self.store.delete_function(name).await? {
+            self.unload(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// What follows a function's record leaving the local store.
+    async fn unload(&self, record: &FunctionRecord) -> Result<(), DeployError> {
+        let name = record.name.as_str();
         self.loaded.write().unwrap().remove(name);
         self.recent.lock().unwrap().remove(name);
         self.metrics.forget_function(name);
@@ -441,7 +535,7 @@ impl Functions {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
         }
         tracing::info!(function = %name, "deleted");
-        Ok(record)
+        Ok(())
     }
 
     /// The loaded function `name`, loading it from the store if needed.

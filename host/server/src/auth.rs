@@ -101,6 +101,12 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Token checking for one server.
 pub struct Auth {
     store: Store,
+    /// Cluster mode: tokens are written to the cluster's catalog too, and
+    /// this node's store holds a replica of it.
+    cluster: Option<sluice_store::cluster::Cluster>,
+    /// Hash of this node's own admin token (`<data-dir>/admin.token`), which
+    /// stays on this node only.
+    own_admin: Option<String>,
     /// Hash of the `SLUICE_ADMIN_TOKEN` override, if set.
     admin_override: Option<[u8; 32]>,
     public_brokers: HashSet<String>,
@@ -162,27 +168,46 @@ impl Auth {
         admin_override: Option<String>,
         public_brokers: Vec<String>,
         public_metrics: bool,
+        cluster: Option<sluice_store::cluster::Cluster>,
     ) -> anyhow::Result<Arc<Auth>> {
         let admin_override = admin_override.filter(|t| !t.is_empty()).map(|t| hash(&t));
-        let auth = Arc::new(Auth {
+        let path = admin_token_path(data_dir);
+        let own_admin = std::fs::read_to_string(&path)
+            .ok()
+            .map(|token| hex::encode(hash(token.trim())));
+        let mut auth = Auth {
             store,
+            cluster: None,
+            own_admin,
             admin_override,
             public_brokers: public_brokers.into_iter().collect(),
             public_metrics,
-        });
+        };
         if auth.admin_override.is_some() {
             tracing::info!("admin token given by --admin-token or SLUICE_ADMIN_TOKEN");
-            return Ok(auth);
-        }
-        let path = admin_token_path(data_dir);
-        if !path.exists() {
+        } else if !path.exists() {
+            // Made before the cluster is attached: a node's own admin token
+            // stays in its own store (the cluster may not answer yet).
             let token = new_token()?;
             auth.create(&token, Scope::Admin, "admin").await?;
             write_owner_only(&path, &token)?;
+            auth.own_admin = Some(hex::encode(hash(&token)));
             tracing::info!(path = %path.display(), "created the admin token");
             eprintln!("sluice: admin token written to {}", path.display());
         }
-        Ok(auth)
+        auth.cluster = cluster;
+        Ok(Arc::new(auth))
+    }
+
+    /// The store this node checks tokens against.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// True for the hash of this node's own admin token (never in the
+    /// cluster's catalog, never removed by replication).
+    pub fn is_own_admin(&self, hash: &str) -> bool {
+        self.own_admin.as_deref() == Some(hash)
     }
 
     /// Stores a new token with `scope`.
@@ -199,9 +224,11 @@ impl Auth {
             name: name.to_string(),
             created: sluice_store::now_rfc3339(),
         };
-        self.store
-            .put_token(&hex::encode(h), &serde_json::to_vec(&record)?)
-            .await?;
+        let raw = serde_json::to_vec(&record)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.put_token(&hex::encode(h), &raw).await?;
+        }
+        self.store.put_token(&hex::encode(h), &raw).await?;
         Ok(record)
     }
 
@@ -219,7 +246,14 @@ impl Auth {
         for (hash, raw) in self.store.tokens()? {
             let record: TokenRecord = serde_json::from_slice(&raw)?;
             if record.id == id {
-                return Ok(self.store.delete_token(&hash).await?);
+                // In cluster mode this node's replica may drop it first
+                // (its watch sees the cluster's delete): either counts.
+                let in_cluster = match &self.cluster {
+                    Some(cluster) => cluster.delete_token(&hash).await?,
+                    None => false,
+                };
+                let here = self.store.delete_token(&hash).await?;
+                return Ok(in_cluster || here);
             }
         }
         Ok(false)

@@ -140,6 +140,16 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
+        if let StoreError::Unavailable(reason) = &error {
+            // Cluster mode: NATS unreachable, or JetStream without quorum.
+            tracing::warn!(%reason, "cluster storage unavailable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("{error}; retry later"),
+            )
+            .with_retry_after(1);
+        }
         if error.is_unavailable() {
             tracing::error!(%error, "store unavailable");
             return ApiError::new(

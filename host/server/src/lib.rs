@@ -24,6 +24,7 @@ pub mod limits;
 pub mod listener;
 pub mod middleware;
 pub mod openapi;
+pub mod replica;
 pub mod routes;
 pub mod settings;
 pub mod sinks;
@@ -48,6 +49,7 @@ use crate::auth::Auth;
 pub use crate::limits::ServerLimits;
 use crate::state::{AppShared, AppState};
 use sluice_router::dispatch::{DispatchLimits, Router};
+pub use sluice_store::cluster::ClusterOptions;
 
 /// What `sluice serve` needs.
 #[derive(Clone, Debug)]
@@ -71,6 +73,9 @@ pub struct ServeOptions {
     pub salvage_journal: bool,
     /// Serve `/metrics` without a token.
     pub public_metrics: bool,
+    /// Cluster mode: run as one of several identical nodes on NATS
+    /// JetStream (see docs/cluster.md). `None`: the embedded store only.
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -102,12 +107,31 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         functions.clone(),
         Arc::new(sinks::HttpSinks::default()),
     ));
-    let event_router = Router::new(store.clone(), invoker, limits, metrics.registry())?;
+    let cluster = match &options.cluster {
+        Some(cluster) => {
+            let cluster = sluice_store::cluster::Cluster::connect(cluster.clone()).await?;
+            tracing::info!(nats = %cluster.options().urls.join(","), "cluster mode: state on NATS JetStream");
+            Some(cluster)
+        }
+        None => None,
+    };
+    let event_router = match &cluster {
+        Some(cluster) => Router::clustered(
+            store.clone(),
+            cluster.clone(),
+            invoker,
+            limits,
+            metrics.registry(),
+        ),
+        None => Router::new(store.clone(), invoker, limits, metrics.registry())?,
+    };
     for broker in &options.public_brokers {
         event_router.declare_broker(broker);
     }
     functions.set_router(event_router.clone());
-    if let Some(dir) = &options.examples {
+    if cluster.is_none()
+        && let Some(dir) = &options.examples
+    {
         deploy_examples(&functions, dir).await?;
     }
 
@@ -117,8 +141,24 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         options.admin_token.clone(),
         options.public_brokers.clone(),
         options.public_metrics,
+        cluster.clone(),
     )
     .await?;
+    let synced = cluster
+        .as_ref()
+        .map(|_| Arc::new(replica::Synced::default()));
+    let replicas = cluster
+        .as_ref()
+        .zip(synced.clone())
+        .map(|(cluster, synced)| {
+            replica::start(
+                cluster.clone(),
+                functions.clone(),
+                auth.clone(),
+                options.examples.clone(),
+                synced,
+            )
+        });
     functions.set_call_policy(Arc::new(auth::ScrubOwnTokens(auth.clone())));
     let state = AppState(Arc::new(AppShared {
         functions: functions.clone(),
@@ -133,6 +173,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         ),
         bodies: body::BodyBudget::new(body_limits(&options.limits, &options.server_limits)),
         limits: options.server_limits.clone(),
+        replica: synced,
     }));
     let dispatcher = tokio::spawn(event_router.run());
     let invocations = invocations::start(state.clone(), options.server_limits.async_workers)?;
@@ -226,6 +267,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     listener::serve(listener, app, connections, draining, Duration::from_secs(1)).await;
     reaper.abort();
     releaser.abort();
+    for task in replicas.into_iter().flatten() {
+        task.abort();
+    }
     dispatcher.abort();
     invocations.abort();
     store.flush_all().await?;

@@ -39,4 +39,7 @@ pub struct AppShared {
     pub(crate) bodies: crate::body::BodyBudget,
     /// The server's limits.
     pub(crate) limits: crate::limits::ServerLimits,
+    /// Cluster mode: whether this node's replica of functions and tokens
+    /// is loaded.
+    pub(crate) replica: Option<Arc<crate::replica::Synced>>,
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sluice_store::cluster::{Arrival, Bucket, Cluster, Expect};
 use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
 
-use super::{Failure, PublishError, Router, StreamEntry, load, original_event};
+use super::{Failure, PublishError, Router, StreamEntry, original_event};
 use crate::event::CloudEvent;
 use crate::trigger::Trigger;
 
@@ -62,8 +62,12 @@ pub(super) struct Link {
     /// The newest revision applied per catalog key: a watched change no
     /// newer than what this node wrote or saw is skipped.
     revisions: Mutex<HashMap<(Bucket, String), u64>>,
-    /// Where the watches start: the revisions of the snapshots loaded.
-    after: Mutex<HashMap<Bucket, u64>>,
+    /// The buckets loaded (a snapshot applied, the watch started).
+    synced: Mutex<std::collections::HashSet<Bucket>>,
+    /// Rung when a bucket is loaded or a trigger change applied.
+    changed: tokio::sync::Notify,
+    /// The newest trigger-catalog revision applied on this node.
+    applied: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -85,6 +89,40 @@ impl Link {
                 tracing::warn!(id, %error, "could not finish a delivery with JetStream; it will run again");
             }
         });
+    }
+
+    /// Waits until the trigger and broker buckets are loaded: nothing is
+    /// fanned out or delivered against a half-known catalog.
+    async fn synced(&self) {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let synced = self.synced.lock().unwrap();
+                if synced.contains(&Bucket::Triggers) && synced.contains(&Bucket::Brokers) {
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits (a few seconds at most) until this node has applied trigger
+    /// revision `revision`.
+    async fn catch_up(&self, revision: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let changed = self.changed.notified();
+            if self.applied.load(std::sync::atomic::Ordering::Acquire) >= revision {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!(
+                    revision,
+                    "the trigger catalog did not catch up in 5 s; fanning out with what this node has"
+                );
+                return;
+            }
+        }
     }
 
     /// Stops pulling events and deliveries (a node shutting down); progress
@@ -143,6 +181,10 @@ impl Link {
 
     /// Records that this node applied `revision` of `key`.
     pub(super) fn seen(&self, bucket: Bucket, key: &str, revision: u64) {
+        if bucket == Bucket::Triggers {
+            self.applied
+                .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        }
         let mut revisions = self.revisions.lock().unwrap();
         let known = revisions.entry((bucket, key.to_owned())).or_default();
         *known = (*known).max(revision);
@@ -151,6 +193,10 @@ impl Link {
     /// True (and recorded) when `revision` of `key` is newer than any this
     /// node applied.
     fn fresh(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
+        if bucket == Bucket::Triggers {
+            self.applied
+                .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        }
         let mut revisions = self.revisions.lock().unwrap();
         let known = revisions.entry((bucket, key.to_owned())).or_default();
         if *known >= revision {
@@ -162,50 +208,52 @@ impl Link {
 }
 
 impl Router {
-    /// A router in cluster mode: triggers and brokers from the cluster's
-    /// catalog, events and deliveries on JetStream. `store` still holds
-    /// what is this node's own. Call [`Router::run`] to start.
-    pub async fn clustered(
+    /// A router in cluster mode: events and deliveries on JetStream,
+    /// triggers and brokers from the cluster's catalog (loaded once the
+    /// cluster answers: until then [`Router::cluster_readiness`] says why
+    /// not, and ingress and trigger writes are refused). `store` still
+    /// holds what is this node's own. Call [`Router::run`] to start.
+    pub fn clustered(
         store: sluice_store::Store,
         cluster: Cluster,
         invoker: Arc<dyn super::Invoker>,
         limits: super::DispatchLimits,
         registry: &prometheus::Registry,
-    ) -> Result<Arc<Router>, StoreError> {
-        let (brokers, after_brokers) = cluster.catalog(Bucket::Brokers)?.snapshot().await?;
-        let (triggers, after_triggers) = cluster.catalog(Bucket::Triggers)?.snapshot().await?;
-        let mut revisions = HashMap::new();
-        for (bucket, entries) in [(Bucket::Brokers, &brokers), (Bucket::Triggers, &triggers)] {
-            for (key, value) in entries {
-                revisions.insert((bucket, key.clone()), value.revision);
-            }
-        }
-        let raw = |entries: Vec<(String, sluice_store::cluster::Versioned)>| {
-            entries
-                .into_iter()
-                .map(|(_, v)| v.value.to_vec())
-                .collect::<Vec<_>>()
-        };
-        let (brokers, triggers) = load(raw(brokers), raw(triggers))?;
+    ) -> Arc<Router> {
         let link = Link {
             cluster,
             held: Mutex::default(),
-            revisions: Mutex::new(revisions),
-            after: Mutex::new(HashMap::from([
-                (Bucket::Brokers, after_brokers),
-                (Bucket::Triggers, after_triggers),
-            ])),
+            revisions: Mutex::default(),
+            synced: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+            applied: Default::default(),
             tasks: Mutex::default(),
         };
-        Ok(Router::assemble(
+        Router::assemble(
             store,
             invoker,
             limits,
             registry,
-            brokers,
-            triggers,
+            Default::default(),
+            Default::default(),
             Some(link),
-        ))
+        )
+    }
+
+    /// In cluster mode: `Ok` once the cluster answers and this node has
+    /// loaded its triggers and brokers, else why not.
+    pub fn cluster_readiness(&self) -> Result<(), String> {
+        let Some(link) = &self.cluster else {
+            return Ok(());
+        };
+        link.cluster.readiness()?;
+        let synced = link.synced.lock().unwrap();
+        for bucket in [Bucket::Brokers, Bucket::Triggers] {
+            if !synced.contains(&bucket) {
+                return Err(format!("loading {} from the cluster", bucket.name()));
+            }
+        }
+        Ok(())
     }
 
     /// The cluster this router runs on, in cluster mode.
@@ -261,8 +309,9 @@ impl Router {
                 continue;
             }
             let json = event.to_json();
+            let seen = link.applied.load(std::sync::atomic::Ordering::Acquire);
             link.cluster
-                .publish_event(broker, &event.source, &event.id, json.into())
+                .publish_event(broker, &event.source, &event.id, json.into(), seen)
                 .await?;
             accepted += 1;
         }
@@ -274,6 +323,7 @@ impl Router {
     }
 
     async fn fan_out_loop(self: Arc<Self>) {
+        self.link().synced().await;
         let mut feed = self.link().cluster.event_feed(FANOUT_CAPACITY);
         while let Some(arrival) = feed.next().await {
             let router = self.clone();
@@ -297,6 +347,12 @@ impl Router {
                 return;
             }
         };
+        if let Some(revision) = arrival
+            .header(sluice_store::cluster::CATALOG_REVISION_HEADER)
+            .and_then(|r| r.parse().ok())
+        {
+            link.catch_up(revision).await;
+        }
         let matches = self.index.read().unwrap().clone().matches(broker, &event);
         let json = match std::str::from_utf8(&arrival.payload) {
             Ok(json) => json.to_owned(),
@@ -342,6 +398,7 @@ impl Router {
 
     async fn intake_loop(self: Arc<Self>) {
         let link = self.link();
+        link.synced().await;
         let mut feed = link.cluster.delivery_feed(self.limits.max_in_flight);
         while let Some(arrival) = feed.next().await {
             let wire: Wire = match serde_json::from_slice(&arrival.payload) {
@@ -352,6 +409,12 @@ impl Router {
                     continue;
                 }
             };
+            if self.trigger(&wire.trigger).is_none() {
+                // Made on another node a moment ago, and this node's watch
+                // has not brought it yet? Only one the cluster does not
+                // have either is a deleted trigger.
+                self.load_trigger(&wire.trigger).await;
+            }
             let record = DeliveryRecord {
                 id: arrival.sequence,
                 broker: self.intern(&wire.broker),
@@ -371,6 +434,24 @@ impl Router {
         }
     }
 
+    /// Reads trigger `name` from the cluster and applies it, if it is there.
+    async fn load_trigger(&self, name: &str) {
+        let link = self.link();
+        let read = async { link.cluster.catalog(Bucket::Triggers)?.get(name).await };
+        match read.await {
+            Ok(Some(value)) => self.apply(
+                Bucket::Triggers,
+                name.to_owned(),
+                Some(value.value),
+                value.revision,
+            ),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(trigger = %name, %error, "could not look a trigger up in the cluster")
+            }
+        }
+    }
+
     /// Progress notes for every held delivery, three per ack wait.
     async fn progress_loop(self: Arc<Self>) {
         let link = self.link();
@@ -386,45 +467,63 @@ impl Router {
         }
     }
 
-    /// Applies every change to `bucket` another node (or this one) makes.
+    /// Loads `bucket` once the cluster answers, then applies every change
+    /// another node (or this one) makes.
     async fn watch_loop(self: Arc<Self>, bucket: Bucket) {
         let link = self.link();
-        let after = link
-            .after
-            .lock()
-            .unwrap()
-            .get(&bucket)
-            .copied()
-            .unwrap_or(0);
-        let catalog = match link.cluster.catalog(bucket) {
-            Ok(catalog) => catalog,
-            Err(error) => {
-                tracing::error!(%error, "cannot watch the catalog");
-                return;
+        let mut delay = Duration::from_millis(100);
+        let (catalog, entries, after) = loop {
+            let loaded = async {
+                let catalog = link.cluster.catalog(bucket)?;
+                let (entries, after) = catalog.snapshot().await?;
+                Ok::<_, StoreError>((catalog, entries, after))
+            };
+            match loaded.await {
+                Ok(loaded) => break loaded,
+                Err(error) => {
+                    tracing::debug!(bucket = bucket.name(), %error, "catalog not loaded yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
             }
         };
+        for (key, value) in entries {
+            self.apply(bucket, key, Some(value.value), value.revision);
+        }
+        if bucket == Bucket::Triggers {
+            link.applied
+                .fetch_max(after, std::sync::atomic::Ordering::AcqRel);
+        }
         let mut watch = catalog.watch(after);
+        link.synced.lock().unwrap().insert(bucket);
+        link.changed.notify_waiters();
+        tracing::info!(bucket = bucket.name(), "catalog loaded; watching it");
         while let Some(change) = watch.next().await {
-            if !link.fresh(bucket, &change.key, change.revision) {
-                continue;
-            }
-            match (bucket, change.value) {
-                (Bucket::Triggers, Some(json)) => match parse(&json, Trigger::parse) {
-                    Ok(trigger) => self.install_trigger(trigger),
-                    Err(error) => {
-                        tracing::error!(trigger = %change.key, %error, "a trigger in the catalog is invalid; ignored")
-                    }
-                },
-                (Bucket::Triggers, None) => self.uninstall_trigger(&change.key),
-                (Bucket::Brokers, Some(json)) => match parse(&json, crate::broker::Broker::parse) {
-                    Ok(broker) => self.install_broker(broker),
-                    Err(error) => {
-                        tracing::error!(broker = %change.key, %error, "a broker in the catalog is invalid; ignored")
-                    }
-                },
-                (Bucket::Brokers, None) => self.uninstall_broker(&change.key),
-                _ => {}
-            }
+            self.apply(bucket, change.key, change.value, change.revision);
+            link.changed.notify_waiters();
+        }
+    }
+
+    fn apply(&self, bucket: Bucket, key: String, value: Option<bytes::Bytes>, revision: u64) {
+        if !self.link().fresh(bucket, &key, revision) {
+            return;
+        }
+        match (bucket, value) {
+            (Bucket::Triggers, Some(json)) => match parse(&json, Trigger::parse) {
+                Ok(trigger) => self.install_trigger(trigger),
+                Err(error) => {
+                    tracing::error!(trigger = %key, %error, "a trigger in the catalog is invalid; ignored")
+                }
+            },
+            (Bucket::Triggers, None) => self.uninstall_trigger(&key),
+            (Bucket::Brokers, Some(json)) => match parse(&json, crate::broker::Broker::parse) {
+                Ok(broker) => self.install_broker(broker),
+                Err(error) => {
+                    tracing::error!(broker = %key, %error, "a broker in the catalog is invalid; ignored")
+                }
+            },
+            (Bucket::Brokers, None) => self.uninstall_broker(&key),
+            _ => {}
         }
     }
 
@@ -530,10 +629,10 @@ impl Router {
     }
 
     /// Dead letters stored in the cluster, oldest first.
-    pub async fn cluster_dead_letters(&self) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let Some(link) = &self.cluster else {
-            return Ok(Vec::new());
-        };
+    pub(super) async fn dead_letters_clustered(
+        &self,
+        link: &Link,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
         let (entries, _) = link
             .cluster
             .catalog(Bucket::DeadLetters)?
@@ -545,6 +644,20 @@ impl Router {
             .collect::<Result<Vec<_>, _>>()?;
         letters.sort_by_key(|l| l.id);
         Ok(letters)
+    }
+
+    /// Deletes dead letter `id` from the cluster; whether it existed.
+    pub(super) async fn delete_dead_letter_clustered(
+        &self,
+        link: &Link,
+        id: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(link
+            .cluster
+            .catalog(Bucket::DeadLetters)?
+            .delete(&id.to_string(), Expect::Any)
+            .await?
+            .is_some())
     }
 }
 

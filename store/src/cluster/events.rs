@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 use super::{Cluster, EVENTS_SUBJECT, connected};
 use crate::StoreError;
 
+/// The header carrying the publishing node's trigger-catalog revision.
+pub const CATALOG_REVISION_HEADER: &str = "Sluice-Catalog-Revision";
+
 /// What JetStream answered for a published event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -37,6 +40,11 @@ impl Cluster {
     /// acknowledged it (on a quorum of the stream's replicas): the only
     /// point at which ingress may answer 202.
     ///
+    /// `catalog_revision` is the newest trigger-catalog revision the
+    /// publishing node had applied: a node fanning the event out first
+    /// catches up to it, so a trigger made before the event was accepted
+    /// sees the event, whichever node fans it out.
+    ///
     /// An unanswered publish may or may not have been stored; it is retried
     /// with the same message id until the request timeout has passed, so a
     /// retry that lands is answered as the duplicate it is. Past that, the
@@ -48,6 +56,7 @@ impl Cluster {
         source: &str,
         id: &str,
         payload: Bytes,
+        catalog_revision: u64,
     ) -> Result<Published, StoreError> {
         self.layout()?;
         let subject = format!("{EVENTS_SUBJECT}.{broker}");
@@ -69,6 +78,10 @@ impl Cluster {
             }
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", message_id.as_str());
+            headers.insert(
+                CATALOG_REVISION_HEADER,
+                catalog_revision.to_string().as_str(),
+            );
             let attempt = async {
                 self.inner
                     .js

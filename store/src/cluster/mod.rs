@@ -23,6 +23,7 @@
 mod blobs;
 mod catalog;
 mod events;
+mod functions;
 mod queue;
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use crate::StoreError;
 
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
-pub use events::{Published, event_message_id};
+pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use queue::{
     ACK_WAIT, Arrival, DELIVERIES_STREAM, DELIVERIES_SUBJECT, FANOUT_CONSUMER, Feed, SHARDS,
     shard_of,

@@ -86,7 +86,8 @@ pub struct Arrival {
     /// (1 on the first).
     pub delivered: u64,
     message: jetstream::Message,
-    _permit: OwnedSemaphorePermit,
+    /// Its place in the feed's capacity, given back once it is finished.
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl std::fmt::Debug for Arrival {
@@ -100,20 +101,35 @@ impl std::fmt::Debug for Arrival {
 }
 
 impl Arrival {
+    /// The value of header `name`, if it was published with one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str())
+    }
+
     /// Done: JetStream removes a delivery (and marks an event fanned out),
     /// and confirms it did.
     pub async fn ack(&self) -> Result<(), StoreError> {
-        ack(&self.message, AckKind::Ack, true).await
+        self.finish(AckKind::Ack, true).await
     }
 
     /// Hand it out again after `delay` (to any node).
     pub async fn nak(&self, delay: Duration) -> Result<(), StoreError> {
-        ack(&self.message, AckKind::Nak(Some(delay)), false).await
+        self.finish(AckKind::Nak(Some(delay)), false).await
     }
 
     /// Never hand it out again (its dead letter is stored).
     pub async fn term(&self) -> Result<(), StoreError> {
-        ack(&self.message, AckKind::Term, true).await
+        self.finish(AckKind::Term, true).await
+    }
+
+    async fn finish(&self, kind: AckKind, confirm: bool) -> Result<(), StoreError> {
+        let result = ack(&self.message, kind, confirm).await;
+        self.permit.lock().unwrap().take();
+        result
     }
 
     /// Still working on it: restarts its [`ACK_WAIT`].
@@ -337,7 +353,7 @@ impl Cluster {
                         sequence,
                         delivered,
                         message,
-                        _permit: permit,
+                        permit: std::sync::Mutex::new(Some(permit)),
                     };
                     if tx.send(arrival).await.is_err() {
                         return;

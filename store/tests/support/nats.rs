@@ -13,16 +13,16 @@ pub fn nats_server_binary() -> PathBuf {
     if let Ok(path) = std::env::var("SLUICE_NATS_SERVER") {
         return PathBuf::from(path);
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/nats/venv/bin/nats-server")
-        .canonicalize()
-        .ok();
-    match path {
-        Some(path) if path.exists() => path,
-        _ => panic!(
+    // The workspace's target directory, from whichever crate's tests run.
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("target/nats/venv/bin/nats-server"))
+        .find(|path| path.exists());
+    found.unwrap_or_else(|| {
+        panic!(
             "nats-server 2.12 not found: run scripts/nats-server (scripts/test does) or set SLUICE_NATS_SERVER"
-        ),
-    }
+        )
+    })
 }
 
 fn free_port() -> u16 {

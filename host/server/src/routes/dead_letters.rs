@@ -35,8 +35,8 @@ async fn list_dead_letters(
 ) -> Result<Response, ApiError> {
     let letters: Vec<Value> = state
         .router
-        .store()
-        .dead_letters()?
+        .dead_letters()
+        .await?
         .into_iter()
         .filter(|l| query.trigger.as_ref().is_none_or(|t| *t == l.trigger))
         .map(|l| {
@@ -94,12 +94,7 @@ async fn delete_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !state
-        .router
-        .store()
-        .delete_dead_letter(parse_id(&id)?)
-        .await?
-    {
+    if !state.router.delete_dead_letter(parse_id(&id)?).await? {
         return Err(dead_letter_not_found(&id));
     }
     Ok(axum::Json(json!({"deleted": id})).into_response())

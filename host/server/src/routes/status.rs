@@ -27,11 +27,13 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// 200 once started, until shutdown begins or a disk write fails.
+/// 200 once started, until shutdown begins or a disk write fails; in
+/// cluster mode also only while NATS answers and this node has loaded the
+/// cluster's triggers.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready", body = crate::openapi::Status),
-        (status = 503, description = "Starting, draining, or the store failed", body = crate::openapi::Error)))]
+        (status = 503, description = "Starting, draining, the store failed, or (cluster mode) NATS unreachable or the catalog not loaded", body = crate::openapi::Error)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.functions.store().healthy() {
         return ApiError::new(
@@ -39,6 +41,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "store_failed",
             "a write to disk failed (full disk?); fix it and restart the server",
         )
+        .into_response();
+    }
+    let cluster = state.router.cluster_readiness().and_then(|()| {
+        state
+            .replica
+            .as_ref()
+            .map_or(Ok(()), |replica| replica.readiness())
+    });
+    if let Err(reason) = cluster {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            reason,
+        )
+        .with_retry_after(1)
         .into_response();
     }
     if state.ready.load(Ordering::Acquire) {

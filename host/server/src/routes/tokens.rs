@@ -51,7 +51,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         .auth
         .create(&token, wanted.scope, &wanted.name)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(storage_error)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -85,7 +85,7 @@ async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !state.auth.revoke(&id).await.map_err(ApiError::internal)? {
+    if !state.auth.revoke(&id).await.map_err(storage_error)? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "token_not_found",
@@ -93,4 +93,13 @@ async fn revoke(
         ));
     }
     Ok(axum::Json(json!({"revoked": id})).into_response())
+}
+
+/// A store failure as its own answer (503 when storage or the cluster is
+/// unavailable), anything else as a 500.
+fn storage_error(error: anyhow::Error) -> ApiError {
+    match error.downcast::<sluice_store::StoreError>() {
+        Ok(error) => error.into(),
+        Err(error) => ApiError::internal(error),
+    }
 }

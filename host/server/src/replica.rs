@@ -1,0 +1,202 @@
+//! Cluster mode: this node's store as a replica of the cluster's catalog.
+//!
+//! Functions (records and component bytes) and tokens live in the
+//! cluster's buckets; every read path (invocation, authentication, listing)
+//! reads the local store, which these tasks keep equal to the cluster: the
+//! whole bucket once the cluster answers (what the node missed while it was
+//! down included), then each change as it happens. A node's own admin token
+//! (`<data-dir>/admin.token`) stays on the node.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_runtime::functions::Functions;
+use sluice_store::cluster::{Bucket, Catalog, Cluster};
+use sluice_store::{FunctionRecord, StoreError};
+
+use crate::auth::Auth;
+
+/// Whether each replica has loaded its bucket (for `/readyz`).
+#[derive(Debug, Default)]
+pub struct Synced {
+    functions: AtomicBool,
+    tokens: AtomicBool,
+}
+
+impl Synced {
+    /// `Ok` once functions and tokens are loaded, else what is missing.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.functions.load(Ordering::Acquire) {
+            return Err("loading functions from the cluster".to_owned());
+        }
+        if !self.tokens.load(Ordering::Acquire) {
+            return Err("loading tokens from the cluster".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Starts the replicas; `examples` are deployed (to the cluster) once the
+/// functions are loaded.
+pub fn start(
+    cluster: Cluster,
+    functions: Arc<Functions>,
+    auth: Arc<Auth>,
+    examples: Option<PathBuf>,
+    synced: Arc<Synced>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let functions_task = {
+        let (cluster, synced) = (cluster.clone(), synced.clone());
+        tokio::spawn(async move {
+            let catalog = loaded(&cluster, Bucket::Functions).await;
+            replicate_functions(catalog, &functions, &synced, examples).await;
+        })
+    };
+    let tokens_task = tokio::spawn(async move {
+        let catalog = loaded(&cluster, Bucket::Tokens).await;
+        replicate_tokens(catalog, &auth, &synced).await;
+    });
+    vec![functions_task, tokens_task]
+}
+
+/// The catalog bucket, once the cluster answers.
+async fn loaded(cluster: &Cluster, bucket: Bucket) -> Catalog {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match cluster.catalog(bucket) {
+            Ok(catalog) => return catalog,
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// A snapshot, retried until the cluster answers.
+async fn snapshot(catalog: &Catalog) -> (Vec<(String, sluice_store::cluster::Versioned)>, u64) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match catalog.snapshot().await {
+            Ok(snapshot) => return snapshot,
+            Err(error) => {
+                tracing::debug!(bucket = catalog.bucket().name(), %error, "catalog not readable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn replicate_functions(
+    catalog: Catalog,
+    functions: &Arc<Functions>,
+    synced: &Synced,
+    examples: Option<PathBuf>,
+) {
+    let (entries, after) = snapshot(&catalog).await;
+    let mut revisions = HashMap::new();
+    let mut names = std::collections::HashSet::new();
+    for (name, value) in entries {
+        names.insert(name.clone());
+        revisions.insert(name.clone(), value.revision);
+        apply_function(functions, &name, Some(&value.value)).await;
+    }
+    // Deleted in the cluster while this node was away.
+    for record in functions.store().functions().unwrap_or_default() {
+        if !names.contains(&record.name) {
+            apply_function(functions, &record.name, None).await;
+        }
+    }
+    synced.functions.store(true, Ordering::Release);
+    tracing::info!(functions = names.len(), "functions loaded from the cluster");
+    if let Some(dir) = examples
+        && let Err(error) = crate::deploy_examples(functions, &dir).await
+    {
+        tracing::error!(%error, "could not deploy the examples to the cluster");
+    }
+    let mut watch = catalog.watch(after);
+    while let Some(change) = watch.next().await {
+        let known = revisions.entry(change.key.clone()).or_default();
+        if *known >= change.revision {
+            continue;
+        }
+        *known = change.revision;
+        apply_function(functions, &change.key, change.value.as_ref()).await;
+    }
+}
+
+async fn apply_function(functions: &Arc<Functions>, name: &str, value: Option<&Bytes>) {
+    let Some(value) = value else {
+        if let Err(error) = functions.forget(name).await {
+            tracing::error!(function = %name, %error, "could not remove a deleted function from this node");
+        }
+        return;
+    };
+    let record: FunctionRecord = match serde_json::from_slice(value) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::error!(function = %name, %error, "a function record in the cluster is unreadable; ignored");
+            return;
+        }
+    };
+    // This node may hold a newer version of the same function already (it
+    // wrote it): an older change seen late is not applied over it.
+    if let Ok(Some(local)) = functions.store().function(name)
+        && local.created == record.created
+        && local.version > record.version
+    {
+        return;
+    }
+    if let Err(error) = functions.keep_replica(&record, None).await {
+        tracing::error!(function = %name, %error, "could not replicate a function to this node");
+    }
+}
+
+async fn replicate_tokens(catalog: Catalog, auth: &Auth, synced: &Synced) {
+    let (entries, after) = snapshot(&catalog).await;
+    let store = auth.store();
+    let mut hashes = std::collections::HashSet::new();
+    for (hash, value) in &entries {
+        hashes.insert(hash.clone());
+        log_failure(
+            store.put_token(hash, value.value.as_ref()).await,
+            "store a token",
+        );
+    }
+    // Revoked in the cluster while this node was away (never this node's
+    // own admin token, which only it has).
+    for (hash, _) in store.tokens().unwrap_or_default() {
+        if !hashes.contains(&hash) && !auth.is_own_admin(&hash) {
+            log_failure(
+                store.delete_token(&hash).await.map(drop),
+                "remove a revoked token",
+            );
+        }
+    }
+    synced.tokens.store(true, Ordering::Release);
+    let mut watch = catalog.watch(after);
+    while let Some(change) = watch.next().await {
+        match change.value {
+            Some(value) => log_failure(store.put_token(&change.key, &value).await, "store a token"),
+            None => {
+                if !auth.is_own_admin(&change.key) {
+                    log_failure(
+                        store.delete_token(&change.key).await.map(drop),
+                        "remove a revoked token",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn log_failure(result: Result<(), StoreError>, what: &str) {
+    if let Err(error) = result {
+        tracing::error!(%error, "could not {what} on this node");
+    }
+}
