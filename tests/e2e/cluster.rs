@@ -33,7 +33,7 @@ async fn ready(server: &Server) {
     .await;
 }
 
-/// Event ids per (sink path, id) the sink received.
+/// How often the sink received each event id.
 fn tally(sink: &[crate::harness::Received]) -> BTreeMap<String, usize> {
     let mut tally = BTreeMap::new();
     for received in sink {
@@ -323,4 +323,59 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
         !ids.contains(&"e2".to_owned()),
         "a refused event was delivered: {ids:?}"
     );
+}
+
+#[tokio::test]
+async fn a_killed_nats_stream_leader_costs_503s_never_a_202_for_an_unstored_event() {
+    let mut nats = Nats::cluster();
+    let a = node(&nats, &[]);
+    ready(&a).await;
+    let sink = Sink::start().await;
+    a.trigger(json!({"name": "t", "filter": {"attributes": {"type": "t"}},
+        "subscriber": {"uri": format!("{}/t", sink.url)}}))
+        .await;
+    let leader = eventually(PATIENCE, || async { nats.stream_leader("SLUICE_EVENTS") }).await;
+
+    // Thirty events, the events stream's leader killed after the tenth.
+    // The client retries each on 503 (which must say when to), as a
+    // CloudEvents sender would, until it gets its 202.
+    let mut refused = 0;
+    for i in 0..30 {
+        if i == 10 {
+            let index = nats.index_of(&leader);
+            nats.kill(index);
+        }
+        let id = format!("e{i}");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let response = a
+                .http()
+                .post(a.url("/v1/events"))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", &id)
+                .header("ce-source", "/e2e")
+                .header("ce-type", "t")
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                202 => break,
+                503 => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    refused += 1;
+                    assert!(std::time::Instant::now() < deadline, "{id} never accepted");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("{id}: {other} {}", response.text().await.unwrap()),
+            }
+        }
+    }
+    eprintln!("{refused} answers were 503 while JetStream elected a new leader");
+    // Every accepted event is delivered, once: a retry of one that was
+    // stored after all is a duplicate JetStream dropped.
+    sink.wait_for(30).await;
+    let got = sink.quiet().await;
+    let tally = tally(&got);
+    assert_eq!(tally.len(), 30, "{tally:?}");
+    assert!(tally.values().all(|n| *n == 1), "{tally:?}");
 }

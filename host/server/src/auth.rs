@@ -104,6 +104,10 @@ pub struct Auth {
     /// Cluster mode: tokens are written to the cluster's catalog too, and
     /// this node's store holds a replica of it.
     cluster: Option<sluice_store::cluster::Cluster>,
+    /// Cluster mode: whether this node's tokens are the cluster's yet (until
+    /// then a token revoked while the node was away could still be in its
+    /// store, so only the admin token given at start is accepted).
+    synced: Option<Arc<crate::replica::Synced>>,
     /// Hash of this node's own admin token (`<data-dir>/admin.token`), which
     /// stays on this node only.
     own_admin: Option<String>,
@@ -168,7 +172,7 @@ impl Auth {
         admin_override: Option<String>,
         public_brokers: Vec<String>,
         public_metrics: bool,
-        cluster: Option<sluice_store::cluster::Cluster>,
+        cluster: Option<(sluice_store::cluster::Cluster, Arc<crate::replica::Synced>)>,
     ) -> anyhow::Result<Arc<Auth>> {
         let admin_override = admin_override.filter(|t| !t.is_empty()).map(|t| hash(&t));
         let path = admin_token_path(data_dir);
@@ -178,6 +182,7 @@ impl Auth {
         let mut auth = Auth {
             store,
             cluster: None,
+            synced: None,
             own_admin,
             admin_override,
             public_brokers: public_brokers.into_iter().collect(),
@@ -195,7 +200,10 @@ impl Auth {
             tracing::info!(path = %path.display(), "created the admin token");
             eprintln!("sluice: admin token written to {}", path.display());
         }
-        auth.cluster = cluster;
+        if let Some((cluster, synced)) = cluster {
+            auth.cluster = Some(cluster);
+            auth.synced = Some(synced);
+        }
         Ok(Arc::new(auth))
     }
 
@@ -267,9 +275,13 @@ impl Auth {
         {
             return Some((token_id(&h), Scope::Admin));
         }
+        let key = hex::encode(h);
+        if self.synced.as_ref().is_some_and(|s| !s.tokens_loaded()) && !self.is_own_admin(&key) {
+            return None;
+        }
         // The lookup key is the hash, so timing reveals nothing about the
         // secret itself.
-        let raw = self.store.token(&hex::encode(h)).ok()??;
+        let raw = self.store.token(&key).ok()??;
         serde_json::from_slice::<TokenRecord>(&raw)
             .ok()
             .map(|r| (r.id, r.scope))

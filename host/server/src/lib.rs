@@ -135,18 +135,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         deploy_examples(&functions, dir).await?;
     }
 
+    let synced = cluster
+        .as_ref()
+        .map(|_| Arc::new(replica::Synced::default()));
     let auth = Auth::init(
         store.clone(),
         &options.data_dir,
         options.admin_token.clone(),
         options.public_brokers.clone(),
         options.public_metrics,
-        cluster.clone(),
+        cluster.clone().zip(synced.clone()),
     )
     .await?;
-    let synced = cluster
-        .as_ref()
-        .map(|_| Arc::new(replica::Synced::default()));
     let replicas = cluster
         .as_ref()
         .zip(synced.clone())

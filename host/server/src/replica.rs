@@ -28,6 +28,11 @@ pub struct Synced {
 }
 
 impl Synced {
+    /// True once this node's tokens are the cluster's.
+    pub fn tokens_loaded(&self) -> bool {
+        self.tokens.load(Ordering::Acquire)
+    }
+
     /// `Ok` once functions and tokens are loaded, else what is missing.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.functions.load(Ordering::Acquire) {

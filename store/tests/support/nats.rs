@@ -40,6 +40,8 @@ pub struct Server {
     pub name: String,
     /// Its client port.
     pub port: u16,
+    /// Its monitoring (HTTP) port.
+    pub monitor: u16,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -78,19 +80,19 @@ impl Nats {
 
     fn start(n: usize, port: Option<u16>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..n)
-            .map(|_| (port.unwrap_or_else(free_port), free_port()))
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (port.unwrap_or_else(free_port), free_port(), free_port()))
             .collect();
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .map(|(_, route, _)| format!("nats://127.0.0.1:{route}"))
             .collect();
         let mut servers = Vec::new();
-        for (i, (client, route)) in ports.iter().enumerate() {
+        for (i, (client, route, monitor)) in ports.iter().enumerate() {
             let name = format!("n{i}");
             let store = dir.path().join(&name);
             let mut config = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
                 store.display()
             );
             if n > 1 {
@@ -104,6 +106,7 @@ impl Nats {
             servers.push(Server {
                 name: name.clone(),
                 port: *client,
+                monitor: *monitor,
                 config: path,
                 log: dir.path().join(format!("{name}.log")),
                 child: None,
@@ -166,6 +169,36 @@ impl Nats {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// The name of the server leading stream `stream`, as a running
+    /// server's monitoring endpoint (`/jsz`) reports it.
+    pub fn stream_leader(&self, stream: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        for server in self.servers.iter().filter(|s| s.child.is_some()) {
+            let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", server.monitor)) else {
+                continue;
+            };
+            let _ = socket.write_all(b"GET /jsz?streams=true HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut answer = String::new();
+            let _ = socket.read_to_string(&mut answer);
+            let Some((_, body)) = answer.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(body) else {
+                continue;
+            };
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                    if detail["name"] == stream
+                        && let Some(leader) = detail["cluster"]["leader"].as_str()
+                    {
+                        return Some(leader.to_owned());
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The index of the server named `name`.
