@@ -271,6 +271,11 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
         .as_ref()
         .and_then(|c| c.leader.clone())
         .unwrap();
+    // The monitoring endpoint the end-to-end tests read says the same.
+    assert_eq!(
+        nats.stream_leader("SLUICE_EVENTS").as_deref(),
+        Some(leader.as_str())
+    );
     drop(js);
 
     // Sixty events, the leader killed after the tenth. Each is retried, as a
