@@ -982,7 +982,7 @@ impl Router {
         bounded: bool,
     ) -> Result<(), PublishError> {
         if let Some(link) = &self.cluster {
-            return self.publish_clustered(link, broker, events).await;
+            return self.publish_clustered(link, broker, events, bounded).await;
         }
         let index = self.index.read().unwrap().clone();
         let mut records = Vec::new();
@@ -1628,6 +1628,7 @@ impl Router {
             // Held but not started: straight back to JetStream for the
             // other nodes, rather than after the ack wait.
             link.release_all().await;
+            link.flush().await;
         }
     }
 
@@ -1637,8 +1638,10 @@ impl Router {
         let replaced = match &self.cluster {
             Some(link) => {
                 let (replaced, revision) = link.put(Bucket::Triggers, &trigger.name, json).await?;
-                link.seen(Bucket::Triggers, &trigger.name, revision);
-                replaced
+                if link.seen(Bucket::Triggers, &trigger.name, revision) {
+                    self.install_trigger(trigger);
+                }
+                return Ok(replaced);
             }
             None => self.store.put_trigger(&trigger.name, &json).await?,
         };
@@ -1665,10 +1668,12 @@ impl Router {
         let existed = match &self.cluster {
             Some(link) => {
                 let deleted = link.delete(Bucket::Triggers, name).await?;
-                if let Some(revision) = deleted {
-                    link.seen(Bucket::Triggers, name, revision);
+                // Made again on another node meanwhile (the watch brought
+                // it): that one stays.
+                if deleted.is_none_or(|revision| link.seen(Bucket::Triggers, name, revision)) {
+                    self.uninstall_trigger(name);
                 }
-                deleted.is_some()
+                return Ok(deleted.is_some());
             }
             None => self.store.delete_trigger(name).await?,
         };
@@ -1738,8 +1743,10 @@ impl Router {
         let replaced = match &self.cluster {
             Some(link) => {
                 let (replaced, revision) = link.put(Bucket::Brokers, &broker.name, json).await?;
-                link.seen(Bucket::Brokers, &broker.name, revision);
-                replaced
+                if link.seen(Bucket::Brokers, &broker.name, revision) {
+                    self.install_broker(broker);
+                }
+                return Ok(replaced);
             }
             None => self.store.put_broker(&broker.name, &json).await?,
         };
@@ -1768,10 +1775,10 @@ impl Router {
         let existed = match &self.cluster {
             Some(link) => {
                 let deleted = link.delete(Bucket::Brokers, name).await?;
-                if let Some(revision) = deleted {
-                    link.seen(Bucket::Brokers, name, revision);
+                if deleted.is_none_or(|revision| link.seen(Bucket::Brokers, name, revision)) {
+                    self.uninstall_broker(name);
                 }
-                deleted.is_some()
+                return Ok(deleted.is_some());
             }
             None => self.store.delete_broker(name).await?,
         };

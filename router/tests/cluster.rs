@@ -53,6 +53,12 @@ impl Invoker for Recorder {
             if self.hang.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
+            if name == "enricher" {
+                // A transform that keeps its cause's id and source.
+                let mut reply = CloudEvent::clone(event);
+                reply.ty = format!("{}.enriched", event.ty);
+                return Outcome::Delivered(vec![reply]);
+            }
             if self.failing.load(Ordering::SeqCst) && name != "dlq" {
                 return Outcome::Failed {
                     retryable: true,
@@ -338,4 +344,36 @@ async fn deliveries_held_by_a_node_that_dies_are_run_by_another() {
     got.sort();
     let want: Vec<(String, u32)> = ids.iter().map(|id| (id.clone(), 2)).collect();
     assert_eq!(got, want, "each redelivered once, as its second attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_keeping_its_causes_id_is_a_new_event_not_a_duplicate() {
+    let nats = Nats::single();
+    let a = Node::start(&nats, "a").await;
+    a.router
+        .put_trigger(trigger("t1", "order", "enricher", json!({})))
+        .await
+        .unwrap();
+    a.router
+        .put_trigger(trigger("t2", "order.enriched", "f2", json!({})))
+        .await
+        .unwrap();
+    a.router
+        .accept("default", vec![event("order", "e1")])
+        .await
+        .unwrap();
+    until("the enriched reply is delivered", || {
+        tally(&[&a]).contains_key(&("f2".to_owned(), "e1".to_owned()))
+    })
+    .await;
+    // The client's own repeat of e1 is still a duplicate.
+    a.router
+        .accept("default", vec![event("order", "e1")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tally(&[&a]).get(&("enricher".to_owned(), "e1".to_owned())),
+        Some(&1)
+    );
 }

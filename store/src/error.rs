@@ -51,6 +51,10 @@ pub enum StoreError {
     /// with the same request is safe.
     #[error("cluster storage unavailable: {0}")]
     Unavailable(String),
+    /// A value is larger than the storage takes (NATS's `max_payload`):
+    /// it can never be stored as it is.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl StoreError {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_store::StoreError;
-use sluice_store::cluster::{Bucket, Change, Cluster, ClusterOptions, Expect, Watcher};
+use sluice_store::cluster::{
+    Bucket, Change, Cluster, ClusterOptions, Delivery, Expect, Watcher, event_message_id,
+};
 use support::nats::Nats;
 
 /// Generous: these bound waits for elections and reconnects, they do not
@@ -32,6 +34,14 @@ async fn next_change(watcher: &mut Watcher) -> Change {
         .await
         .expect("a change within the patience window")
         .expect("the watch is open")
+}
+
+fn delivery(trigger: &str) -> Delivery<'_> {
+    Delivery {
+        broker: "default",
+        trigger,
+        dead_letter: None,
+    }
 }
 
 fn bytes(s: &str) -> Bytes {
@@ -105,12 +115,22 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
     let nats = Nats::single();
     let cluster = ready_node(nats.urls(), "a").await;
     let first = cluster
-        .publish_event("default", "/s", "1", bytes("{}"), 0)
+        .publish_event(
+            "default",
+            &event_message_id("default", "/s", "1"),
+            bytes("{}"),
+            0,
+        )
         .await
         .unwrap();
     assert!(!first.duplicate);
     let again = cluster
-        .publish_event("default", "/s", "1", bytes("{\"changed\":true}"), 0)
+        .publish_event(
+            "default",
+            &event_message_id("default", "/s", "1"),
+            bytes("{\"changed\":true}"),
+            0,
+        )
         .await
         .unwrap();
     assert!(again.duplicate);
@@ -121,7 +141,12 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
         ("other", "/s", "1"),
     ] {
         let published = cluster
-            .publish_event(broker, source, id, bytes("{}"), 0)
+            .publish_event(
+                broker,
+                &event_message_id(broker, source, id),
+                bytes("{}"),
+                0,
+            )
             .await
             .unwrap();
         assert!(!published.duplicate, "{broker} {source} {id}");
@@ -161,7 +186,12 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
     let reason = cluster.readiness().unwrap_err();
     assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
     match cluster
-        .publish_event("default", "/s", "1", bytes("{}"), 0)
+        .publish_event(
+            "default",
+            &event_message_id("default", "/s", "1"),
+            bytes("{}"),
+            0,
+        )
         .await
     {
         Err(StoreError::Unavailable(why)) => assert!(why.contains("NATS"), "{why}"),
@@ -177,7 +207,12 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
     cluster.probe().await.unwrap();
     assert_eq!(cluster.replicas(), Some(1));
     cluster
-        .publish_event("default", "/s", "1", bytes("{}"), 0)
+        .publish_event(
+            "default",
+            &event_message_id("default", "/s", "1"),
+            bytes("{}"),
+            0,
+        )
         .await
         .unwrap();
 }
@@ -291,7 +326,12 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match a
-                .publish_event("default", "/kill", &id, bytes("{}"), 0)
+                .publish_event(
+                    "default",
+                    &event_message_id("default", "/kill", &id),
+                    bytes("{}"),
+                    0,
+                )
                 .await
             {
                 Ok(_) => break,
@@ -308,7 +348,12 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
     // Every acknowledged event is stored: publishing it again is a duplicate.
     for id in &acknowledged {
         let again = a
-            .publish_event("default", "/kill", id, bytes("{}"), 0)
+            .publish_event(
+                "default",
+                &event_message_id("default", "/kill", id),
+                bytes("{}"),
+                0,
+            )
             .await
             .unwrap();
         assert!(
@@ -359,9 +404,14 @@ async fn events_fan_out_once_and_an_unacked_one_goes_to_another_node() {
     let a = quick_node(nats.urls(), "a").await;
     let b = quick_node(nats.urls(), "b").await;
     for id in ["1", "2"] {
-        a.publish_event("default", "/s", id, bytes(id), 0)
-            .await
-            .unwrap();
+        a.publish_event(
+            "default",
+            &event_message_id("default", "/s", id),
+            bytes(id),
+            0,
+        )
+        .await
+        .unwrap();
     }
     let mut on_a = a.event_feed(1);
     let first = next_arrival(&mut on_a).await;
@@ -398,17 +448,17 @@ async fn deliveries_retry_with_a_delay_count_attempts_and_end_acked_or_terminate
     let nats = Nats::single();
     let a = quick_node(nats.urls(), "a").await;
     let first = a
-        .enqueue_delivery(7, "orders", "delivery", bytes("d1"))
+        .enqueue_delivery(7, &delivery("orders"), "delivery", bytes("d1"))
         .await
         .unwrap();
     // Fanned out again (say by a node replacing a dead one): no duplicate.
     assert_eq!(
-        a.enqueue_delivery(7, "orders", "delivery", bytes("d1"))
+        a.enqueue_delivery(7, &delivery("orders"), "delivery", bytes("d1"))
             .await
             .unwrap(),
         first
     );
-    a.enqueue_delivery(7, "audit", "delivery", bytes("d2"))
+    a.enqueue_delivery(7, &delivery("audit"), "delivery", bytes("d2"))
         .await
         .unwrap();
     assert_eq!(a.delivery_count().await.unwrap(), 2);

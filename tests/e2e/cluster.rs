@@ -211,7 +211,10 @@ async fn a_node_killed_mid_delivery_loses_no_acknowledged_event() {
     ready(&a).await;
     a.trigger(
         json!({"name": "slow", "filter": {"attributes": {"type": "job"}},
-        "subscriber": {"uri": format!("{}/job", sink.url)}}),
+        "subscriber": {"uri": format!("{}/job", sink.url)},
+        // Two at a time: at the kill most of a's deliveries are held, not
+        // running, and must move to b without running twice.
+        "delivery": {"maxConcurrency": 2}}),
     )
     .await;
     let ids: Vec<String> = (0..12).map(|i| format!("j{i}")).collect();
@@ -227,6 +230,10 @@ async fn a_node_killed_mid_delivery_loses_no_acknowledged_event() {
     // What a sent before it died has reached the sink by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let in_flight_at_kill = sink.ids().len();
+    assert!(
+        in_flight_at_kill < ids.len(),
+        "a finished everything before the kill"
+    );
 
     let b = node(&nats, &[]);
     ready(&b).await;
@@ -300,14 +307,45 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
     assert_eq!(a.send_event("e1", "t", &[], b"{}").await, 202);
     sink.wait_for(1).await;
 
-    // NATS goes away mid-run: not ready, ingress refused; then back.
+    let (status, made) = a
+        .post_json("/v1/tokens", json!({"name": "reader", "scope": "deploy"}))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let token = made["token"].as_str().unwrap().to_owned();
+    let with_token = || {
+        reqwest::Client::new()
+            .get(a.url("/v1/functions"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(with_token().await.unwrap().status(), 200);
+
+    // NATS goes away mid-run: not ready (saying why), ingress and writes
+    // refused; then back.
     nats.kill(0);
-    eventually(PATIENCE, || async {
-        let (status, _) = a.get("/readyz").await;
-        (status == 503).then_some(())
+    let reason = eventually(PATIENCE, || async {
+        let (status, body) = a.get("/readyz").await;
+        (status == 503).then_some(body)
     })
     .await;
+    assert_eq!(error_code(&reason), "cluster_unavailable");
     assert_eq!(a.send_event("e2", "t", &[], b"{}").await, 503);
+    let (status, body) = a.delete("/v1/triggers/t").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "cluster_unavailable")
+    );
+    // Past a few seconds cut off, this node cannot know whether a token was
+    // revoked elsewhere: 503 for API tokens, the admin token still works.
+    let refused = eventually(PATIENCE, || async {
+        let response = with_token().await.unwrap();
+        (response.status() == 503).then_some(response.text().await.unwrap())
+    })
+    .await;
+    assert_eq!(error_code(&refused), "cluster_unavailable");
+    let (status, _) = a.get("/v1/functions").await;
+    assert_eq!(status, 200);
     nats.spawn(0);
     ready(&a).await;
     let accepted = eventually(PATIENCE, || async {
@@ -316,7 +354,8 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
     })
     .await;
     assert_eq!(accepted, 202);
-    let got = sink.wait_for(2).await;
+    sink.wait_for(2).await;
+    let got = sink.quiet().await;
     let ids: Vec<String> = got.iter().map(|r| r.ce("id").unwrap()).collect();
     assert!(ids.contains(&"e3".to_owned()), "{ids:?}");
     assert!(
@@ -356,8 +395,14 @@ async fn a_killed_nats_stream_leader_costs_503s_never_a_202_for_an_unstored_even
                 .header("ce-source", "/e2e")
                 .header("ce-type", "t")
                 .send()
-                .await
-                .unwrap();
+                .await;
+            // A connection that closed under the request (a kept-alive one
+            // the server had just let go): retried, as any client would;
+            // the event's id makes the retry safe.
+            let Ok(response) = response else {
+                assert!(std::time::Instant::now() < deadline, "{id} never accepted");
+                continue;
+            };
             match response.status().as_u16() {
                 202 => break,
                 503 => {
@@ -371,11 +416,20 @@ async fn a_killed_nats_stream_leader_costs_503s_never_a_202_for_an_unstored_even
         }
     }
     eprintln!("{refused} answers were 503 while JetStream elected a new leader");
-    // Every accepted event is delivered, once: a retry of one that was
-    // stored after all is a duplicate JetStream dropped.
-    sink.wait_for(30).await;
+    // Every accepted event is delivered; a delivery whose ack was lost in
+    // the election may run twice (at least once), never more.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while tally(&sink.received()).len() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered {:?}\n{}",
+            tally(&sink.received()),
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let got = sink.quiet().await;
     let tally = tally(&got);
     assert_eq!(tally.len(), 30, "{tally:?}");
-    assert!(tally.values().all(|n| *n == 1), "{tally:?}");
+    assert!(tally.values().all(|n| *n <= 2), "{tally:?}");
 }

@@ -146,6 +146,10 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a node in cluster mode keeps trusting its copy of the tokens
+/// after losing NATS (a revocation elsewhere reaches it within this).
+pub const TOKEN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every token Sluice makes starts with.
 const TOKEN_PREFIX: &str = "sluice_";
 
@@ -212,6 +216,33 @@ impl Auth {
         &self.store
     }
 
+    /// Cluster mode: true while this node cannot know whether a token is
+    /// still valid (the cluster's tokens not loaded yet, or the connection
+    /// to NATS down for more than [`TOKEN_GRACE`]: a token revoked on
+    /// another node meanwhile would still be in this node's store).
+    pub fn unverifiable(&self) -> bool {
+        let Some(synced) = &self.synced else {
+            return false;
+        };
+        !synced.tokens_loaded()
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.disconnected_for() > TOKEN_GRACE)
+    }
+
+    /// True when `token` is one this node would accept but cannot check
+    /// now (see [`Auth::unverifiable`]): the answer is 503, not 401.
+    pub fn uncheckable(&self, token: &str) -> bool {
+        self.unverifiable()
+            && self
+                .store
+                .token(&hex::encode(hash(token)))
+                .ok()
+                .flatten()
+                .is_some()
+    }
+
     /// True for the hash of this node's own admin token (never in the
     /// cluster's catalog, never removed by replication).
     pub fn is_own_admin(&self, hash: &str) -> bool {
@@ -276,7 +307,7 @@ impl Auth {
             return Some((token_id(&h), Scope::Admin));
         }
         let key = hex::encode(h);
-        if self.synced.as_ref().is_some_and(|s| !s.tokens_loaded()) && !self.is_own_admin(&key) {
+        if self.unverifiable() && !self.is_own_admin(&key) {
             return None;
         }
         // The lookup key is the hash, so timing reveals nothing about the
@@ -463,6 +494,18 @@ fn unauthorized(message: &str) -> Response {
 pub async fn check(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let auth = &state.auth;
     let identity = bearer(request.headers()).and_then(|token| auth.identify(token));
+    if identity.is_none()
+        && let Some(token) = bearer(request.headers())
+        && auth.uncheckable(token)
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "this node cannot check tokens against the cluster now (NATS unreachable); retry, or another node",
+        )
+        .with_retry_after(1)
+        .into_response();
+    }
     let refused = match need(request.method(), request.uri().path()) {
         Need::Nothing => None,
         Need::OptionalToken => match bearer(request.headers()) {

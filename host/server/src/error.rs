@@ -159,6 +159,9 @@ impl From<StoreError> for ApiError {
             )
             .with_retry_after(1);
         }
+        if let StoreError::TooLarge(reason) = &error {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason.clone());
+        }
         if let StoreError::Changed(_) = error {
             return ApiError::new(StatusCode::CONFLICT, "function_changed", error.to_string());
         }

@@ -108,6 +108,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Arc::new(sinks::HttpSinks::default()),
     ));
     let cluster = match &options.cluster {
+        Some(_) if store.delivery_count() > 0 => {
+            anyhow::bail!(
+                "this data directory holds {} pending deliveries of events accepted without --nats; cluster mode would never deliver them: run it once without --nats until they are delivered (sluice_deliveries_pending 0), or start cluster mode on another --data-dir",
+                store.delivery_count()
+            );
+        }
         Some(cluster) => {
             let cluster = sluice_store::cluster::Cluster::connect(cluster.clone()).await?;
             tracing::info!(nats = %cluster.options().urls.join(","), "cluster mode: state on NATS JetStream");

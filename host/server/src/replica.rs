@@ -111,11 +111,21 @@ async fn replicate_functions(
         revisions.insert(name.clone(), value.revision);
         apply_function(functions, &name, Some(&value.value)).await;
     }
-    // Deleted in the cluster while this node was away.
-    for record in functions.store().functions().unwrap_or_default() {
-        if !names.contains(&record.name) {
-            apply_function(functions, &record.name, None).await;
-        }
+    // Deleted in the cluster while this node was away (or made on this
+    // node before it joined: the cluster's catalog is the truth).
+    let gone: Vec<String> = functions
+        .store()
+        .functions()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|record| !names.contains(&record.name))
+        .map(|record| record.name)
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(functions = ?gone, "functions on this node that the cluster does not have: removed from this node");
+    }
+    for name in gone {
+        apply_function(functions, &name, None).await;
     }
     synced.functions.store(true, Ordering::Release);
     tracing::info!(functions = names.len(), "functions loaded from the cluster");

@@ -20,8 +20,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sluice_store::cluster::{Arrival, Bucket, Cluster, Expect};
+use sluice_store::cluster::{
+    Arrival, BROKER_HEADER, Bucket, Cluster, DEAD_LETTER_HEADER, DELIVERIES_SUBJECT, Delivery,
+    Expect,
+};
 use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
 
 use super::{Failure, PublishError, Router, StreamEntry, original_event};
@@ -39,18 +41,6 @@ pub(super) enum End {
     Retry(Duration),
     /// Its dead letter is stored: never again.
     Term,
-}
-
-/// A delivery message's body.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    broker: String,
-    trigger: String,
-    /// The event, structured-mode JSON.
-    event: String,
-    /// For the forwarding of a dead letter to the trigger's sink: its id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    dead_letter: Option<u64>,
 }
 
 /// The router's side of the cluster.
@@ -144,6 +134,15 @@ impl Link {
         }
     }
 
+    /// Sends what the client still buffers (acks, NAKs, progress notes):
+    /// at shutdown, so the hand-back reaches JetStream before the process
+    /// ends.
+    pub(super) async fn flush(&self) {
+        // Let the ack tasks of deliveries that just ended queue theirs.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.cluster.flush().await;
+    }
+
     /// Writes `json` at `key` with compare-and-set against what is there
     /// (two nodes replacing one trigger cannot both win silently). Returns
     /// whether it replaced a value, and the new revision.
@@ -179,24 +178,22 @@ impl Link {
         self.cluster.catalog(bucket)?.delete(key, Expect::Any).await
     }
 
-    /// Records that this node applied `revision` of `key`.
-    pub(super) fn seen(&self, bucket: Bucket, key: &str, revision: u64) {
-        if bucket == Bucket::Triggers {
-            self.applied
-                .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
-        }
+    /// Records that this node wrote `revision` of `key`; true when no newer
+    /// one was seen meanwhile (the write may be applied to memory; else
+    /// the watch already brought something newer, which stays).
+    pub(super) fn seen(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
         let mut revisions = self.revisions.lock().unwrap();
         let known = revisions.entry((bucket, key.to_owned())).or_default();
-        *known = (*known).max(revision);
+        if *known > revision {
+            return false;
+        }
+        *known = revision;
+        true
     }
 
     /// True (and recorded) when `revision` of `key` is newer than any this
     /// node applied.
     fn fresh(&self, bucket: Bucket, key: &str, revision: u64) -> bool {
-        if bucket == Bucket::Triggers {
-            self.applied
-                .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
-        }
         let mut revisions = self.revisions.lock().unwrap();
         let known = revisions.entry((bucket, key.to_owned())).or_default();
         if *known >= revision {
@@ -302,6 +299,7 @@ impl Router {
         link: &Link,
         broker: &str,
         events: Vec<CloudEvent>,
+        from_client: bool,
     ) -> Result<(), PublishError> {
         let mut accepted = 0;
         for event in events {
@@ -310,8 +308,16 @@ impl Router {
             }
             let json = event.to_json();
             let seen = link.applied.load(std::sync::atomic::Ordering::Acquire);
+            // A client's retry of an event is the same event (CloudEvents:
+            // source and id); a reply or a guest's publish is always new,
+            // even when it keeps the id and source of its cause.
+            let message_id = if from_client {
+                sluice_store::cluster::event_message_id(broker, &event.source, &event.id)
+            } else {
+                link.cluster.unique_message_id()
+            };
             link.cluster
-                .publish_event(broker, &event.source, &event.id, json.into(), seen)
+                .publish_event(broker, &message_id, json.into(), seen)
                 .await?;
             accepted += 1;
         }
@@ -354,22 +360,35 @@ impl Router {
             link.catch_up(revision).await;
         }
         let matches = self.index.read().unwrap().clone().matches(broker, &event);
-        let json = match std::str::from_utf8(&arrival.payload) {
-            Ok(json) => json.to_owned(),
-            Err(_) => event.to_json(),
-        };
+        let (sequence, payload) = (arrival.sequence, &arrival.payload);
         let enqueued = futures::future::join_all(matches.iter().map(|trigger| {
-            let wire = Wire {
-                broker: broker.to_owned(),
-                trigger: trigger.name.clone(),
-                event: json.clone(),
+            let delivery = Delivery {
+                broker,
+                trigger: &trigger.name,
                 dead_letter: None,
             };
-            let body = serde_json::to_vec(&wire).expect("JSON");
-            link.cluster
-                .enqueue_delivery(arrival.sequence, &trigger.name, "delivery", body.into())
+            let payload = payload.clone();
+            async move {
+                link.cluster
+                    .enqueue_delivery(sequence, &delivery, "delivery", payload)
+                    .await
+            }
         }))
         .await;
+        if let Some(Err(StoreError::TooLarge(reason))) = enqueued
+            .iter()
+            .find(|r| matches!(r, Err(StoreError::TooLarge(_))))
+        {
+            // It was stored as an event, so it fits; only the headers could
+            // push a delivery over. Never retried for ever: dropped, said.
+            tracing::error!(sequence = arrival.sequence, %reason, "an accepted event cannot be queued for delivery; dropped");
+            self.metrics
+                .dropped
+                .with_label_values(&[broker, "too_large"])
+                .inc();
+            let _ = arrival.term().await;
+            return;
+        }
         if let Some(Err(error)) = enqueued.into_iter().find(Result::is_err) {
             // Fanned out again later; the ones that did go in are not
             // doubled (their message ids are the same).
@@ -401,28 +420,45 @@ impl Router {
         link.synced().await;
         let mut feed = link.cluster.delivery_feed(self.limits.max_in_flight);
         while let Some(arrival) = feed.next().await {
-            let wire: Wire = match serde_json::from_slice(&arrival.payload) {
-                Ok(wire) => wire,
-                Err(error) => {
-                    tracing::error!(sequence = arrival.sequence, %error, "an unreadable delivery in the work queue; skipped");
-                    let _ = arrival.term().await;
-                    continue;
-                }
+            let trigger = arrival
+                .subject
+                .strip_prefix(DELIVERIES_SUBJECT)
+                .and_then(|rest| rest.splitn(3, '.').nth(2))
+                .map(str::to_owned);
+            let event = std::str::from_utf8(&arrival.payload)
+                .ok()
+                .map(str::to_owned);
+            let (Some(trigger), Some(broker), Some(event)) = (
+                trigger,
+                arrival.header(BROKER_HEADER).map(str::to_owned),
+                event,
+            ) else {
+                tracing::error!(sequence = arrival.sequence, subject = %arrival.subject, "an unreadable delivery in the work queue; skipped");
+                let _ = arrival.term().await;
+                continue;
             };
-            if self.trigger(&wire.trigger).is_none() {
+            let dead_letter = arrival
+                .header(DEAD_LETTER_HEADER)
+                .and_then(|id| id.parse().ok());
+            if self.trigger(&trigger).is_none() {
                 // Made on another node a moment ago, and this node's watch
                 // has not brought it yet? Only one the cluster does not
-                // have either is a deleted trigger.
-                self.load_trigger(&wire.trigger).await;
+                // have either is a deleted trigger; if the cluster cannot
+                // say now, ask again shortly.
+                if let Err(error) = self.load_trigger(&trigger).await {
+                    tracing::warn!(%trigger, %error, "could not look a trigger up in the cluster; the delivery waits");
+                    let _ = arrival.nak(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
             let record = DeliveryRecord {
                 id: arrival.sequence,
-                broker: self.intern(&wire.broker),
-                trigger: self.intern(&wire.trigger),
-                event: wire.event.into(),
+                broker: self.intern(&broker),
+                trigger: self.intern(&trigger),
+                event: event.into(),
                 attempts: u32::try_from(arrival.delivered.saturating_sub(1)).unwrap_or(u32::MAX),
                 not_before_ms: 0,
-                dead_letter: wire.dead_letter,
+                dead_letter,
                 group: 0,
             };
             link.held
@@ -434,22 +470,22 @@ impl Router {
         }
     }
 
-    /// Reads trigger `name` from the cluster and applies it, if it is there.
-    async fn load_trigger(&self, name: &str) {
+    /// Reads trigger `name` from the cluster and installs it, if it is
+    /// there and this node has none.
+    async fn load_trigger(&self, name: &str) -> Result<(), StoreError> {
         let link = self.link();
-        let read = async { link.cluster.catalog(Bucket::Triggers)?.get(name).await };
-        match read.await {
-            Ok(Some(value)) => self.apply(
-                Bucket::Triggers,
-                name.to_owned(),
-                Some(value.value),
-                value.revision,
-            ),
-            Ok(None) => {}
+        let Some(value) = link.cluster.catalog(Bucket::Triggers)?.get(name).await? else {
+            return Ok(());
+        };
+        link.seen(Bucket::Triggers, name, value.revision);
+        match parse(&value.value, Trigger::parse) {
+            Ok(trigger) if self.trigger(name).is_none() => self.install_trigger(trigger),
+            Ok(_) => {}
             Err(error) => {
-                tracing::warn!(trigger = %name, %error, "could not look a trigger up in the cluster")
+                tracing::error!(trigger = %name, %error, "a trigger in the catalog is invalid; ignored")
             }
         }
+        Ok(())
     }
 
     /// Progress notes for every held delivery, three per ack wait.
@@ -499,7 +535,13 @@ impl Router {
         link.changed.notify_waiters();
         tracing::info!(bucket = bucket.name(), "catalog loaded; watching it");
         while let Some(change) = watch.next().await {
-            self.apply(bucket, change.key, change.value, change.revision);
+            let revision = change.revision;
+            self.apply(bucket, change.key, change.value, revision);
+            if bucket == Bucket::Triggers {
+                // How far this node's index is: what catch_up waits on.
+                link.applied
+                    .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+            }
             link.changed.notify_waiters();
         }
     }
@@ -554,22 +596,46 @@ impl Router {
             .get(&*record.trigger)
             .is_some_and(|t| t.delivery.dead_letter_sink.is_some());
         let stored = async {
+            let letters = link.cluster.catalog(Bucket::DeadLetters)?;
+            let key = record.id.to_string();
             let body = serde_json::to_vec(&letter).expect("JSON");
-            link.cluster
-                .catalog(Bucket::DeadLetters)?
-                .put(&record.id.to_string(), body.into(), Expect::Any)
-                .await?;
+            match letters.put(&key, body.into(), Expect::Any).await {
+                Err(StoreError::TooLarge(_)) => {
+                    // Too big to keep whole (the event near the message
+                    // limit, plus the error): kept without its data, and
+                    // said so, rather than retried for ever.
+                    let mut small = letter.clone();
+                    small.event = without_data(&letter.event);
+                    small.reason = format!(
+                        "{} (the event's data was dropped from this dead letter: too large to store)",
+                        letter.reason
+                    );
+                    let body = serde_json::to_vec(&small).expect("JSON");
+                    letters.put(&key, body.into(), Expect::Any).await?;
+                }
+                other => {
+                    other?;
+                }
+            }
             if has_sink {
-                let wire = Wire {
-                    broker: letter.broker.clone(),
-                    trigger: letter.trigger.clone(),
-                    event: letter.event.clone(),
+                let delivery = Delivery {
+                    broker: &letter.broker,
+                    trigger: &letter.trigger,
                     dead_letter: Some(record.id),
                 };
-                let body = serde_json::to_vec(&wire).expect("JSON");
-                link.cluster
-                    .enqueue_delivery(record.id, &record.trigger, "deadletter", body.into())
-                    .await?;
+                let event = bytes::Bytes::from(letter.event.clone());
+                match link
+                    .cluster
+                    .enqueue_delivery(record.id, &delivery, "deadletter", event)
+                    .await
+                {
+                    Err(StoreError::TooLarge(reason)) => {
+                        tracing::warn!(id = record.id, %reason, "a dead letter is too large to forward to the sink; it stays in the dead letters");
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
             Ok::<_, StoreError>(())
         }
@@ -599,21 +665,15 @@ impl Router {
             return Ok(false);
         };
         let letter: DeadLetterRecord = serde_json::from_slice(&stored.value)?;
-        let wire = Wire {
-            broker: letter.broker.clone(),
-            trigger: letter.trigger.clone(),
-            event: original_event(letter.event),
+        let delivery = Delivery {
+            broker: &letter.broker,
+            trigger: &letter.trigger,
             dead_letter: None,
         };
-        let body = serde_json::to_vec(&wire).expect("JSON");
+        let event = bytes::Bytes::from(original_event(letter.event.clone()));
         // One replay per stored dead letter, however often it is asked for.
         link.cluster
-            .enqueue_delivery(
-                id,
-                &letter.trigger,
-                &format!("replay{}", stored.revision),
-                body.into(),
-            )
+            .enqueue_delivery(id, &delivery, &format!("replay{}", stored.revision), event)
             .await?;
         match catalog
             .delete(&id.to_string(), Expect::Revision(stored.revision))
@@ -667,4 +727,17 @@ fn parse<T>(
 ) -> Result<T, String> {
     let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     parse(&value, None).map_err(|e| e.to_string())
+}
+
+/// A dead letter's event without its `data` (or `data_base64`), for one
+/// too large to store whole.
+fn without_data(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut event)) => {
+            event.remove("data");
+            event.remove("data_base64");
+            serde_json::Value::Object(event).to_string()
+        }
+        _ => "{}".to_owned(),
+    }
 }

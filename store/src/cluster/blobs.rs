@@ -12,6 +12,10 @@ use crate::{StoreError, digest_of};
 /// sent in 128 KiB chunks).
 const BLOB_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// More than any component Sluice accepts (its deploy limit is far
+/// lower): a size past it read from the object store is not believed.
+const MAX_BLOB_BYTES: usize = 1 << 30;
+
 /// The object name of a digest (`sha256:<hex>` is stored as `<hex>`).
 fn object_name(digest: &str) -> Result<&str, StoreError> {
     digest
@@ -62,6 +66,12 @@ impl Cluster {
             };
             if object.info.deleted {
                 return Ok(None);
+            }
+            if object.info.size > MAX_BLOB_BYTES {
+                return Err(StoreError::Corrupt(format!(
+                    "component {name} is said to be {} bytes, more than any component Sluice stores",
+                    object.info.size
+                )));
             }
             let mut bytes = Vec::with_capacity(object.info.size);
             if object.info.size > 0 {

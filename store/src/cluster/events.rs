@@ -36,7 +36,10 @@ pub fn event_message_id(broker: &str, source: &str, id: &str) -> String {
 }
 
 impl Cluster {
-    /// Stores one event for `broker` and returns once JetStream has
+    /// Stores one event for `broker` under `message_id` (an
+    /// [`event_message_id`] for an event a client sent, so a retry of it is
+    /// a duplicate; a [`Cluster::unique_message_id`] for one Sluice made) and returns
+    /// once JetStream has
     /// acknowledged it (on a quorum of the stream's replicas): the only
     /// point at which ingress may answer 202.
     ///
@@ -53,14 +56,12 @@ impl Cluster {
     pub async fn publish_event(
         &self,
         broker: &str,
-        source: &str,
-        id: &str,
+        message_id: &str,
         payload: Bytes,
         catalog_revision: u64,
     ) -> Result<Published, StoreError> {
         self.layout()?;
         let subject = format!("{EVENTS_SUBJECT}.{broker}");
-        let message_id = event_message_id(broker, source, id);
         let budget = self.inner.options.request_timeout;
         let deadline = tokio::time::Instant::now() + budget;
         connected(&self.inner.client, budget).await?;
@@ -77,7 +78,7 @@ impl Cluster {
                 )));
             }
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", message_id.as_str());
+            headers.insert("Nats-Msg-Id", message_id);
             headers.insert(
                 CATALOG_REVISION_HEADER,
                 catalog_revision.to_string().as_str(),
@@ -99,8 +100,10 @@ impl Cluster {
                 }
                 Ok(Err(e)) => match e.kind() {
                     PublishErrorKind::MaxPayloadExceeded => {
-                        return Err(StoreError::Conflict(format!(
-                            "event too large for the NATS server's max_payload: {e}"
+                        return Err(StoreError::TooLarge(format!(
+                            "the event is {} bytes as JSON, more than the NATS server takes in one message (max_payload, {} bytes)",
+                            payload.len(),
+                            self.inner.client.server_info().max_payload
                         )));
                     }
                     // Not stored, or not known to be: try again with the same id.
@@ -117,6 +120,14 @@ impl Cluster {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// A message id no other message has (for events Sluice itself makes:
+    /// replies and events guests publish, which must never be taken for a
+    /// client's retry of another event).
+    pub fn unique_message_id(&self) -> String {
+        let inbox = self.inner.client.new_inbox();
+        format!("gen-{}", inbox.rsplit('.').next().unwrap_or(&inbox))
     }
 
     /// Events stored in the events stream now (for tests and metrics).

@@ -38,8 +38,8 @@ use crate::StoreError;
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use queue::{
-    ACK_WAIT, Arrival, DELIVERIES_STREAM, DELIVERIES_SUBJECT, FANOUT_CONSUMER, Feed, SHARDS,
-    shard_of,
+    ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
+    Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
 };
 
 /// The events stream.
@@ -153,6 +153,9 @@ struct Inner {
     layout: OnceLock<Layout>,
     /// Why the layout is not there yet (the last error of the set-up task).
     waiting: Mutex<String>,
+    /// When the connection was last seen up, in ms after `started`.
+    last_connected: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 /// One node's handle on the cluster. Cheap to clone.
@@ -203,10 +206,25 @@ impl Cluster {
                 js,
                 layout: OnceLock::new(),
                 waiting: Mutex::new("connecting to NATS".to_owned()),
+                last_connected: Default::default(),
+                started: std::time::Instant::now(),
             }),
         };
         let setup = cluster.clone();
         tokio::spawn(async move { setup.set_up().await });
+        let watch = Arc::downgrade(&cluster.inner);
+        tokio::spawn(async move {
+            while let Some(inner) = watch.upgrade() {
+                if inner.client.connection_state() == State::Connected {
+                    let now = inner.started.elapsed().as_millis() as u64;
+                    inner
+                        .last_connected
+                        .store(now, std::sync::atomic::Ordering::Release);
+                }
+                drop(inner);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
         Ok(cluster)
     }
 
@@ -258,7 +276,29 @@ impl Cluster {
         }
     }
 
-    /// Replicas of every stream and bucket, once the layout exists.
+    /// How long the connection has been down (zero while it is up; since
+    /// the start when it never came up).
+    pub fn disconnected_for(&self) -> Duration {
+        if self.inner.client.connection_state() == State::Connected {
+            return Duration::ZERO;
+        }
+        let last = self
+            .inner
+            .last_connected
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.inner
+            .started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// Sends what the client still buffers (a few seconds at most).
+    pub async fn flush(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.client.flush()).await;
+    }
+
+    /// Replicas of the events stream (what a 202 promises), once the
+    /// layout exists.
     pub fn replicas(&self) -> Option<usize> {
         self.inner.layout.get().map(|l| l.replicas)
     }
@@ -345,8 +385,19 @@ impl Cluster {
             num_replicas: replicas,
             ..Default::default()
         };
-        let events = ensure_stream(js, events_config).await?;
-        let deliveries = ensure_stream(js, queue::deliveries_config(options, replicas)).await?;
+        let explicit = options.replicas.is_some();
+        let events = ensure_stream(js, events_config, explicit).await?;
+        let deliveries =
+            ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
+        // What the events stream has, which is what a 202 promises.
+        let replicas = {
+            let mut events = events.clone();
+            events
+                .info()
+                .await
+                .map(|info| info.config.num_replicas)
+                .unwrap_or(replicas)
+        };
         let mut buckets = Vec::new();
         for bucket in Bucket::ALL {
             let kv = match js.get_key_value(bucket.name()).await {
@@ -392,6 +443,7 @@ impl Cluster {
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
+    explicit_replicas: bool,
 ) -> Result<stream::Stream, String> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
@@ -400,12 +452,25 @@ async fn ensure_stream(
                 .info()
                 .await
                 .map_err(|e| format!("reading stream {name}: {e}"))?;
-            let current = &info.config;
+            let mut current = info.config.clone();
+            // Replicas are chosen when a stream is made; an existing one
+            // keeps its own unless --nats-replicas says otherwise (a node
+            // that sees fewer servers must never shrink it).
+            let replicas = if explicit_replicas {
+                config.num_replicas
+            } else {
+                current.num_replicas
+            };
             if current.max_age != config.max_age
                 || current.duplicate_window != config.duplicate_window
-                || current.num_replicas != config.num_replicas
+                || current.num_replicas != replicas
             {
-                js.update_stream(&config)
+                // Only the fields Sluice sets change; tuning done on the
+                // stream by hand stays.
+                current.max_age = config.max_age;
+                current.duplicate_window = config.duplicate_window;
+                current.num_replicas = replicas;
+                js.update_stream(&current)
                     .await
                     .map_err(|e| format!("updating stream {name}: {e}"))?;
             }

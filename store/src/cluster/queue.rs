@@ -73,6 +73,24 @@ pub(super) fn deliveries_config(
     }
 }
 
+/// Header of a delivery message naming its event's broker.
+pub const BROKER_HEADER: &str = "Sluice-Broker";
+/// Header of a delivery message that forwards a dead letter to its sink:
+/// the dead letter's id.
+pub const DEAD_LETTER_HEADER: &str = "Sluice-Dead-Letter";
+
+/// What a delivery message says besides its event (which is its body, as
+/// accepted: no copy wrapped in another document).
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    /// The event's broker.
+    pub broker: &'a str,
+    /// The trigger to deliver to (also the subject's last token).
+    pub trigger: &'a str,
+    /// For the forwarding of a dead letter to the trigger's sink: its id.
+    pub dead_letter: Option<u64>,
+}
+
 /// One message pulled from a feed: an accepted event (from
 /// [`Cluster::event_feed`]) or a delivery (from [`Cluster::delivery_feed`]).
 pub struct Arrival {
@@ -204,10 +222,11 @@ impl Cluster {
     pub async fn enqueue_delivery(
         &self,
         event_sequence: u64,
-        trigger: &str,
+        delivery: &Delivery<'_>,
         kind: &str,
-        payload: Bytes,
+        event: Bytes,
     ) -> Result<u64, StoreError> {
+        let trigger = delivery.trigger;
         self.layout()?;
         let budget = self.inner.options.request_timeout;
         connected(&self.inner.client, budget).await?;
@@ -217,16 +236,28 @@ impl Cluster {
         loop {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", message_id.as_str());
+            headers.insert(BROKER_HEADER, delivery.broker);
+            if let Some(letter) = delivery.dead_letter {
+                headers.insert(DEAD_LETTER_HEADER, letter.to_string().as_str());
+            }
             let attempt = async {
                 self.inner
                     .js
-                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .publish_with_headers(subject.clone(), headers, event.clone())
                     .await?
                     .await
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let failure = match tokio::time::timeout(remaining, attempt).await {
                 Ok(Ok(ack)) => return Ok(ack.sequence),
+                Ok(Err(e))
+                    if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                {
+                    return Err(StoreError::TooLarge(format!(
+                        "a delivery of {} bytes is more than the NATS server takes in one message",
+                        event.len()
+                    )));
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no acknowledgement".to_owned(),
             };
@@ -305,66 +336,112 @@ impl Cluster {
             };
             delay = Duration::from_millis(100);
             loop {
-                // Room for one at least, then as many as are free now.
+                // Waiting for work holds one place only: a shard with
+                // nothing to do must not sit on the room others could use.
                 let Ok(first) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let mut held = vec![first];
+                let waited = bound
+                    .batch()
+                    .max_messages(1)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await;
+                let Some(got) = self.take(waited, vec![first], consumer, &tx).await else {
+                    return;
+                };
+                match got {
+                    Err(()) => break,
+                    Ok(0) => continue,
+                    Ok(_) => {}
+                }
+                // Work is there: as much more as there is room for, now.
+                let mut held = Vec::new();
                 while held.len() < 64 {
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => held.push(permit),
                         Err(_) => break,
                     }
                 }
-                let batch = bound
-                    .batch()
+                if held.is_empty() {
+                    continue;
+                }
+                // A bounded wait: a fetch without one waits for ever for a
+                // server that went away mid-request.
+                let more = bound
+                    .fetch()
                     .max_messages(held.len())
-                    .expires(Duration::from_secs(2))
+                    .expires(Duration::from_secs(1))
                     .messages()
                     .await;
-                let mut batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::debug!(%consumer, error = %e, "pull failed; re-binding");
-                        break;
-                    }
-                };
-                let mut failed = false;
-                while let Some(message) = batch.next().await {
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(e) => {
-                            tracing::debug!(%consumer, error = %e, "pull ended; re-binding");
-                            failed = true;
-                            break;
-                        }
-                    };
-                    let Ok(info) = message.info() else {
-                        continue;
-                    };
-                    let (sequence, delivered) =
-                        (info.stream_sequence, info.delivered.max(1) as u64);
-                    let Some(permit) = held.pop() else {
-                        break;
-                    };
-                    let arrival = Arrival {
-                        subject: message.subject.to_string(),
-                        payload: message.payload.clone(),
-                        sequence,
-                        delivered,
-                        message,
-                        permit: std::sync::Mutex::new(Some(permit)),
-                    };
-                    if tx.send(arrival).await.is_err() {
-                        return;
-                    }
-                }
-                if failed {
-                    break;
+                match self.take(more, held, consumer, &tx).await {
+                    None => return,
+                    Some(Err(())) => break,
+                    Some(Ok(_)) => {}
                 }
             }
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Hands the messages of one pull to `tx`, each with one of `held`.
+    /// `None`: the feed is gone; `Some(Err)`: the pull failed (re-bind);
+    /// `Some(Ok(n))`: `n` messages handed over.
+    async fn take<E: std::fmt::Display>(
+        &self,
+        batch: Result<pull::Batch, E>,
+        mut held: Vec<OwnedSemaphorePermit>,
+        consumer: &str,
+        tx: &mpsc::Sender<Arrival>,
+    ) -> Option<Result<usize, ()>> {
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::debug!(%consumer, error = %e, "pull failed; re-binding");
+                return Some(Err(()));
+            }
+        };
+        let mut taken = 0;
+        loop {
+            // However the pull was asked, it ends within this: a server that
+            // died holding the request must not stall the feed.
+            let message = match tokio::time::timeout(Duration::from_secs(10), batch.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::debug!(%consumer, "a pull went unanswered; re-binding");
+                    return Some(Err(()));
+                }
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::debug!(%consumer, error = %e, "pull ended; re-binding");
+                    return Some(Err(()));
+                }
+            };
+            let Ok(info) = message.info() else {
+                // Not a JetStream message (a pull only brings those).
+                continue;
+            };
+            let (sequence, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
+            let Some(permit) = held.pop() else {
+                break;
+            };
+            let arrival = Arrival {
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+                sequence,
+                delivered,
+                message,
+                permit: std::sync::Mutex::new(Some(permit)),
+            };
+            if tx.send(arrival).await.is_err() {
+                return None;
+            }
+            taken += 1;
+        }
+        Some(Ok(taken))
     }
 
     async fn bind(
@@ -389,8 +466,10 @@ impl Cluster {
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
+        // Created, or updated to this node's settings (its ack wait): give
+        // every node the same --nats-ack-wait.
         stream
-            .get_or_create_consumer(consumer, config)
+            .create_consumer(config)
             .await
             .map_err(|e| format!("consumer {consumer}: {e}"))
     }

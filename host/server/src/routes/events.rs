@@ -108,13 +108,23 @@ async fn ingest_checked(
             )
             .with_retry_after(1);
         }
-        tracing::error!(%error, "events not accepted");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "events could not be stored; retry later",
-        )
-        .with_retry_after(1)
+        match error {
+            // Cluster mode: the reason (NATS unreachable, no quorum) is
+            // the answer's, and an event too large for NATS is a 413.
+            sluice_router::dispatch::PublishError::Store(
+                store @ (sluice_store::StoreError::Unavailable(_)
+                | sluice_store::StoreError::TooLarge(_)),
+            ) => ApiError::from(store),
+            error => {
+                tracing::error!(%error, "events not accepted");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "events could not be stored; retry later",
+                )
+                .with_retry_after(1)
+            }
+        }
     })?;
     Ok((
         StatusCode::ACCEPTED,

@@ -49,6 +49,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .as_ref()
             .map_or(Ok(()), |replica| replica.readiness())
     });
+    let cluster = match (cluster, state.router.cluster()) {
+        // Connected is not enough: JetStream must answer (a quorum lost
+        // leaves the connection up and every write failing).
+        (Ok(()), Some(nats)) => nats.probe().await,
+        (other, _) => other,
+    };
     if let Err(reason) = cluster {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
