@@ -25,6 +25,24 @@ async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
     )
 }
 
+/// The logs of `function` once `done` holds for them (a call's output is
+/// stored as the guest ends, which may be just after its response went
+/// out), or as they are after 10 s.
+async fn logs_until(
+    server: &Server,
+    function: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = logs(server, function).await;
+        if done(&lines) || std::time::Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn logs(server: &Server, function: &str) -> Vec<String> {
     let (status, body) = server
         .get(&format!("/v1/functions/{function}/logs?limit=1000"))
@@ -364,7 +382,11 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
         200,
         "a guest writing past the cap is cut, not killed"
     );
-    let lines = logs(&server, "echo").await;
+    let lines = logs_until(&server, "echo", |l| {
+        l.last()
+            .is_some_and(|l| l.contains("more bytes of output were dropped"))
+    })
+    .await;
     assert_eq!(lines[0], "first line");
     assert!(
         lines
@@ -382,7 +404,7 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
             .await
             .unwrap();
     }
-    let lines = logs(&server, "echo").await;
+    let lines = logs_until(&server, "echo", |l| l.last().is_some_and(|l| l == "call 9")).await;
     assert_eq!(lines.len(), 5, "the ring keeps the newest lines: {lines:?}");
     assert_eq!(lines.last().unwrap(), "call 9");
     server
@@ -392,7 +414,10 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
         .send()
         .await
         .unwrap();
-    let lines = logs(&server, "echo").await;
+    let lines = logs_until(&server, "echo", |l| {
+        l.last().is_some_and(|l| l == "no newline at the end")
+    })
+    .await;
     assert_eq!(
         lines.last().unwrap(),
         "no newline at the end",
