@@ -1,13 +1,10 @@
 //! Accepted events: the `SLUICE_EVENTS` stream.
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Cluster, EVENTS_SUBJECT, connected};
+use super::{Cluster, EVENTS_SUBJECT, PublishFailure};
 use crate::StoreError;
 
 /// The header carrying the publishing node's trigger-catalog revision.
@@ -62,63 +59,27 @@ impl Cluster {
     ) -> Result<Published, StoreError> {
         self.layout()?;
         let subject = format!("{EVENTS_SUBJECT}.{broker}");
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message_id);
+        headers.insert(
+            CATALOG_REVISION_HEADER,
+            catalog_revision.to_string().as_str(),
+        );
         let budget = self.inner.options.request_timeout;
-        let deadline = tokio::time::Instant::now() + budget;
-        connected(&self.inner.client, budget).await?;
-        let mut pause = Duration::from_millis(50);
-        let mut maybe_stored = false;
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Err(e) = connected(&self.inner.client, remaining).await {
-                if !maybe_stored {
-                    return Err(e);
-                }
-                return Err(StoreError::Unavailable(format!(
-                    "JetStream did not acknowledge the event within {budget:?} (connection lost); it may or may not be stored: retry with the same source and id"
-                )));
-            }
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", message_id);
-            headers.insert(
-                CATALOG_REVISION_HEADER,
-                catalog_revision.to_string().as_str(),
-            );
-            let attempt = async {
-                self.inner
-                    .js
-                    .publish_with_headers(subject.clone(), headers, payload.clone())
-                    .await?
-                    .await
-            };
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let failure = match tokio::time::timeout(remaining, attempt).await {
-                Ok(Ok(ack)) => {
-                    return Ok(Published {
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                    });
-                }
-                Ok(Err(e)) => match e.kind() {
-                    PublishErrorKind::MaxPayloadExceeded => {
-                        return Err(StoreError::TooLarge(format!(
-                            "the event is {} bytes as JSON, more than the NATS server takes in one message (max_payload, {} bytes)",
-                            payload.len(),
-                            self.inner.client.server_info().max_payload
-                        )));
-                    }
-                    // Not stored, or not known to be: try again with the same id.
-                    _ => e.to_string(),
-                },
-                Err(_) => "no acknowledgement".to_owned(),
-            };
-            maybe_stored = true;
-            if tokio::time::Instant::now() + pause >= deadline {
-                return Err(StoreError::Unavailable(format!(
-                    "JetStream did not acknowledge the event within {budget:?} ({failure}); it may or may not be stored: retry with the same source and id"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+        match self.publish_idempotent(&subject, &headers, &payload).await {
+            Ok(ack) => Ok(Published {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(PublishFailure::TooLarge) => Err(StoreError::TooLarge(format!(
+                "the event is {} bytes as JSON, more than the NATS server takes in one message (max_payload, {} bytes)",
+                payload.len(),
+                self.inner.client.server_info().max_payload
+            ))),
+            Err(PublishFailure::NotSent(error)) => Err(error),
+            Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(
+                "JetStream did not acknowledge the event within {budget:?} ({failure}); it may or may not be stored: retry with the same source and id"
+            ))),
         }
     }
 

@@ -483,6 +483,69 @@ async fn ensure_stream(
     }
 }
 
+/// Why [`Cluster::publish_idempotent`] gave up.
+pub(crate) enum PublishFailure {
+    /// Larger than the server takes in one message: never sent.
+    TooLarge,
+    /// Not connected in time: nothing was sent.
+    NotSent(StoreError),
+    /// Sent but not acknowledged in time (this says why): it may or may
+    /// not be stored; a retry with the same message id is safe.
+    Unanswered(String),
+}
+
+impl Cluster {
+    /// Publishes to a stream with `headers` (which carry the message id)
+    /// until JetStream acknowledges it or the request timeout passes:
+    /// an unanswered attempt is tried again with the same id, so a retry
+    /// that lands is the duplicate it is; nothing is sent while the
+    /// connection is down.
+    pub(crate) async fn publish_idempotent(
+        &self,
+        subject: &str,
+        headers: &async_nats::HeaderMap,
+        payload: &bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, PublishFailure> {
+        let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
+        let mut pause = Duration::from_millis(50);
+        let mut failure = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(error) = connected(&self.inner.client, remaining).await {
+                return Err(match failure {
+                    None => PublishFailure::NotSent(error),
+                    Some(_) => PublishFailure::Unanswered("connection lost".to_owned()),
+                });
+            }
+            let attempt = async {
+                self.inner
+                    .js
+                    .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
+                    .await?
+                    .await
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reason = match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(e))
+                    if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                {
+                    return Err(PublishFailure::TooLarge);
+                }
+                // Not stored, or not known to be: try again with the same id.
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no acknowledgement".to_owned(),
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(PublishFailure::Unanswered(reason));
+            }
+            failure = Some(reason);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
 /// Waits up to `budget` for `client` to be connected. A request sent while
 /// disconnected waits in the client's queue and may land after its caller
 /// gave up (and answered 503): so nothing is sent until the connection is

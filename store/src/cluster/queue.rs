@@ -28,7 +28,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{Cluster, EVENTS_STREAM, connected};
+use super::{Cluster, EVENTS_STREAM, PublishFailure};
 
 use crate::StoreError;
 
@@ -228,45 +228,26 @@ impl Cluster {
     ) -> Result<u64, StoreError> {
         let trigger = delivery.trigger;
         self.layout()?;
-        let budget = self.inner.options.request_timeout;
-        connected(&self.inner.client, budget).await?;
         let subject = format!("{DELIVERIES_SUBJECT}.{}.{trigger}", shard_of(trigger));
-        let message_id = format!("{event_sequence}.{trigger}.{kind}");
-        let deadline = tokio::time::Instant::now() + budget;
-        loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", message_id.as_str());
-            headers.insert(BROKER_HEADER, delivery.broker);
-            if let Some(letter) = delivery.dead_letter {
-                headers.insert(DEAD_LETTER_HEADER, letter.to_string().as_str());
-            }
-            let attempt = async {
-                self.inner
-                    .js
-                    .publish_with_headers(subject.clone(), headers, event.clone())
-                    .await?
-                    .await
-            };
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let failure = match tokio::time::timeout(remaining, attempt).await {
-                Ok(Ok(ack)) => return Ok(ack.sequence),
-                Ok(Err(e))
-                    if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
-                {
-                    return Err(StoreError::TooLarge(format!(
-                        "a delivery of {} bytes is more than the NATS server takes in one message",
-                        event.len()
-                    )));
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no acknowledgement".to_owned(),
-            };
-            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
-                return Err(StoreError::Unavailable(format!(
-                    "JetStream did not take a delivery of trigger {trigger:?}: {failure}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{event_sequence}.{trigger}.{kind}").as_str(),
+        );
+        headers.insert(BROKER_HEADER, delivery.broker);
+        if let Some(letter) = delivery.dead_letter {
+            headers.insert(DEAD_LETTER_HEADER, letter.to_string().as_str());
+        }
+        match self.publish_idempotent(&subject, &headers, &event).await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(PublishFailure::TooLarge) => Err(StoreError::TooLarge(format!(
+                "a delivery of {} bytes is more than the NATS server takes in one message",
+                event.len()
+            ))),
+            Err(PublishFailure::NotSent(error)) => Err(error),
+            Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(
+                "JetStream did not take a delivery of trigger {trigger:?}: {failure}"
+            ))),
         }
     }
 
