@@ -1,4 +1,5 @@
-//! Guest key-value data, for `wasi:keyvalue`.
+//! Guest key-value data, for `wasi:keyvalue`: [`GuestKv`] over the embedded
+//! store (below) or the cluster's bucket (`cluster/guest_kv.rs`).
 //!
 //! `kv`: `<bucket>\0<key>` → value. `kv_counts`: bucket → number of keys
 //! (big-endian u64), kept in the same transaction as every insert and
@@ -23,6 +24,17 @@ pub enum KvError {
     /// Increment would overflow.
     #[error("incrementing {0:?} would overflow")]
     Overflow(String),
+    /// The value is larger than the backend takes in one write (cluster
+    /// mode: the NATS servers' `max_payload`).
+    #[error(
+        "a value of {bytes} bytes is larger than this cluster takes in one write ({limit} bytes)"
+    )]
+    TooLarge {
+        /// The value's size.
+        bytes: usize,
+        /// What the backend takes.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -164,6 +176,127 @@ impl Store {
     /// Number of keys in `bucket`.
     pub fn kv_count(&self, bucket: &str) -> Result<u64> {
         Ok(count_of(self.kv_counts.get(bucket.as_bytes())?))
+    }
+}
+
+/// Guest key-value data where this node keeps it: the embedded store, or
+/// the cluster's bucket. The one interface `wasi:keyvalue` is served from;
+/// every write has reached its durable home when the call returns (sled
+/// flushed, or JetStream acknowledged), and the key limit holds in both.
+#[derive(Clone, Debug)]
+pub enum GuestKv {
+    /// This node's sled store.
+    Local(Store),
+    /// The cluster's guest key-value bucket.
+    Cluster(crate::cluster::GuestKv),
+}
+
+impl GuestKv {
+    /// The value of `key` in `bucket`.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> std::result::Result<Option<Vec<u8>>, KvError> {
+        match self {
+            GuestKv::Local(store) => Ok(store.kv_get(bucket, key)?),
+            GuestKv::Cluster(kv) => kv.get(bucket, key).await,
+        }
+    }
+
+    /// True if `key` exists in `bucket`.
+    pub async fn exists(&self, bucket: &str, key: &str) -> std::result::Result<bool, KvError> {
+        match self {
+            GuestKv::Local(store) => Ok(store.kv_exists(bucket, key)?),
+            GuestKv::Cluster(kv) => Ok(kv.get(bucket, key).await?.is_some()),
+        }
+    }
+
+    /// Sets each pair in `bucket`, refusing a new key past `max_keys`; durable
+    /// on return. Pairs before a refused one stay set.
+    pub async fn set(
+        &self,
+        bucket: &str,
+        pairs: &[(String, Vec<u8>)],
+        max_keys: u64,
+    ) -> std::result::Result<(), KvError> {
+        match self {
+            GuestKv::Local(store) => {
+                let mut result = Ok(());
+                for (key, value) in pairs {
+                    result = store.kv_set(bucket, key, value, max_keys);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                // What was set before a refusal is as durable as the rest.
+                store.flush_grouped().await?;
+                result
+            }
+            GuestKv::Cluster(kv) => {
+                for (key, value) in pairs {
+                    kv.set(bucket, key, value, max_keys).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes each of `keys` from `bucket` (no error for an absent one);
+    /// durable on return.
+    pub async fn delete(&self, bucket: &str, keys: &[String]) -> std::result::Result<(), KvError> {
+        match self {
+            GuestKv::Local(store) => {
+                let mut result = Ok(());
+                for key in keys {
+                    result = store.kv_delete(bucket, key);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                store.flush_grouped().await?;
+                result
+            }
+            GuestKv::Cluster(kv) => {
+                for key in keys {
+                    kv.delete(bucket, key).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `delta` to the decimal value of `key` (0 if absent), atomically;
+    /// durable on return.
+    pub async fn increment(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> std::result::Result<u64, KvError> {
+        match self {
+            GuestKv::Local(store) => {
+                let value = store.kv_increment(bucket, key, delta, max_keys)?;
+                store.flush_grouped().await?;
+                Ok(value)
+            }
+            GuestKv::Cluster(kv) => kv.increment(bucket, key, delta, max_keys).await,
+        }
+    }
+
+    /// Up to `page` keys of `bucket` in order, from position `cursor`; and
+    /// the cursor of the next page, if any.
+    pub async fn list(
+        &self,
+        bucket: &str,
+        cursor: u64,
+        page: usize,
+    ) -> std::result::Result<(Vec<String>, Option<u64>), KvError> {
+        match self {
+            GuestKv::Local(store) => Ok(store.kv_list(bucket, cursor, page)?),
+            GuestKv::Cluster(kv) => kv.list(bucket, cursor, page).await,
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub use component::{check_component_bytes, validate_component};
 pub use error::StoreError;
 pub use events::{DeadLetterRecord, DeliveryRecord};
 pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};
-pub use kv::KvError;
+pub use kv::{GuestKv, KvError};
 pub use logs::LogLine;
 
 /// The schema this build writes. A store written by a newer schema is refused.

@@ -506,3 +506,88 @@ async fn deliveries_retry_with_a_delay_count_attempts_and_end_acked_or_terminate
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_data_from_two_nodes_racing_keeps_the_key_limit_and_every_increment() {
+    use sluice_store::{GuestKv, KvError};
+    let nats = Nats::single();
+    let a = GuestKv::Cluster(sluice_store::cluster::GuestKv::new(
+        ready_node(nats.urls(), "a").await,
+    ));
+    let b = GuestKv::Cluster(sluice_store::cluster::GuestKv::new(
+        ready_node(nats.urls(), "b").await,
+    ));
+
+    // 24 new keys from two nodes at once into a bucket that holds 10:
+    // exactly 10 land, the rest are refused, and the bucket counts 10.
+    let writes = (0..24).map(|i| {
+        let kv = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            kv.set("fn/racer", &[(format!("k{i:02}"), b"v".to_vec())], 10)
+                .await
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let landed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(landed, 10, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, KvError::TooManyKeys(10))),
+        "{results:?}"
+    );
+    let (keys, next) = b.list("fn/racer", 0, 100).await.unwrap();
+    assert_eq!((keys.len(), next), (10, None), "{keys:?}");
+    // Overwrites are free; a delete gives a place back, once.
+    a.set("fn/racer", &[(keys[0].clone(), b"again".to_vec())], 10)
+        .await
+        .unwrap();
+    b.delete("fn/racer", &[keys[1].clone(), keys[1].clone()])
+        .await
+        .unwrap();
+    a.set("fn/racer", &[("new".to_owned(), b"v".to_vec())], 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.set("fn/racer", &[("one-more".to_owned(), b"v".to_vec())], 10)
+            .await,
+        Err(KvError::TooManyKeys(10))
+    ));
+    assert_eq!(
+        b.get("fn/racer", &keys[0]).await.unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    assert!(!a.exists("fn/racer", &keys[1]).await.unwrap());
+
+    // 40 increments of one key from both nodes: none lost.
+    let increments = (0..40).map(|i| {
+        let kv = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { kv.increment("fn/counter", "n", 1, 10).await }
+    });
+    let results = futures::future::join_all(increments).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let mut seen: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+    seen.sort();
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>(), "each saw its own value");
+    assert_eq!(
+        a.get("fn/counter", "n").await.unwrap().as_deref(),
+        Some(&b"40"[..])
+    );
+
+    // Another bucket is apart; keys of any text round-trip through listing.
+    for key in ["", "a.b", "ü *>"] {
+        b.set(
+            "shared/team",
+            &[(key.to_owned(), key.as_bytes().to_vec())],
+            10,
+        )
+        .await
+        .unwrap();
+    }
+    let (keys, _) = a.list("shared/team", 0, 2).await.unwrap();
+    assert_eq!(keys, vec!["".to_owned(), "a.b".to_owned()]);
+    let (rest, next) = a.list("shared/team", 2, 2).await.unwrap();
+    assert_eq!((rest, next), (vec!["ü *>".to_owned()], None));
+    assert_eq!(a.get("fn/team", "a.b").await.unwrap(), None);
+}

@@ -7,7 +7,21 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Server, Sink, eventually};
+use crate::harness::{Backend, Server, Sink, eventually};
+
+crate::both_backends!(
+    three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit_log,
+    a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404,
+    a_guest_looping_over_a_denied_request_causes_a_few_host_warnings_and_a_count,
+    outbound_http_reaches_only_allowed_hosts,
+    config_returns_settings_and_secrets_are_never_shown,
+    logs_are_kept_per_function_bounded_and_cut_per_call,
+    async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run,
+    async_invocations_are_listed_and_cancelled_queued_or_running,
+    async_invocations_past_the_byte_bound_are_503_naming_it,
+    an_async_invocation_survives_a_restart_between_202_and_completion,
+    key_value_data_persists_is_namespaced_and_bounded,
+);
 
 async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
     let response = server
@@ -57,9 +71,10 @@ async fn logs(server: &Server, function: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit_log() {
-    let mut server = Server::start();
+async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit_log(
+    backend: Backend,
+) {
+    let mut server = backend.start().await;
     server
         .deploy_ok("transaction-processor", guests::TRANSACTION_PROCESSOR, "")
         .await;
@@ -132,6 +147,7 @@ async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit
     }
 
     server.restart();
+    server.wait_ready().await;
     let (_, balance) = server.get("/fn/balance-manager/balance/acc-1").await;
     assert_eq!(
         serde_json::from_str::<Value>(&balance).unwrap()["balance"],
@@ -140,9 +156,8 @@ async fn three_functions_called_by_cluster_local_urls_keep_balances_and_an_audit
     );
 }
 
-#[tokio::test]
-async fn a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404() {
-    let server = Server::start_with(&["--max-call-depth", "5"]);
+async fn a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404(backend: Backend) {
+    let server = backend.start_with(&["--max-call-depth", "5"]).await;
     server
         .deploy_ok("ping", guests::CALLER, "env=CALL=http://pong.internal/")
         .await;
@@ -171,9 +186,10 @@ async fn a_call_chain_stops_at_the_depth_limit_and_unknown_targets_are_404() {
     assert!(body.starts_with("status: 404"), "{body}");
 }
 
-#[tokio::test]
-async fn a_guest_looping_over_a_denied_request_causes_a_few_host_warnings_and_a_count() {
-    let server = Server::start();
+async fn a_guest_looping_over_a_denied_request_causes_a_few_host_warnings_and_a_count(
+    backend: Backend,
+) {
+    let server = backend.start().await;
     server
         .deploy_ok(
             "caller",
@@ -200,9 +216,8 @@ async fn a_guest_looping_over_a_denied_request_causes_a_few_host_warnings_and_a_
     );
 }
 
-#[tokio::test]
-async fn outbound_http_reaches_only_allowed_hosts() {
-    let server = Server::start();
+async fn outbound_http_reaches_only_allowed_hosts(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     let host = sink.url.trim_start_matches("http://").to_string();
     server
@@ -242,16 +257,17 @@ async fn outbound_http_reaches_only_allowed_hosts() {
     );
 }
 
-#[tokio::test]
-async fn key_value_data_persists_is_namespaced_and_bounded() {
-    let mut server = Server::start_with(&[
-        "--kv-max-value-bytes",
-        "16",
-        "--kv-max-key-bytes",
-        "8",
-        "--kv-max-keys",
-        "3",
-    ]);
+async fn key_value_data_persists_is_namespaced_and_bounded(backend: Backend) {
+    let mut server = backend
+        .start_with(&[
+            "--kv-max-value-bytes",
+            "16",
+            "--kv-max-key-bytes",
+            "8",
+            "--kv-max-keys",
+            "3",
+        ])
+        .await;
     server.deploy_ok("kv-a", guests::KV, "kv_bucket=team").await;
     server.deploy_ok("kv-b", guests::KV, "kv_bucket=team").await;
     server.deploy_ok("kv-c", guests::KV, "").await;
@@ -317,7 +333,17 @@ async fn key_value_data_persists_is_namespaced_and_bounded() {
     );
     assert_eq!(server.get("/fn/kv-a/list").await.1, "k\nn\nthird");
 
+    let (status, _) = server.delete("/fn/kv-a/delete/third").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        put("/fn/kv-a/set/fourth", "v").await.unwrap().status(),
+        200,
+        "a deleted key gives its place back"
+    );
+    assert_eq!(server.get("/fn/kv-a/list").await.1, "fourth\nk\nn");
+
     server.restart();
+    server.wait_ready().await;
     assert_eq!(
         server.get("/fn/kv-a/get/k").await,
         (200, "v1".to_string()),
@@ -326,9 +352,8 @@ async fn key_value_data_persists_is_namespaced_and_bounded() {
     assert_eq!(server.get("/fn/kv-a/incr/n").await, (200, "6".to_string()));
 }
 
-#[tokio::test]
-async fn config_returns_settings_and_secrets_are_never_shown() {
-    let server = Server::start();
+async fn config_returns_settings_and_secrets_are_never_shown(backend: Backend) {
+    let server = backend.start().await;
     let record = server
         .deploy_ok("kv", guests::KV, "env=MODE=fast&secret=TOKEN=s3cr3t-value")
         .await;
@@ -366,9 +391,10 @@ async fn config_returns_settings_and_secrets_are_never_shown() {
     );
 }
 
-#[tokio::test]
-async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
-    let server = Server::start_with(&["--max-output-bytes", "64", "--log-lines-per-function", "5"]);
+async fn logs_are_kept_per_function_bounded_and_cut_per_call(backend: Backend) {
+    let server = backend
+        .start_with(&["--max-output-bytes", "64", "--log-lines-per-function", "5"])
+        .await;
     server.deploy_ok("echo", guests::ECHO, "").await;
     let response = server
         .http()
@@ -441,9 +467,10 @@ async fn logs_are_kept_per_function_bounded_and_cut_per_call() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("[stdout] call 9"));
 }
 
-#[tokio::test]
-async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run() {
-    let server = Server::start_with(&["--max-async-invocations", "3", "--async-workers", "2"]);
+async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run(backend: Backend) {
+    let server = backend
+        .start_with(&["--max-async-invocations", "3", "--async-workers", "2"])
+        .await;
     server
         .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=700")
         .await;
@@ -493,9 +520,8 @@ async fn async_invocations_past_the_queue_bound_are_503_and_the_rest_all_run() {
     assert_eq!(response.status(), 202);
 }
 
-#[tokio::test]
-async fn async_invocations_are_listed_and_cancelled_queued_or_running() {
-    let server = Server::start_with(&["--async-workers", "1"]);
+async fn async_invocations_are_listed_and_cancelled_queued_or_running(backend: Backend) {
+    let server = backend.start_with(&["--async-workers", "1"]).await;
     // Computes without yielding for up to a minute: only the epoch tick
     // can stop it.
     server
@@ -638,6 +664,7 @@ async fn async_invocations_are_listed_and_cancelled_queued_or_running() {
     // The restart keeps them cancelled.
     let mut server = server;
     server.restart();
+    server.wait_ready().await;
     for id in [&queued, &running] {
         let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
         assert_eq!(
@@ -647,14 +674,15 @@ async fn async_invocations_are_listed_and_cancelled_queued_or_running() {
     }
 }
 
-#[tokio::test]
-async fn async_invocations_past_the_byte_bound_are_503_naming_it() {
-    let server = Server::start_with(&[
-        "--max-async-invocation-bytes",
-        "1000000",
-        "--async-workers",
-        "1",
-    ]);
+async fn async_invocations_past_the_byte_bound_are_503_naming_it(backend: Backend) {
+    let server = backend
+        .start_with(&[
+            "--max-async-invocation-bytes",
+            "1000000",
+            "--async-workers",
+            "1",
+        ])
+        .await;
     server
         .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=3000")
         .await;
@@ -703,9 +731,8 @@ async fn async_invocations_past_the_byte_bound_are_503_naming_it() {
     .await;
 }
 
-#[tokio::test]
-async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
-    let mut server = Server::start();
+async fn an_async_invocation_survives_a_restart_between_202_and_completion(backend: Backend) {
+    let mut server = backend.start().await;
     server
         .deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=1500")
         .await;
@@ -724,6 +751,7 @@ async fn an_async_invocation_survives_a_restart_between_202_and_completion() {
 
     server.kill();
     server.restart();
+    server.wait_ready().await;
     let done = eventually(Duration::from_secs(20), || async {
         let (_, body) = server.get(&format!("/v1/invocations/{id}")).await;
         let value: Value = serde_json::from_str(&body).unwrap();

@@ -9,10 +9,7 @@ use serde_json::{Value, json};
 use sluice_test_artifacts as guests;
 
 use crate::harness::{Server, Sink, error_code, eventually};
-#[allow(dead_code)]
-#[path = "../../store/tests/support/nats.rs"]
-mod nats;
-use nats::Nats;
+use crate::nats::Nats;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -43,25 +40,58 @@ fn tally(sink: &[crate::harness::Received]) -> BTreeMap<String, usize> {
 }
 
 #[tokio::test]
-async fn two_nodes_are_one_sluice_functions_triggers_tokens_events_dead_letters() {
-    let nats = Nats::single();
+async fn three_nodes_on_three_nats_servers_are_one_sluice() {
+    let nats = Nats::cluster();
     let a = node(&nats, &[]);
     let b = node(&nats, &[]);
+    let c = node(&nats, &[]);
     ready(&a).await;
     ready(&b).await;
+    ready(&c).await;
 
-    // A function deployed on one node runs on the other.
+    // A function deployed through one node runs on the others.
     a.deploy_ok("hello", guests::HELLO, "visibility=public")
         .await;
-    let (status, body) = eventually(PATIENCE, || async {
-        let (status, body) = b.get("/fn/hello/from-b").await;
-        (status == 200).then_some((status, body))
+    for (name, other) in [("b", &b), ("c", &c)] {
+        let (status, body) = eventually(PATIENCE, || async {
+            let (status, body) = other.get(&format!("/fn/hello/from-{name}")).await;
+            (status == 200).then_some((status, body))
+        })
+        .await;
+        assert_eq!(status, 200);
+        assert!(body.contains("Hello from Sluice!"), "{body}");
+        let (_, list) = other.get("/v1/functions").await;
+        assert!(list.contains("\"hello\""), "{list}");
+    }
+
+    // A key a guest writes on one node, the same function reads on the
+    // other; increments from both nodes at once are none of them lost.
+    a.deploy_ok("kv", guests::KV, "").await;
+    eventually(PATIENCE, || async {
+        let (status, _) = b.get("/fn/kv/exists/k").await;
+        (status == 200).then_some(())
     })
     .await;
-    assert_eq!(status, 200);
-    assert!(body.contains("Hello from Sluice!"), "{body}");
-    let (_, list) = b.get("/v1/functions").await;
-    assert!(list.contains("\"hello\""), "{list}");
+    let response = a
+        .http()
+        .put(a.url("/fn/kv/set/k"))
+        .body("written on a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        b.get("/fn/kv/get/k").await,
+        (200, "written on a".to_owned())
+    );
+    let increments = (0..20).map(|i| {
+        let node = if i % 2 == 0 { &a } else { &b };
+        async move { node.get("/fn/kv/incr/n").await.0 }
+    });
+    let statuses = futures::future::join_all(increments).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(a.get("/fn/kv/get/n").await, (200, "20".to_owned()));
+    assert_eq!(b.get("/fn/kv/list").await, (200, "k\nn".to_owned()));
 
     // A token made on one node works on the other; revoked there, it stops
     // working on the first.
@@ -94,20 +124,20 @@ async fn two_nodes_are_one_sluice_functions_triggers_tokens_events_dead_letters(
     })
     .await;
 
-    // A trigger made on one node routes events posted to either.
+    // A trigger made through one node routes events posted to the others.
     let sink = Sink::start().await;
-    a.trigger(
+    b.trigger(
         json!({"name": "orders", "filter": {"attributes": {"type": "order"}},
         "subscriber": {"uri": format!("{}/orders", sink.url)}}),
     )
     .await;
     eventually(PATIENCE, || async {
-        let (status, _) = b.get("/v1/triggers/orders").await;
+        let (status, _) = c.get("/v1/triggers/orders").await;
         (status == 200).then_some(())
     })
     .await;
     for i in 0..10 {
-        let node = if i % 2 == 0 { &a } else { &b };
+        let node = if i % 2 == 0 { &c } else { &a };
         assert_eq!(
             node.send_event(&format!("o{i}"), "order", &[], b"{}").await,
             202
@@ -156,20 +186,35 @@ async fn two_nodes_are_one_sluice_functions_triggers_tokens_events_dead_letters(
     assert_eq!(status, 200);
     let (_, after) = b.get("/v1/deadletters").await;
     assert!(!after.contains("\"d1\""), "{after}");
+
+    // A delete through one node takes effect on every node.
+    let (status, _) = c.delete("/v1/functions/hello").await;
+    assert_eq!(status, 200);
+    let (status, _) = a.delete("/v1/triggers/orders").await;
+    assert_eq!(status, 200);
+    for other in [&a, &b, &c] {
+        eventually(PATIENCE, || async {
+            let gone = other.get("/fn/hello/").await.0 == 404
+                && other.get("/v1/triggers/orders").await.0 == 404;
+            gone.then_some(())
+        })
+        .await;
+    }
 }
 
 /// An HTTP sink that takes `delay` to answer each request, recording it
 /// when it arrives.
 struct SlowSink {
     url: String,
-    ids: Arc<Mutex<Vec<String>>>,
+    /// (path, event id) of each request, as it arrived.
+    seen: Arc<Mutex<Vec<(String, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SlowSink {
     async fn start(delay: Duration) -> SlowSink {
-        let ids: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = ids.clone();
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let log = seen.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let log = log.clone();
             async move {
@@ -179,7 +224,9 @@ impl SlowSink {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                log.lock().unwrap().push(id);
+                log.lock()
+                    .unwrap()
+                    .push((request.uri().path().to_owned(), id));
                 tokio::time::sleep(delay).await;
                 http::StatusCode::OK
             }
@@ -189,11 +236,15 @@ impl SlowSink {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        SlowSink { url, ids, task }
+        SlowSink { url, seen, task }
     }
 
     fn ids(&self) -> Vec<String> {
-        self.ids.lock().unwrap().clone()
+        self.seen().into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
@@ -263,6 +314,119 @@ async fn a_node_killed_mid_delivery_loses_no_acknowledged_event() {
         "{repeats} repeats, {in_flight_at_kill} were in flight: {counts:?}"
     );
     drop(b);
+}
+
+/// A small xorshift generator: the kill test's moments, from a seed it
+/// prints (set `SLUICE_TEST_SEED` to run the same moments again).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test]
+async fn nodes_killed_at_random_moments_during_fan_out_lose_no_acknowledged_event() {
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+        | 1;
+    println!("kill moments: SLUICE_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+    let nats = Nats::single();
+    // Each delivery takes 200 ms: a kill finds some running.
+    let sink = SlowSink::start(Duration::from_millis(200)).await;
+    let mut nodes = [node(&nats, &[]), node(&nats, &[])];
+    for n in &nodes {
+        ready(n).await;
+    }
+    const TRIGGERS: [&str; 3] = ["t0", "t1", "t2"];
+    for t in TRIGGERS {
+        nodes[0]
+            .trigger(json!({"name": t, "filter": {"attributes": {"type": "fan"}},
+                "subscriber": {"uri": format!("{}/{t}", sink.url)}}))
+            .await;
+    }
+    eventually(PATIENCE, || async {
+        let (status, _) = nodes[1].get("/v1/triggers/t2").await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // Each cycle: events posted to the victim, which is killed (SIGKILL)
+    // after a random pause, mid fan-out; more events posted to the other
+    // node meanwhile; the victim started again.
+    let mut acknowledged = Vec::new();
+    let mut sent = 0;
+    for cycle in 0..4 {
+        let victim = rng.below(2) as usize;
+        let survivor = 1 - victim;
+        for _ in 0..15 {
+            let id = format!("c{cycle}-{sent}");
+            sent += 1;
+            if nodes[victim].send_event(&id, "fan", &[], b"{}").await == 202 {
+                acknowledged.push(id);
+            }
+        }
+        let pause = rng.below(300);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        nodes[victim].kill();
+        println!("cycle {cycle}: killed node {victim} {pause} ms after its last 202");
+        for _ in 0..5 {
+            let id = format!("c{cycle}-{sent}");
+            sent += 1;
+            if nodes[survivor].send_event(&id, "fan", &[], b"{}").await == 202 {
+                acknowledged.push(id);
+            }
+        }
+        nodes[victim].start_again();
+        ready(&nodes[victim]).await;
+    }
+    assert!(
+        acknowledged.len() >= sent * 9 / 10,
+        "most events were acknowledged: {} of {sent}",
+        acknowledged.len()
+    );
+
+    // Every acknowledged event reached every trigger.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let got = sink.seen();
+        let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for delivery in &got {
+            *seen.entry(delivery.clone()).or_default() += 1;
+        }
+        let missing: Vec<(String, String)> = acknowledged
+            .iter()
+            .flat_map(|id| TRIGGERS.map(|t| (format!("/{t}"), id.clone())))
+            .filter(|key| !seen.contains_key(key))
+            .collect();
+        if missing.is_empty() {
+            let repeats: usize = seen.values().map(|n| n - 1).sum();
+            println!(
+                "{} events acknowledged, {} deliveries, {repeats} repeated after kills",
+                acknowledged.len(),
+                got.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {} deliveries of acknowledged events never arrived: {missing:?}",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -21,9 +21,76 @@ pub struct Server {
     args: Vec<String>,
     http: reqwest::Client,
     admin_token: String,
+    /// Cluster mode: the NATS server this node's state lives on (dropped,
+    /// so stopped, after the node).
+    nats: Option<crate::nats::Nats>,
+}
+
+/// Where a server keeps its state: the tests that must hold in both modes
+/// take one (see [`both_backends!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// sled and the delivery journal in the data directory.
+    Embedded,
+    /// One JetStream server of its own (`--nats`).
+    Nats,
+}
+
+impl Backend {
+    /// Starts a server on this backend with extra flags and waits until it
+    /// is ready (a cluster node answers 503 until JetStream does).
+    pub async fn start_with(self, args: &[&str]) -> Server {
+        let server = match self {
+            Backend::Embedded => Server::start_with(args),
+            Backend::Nats => {
+                let nats = crate::nats::Nats::single();
+                let urls = nats.urls().join(",");
+                let mut all = vec!["--nats", urls.as_str(), "--nats-ack-wait", "2s"];
+                all.extend_from_slice(args);
+                let mut server = Server::start_with(&all);
+                server.nats = Some(nats);
+                server
+            }
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts a server on this backend with default flags.
+    pub async fn start(self) -> Server {
+        self.start_with(&[]).await
+    }
+}
+
+/// Runs the async test function `$name(backend: Backend)` once per backend,
+/// as the tests `$name::embedded` and `$name::nats`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name($crate::harness::Backend::Embedded).await
+            }
+
+            #[tokio::test]
+            async fn nats() {
+                super::$name($crate::harness::Backend::Nats).await
+            }
+        }
+    )+};
 }
 
 impl Server {
+    /// Waits (up to a minute) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        eventually(Duration::from_secs(60), || async {
+            let response = self.http.get(self.url("/readyz")).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+
     /// Starts a server with default flags.
     pub fn start() -> Server {
         Server::start_with(&[])
@@ -46,6 +113,7 @@ impl Server {
             args: Vec::new(),
             http: client_with_token(&admin_token),
             admin_token,
+            nats: None,
         }
     }
 
@@ -71,6 +139,7 @@ impl Server {
             args,
             http: client_with_token(&admin_token),
             admin_token,
+            nats: None,
         }
     }
 

@@ -13,6 +13,9 @@ mod harness;
 mod hostile;
 mod input_limits;
 mod lifecycle;
+#[allow(dead_code)]
+#[path = "../../store/tests/support/nats.rs"]
+mod nats;
 mod observability;
 mod polyglot;
 mod router;

@@ -7,7 +7,19 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_test_artifacts as guests;
 
-use crate::harness::{QUIET, Received, Server, Sink, error_code, eventually, quiet_for};
+use crate::harness::{Backend, QUIET, Received, Server, Sink, error_code, eventually, quiet_for};
+
+crate::both_backends!(
+    fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker,
+    attributes_and_data_arrive_at_the_guest_byte_identical,
+    a_chain_of_three_functions_linked_by_published_events_completes,
+    retries_follow_the_trigger_policy_then_dead_letter_and_replay,
+    permanent_failures_are_dead_lettered_without_retries,
+    ingress_validation_rejects_each_broken_rule_with_its_code,
+    triggers_validate_report_readiness_and_survive_restart,
+    an_event_function_can_be_invoked_directly_with_an_event,
+    a_cesql_trigger_gets_the_events_its_expression_selects,
+);
 
 fn sink_trigger(
     name: &str,
@@ -18,9 +30,8 @@ fn sink_trigger(
     json!({"name": name, "filters": filters, "subscriber": {"uri": format!("{}{path}", sink.url)}})
 }
 
-#[tokio::test]
-async fn fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker() {
-    let server = Server::start();
+async fn fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     server
         .deploy_ok("order-processor", guests::ORDER_PROCESSOR, "")
@@ -116,9 +127,8 @@ async fn fan_out_reaches_each_subscriber_once_and_replies_re_enter_the_broker() 
     assert_eq!(delivered, [Some(1.0), Some(1.0)], "orders, stock");
 }
 
-#[tokio::test]
-async fn attributes_and_data_arrive_at_the_guest_byte_identical() {
-    let server = Server::start();
+async fn attributes_and_data_arrive_at_the_guest_byte_identical(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     server.deploy_ok("event-echo", guests::EVENT_ECHO, "").await;
     server
@@ -183,9 +193,8 @@ async fn attributes_and_data_arrive_at_the_guest_byte_identical() {
     assert_eq!(structured.body, r#"{ "a" : [1,  2.50, "ü"] }"#.as_bytes());
 }
 
-#[tokio::test]
-async fn a_chain_of_three_functions_linked_by_published_events_completes() {
-    let server = Server::start();
+async fn a_chain_of_three_functions_linked_by_published_events_completes(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     for step in 1..=3 {
         server
@@ -229,9 +238,8 @@ async fn a_chain_of_three_functions_linked_by_published_events_completes() {
     assert_eq!(got[0].body, b"payload");
 }
 
-#[tokio::test]
-async fn retries_follow_the_trigger_policy_then_dead_letter_and_replay() {
-    let server = Server::start();
+async fn retries_follow_the_trigger_policy_then_dead_letter_and_replay(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     // k = 2 failures, R = 3 retries: k + 1 = 3 attempts, then success.
     server
@@ -315,9 +323,8 @@ async fn retries_follow_the_trigger_policy_then_dead_letter_and_replay() {
     assert_eq!(status, 404, "a dead letter replays once");
 }
 
-#[tokio::test]
-async fn permanent_failures_are_dead_lettered_without_retries() {
-    let server = Server::start();
+async fn permanent_failures_are_dead_lettered_without_retries(backend: Backend) {
+    let server = backend.start().await;
     server.deploy_ok("flaky", guests::FLAKY, "").await;
     server
         .trigger(json!({"name": "p", "filter": {"attributes": {"type": "x.permanent"}}, "subscriber": {"function": "flaky"},
@@ -428,9 +435,8 @@ async fn a_full_backlog_answers_503_with_retry_after_and_takes_events_again_once
     assert_eq!(server.send_event("again", "t", &[], b"").await, 202);
 }
 
-#[tokio::test]
-async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
-    let server = Server::start_with(&["--max-event-bytes", "4096"]);
+async fn ingress_validation_rejects_each_broken_rule_with_its_code(backend: Backend) {
+    let server = backend.start_with(&["--max-event-bytes", "4096"]).await;
     let sink = Sink::start().await;
     server
         .trigger(sink_trigger("all", &sink, "/", json!([])))
@@ -683,9 +689,8 @@ async fn ingress_validation_rejects_each_broken_rule_with_its_code() {
     assert_eq!(accepted.body, deep(63).into_bytes(), "delivered as sent");
 }
 
-#[tokio::test]
-async fn triggers_validate_report_readiness_and_survive_restart() {
-    let mut server = Server::start();
+async fn triggers_validate_report_readiness_and_survive_restart(backend: Backend) {
+    let mut server = backend.start().await;
     let (status, body) = server
         .post_json(
             "/v1/triggers",
@@ -728,6 +733,7 @@ async fn triggers_validate_report_readiness_and_survive_restart() {
     );
 
     server.restart();
+    server.wait_ready().await;
     server.deploy_ok("not-yet", guests::EVENT_ECHO, "").await;
     let (_, body) = server.get("/v1/triggers/later").await;
     let trigger: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -738,9 +744,8 @@ async fn triggers_validate_report_readiness_and_survive_restart() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn an_event_function_can_be_invoked_directly_with_an_event() {
-    let server = Server::start();
+async fn an_event_function_can_be_invoked_directly_with_an_event(backend: Backend) {
+    let server = backend.start().await;
     server
         .deploy_ok("order-processor", guests::ORDER_PROCESSOR, "")
         .await;
@@ -968,9 +973,8 @@ async fn crash_during_fan_out_retries_and_dead_letters_loses_no_acknowledged_eve
     }
 }
 
-#[tokio::test]
-async fn a_cesql_trigger_gets_the_events_its_expression_selects() {
-    let server = Server::start();
+async fn a_cesql_trigger_gets_the_events_its_expression_selects(backend: Backend) {
+    let server = backend.start().await;
     let sink = Sink::start().await;
     server
         .trigger(sink_trigger(

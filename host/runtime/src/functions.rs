@@ -654,7 +654,12 @@ impl Functions {
             .collect();
         let limits_all = self.runtime.limits();
         let kv = Arc::new(KvContext {
-            store: self.store.clone(),
+            store: match self.cluster() {
+                Some(cluster) => {
+                    sluice_store::GuestKv::Cluster(sluice_store::cluster::GuestKv::new(cluster))
+                }
+                None => sluice_store::GuestKv::Local(self.store.clone()),
+            },
             function: record.name.clone(),
             shared: record.settings.kv_buckets.clone(),
             max_key_bytes: limits_all.kv_max_key_bytes,

@@ -186,6 +186,62 @@ impl Catalog {
         Ok((entries, last))
     }
 
+    /// Every live key that starts with `prefix` (a whole number of
+    /// `.`-separated tokens ending in `.`), unordered.
+    pub async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        connected(&self.client, self.timeout).await?;
+        let subject_prefix = format!("{}{prefix}", self.kv.prefix);
+        let list = async {
+            let consumer = self
+                .kv
+                .stream
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    description: Some("sluice key listing".to_owned()),
+                    filter_subject: format!("{subject_prefix}>"),
+                    headers_only: true,
+                    replay_policy: ReplayPolicy::Instant,
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.unavailable("list", prefix, &e))?;
+            let mut keys = Vec::new();
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(keys);
+            }
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| self.unavailable("list", prefix, &e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| self.unavailable("list", prefix, &e))?;
+                let info = message
+                    .info()
+                    .map_err(|e| self.unavailable("list", prefix, &e))?;
+                let pending = info.pending;
+                let deleted = message.headers.as_ref().is_some_and(|headers| {
+                    headers
+                        .get("KV-Operation")
+                        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+                        || headers.get("Nats-Marker-Reason").is_some()
+                });
+                if !deleted && let Some(key) = message.subject.strip_prefix(&self.kv.prefix) {
+                    keys.push(key.to_owned());
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok(keys)
+        };
+        match tokio::time::timeout(self.timeout, list).await {
+            Ok(result) => result,
+            Err(_) => Err(self.unanswered("list", prefix)),
+        }
+    }
+
     /// Every change after revision `after`, as it happens, for as long as the
     /// [`Watcher`] lives. The watch survives lost connections and server
     /// restarts: it is re-created from the last revision it reported (so a

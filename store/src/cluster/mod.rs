@@ -13,6 +13,8 @@
 //!   by every node: [`Catalog`].
 //! - An object store of component bytes named by digest, checked on read:
 //!   [`Cluster::put_blob`], [`Cluster::blob`].
+//! - Guest key-value data in one more bucket, with the key limit kept by a
+//!   compare-and-set count: [`GuestKv`].
 //!
 //! Connecting never waits for NATS: [`Cluster::connect`] returns at once, and
 //! a background task keeps dialling and creates (or binds) the layout as soon
@@ -24,6 +26,7 @@ mod blobs;
 mod catalog;
 mod events;
 mod functions;
+mod guest_kv;
 mod queue;
 
 use std::path::PathBuf;
@@ -37,6 +40,7 @@ use crate::StoreError;
 
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
+pub use guest_kv::{GUEST_KV_BUCKET, GuestKv};
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
     Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
@@ -62,16 +66,19 @@ pub enum Bucket {
     Tokens,
     /// Dead letters, by delivery id.
     DeadLetters,
+    /// Guest key-value data (`wasi:keyvalue`), see [`GuestKv`].
+    GuestKv,
 }
 
 impl Bucket {
     /// Every bucket, in the order they are created.
-    pub const ALL: [Bucket; 5] = [
+    pub const ALL: [Bucket; 6] = [
         Bucket::Functions,
         Bucket::Triggers,
         Bucket::Brokers,
         Bucket::Tokens,
         Bucket::DeadLetters,
+        Bucket::GuestKv,
     ];
 
     /// The JetStream bucket name.
@@ -82,6 +89,7 @@ impl Bucket {
             Bucket::Brokers => "sluice_brokers",
             Bucket::Tokens => "sluice_tokens",
             Bucket::DeadLetters => "sluice_dead_letters",
+            Bucket::GuestKv => GUEST_KV_BUCKET,
         }
     }
 }

@@ -1,14 +1,17 @@
-//! `wasi:keyvalue` (store, atomics, batch), backed by the server's sled store.
+//! `wasi:keyvalue` (store, atomics, batch), backed by the server's store:
+//! sled, or in cluster mode the cluster's guest key-value bucket (see
+//! [`GuestKv`]).
 //!
 //! A function opens its own bucket with the identifier `""` or `"default"`
 //! (stored as `fn/<function>`): no other function can reach it. A named
 //! shared bucket (`shared/<name>`) opens only for functions whose settings
-//! list it in `kv_buckets`. Writes are flushed (grouped) before the call
-//! returns to the guest, so a value a guest saw written survives a crash.
+//! list it in `kv_buckets`. Writes are durable (sled flushed, or JetStream
+//! acknowledged) before the call returns to the guest, so a value a guest
+//! saw written survives a crash.
 //! Keys, values and keys per bucket are bounded; going past a bound is an
 //! `error::other` with the reason, and changes nothing.
 
-use sluice_store::{KvError, Store};
+use sluice_store::{GuestKv, KvError};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 mod generated {
@@ -34,8 +37,8 @@ pub const LIST_PAGE: usize = 1000;
 /// What one invocation may do with key-value data.
 #[derive(Clone, Debug)]
 pub struct KvContext {
-    /// The store.
-    pub store: Store,
+    /// Where the data lives.
+    pub store: GuestKv,
     /// The calling function.
     pub function: String,
     /// Shared buckets it may open.
@@ -161,7 +164,7 @@ impl keyvalue::store::HostBucket for KvView<'_> {
         key: String,
     ) -> Result<Option<Vec<u8>>, Error> {
         let name = self.bucket(&bucket)?;
-        Ok(self.kv()?.store.kv_get(&name, &key)?)
+        Ok(self.kv()?.store.get(&name, &key).await?)
     }
 
     async fn set(
@@ -174,22 +177,19 @@ impl keyvalue::store::HostBucket for KvView<'_> {
         let kv = self.kv()?;
         kv.check_key(&key)?;
         kv.check_value(&value)?;
-        kv.store.kv_set(&name, &key, &value, kv.max_keys)?;
-        kv.store.flush_grouped().await?;
+        kv.store.set(&name, &[(key, value)], kv.max_keys).await?;
         Ok(())
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), Error> {
         let name = self.bucket(&bucket)?;
-        let kv = self.kv()?;
-        kv.store.kv_delete(&name, &key)?;
-        kv.store.flush_grouped().await?;
+        self.kv()?.store.delete(&name, &[key]).await?;
         Ok(())
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, Error> {
         let name = self.bucket(&bucket)?;
-        Ok(self.kv()?.store.kv_exists(&name, &key)?)
+        Ok(self.kv()?.store.exists(&name, &key).await?)
     }
 
     async fn list_keys(
@@ -201,7 +201,8 @@ impl keyvalue::store::HostBucket for KvView<'_> {
         let (keys, cursor) = self
             .kv()?
             .store
-            .kv_list(&name, cursor.unwrap_or(0), LIST_PAGE)?;
+            .list(&name, cursor.unwrap_or(0), LIST_PAGE)
+            .await?;
         Ok(keyvalue::store::KeyResponse { keys, cursor })
     }
 
@@ -221,9 +222,7 @@ impl keyvalue::atomics::Host for KvView<'_> {
         let name = self.bucket(&bucket)?;
         let kv = self.kv()?;
         kv.check_key(&key)?;
-        let value = kv.store.kv_increment(&name, &key, delta, kv.max_keys)?;
-        kv.store.flush_grouped().await?;
-        Ok(value)
+        Ok(kv.store.increment(&name, &key, delta, kv.max_keys).await?)
     }
 }
 
@@ -235,9 +234,11 @@ impl keyvalue::batch::Host for KvView<'_> {
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
         let name = self.bucket(&bucket)?;
         let kv = self.kv()?;
-        keys.into_iter()
-            .map(|key| Ok(kv.store.kv_get(&name, &key)?.map(|value| (key, value))))
-            .collect()
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(kv.store.get(&name, &key).await?.map(|value| (key, value)));
+        }
+        Ok(found)
     }
 
     async fn set_many(
@@ -251,10 +252,7 @@ impl keyvalue::batch::Host for KvView<'_> {
             kv.check_key(key)?;
             kv.check_value(value)?;
         }
-        for (key, value) in key_values {
-            kv.store.kv_set(&name, &key, &value, kv.max_keys)?;
-        }
-        kv.store.flush_grouped().await?;
+        kv.store.set(&name, &key_values, kv.max_keys).await?;
         Ok(())
     }
 
@@ -264,11 +262,7 @@ impl keyvalue::batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> Result<(), Error> {
         let name = self.bucket(&bucket)?;
-        let kv = self.kv()?;
-        for key in keys {
-            kv.store.kv_delete(&name, &key)?;
-        }
-        kv.store.flush_grouped().await?;
+        self.kv()?.store.delete(&name, &keys).await?;
         Ok(())
     }
 }

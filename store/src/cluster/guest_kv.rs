@@ -1,0 +1,345 @@
+//! Guest key-value data (`wasi:keyvalue`) in cluster mode: one key-value
+//! bucket, `sluice_guest_kv`, for every function and shared bucket (one
+//! JetStream bucket per function would be one Raft group each).
+//!
+//! Keys: `data.<kind>.<name>.k<key>` for a value, the guest's key in
+//! unpadded URL-safe base64 (guest keys are any string; NATS keys are not),
+//! and `count.<kind>.<name>` for the number of keys, where `<kind>.<name>`
+//! is the host's bucket name (`fn/<function>`, `shared/<name>`) with `.`
+//! for `/`. Every write is compare-and-set on the key's revision, so two
+//! nodes racing on one key both land, in some order, and an increment is
+//! never lost. A new key first reserves its place in the count (also
+//! compare-and-set), then is created; a write that fails with an unknown
+//! outcome keeps its reservation, so the count can run high after a
+//! failure (refusing new keys a little early) but never low: the key limit
+//! is never exceeded. Writers racing to create the same key each take a
+//! place until all but one give theirs back: a full count is checked
+//! against the key itself, so a racer that lost writes as an overwrite;
+//! only a different new key written at that moment, at the limit, can be
+//! refused early. Reads go to the bucket's leader, so a value written
+//! through one node is read back through any other.
+
+use base64::Engine;
+use bytes::Bytes;
+
+use super::{Catalog, Cluster, Expect};
+use crate::{KvError, StoreError};
+
+/// The JetStream bucket of guest data.
+pub const GUEST_KV_BUCKET: &str = "sluice_guest_kv";
+
+/// Compare-and-set rounds one write may lose before it gives up.
+const MAX_ROUNDS: usize = 64;
+
+/// What headers and the subject add to a value in one publish, kept free of
+/// the servers' `max_payload`.
+const OVERHEAD: usize = 4096;
+
+/// Guest key-value data on the cluster. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GuestKv {
+    cluster: Cluster,
+}
+
+fn subject_part(bucket: &str) -> Result<String, KvError> {
+    let ok = !bucket.is_empty()
+        && bucket.split('/').count() == 2
+        && bucket.split('/').all(crate::is_dns_label);
+    if !ok {
+        return Err(KvError::Store(StoreError::Corrupt(format!(
+            "not a guest bucket name: {bucket:?}"
+        ))));
+    }
+    Ok(bucket.replace('/', "."))
+}
+
+fn data_prefix(bucket: &str) -> Result<String, KvError> {
+    Ok(format!("data.{}.", subject_part(bucket)?))
+}
+
+fn data_key(bucket: &str, key: &str) -> Result<String, KvError> {
+    Ok(format!(
+        "{}k{}",
+        data_prefix(bucket)?,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    ))
+}
+
+fn count_key(bucket: &str) -> Result<String, KvError> {
+    Ok(format!("count.{}", subject_part(bucket)?))
+}
+
+fn parse_count(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn contended(key: &str) -> KvError {
+    KvError::Store(StoreError::Unavailable(format!(
+        "key {key:?} changed under {MAX_ROUNDS} writes in a row; try again"
+    )))
+}
+
+impl GuestKv {
+    /// Guest data on `cluster`.
+    pub fn new(cluster: Cluster) -> GuestKv {
+        GuestKv { cluster }
+    }
+
+    fn bucket(&self) -> Result<Catalog, KvError> {
+        Ok(self.cluster.catalog(super::Bucket::GuestKv)?)
+    }
+
+    fn check_size(&self, value: &[u8]) -> Result<(), KvError> {
+        let limit = self
+            .cluster
+            .inner
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(OVERHEAD);
+        if value.len() > limit {
+            return Err(KvError::TooLarge {
+                bytes: value.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of `key` in `bucket`.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let found = self.bucket()?.get(&data_key(bucket, key)?).await?;
+        Ok(found.map(|v| v.value.to_vec()))
+    }
+
+    /// Sets `key` in `bucket`, refusing a new key past `max_keys`.
+    pub async fn set(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: u64,
+    ) -> Result<(), KvError> {
+        self.check_size(value)?;
+        let kv = self.bucket()?;
+        let full = data_key(bucket, key)?;
+        let value = Bytes::copy_from_slice(value);
+        for _ in 0..MAX_ROUNDS {
+            let expect = match kv.get(&full).await? {
+                Some(current) => Expect::Revision(current.revision),
+                None => {
+                    if !self.reserve_new(&kv, bucket, &full, max_keys).await? {
+                        continue;
+                    }
+                    Expect::Absent
+                }
+            };
+            match kv.put(&full, value.clone(), expect).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Changed(_)) => {
+                    if expect == Expect::Absent {
+                        // Another writer created it first: not a new key.
+                        self.release(&kv, bucket).await?;
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(contended(key))
+    }
+
+    /// Deletes `key` from `bucket` (no error if absent).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), KvError> {
+        let kv = self.bucket()?;
+        let full = data_key(bucket, key)?;
+        for _ in 0..MAX_ROUNDS {
+            match kv.delete(&full, Expect::Any).await {
+                Ok(Some(_)) => return self.release(&kv, bucket).await,
+                Ok(None) => return Ok(()),
+                // Written between the read and the delete: read again.
+                Err(StoreError::Changed(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(contended(key))
+    }
+
+    /// Adds `delta` to the decimal value of `key` (0 if absent), atomically.
+    pub async fn increment(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: u64,
+        max_keys: u64,
+    ) -> Result<u64, KvError> {
+        let kv = self.bucket()?;
+        let full = data_key(bucket, key)?;
+        for _ in 0..MAX_ROUNDS {
+            let (next, expect) = match kv.get(&full).await? {
+                Some(current) => {
+                    let value = std::str::from_utf8(&current.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| KvError::NotANumber(key.to_owned()))?;
+                    let next = value
+                        .checked_add(delta)
+                        .ok_or_else(|| KvError::Overflow(key.to_owned()))?;
+                    (next, Expect::Revision(current.revision))
+                }
+                None => {
+                    if !self.reserve_new(&kv, bucket, &full, max_keys).await? {
+                        continue;
+                    }
+                    (delta, Expect::Absent)
+                }
+            };
+            match kv.put(&full, Bytes::from(next.to_string()), expect).await {
+                Ok(_) => return Ok(next),
+                Err(StoreError::Changed(_)) => {
+                    if expect == Expect::Absent {
+                        self.release(&kv, bucket).await?;
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(contended(key))
+    }
+
+    /// Up to `page` keys of `bucket` in order, from position `cursor`; and
+    /// the cursor of the next page, if any.
+    pub async fn list(
+        &self,
+        bucket: &str,
+        cursor: u64,
+        page: usize,
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let prefix = data_prefix(bucket)?;
+        let mut keys: Vec<String> = self
+            .bucket()?
+            .keys_under(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|full| {
+                let encoded = full.strip_prefix(&prefix)?.strip_prefix('k')?;
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(encoded)
+                    .ok()?;
+                String::from_utf8(raw).ok()
+            })
+            .collect();
+        keys.sort();
+        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let rest = keys.len().saturating_sub(skip);
+        let page_keys: Vec<String> = keys.into_iter().skip(skip).take(page).collect();
+        let next = (rest > page_keys.len()).then(|| cursor + page_keys.len() as u64);
+        Ok((page_keys, next))
+    }
+
+    /// Takes a place in `bucket`'s count for the new key `full`: true when
+    /// taken, false when the key exists after all (another writer created
+    /// it while the count was full of racers' places: write it as an
+    /// overwrite), [`KvError::TooManyKeys`] when the bucket is full.
+    async fn reserve_new(
+        &self,
+        kv: &Catalog,
+        bucket: &str,
+        full: &str,
+        max_keys: u64,
+    ) -> Result<bool, KvError> {
+        match self.reserve(kv, bucket, max_keys).await {
+            Ok(()) => Ok(true),
+            Err(KvError::TooManyKeys(limit)) => match kv.get(full).await? {
+                Some(_) => Ok(false),
+                None => Err(KvError::TooManyKeys(limit)),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Takes one place in `bucket`'s count, refusing past `max_keys`.
+    async fn reserve(&self, kv: &Catalog, bucket: &str, max_keys: u64) -> Result<(), KvError> {
+        let key = count_key(bucket)?;
+        for _ in 0..MAX_ROUNDS {
+            let (count, expect) = match kv.get(&key).await? {
+                Some(current) => (
+                    parse_count(&current.value),
+                    Expect::Revision(current.revision),
+                ),
+                None => (0, Expect::Absent),
+            };
+            if count >= max_keys {
+                return Err(KvError::TooManyKeys(max_keys));
+            }
+            match kv
+                .put(&key, Bytes::from((count + 1).to_string()), expect)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Changed(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(contended(&key))
+    }
+
+    /// Gives back one place in `bucket`'s count.
+    async fn release(&self, kv: &Catalog, bucket: &str) -> Result<(), KvError> {
+        let key = count_key(bucket)?;
+        for _ in 0..MAX_ROUNDS {
+            let Some(current) = kv.get(&key).await? else {
+                return Ok(());
+            };
+            let count = parse_count(&current.value).saturating_sub(1);
+            match kv
+                .put(
+                    &key,
+                    Bytes::from(count.to_string()),
+                    Expect::Revision(current.revision),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Changed(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(contended(&key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_nats_keys_for_any_guest_key() {
+        for key in ["", "a", "with space", "a.b.c", "ünïcode/*>", "$KV"] {
+            let full = data_key("fn/orders", key).unwrap();
+            assert!(full.starts_with("data.fn.orders.k"), "{full}");
+            assert!(
+                full.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+                "{full}"
+            );
+            assert!(!full.ends_with('.'), "{full}");
+        }
+        assert_eq!(count_key("shared/carts").unwrap(), "count.shared.carts");
+        // Two buckets whose names share a prefix stay apart.
+        assert!(
+            !data_key("fn/ab", "k")
+                .unwrap()
+                .starts_with(&data_prefix("fn/a").unwrap())
+        );
+    }
+
+    #[test]
+    fn bucket_names_the_host_never_makes_are_refused() {
+        for bucket in ["", "fn", "fn/", "fn/a.b", "fn/a/b", "fn/>", "FN/a"] {
+            assert!(data_key(bucket, "k").is_err(), "{bucket:?}");
+        }
+    }
+}
