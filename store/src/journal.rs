@@ -1754,13 +1754,23 @@ mod tests {
         assert!(copied, "the four deliveries were not copied forward");
         // The copy holds the 4 KB event once, not four times.
         // A segment listed may be deleted before it is read (the copy
-        // thread frees what it copied): it then holds nothing.
-        let frames: Vec<Frame> = sim_segments(&disk)
-            .iter()
-            .filter_map(|&s| disk.contents(&segment_path(Path::new(DIR), s)))
-            .flat_map(|data| decode(&data).0)
-            .filter(|f| matches!(&f.entry, Entry::Put(r) if r.iter().any(|r| r.id <= 4)))
-            .collect();
+        // thread frees what it copied): it then holds nothing. A copy may
+        // itself be copied forward again, and the segment it left is gone
+        // only a moment later: wait for that.
+        let mut frames: Vec<Frame> = Vec::new();
+        for _ in 0..200 {
+            frames = sim_segments(&disk)
+                .iter()
+                .filter_map(|&s| disk.contents(&segment_path(Path::new(DIR), s)))
+                .flat_map(|data| decode(&data).0)
+                .filter(|f| matches!(&f.entry, Entry::Put(r) if r.iter().any(|r| r.id <= 4)))
+                .collect();
+            if frames.len() == 1 {
+                break;
+            }
+            journal.sync_blocking().unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(frames.len(), 1, "one frame for the event");
         assert!(frames[0].len < 5000, "{} bytes", frames[0].len);
         assert_eq!(ids(&journal.pending().unwrap()), vec![1, 2, 3, 4]);

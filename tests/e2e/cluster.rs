@@ -93,6 +93,27 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
     assert_eq!(a.get("/fn/kv/get/n").await, (200, "20".to_owned()));
     assert_eq!(b.get("/fn/kv/list").await, (200, "k\nn".to_owned()));
 
+    // What a guest printed on one node is in its logs through the others.
+    a.deploy_ok("echo", guests::ECHO, "").await;
+    eventually(PATIENCE, || async {
+        let response = b
+            .http()
+            .post(b.url("/fn/echo/"))
+            .body("printed on b")
+            .send()
+            .await
+            .unwrap();
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    for other in [&a, &c] {
+        eventually(PATIENCE, || async {
+            let (_, logs) = other.get("/v1/functions/echo/logs").await;
+            logs.contains("printed on b").then_some(())
+        })
+        .await;
+    }
+
     // A token made on one node works on the other; revoked there, it stops
     // working on the first.
     let (status, made) = a
@@ -596,4 +617,66 @@ async fn a_killed_nats_stream_leader_costs_503s_never_a_202_for_an_unstored_even
     let tally = tally(&got);
     assert_eq!(tally.len(), 30, "{tally:?}");
     assert!(tally.values().all(|n| *n <= 2), "{tally:?}");
+}
+
+#[tokio::test]
+async fn a_function_whose_bytes_come_late_is_replicated_once_they_are_there() {
+    use sluice_store::cluster::{Bucket, Cluster, ClusterOptions, Expect};
+    let nats = Nats::single();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    ready(&a).await;
+    ready(&b).await;
+    a.deploy_ok("hello", guests::HELLO, "visibility=public")
+        .await;
+
+    // A record whose component bytes no node has stored yet (as a node
+    // killed between the two writes of a deploy would leave it): every node
+    // fails to replicate it, and must try again.
+    let cluster = Cluster::connect(ClusterOptions::new(nats.urls()))
+        .await
+        .unwrap();
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    let functions = cluster.catalog(Bucket::Functions).unwrap();
+    let hello = functions.get("hello").await.unwrap().unwrap();
+    let mut record: Value = serde_json::from_slice(&hello.value).unwrap();
+    let echo = std::fs::read(guests::ECHO).unwrap();
+    record["name"] = json!("late");
+    record["digest"] = json!(sluice_store::digest_of(&echo));
+    functions
+        .put(
+            "late",
+            serde_json::to_vec(&record).unwrap().into(),
+            Expect::Absent,
+        )
+        .await
+        .unwrap();
+    eventually(PATIENCE, || async {
+        b.log()
+            .contains("could not replicate a function to this node; will retry")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(b.get("/fn/late/").await.0, 404);
+
+    // The bytes arrive (another function with the same component): the
+    // late function now runs on both nodes.
+    a.deploy_ok("echo", guests::ECHO, "visibility=public").await;
+    for node in [&a, &b] {
+        let body = eventually(PATIENCE, || async {
+            let response = node
+                .http()
+                .post(node.url("/fn/late/"))
+                .body("came late")
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 200 {
+                return None;
+            }
+            Some(response.text().await.unwrap())
+        })
+        .await;
+        assert!(body.ends_with("came late"), "{body}");
+    }
 }

@@ -466,7 +466,7 @@ impl Functions {
     }
 
     /// The cluster, in cluster mode (the router's).
-    fn cluster(&self) -> Option<sluice_store::cluster::Cluster> {
+    pub fn cluster(&self) -> Option<sluice_store::cluster::Cluster> {
         self.router.get().and_then(|r| r.cluster().cloned())
     }
 
@@ -531,6 +531,11 @@ impl Functions {
         self.recent.lock().unwrap().remove(name);
         self.metrics.forget_function(name);
         self.store.delete_logs(name)?;
+        if let Some(cluster) = self.cluster()
+            && let Err(error) = cluster.delete_logs(name).await
+        {
+            tracing::warn!(function = %name, %error, "could not remove the function's logs from the cluster");
+        }
         if self.store.blob(&record.digest)?.is_none() {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
         }

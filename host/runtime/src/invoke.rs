@@ -320,6 +320,22 @@ impl Functions {
             return;
         }
         tracing::debug!(%function, %invocation, lines = lines.len(), "guest output");
+        if let Some(cluster) = self.cluster() {
+            // Cluster mode: the cluster's ring, through any node. The call
+            // does not wait for it.
+            let (function, invocation) = (function.to_owned(), invocation.to_owned());
+            tokio::spawn(async move {
+                let rows: Vec<(&str, &str, &str)> = lines
+                    .iter()
+                    .map(|(s, l)| (invocation.as_str(), *s, l.as_str()))
+                    .collect();
+                if let Err(error) = cluster.append_logs(&function, &rows).await {
+                    // Once per call while NATS is away: not a warning each.
+                    tracing::debug!(%function, %error, "could not keep guest output");
+                }
+            });
+            return;
+        }
         let rows: Vec<(&str, &str, &str)> = lines
             .iter()
             .map(|(s, l)| (invocation, *s, l.as_str()))

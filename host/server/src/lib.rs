@@ -115,7 +115,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             );
         }
         Some(cluster) => {
-            let cluster = sluice_store::cluster::Cluster::connect(cluster.clone()).await?;
+            let mut cluster = cluster.clone();
+            cluster.log_lines = options.limits.log_lines_per_function;
+            let cluster = sluice_store::cluster::Cluster::connect(cluster).await?;
             tracing::info!(nats = %cluster.options().urls.join(","), "cluster mode: state on NATS JetStream");
             Some(cluster)
         }

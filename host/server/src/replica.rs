@@ -106,10 +106,16 @@ async fn replicate_functions(
     let (entries, after) = snapshot(&catalog).await;
     let mut revisions = HashMap::new();
     let mut names = std::collections::HashSet::new();
+    // Changes that failed to apply here (the component bytes not fetched,
+    // the local disk failing), retried until they land or a newer change
+    // of the same function replaces them.
+    let mut pending: HashMap<String, Option<Bytes>> = HashMap::new();
     for (name, value) in entries {
         names.insert(name.clone());
         revisions.insert(name.clone(), value.revision);
-        apply_function(functions, &name, Some(&value.value)).await;
+        if !apply_function(functions, &name, Some(&value.value)).await {
+            pending.insert(name, Some(value.value));
+        }
     }
     // Deleted in the cluster while this node was away (or made on this
     // node before it joined: the cluster's catalog is the truth).
@@ -125,7 +131,9 @@ async fn replicate_functions(
         tracing::warn!(functions = ?gone, "functions on this node that the cluster does not have: removed from this node");
     }
     for name in gone {
-        apply_function(functions, &name, None).await;
+        if !apply_function(functions, &name, None).await {
+            pending.insert(name, None);
+        }
     }
     synced.functions.store(true, Ordering::Release);
     tracing::info!(functions = names.len(), "functions loaded from the cluster");
@@ -135,28 +143,61 @@ async fn replicate_functions(
         tracing::error!(%error, "could not deploy the examples to the cluster");
     }
     let mut watch = catalog.watch(after);
-    while let Some(change) = watch.next().await {
-        let known = revisions.entry(change.key.clone()).or_default();
-        if *known >= change.revision {
-            continue;
+    let mut delay = RETRY_FIRST;
+    let mut retry_at = tokio::time::Instant::now() + delay;
+    loop {
+        tokio::select! {
+            change = watch.next() => {
+                let Some(change) = change else { return };
+                let known = revisions.entry(change.key.clone()).or_default();
+                if *known >= change.revision {
+                    continue;
+                }
+                *known = change.revision;
+                pending.remove(&change.key);
+                if !apply_function(functions, &change.key, change.value.as_ref()).await {
+                    if pending.is_empty() {
+                        delay = RETRY_FIRST;
+                        retry_at = tokio::time::Instant::now() + delay;
+                    }
+                    pending.insert(change.key, change.value);
+                }
+            }
+            () = tokio::time::sleep_until(retry_at), if !pending.is_empty() => {
+                let names: Vec<String> = pending.keys().cloned().collect();
+                for name in names {
+                    let value = pending[&name].clone();
+                    if apply_function(functions, &name, value.as_ref()).await {
+                        tracing::info!(function = %name, "replicated to this node after a failure");
+                        pending.remove(&name);
+                    }
+                }
+                delay = (delay * 2).min(RETRY_LAST);
+                retry_at = tokio::time::Instant::now() + delay;
+            }
         }
-        *known = change.revision;
-        apply_function(functions, &change.key, change.value.as_ref()).await;
     }
 }
 
-async fn apply_function(functions: &Arc<Functions>, name: &str, value: Option<&Bytes>) {
+/// The first and the longest pause before a failed change is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LAST: Duration = Duration::from_secs(30);
+
+/// Applies one change of the functions bucket to this node: false when it
+/// failed and should be tried again.
+async fn apply_function(functions: &Arc<Functions>, name: &str, value: Option<&Bytes>) -> bool {
     let Some(value) = value else {
         if let Err(error) = functions.forget(name).await {
-            tracing::error!(function = %name, %error, "could not remove a deleted function from this node");
+            tracing::error!(function = %name, %error, "could not remove a deleted function from this node; will retry");
+            return false;
         }
-        return;
+        return true;
     };
     let record: FunctionRecord = match serde_json::from_slice(value) {
         Ok(record) => record,
         Err(error) => {
             tracing::error!(function = %name, %error, "a function record in the cluster is unreadable; ignored");
-            return;
+            return true;
         }
     };
     // This node may hold a newer version of the same function already (it
@@ -165,11 +206,13 @@ async fn apply_function(functions: &Arc<Functions>, name: &str, value: Option<&B
         && local.created == record.created
         && local.version > record.version
     {
-        return;
+        return true;
     }
     if let Err(error) = functions.keep_replica(&record, None).await {
-        tracing::error!(function = %name, %error, "could not replicate a function to this node");
+        tracing::error!(function = %name, %error, "could not replicate a function to this node; will retry");
+        return false;
     }
+    true
 }
 
 async fn replicate_tokens(catalog: Catalog, auth: &Auth, synced: &Synced) {

@@ -13,6 +13,7 @@
 //!   by every node: [`Catalog`].
 //! - An object store of component bytes named by digest, checked on read:
 //!   [`Cluster::put_blob`], [`Cluster::blob`].
+//! - Guest output in `SLUICE_LOGS`, a bounded ring per function.
 //! - Guest key-value data in one more bucket, with the key limit kept by a
 //!   compare-and-set count: [`GuestKv`].
 //!
@@ -27,6 +28,7 @@ mod catalog;
 mod events;
 mod functions;
 mod guest_kv;
+mod logs;
 mod queue;
 
 use std::path::PathBuf;
@@ -41,6 +43,7 @@ use crate::StoreError;
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use guest_kv::{GUEST_KV_BUCKET, GuestKv};
+pub use logs::{LOGS_STREAM, LOGS_SUBJECT};
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
     Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
@@ -117,6 +120,9 @@ pub struct ClusterOptions {
     /// How long a pulled event or delivery may go without an ack or a
     /// progress note before another node gets it.
     pub ack_wait: Duration,
+    /// Lines of guest output kept per function (the logs stream's limit
+    /// per subject).
+    pub log_lines: usize,
 }
 
 impl ClusterOptions {
@@ -132,6 +138,7 @@ impl ClusterOptions {
             name: "sluice".to_owned(),
             request_timeout: Duration::from_secs(5),
             ack_wait: ACK_WAIT,
+            log_lines: 1_000,
         }
     }
 }
@@ -140,6 +147,7 @@ impl ClusterOptions {
 struct Layout {
     events: stream::Stream,
     deliveries: stream::Stream,
+    logs: stream::Stream,
     buckets: Vec<(Bucket, kv::Store)>,
     blobs: object_store::ObjectStore,
     replicas: usize,
@@ -397,6 +405,7 @@ impl Cluster {
         let events = ensure_stream(js, events_config, explicit).await?;
         let deliveries =
             ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
+        let logs = ensure_stream(js, logs::logs_config(options, replicas), explicit).await?;
         // What the events stream has, which is what a 202 promises.
         let replicas = {
             let mut events = events.clone();
@@ -439,6 +448,7 @@ impl Cluster {
         Ok(Layout {
             events,
             deliveries,
+            logs,
             buckets,
             blobs,
             replicas,
@@ -472,12 +482,17 @@ async fn ensure_stream(
             if current.max_age != config.max_age
                 || current.duplicate_window != config.duplicate_window
                 || current.num_replicas != replicas
+                || (config.max_messages_per_subject > 0
+                    && current.max_messages_per_subject != config.max_messages_per_subject)
             {
                 // Only the fields Sluice sets change; tuning done on the
                 // stream by hand stays.
                 current.max_age = config.max_age;
                 current.duplicate_window = config.duplicate_window;
                 current.num_replicas = replicas;
+                if config.max_messages_per_subject > 0 {
+                    current.max_messages_per_subject = config.max_messages_per_subject;
+                }
                 js.update_stream(&current)
                     .await
                     .map_err(|e| format!("updating stream {name}: {e}"))?;

@@ -263,7 +263,10 @@ async fn function_logs(
     }
     let since = query.since.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).min(MAX_LOG_PAGE);
-    let lines = state.functions.store().logs(&name, since, limit)?;
+    let lines = match state.functions.cluster() {
+        Some(cluster) => cluster.logs(&name, since, limit).await?,
+        None => state.functions.store().logs(&name, since, limit)?,
+    };
     let next = lines.last().map_or(since, |line| line.seq);
     Ok(axum::Json(json!({"logs": lines, "next": next})).into_response())
 }

@@ -1,0 +1,170 @@
+//! Guest output in cluster mode: one stream, `SLUICE_LOGS`, a subject per
+//! function (`sluice.logs.<function>`) holding at most
+//! `--log-lines-per-function` lines (JetStream drops a subject's oldest
+//! line past it: the same ring as the embedded store's), so the logs of a
+//! function are the same list through every node, whichever ran the call.
+//! A line's `seq` is its stream sequence: increasing across the cluster,
+//! the cursor for `since`. Lines are published without waiting for
+//! JetStream's ack, as the embedded store does not flush them: logs are not
+//! acknowledged data, and a call never waits on them.
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::stream;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{Cluster, ClusterOptions, connected};
+use crate::{LogLine, StoreError};
+
+/// The logs stream.
+pub const LOGS_STREAM: &str = "SLUICE_LOGS";
+/// Subject prefix of log lines: `sluice.logs.<function>`.
+pub const LOGS_SUBJECT: &str = "sluice.logs";
+
+/// A line as stored (its `seq` is the message's stream sequence).
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    time: std::borrow::Cow<'a, str>,
+    invocation: std::borrow::Cow<'a, str>,
+    stream: std::borrow::Cow<'a, str>,
+    line: std::borrow::Cow<'a, str>,
+}
+
+pub(super) fn logs_config(options: &ClusterOptions, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: LOGS_STREAM.to_owned(),
+        description: Some("Sluice: guest output, a bounded ring per function".to_owned()),
+        subjects: vec![format!("{LOGS_SUBJECT}.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_messages_per_subject: i64::try_from(options.log_lines.max(1)).unwrap_or(i64::MAX),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+fn subject(function: &str) -> Result<String, StoreError> {
+    if !crate::is_dns_label(function) {
+        return Err(StoreError::Corrupt(format!(
+            "not a function name: {function:?}"
+        )));
+    }
+    Ok(format!("{LOGS_SUBJECT}.{function}"))
+}
+
+impl Cluster {
+    /// Appends `lines` (invocation, stream, text) to `function`'s log. Sent
+    /// without waiting for an acknowledgement; dropped (with the reason)
+    /// while the connection is down.
+    pub async fn append_logs(
+        &self,
+        function: &str,
+        lines: &[(&str, &str, &str)],
+    ) -> Result<(), StoreError> {
+        let subject = subject(function)?;
+        if self.readiness().is_err() {
+            return Err(StoreError::Unavailable(
+                "not connected to NATS; the output is not kept".to_owned(),
+            ));
+        }
+        let time = crate::now_rfc3339();
+        for (invocation, stream, text) in lines {
+            let payload = serde_json::to_vec(&Stored {
+                time: time.as_str().into(),
+                invocation: (*invocation).into(),
+                stream: (*stream).into(),
+                line: (*text).into(),
+            })
+            .expect("log lines serialize");
+            self.inner
+                .client
+                .publish(subject.clone(), payload.into())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("publishing output: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` lines of `function`'s log with `seq > since`, oldest
+    /// first.
+    pub async fn logs(
+        &self,
+        function: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let subject = subject(function)?;
+        let logs = self.layout()?.logs.clone();
+        connected(&self.inner.client, self.inner.options.request_timeout).await?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("reading the logs of {function}: {e}"))
+        };
+        let read = async {
+            let mut lines = Vec::new();
+            if limit == 0 {
+                return Ok(lines);
+            }
+            let consumer = logs
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: self.inner.client.new_inbox(),
+                    description: Some("sluice log reader".to_owned()),
+                    filter_subject: subject,
+                    replay_policy: ReplayPolicy::Instant,
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: since.saturating_add(1),
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(lines);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| unavailable(&e))?;
+                let info = message.info().map_err(|e| unavailable(&e))?;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                if let Ok(stored) = serde_json::from_slice::<Stored>(&message.payload) {
+                    lines.push(LogLine {
+                        seq,
+                        time: stored.time.into_owned(),
+                        invocation: stored.invocation.into_owned(),
+                        stream: stored.stream.into_owned(),
+                        line: stored.line.into_owned(),
+                    });
+                }
+                if pending == 0 || lines.len() >= limit {
+                    break;
+                }
+            }
+            Ok(lines)
+        };
+        match tokio::time::timeout(self.inner.options.request_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(&"JetStream did not answer in time")),
+        }
+    }
+
+    /// Removes every log line of `function` (it was deleted).
+    pub async fn delete_logs(&self, function: &str) -> Result<(), StoreError> {
+        let subject = subject(function)?;
+        let logs = self.layout()?.logs.clone();
+        connected(&self.inner.client, self.inner.options.request_timeout).await?;
+        match tokio::time::timeout(
+            self.inner.options.request_timeout,
+            logs.purge().filter(subject),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "removing the logs of {function}: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "removing the logs of {function}: JetStream did not answer in time"
+            ))),
+        }
+    }
+}
