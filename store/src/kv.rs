@@ -24,6 +24,15 @@ pub enum KvError {
     /// Increment would overflow.
     #[error("incrementing {0:?} would overflow")]
     Overflow(String),
+    /// The key is longer than the backend takes (cluster mode: keys become
+    /// NATS subjects).
+    #[error("a key of {bytes} bytes is longer than cluster mode takes ({limit} bytes)")]
+    KeyTooLong {
+        /// The key's length.
+        bytes: usize,
+        /// What the backend takes.
+        limit: usize,
+    },
     /// The value is larger than the backend takes in one write (cluster
     /// mode: the NATS servers' `max_payload`).
     #[error(

@@ -574,6 +574,25 @@ async fn guest_data_from_two_nodes_racing_keeps_the_key_limit_and_every_incremen
         a.get("fn/counter", "n").await.unwrap().as_deref(),
         Some(&b"40"[..])
     );
+    // The racers for the one new key gave their places back: it counts
+    // once, so nine more keys fit and a tenth does not.
+    for i in 0..9 {
+        b.set("fn/counter", &[(format!("more{i}"), b"v".to_vec())], 10)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        a.set("fn/counter", &[("tenth".to_owned(), b"v".to_vec())], 10)
+            .await,
+        Err(KvError::TooManyKeys(10))
+    ));
+    // Keys past what a NATS subject carries are refused with the reason.
+    let long = "k".repeat(3000);
+    let error = a
+        .set("fn/counter", &[(long, b"v".to_vec())], 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, KvError::KeyTooLong { .. }), "{error}");
 
     // Another bucket is apart; keys of any text round-trip through listing.
     for key in ["", "a.b", "ü *>"] {

@@ -208,6 +208,37 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
     let (_, after) = b.get("/v1/deadletters").await;
     assert!(!after.contains("\"d1\""), "{after}");
 
+    // Status through any node names it, every live node (their leases),
+    // JetStream's health with the events stream on three replicas, and
+    // the cluster's backlog (drained by now).
+    let status = eventually(PATIENCE, || async {
+        let (_, body) = b.get("/v1/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        (status["cluster"]["nodes"].as_array().map(Vec::len) == Some(3)).then_some(status)
+    })
+    .await;
+    let cluster = &status["cluster"];
+    let node = cluster["node"].as_str().unwrap();
+    assert!(
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == node && n["listen"].as_str() == b.url.strip_prefix("http://")),
+        "{status}"
+    );
+    assert_eq!(cluster["jetstream"]["healthy"], true, "{status}");
+    assert_eq!(cluster["jetstream"]["events"]["replicas"], 3, "{status}");
+    assert!(
+        cluster["jetstream"]["events"]["leader"].is_string(),
+        "{status}"
+    );
+    assert_eq!(
+        cluster["jetstream"]["backlog"]["deliveries_waiting"], 0,
+        "{status}"
+    );
+    assert_eq!(status["deliveries_pending"], 0, "{status}");
+
     // A delete through one node takes effect on every node.
     let (status, _) = c.delete("/v1/functions/hello").await;
     assert_eq!(status, 200);

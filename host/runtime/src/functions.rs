@@ -168,7 +168,19 @@ pub struct Functions {
     router: std::sync::OnceLock<Arc<sluice_router::dispatch::Router>>,
     call_policy: std::sync::OnceLock<Arc<dyn crate::capabilities::outbound::CallPolicy>>,
     recent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<RecentInvocation>>>,
+    /// Cluster mode: the queue of guest output on its way to the cluster's
+    /// logs stream (one task publishes it, in order).
+    cluster_logs: std::sync::OnceLock<tokio::sync::mpsc::Sender<LogBatch>>,
 }
+
+/// One call's output for the cluster's logs: function, invocation, and
+/// (stream, line) pairs.
+pub(crate) type LogBatch = (String, String, Vec<(&'static str, String)>);
+
+/// Calls' outputs queued for the cluster at most: past it, output is
+/// dropped (a guest that prints without end cannot fill the host's memory
+/// or hold up its neighbours' logs for long).
+const CLUSTER_LOG_QUEUE: usize = 64;
 
 impl Functions {
     /// A registry over `store`, keeping compiled artifacts under `artifacts_root`.
@@ -215,7 +227,35 @@ impl Functions {
             router: std::sync::OnceLock::new(),
             call_policy: std::sync::OnceLock::new(),
             recent: std::sync::Mutex::new(HashMap::new()),
+            cluster_logs: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Cluster mode: queues a call's output for the cluster's logs, false
+    /// when the queue is full (the output is dropped).
+    pub(crate) fn send_cluster_logs(
+        &self,
+        cluster: &sluice_store::cluster::Cluster,
+        batch: LogBatch,
+    ) -> bool {
+        let sender = self.cluster_logs.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<LogBatch>(CLUSTER_LOG_QUEUE);
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                while let Some((function, invocation, lines)) = rx.recv().await {
+                    let rows: Vec<(&str, &str, &str)> = lines
+                        .iter()
+                        .map(|(stream, line)| (invocation.as_str(), *stream, line.as_str()))
+                        .collect();
+                    if let Err(error) = cluster.append_logs(&function, &rows).await {
+                        // Once per call while NATS is away: not a warning each.
+                        tracing::debug!(%function, %error, "could not keep guest output");
+                    }
+                }
+            });
+            tx
+        });
+        sender.try_send(batch).is_ok()
     }
 
     /// Keeps `invocation` in `function`'s recent list.
@@ -453,6 +493,12 @@ impl Functions {
                 .delete_function(name)
                 .await?
                 .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+            // Here, by the node the delete came through, not by each node as
+            // it sees the delete: a node seeing it late must not purge the
+            // lines of a function made again under the same name.
+            if let Err(error) = cluster.delete_logs(name).await {
+                tracing::warn!(function = %name, %error, "could not remove the function's logs from the cluster");
+            }
             self.forget(name).await?;
             return Ok(record);
         }
@@ -531,11 +577,6 @@ impl Functions {
         self.recent.lock().unwrap().remove(name);
         self.metrics.forget_function(name);
         self.store.delete_logs(name)?;
-        if let Some(cluster) = self.cluster()
-            && let Err(error) = cluster.delete_logs(name).await
-        {
-            tracing::warn!(function = %name, %error, "could not remove the function's logs from the cluster");
-        }
         if self.store.blob(&record.digest)?.is_none() {
             let _ = tokio::fs::remove_file(self.artifact_path(&record.digest)).await;
         }

@@ -321,19 +321,15 @@ impl Functions {
         }
         tracing::debug!(%function, %invocation, lines = lines.len(), "guest output");
         if let Some(cluster) = self.cluster() {
-            // Cluster mode: the cluster's ring, through any node. The call
-            // does not wait for it.
-            let (function, invocation) = (function.to_owned(), invocation.to_owned());
-            tokio::spawn(async move {
-                let rows: Vec<(&str, &str, &str)> = lines
-                    .iter()
-                    .map(|(s, l)| (invocation.as_str(), *s, l.as_str()))
-                    .collect();
-                if let Err(error) = cluster.append_logs(&function, &rows).await {
-                    // Once per call while NATS is away: not a warning each.
-                    tracing::debug!(%function, %error, "could not keep guest output");
-                }
-            });
+            // Cluster mode: the cluster's ring, through any node, sent in
+            // order by one task; the call does not wait for it. Only the
+            // lines the ring would keep are sent.
+            let keep = self.runtime().limits().log_lines_per_function.max(1);
+            let lines = lines.split_off(lines.len().saturating_sub(keep));
+            let batch = (function.to_owned(), invocation.to_owned(), lines);
+            if !self.send_cluster_logs(&cluster, batch) {
+                tracing::debug!(%function, "guest output dropped: the queue to the cluster is full");
+            }
             return;
         }
         let rows: Vec<(&str, &str, &str)> = lines

@@ -364,6 +364,18 @@ impl Limits {
                 reason: format!("{host:?} is not a host name or `*.domain` pattern"),
             });
         }
+        if let Some(bucket) = settings
+            .kv_buckets
+            .iter()
+            .find(|b| !sluice_store::is_dns_label(b))
+        {
+            return Err(InvalidSetting {
+                setting: "kv_buckets",
+                reason: format!(
+                    "{bucket:?} is not a bucket name: use 1 to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit"
+                ),
+            });
+        }
         Ok(())
     }
 

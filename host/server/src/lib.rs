@@ -188,6 +188,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
+    if let Some(cluster) = &cluster {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        // Held until the process ends; then it lapses.
+        drop(cluster.hold_lease(sluice_store::cluster::NodeInfo {
+            id: hex::encode(id),
+            name: cluster.options().name.clone(),
+            listen: addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: sluice_store::now_rfc3339(),
+        }));
+    }
     tracing::info!(%addr, data_dir = %options.data_dir.display(), "sluice listening");
     // Tests and scripts read this line to learn the port.
     println!("sluice listening on http://{addr}");

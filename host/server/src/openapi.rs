@@ -658,9 +658,70 @@ pub struct ServerStatus {
     /// Functions whose compiled code is in memory now.
     functions_loaded: u64,
     triggers: u64,
+    /// Deliveries not finished: this node's, or in cluster mode the
+    /// cluster's (waiting and held, from the work queue's consumers).
     deliveries_pending: i64,
     dead_letters: u64,
     requests_in_flight: u64,
+    /// Cluster mode only.
+    cluster: Option<ClusterStatus>,
+}
+
+/// Cluster mode: the node answering, the live nodes, JetStream.
+#[derive(ToSchema)]
+pub struct ClusterStatus {
+    /// This node's name.
+    node: String,
+    /// The nodes whose leases are live (renewed every 3 s, lapsing 10 s
+    /// after the last renewal).
+    nodes: Vec<ClusterNode>,
+    jetstream: JetStreamStatus,
+}
+
+/// One live node.
+#[derive(ToSchema)]
+pub struct ClusterNode {
+    id: String,
+    name: String,
+    /// The address it serves HTTP on.
+    listen: String,
+    version: String,
+    started: String,
+}
+
+/// JetStream as the answering node sees it.
+#[derive(ToSchema)]
+pub struct JetStreamStatus {
+    healthy: bool,
+    /// Why not healthy.
+    reason: Option<String>,
+    events: Option<StreamState>,
+    deliveries: Option<StreamState>,
+    backlog: Option<ClusterBacklog>,
+}
+
+/// One stream's state.
+#[derive(ToSchema)]
+pub struct StreamState {
+    messages: u64,
+    bytes: u64,
+    replicas: u64,
+    /// The server leading it.
+    leader: Option<String>,
+    /// Followers that are current.
+    replicas_current: u64,
+}
+
+/// The cluster's backlog, from the consumers' counts.
+#[derive(ToSchema)]
+pub struct ClusterBacklog {
+    /// Accepted events not fanned out yet.
+    events_to_fan_out: u64,
+    /// Deliveries queued, not taken by a node.
+    deliveries_waiting: u64,
+    /// Deliveries a node holds (running, in backoff, or held under
+    /// `maxConcurrency`).
+    deliveries_held: u64,
 }
 
 #[cfg(test)]

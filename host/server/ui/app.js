@@ -118,6 +118,34 @@ function time(ms) {
   return new Date(ms).toLocaleTimeString();
 }
 
+// Cluster mode: this node among the live ones, JetStream's health, the
+// cluster's backlog.
+function showCluster(cluster) {
+  $("#cluster").hidden = !cluster;
+  if (!cluster) return;
+  const js = cluster.jetstream;
+  $("#jetstream").textContent = js.healthy ? "JetStream ok" : "JetStream unavailable";
+  $("#jetstream").className = `badge ${js.healthy ? "ok" : "bad"}`;
+  $("#jetstream").title = js.reason || "";
+  const parts = [`${cluster.nodes.length} live node${cluster.nodes.length === 1 ? "" : "s"}`];
+  if (js.events) {
+    parts.push(`events stream: ${js.events.messages} events, ${bytes(js.events.bytes)}, ` +
+      `R${js.events.replicas}${js.events.leader ? `, leader ${js.events.leader}` : ""}`);
+  }
+  if (js.backlog) {
+    parts.push(`backlog: ${js.backlog.events_to_fan_out} events to fan out, ` +
+      `${js.backlog.deliveries_waiting} deliveries waiting, ${js.backlog.deliveries_held} held`);
+  }
+  if (!js.healthy && js.reason) parts.push(js.reason);
+  $("#cluster-summary").textContent = parts.join(" · ");
+  const body = $("#nodes-table tbody");
+  body.replaceChildren(...cluster.nodes.map((n) => el("tr", { class: n.name === cluster.node ? "self" : "" },
+    el("td", {}, n.name === cluster.node ? `${n.name} (this node)` : n.name),
+    el("td", {}, n.listen),
+    el("td", {}, n.version),
+    el("td", {}, new Date(n.started).toLocaleString()))));
+}
+
 async function refresh() {
   if (!token) return;
   try {
@@ -131,6 +159,7 @@ async function refresh() {
     $("#stat-deadletters").textContent = status.dead_letters;
     $("#stat-uptime").textContent = duration(status.uptime_secs);
     $("#stat-version").textContent = `v${status.version}`;
+    showCluster(status.cluster);
     await Promise.all([refreshFunctions(), refreshTriggers(), refreshDeadLetters()]);
   } catch (error) {
     if (error instanceof Unauthorized) showSignIn(error.message);

@@ -208,6 +208,10 @@ impl Catalog {
                 .await
                 .map_err(|e| self.unavailable("list", prefix, &e))?;
             let mut keys = Vec::new();
+            let name = consumer.cached_info().name.clone();
+            // The consumer goes as soon as it was read (else it would sit
+            // on the servers until its inactivity threshold).
+            let _remove = RemoveConsumer(Some((self.kv.stream.clone(), name)));
             if consumer.cached_info().num_pending == 0 {
                 return Ok(keys);
             }
@@ -345,5 +349,24 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Deletes an ephemeral consumer when dropped (in the background: a read
+/// never waits for it).
+pub(super) struct RemoveConsumer(
+    pub(super) Option<(async_nats::jetstream::stream::Stream, String)>,
+);
+
+impl Drop for RemoveConsumer {
+    fn drop(&mut self) {
+        if let Some((stream, name)) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.delete_consumer(&name))
+                    .await;
+            });
+        }
     }
 }

@@ -10,9 +10,10 @@
 //! nodes racing on one key both land, in some order, and an increment is
 //! never lost. A new key first reserves its place in the count (also
 //! compare-and-set), then is created; a write that fails with an unknown
-//! outcome keeps its reservation, so the count can run high after a
-//! failure (refusing new keys a little early) but never low: the key limit
-//! is never exceeded. Writers racing to create the same key each take a
+//! outcome, where the key cannot be read back as absent, keeps its
+//! reservation, so the count can run high after such a failure (refusing
+//! new keys early, for good: the count is not recounted) but never low: the
+//! key limit is never exceeded. Writers racing to create the same key each take a
 //! place until all but one give theirs back: a full count is checked
 //! against the key itself, so a racer that lost writes as an overwrite;
 //! only a different new key written at that moment, at the limit, can be
@@ -57,7 +58,18 @@ fn data_prefix(bucket: &str) -> Result<String, KvError> {
     Ok(format!("data.{}.", subject_part(bucket)?))
 }
 
+/// The longest guest key cluster mode takes, in bytes: its subject (the
+/// key in base64, 4/3 of its length) must stay well inside the NATS
+/// servers' default `max_control_line` of 4 KiB.
+pub const MAX_KEY_BYTES: usize = 2048;
+
 fn data_key(bucket: &str, key: &str) -> Result<String, KvError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::KeyTooLong {
+            bytes: key.len(),
+            limit: MAX_KEY_BYTES,
+        });
+    }
     Ok(format!(
         "{}k{}",
         data_prefix(bucket)?,
@@ -93,6 +105,9 @@ impl GuestKv {
     }
 
     fn check_size(&self, value: &[u8]) -> Result<(), KvError> {
+        // Before the first server's INFO the size is not known (0): the
+        // write then fails as unavailable, with that reason.
+        self.cluster.readiness().map_err(StoreError::Unavailable)?;
         let limit = self
             .cluster
             .inner
@@ -145,7 +160,12 @@ impl GuestKv {
                         self.release(&kv, bucket).await?;
                     }
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => {
+                    if expect == Expect::Absent {
+                        self.release_unless_written(&kv, bucket, &full).await;
+                    }
+                    return Err(error.into());
+                }
             }
         }
         Err(contended(key))
@@ -203,7 +223,12 @@ impl GuestKv {
                         self.release(&kv, bucket).await?;
                     }
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => {
+                    if expect == Expect::Absent {
+                        self.release_unless_written(&kv, bucket, &full).await;
+                    }
+                    return Err(error.into());
+                }
             }
         }
         Err(contended(key))
@@ -284,6 +309,18 @@ impl GuestKv {
             }
         }
         Err(contended(&key))
+    }
+
+    /// After a create that failed: gives its place back if the key is
+    /// known to be absent (the write did not land), keeps it when that
+    /// cannot be known (the count then runs one high: a leak towards
+    /// refusing early, never towards passing the limit).
+    async fn release_unless_written(&self, kv: &Catalog, bucket: &str, full: &str) {
+        if let Ok(None) = kv.get(full).await
+            && let Err(error) = self.release(kv, bucket).await
+        {
+            tracing::debug!(%error, bucket, "could not give back a key's place after a failed write");
+        }
     }
 
     /// Gives back one place in `bucket`'s count.

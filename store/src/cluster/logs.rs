@@ -39,6 +39,9 @@ pub(super) fn logs_config(options: &ClusterOptions, replicas: usize) -> stream::
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         max_messages_per_subject: i64::try_from(options.log_lines.max(1)).unwrap_or(i64::MAX),
+        // The server's default, said here so that a start finds the
+        // stream as configured and leaves it alone.
+        duplicate_window: std::time::Duration::from_secs(120),
         num_replicas: replicas,
         ..Default::default()
     }
@@ -118,6 +121,10 @@ impl Cluster {
                 })
                 .await
                 .map_err(|e| unavailable(&e))?;
+            let _remove = super::catalog::RemoveConsumer(Some((
+                logs.clone(),
+                consumer.cached_info().name.clone(),
+            )));
             if consumer.cached_info().num_pending == 0 {
                 return Ok(lines);
             }

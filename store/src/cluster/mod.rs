@@ -29,6 +29,7 @@ mod events;
 mod functions;
 mod guest_kv;
 mod logs;
+mod nodes;
 mod queue;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use guest_kv::{GUEST_KV_BUCKET, GuestKv};
 pub use logs::{LOGS_STREAM, LOGS_SUBJECT};
+pub use nodes::{Backlog, JetStreamStatus, LEASE_EVERY, LEASE_TTL, NodeInfo, StreamStatus};
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
     Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
@@ -71,17 +73,21 @@ pub enum Bucket {
     DeadLetters,
     /// Guest key-value data (`wasi:keyvalue`), see [`GuestKv`].
     GuestKv,
+    /// One lease per live node, by node id (entries expire after
+    /// [`LEASE_TTL`]).
+    Nodes,
 }
 
 impl Bucket {
     /// Every bucket, in the order they are created.
-    pub const ALL: [Bucket; 6] = [
+    pub const ALL: [Bucket; 7] = [
         Bucket::Functions,
         Bucket::Triggers,
         Bucket::Brokers,
         Bucket::Tokens,
         Bucket::DeadLetters,
         Bucket::GuestKv,
+        Bucket::Nodes,
     ];
 
     /// The JetStream bucket name.
@@ -93,6 +99,7 @@ impl Bucket {
             Bucket::Tokens => "sluice_tokens",
             Bucket::DeadLetters => "sluice_dead_letters",
             Bucket::GuestKv => GUEST_KV_BUCKET,
+            Bucket::Nodes => "sluice_nodes",
         }
     }
 }
@@ -423,6 +430,12 @@ impl Cluster {
                     .create_key_value(kv::Config {
                         bucket: bucket.name().to_owned(),
                         history: 1,
+                        // A lease lapses unless its node renews it.
+                        max_age: if bucket == Bucket::Nodes {
+                            LEASE_TTL
+                        } else {
+                            Duration::ZERO
+                        },
                         storage: stream::StorageType::File,
                         num_replicas: replicas,
                         ..Default::default()

@@ -121,7 +121,24 @@ async fn event_stream(
         crate::openapi::AuthErrors))]
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.functions.store();
-    Ok(axum::Json(json!({
+    let mut deliveries_pending = json!(state.router.pending());
+    // Cluster mode: this node, the live ones, JetStream, and the cluster's
+    // backlog from the consumers' counts.
+    let cluster = match state.functions.cluster() {
+        None => None,
+        Some(cluster) => {
+            let (nodes, jetstream) = tokio::join!(cluster.live_nodes(), cluster.jetstream_status());
+            if let Some(backlog) = &jetstream.backlog {
+                deliveries_pending = json!(backlog.deliveries_waiting + backlog.deliveries_held);
+            }
+            Some(json!({
+                "node": cluster.options().name,
+                "nodes": nodes.unwrap_or_default(),
+                "jetstream": jetstream,
+            }))
+        }
+    };
+    let mut body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.functions.uptime().as_secs(),
         "ready": state.ready.load(Ordering::Acquire),
@@ -129,9 +146,12 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         "functions": store.function_count(),
         "functions_loaded": state.functions.loaded_count(),
         "triggers": store.trigger_count(),
-        "deliveries_pending": state.router.pending(),
+        "deliveries_pending": deliveries_pending,
         "dead_letters": store.dead_letter_count(),
         "requests_in_flight": state.in_flight.load(Ordering::Acquire),
-    }))
-    .into_response())
+    });
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster;
+    }
+    Ok(axum::Json(body).into_response())
 }
