@@ -274,7 +274,10 @@ async fn key_value_data_persists_is_namespaced_and_bounded(backend: Backend) {
     let refused = server.deploy("kv-d", guests::KV, "kv_bucket=Team_1").await;
     assert_eq!(refused.status(), 400);
     let body = refused.text().await.unwrap();
-    assert!(body.contains("kv_buckets") && body.contains("Team_1"), "{body}");
+    assert!(
+        body.contains("kv_buckets") && body.contains("Team_1"),
+        "{body}"
+    );
     let put = |path: &str, body: &str| {
         server
             .http()

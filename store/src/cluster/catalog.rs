@@ -323,8 +323,13 @@ impl Catalog {
     }
 
     fn unanswered(&self, what: &str, key: &str) -> StoreError {
+        // Only a write has an outcome to be unsure of.
+        let outcome = match what {
+            "read" | "list" => "",
+            _ => "; the outcome is unknown",
+        };
         StoreError::Unavailable(format!(
-            "{what} {}/{key}: JetStream did not answer within {:?}; the outcome is unknown",
+            "{what} {}/{key}: JetStream did not answer within {:?}{outcome}",
             self.bucket.name(),
             self.timeout
         ))
