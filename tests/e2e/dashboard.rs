@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Server, eventually};
+use crate::harness::{Backend, eventually};
 
-#[tokio::test]
-async fn the_dashboard_shows_functions_events_and_dead_letters() {
+crate::both_backends!(the_dashboard_shows_functions_events_and_dead_letters);
+
+async fn the_dashboard_shows_functions_events_and_dead_letters(backend: Backend) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let script = root.join("tests/ui/dashboard.mjs");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -28,7 +29,7 @@ async fn the_dashboard_shows_functions_events_and_dead_letters() {
         return;
     }
 
-    let server = Server::start();
+    let server = backend.start().await;
     server.deploy_ok("echo", guests::EVENT_ECHO, "").await;
     server
         .deploy_ok("doomed", guests::FLAKY, "env=FAIL_FIRST=1000")
@@ -48,13 +49,22 @@ async fn the_dashboard_shows_functions_events_and_dead_letters() {
     })
     .await;
 
-    let shots = root.join("target");
+    // Each backend's screenshots apart: the two tests run at once.
+    let shots = match backend {
+        Backend::Embedded => root.join("target"),
+        Backend::Nats => root.join("target/dashboard-cluster"),
+    };
+    std::fs::create_dir_all(&shots).unwrap();
     let output = tokio::process::Command::new("node")
         .arg(&script)
         .arg(server.url(""))
         .arg(server.admin_token())
         .arg(&shots)
         .env("CHROMIUM", &chromium)
+        .env(
+            "EXPECT_CLUSTER",
+            if backend == Backend::Nats { "1" } else { "0" },
+        )
         .output()
         .await
         .expect("node runs");

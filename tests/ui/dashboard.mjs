@@ -81,6 +81,15 @@ try {
   await page.waitForFunction(() => document.querySelector("#stat-functions").textContent === "2");
   check((await text("#stat-triggers")) === "2", "overview shows 2 triggers");
   check((await text("#health")) === "ready", "overview shows the server ready");
+  if (process.env.EXPECT_CLUSTER === "1") {
+    // Cluster mode: this node among the live ones, JetStream's health.
+    await page.waitForFunction(() => !document.querySelector("#cluster").hidden);
+    await page.waitForFunction(() => document.querySelector("#nodes-table tbody").textContent.includes("(this node)"));
+    check((await text("#jetstream")) === "JetStream ok", "the cluster panel shows JetStream healthy");
+    check((await text("#cluster-summary")).includes("1 live node"), "the cluster panel counts the live nodes");
+  } else {
+    check(await page.evaluate(() => document.querySelector("#cluster").hidden), "no cluster panel in embedded mode");
+  }
 
   // Functions, and one function's recent invocations and logs.
   await tab("functions");

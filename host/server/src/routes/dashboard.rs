@@ -145,7 +145,9 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         "store_healthy": store.healthy(),
         "functions": store.function_count(),
         "functions_loaded": state.functions.loaded_count(),
-        "triggers": store.trigger_count(),
+        // The router's triggers: in cluster mode the cluster's, not this
+        // node's store.
+        "triggers": state.router.triggers().len(),
         "deliveries_pending": deliveries_pending,
         "dead_letters": store.dead_letter_count(),
         "requests_in_flight": state.in_flight.load(Ordering::Acquire),
