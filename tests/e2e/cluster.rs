@@ -711,3 +711,53 @@ async fn a_function_whose_bytes_come_late_is_replicated_once_they_are_there() {
         assert!(body.ends_with("came late"), "{body}");
     }
 }
+
+#[tokio::test]
+async fn retry_counts_and_dead_letters_stay_right_across_a_node_kill() {
+    let nats = Nats::single();
+    let mut a = node(&nats, &[]);
+    ready(&a).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    // Every attempt fails at once; three attempts, 0.6 s apart.
+    a.trigger(
+        json!({"name": "failing", "filter": {"attributes": {"type": "fail"}},
+        "subscriber": {"uri": format!("http://127.0.0.1:{closed}/")},
+        "delivery": {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.6S"}}),
+    )
+    .await;
+    for id in ["f1", "f2", "f3"] {
+        assert_eq!(a.send_event(id, "fail", &[], b"{}").await, 202);
+    }
+    // a has made the first attempts and holds the retries in their backoff
+    // when it dies; b takes them over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    let b = node(&nats, &[]);
+    ready(&b).await;
+    let letters = eventually(PATIENCE, || async {
+        let (_, body) = b.get("/v1/deadletters").await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let letters = body["deadletters"].as_array().cloned().unwrap_or_default();
+        (letters.len() >= 3).then_some(letters)
+    })
+    .await;
+    // Nothing more comes: one dead letter per event, each after exactly
+    // the trigger's three attempts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, body) = b.get("/v1/deadletters").await;
+    let after: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(after["deadletters"].as_array().unwrap().len(), 3, "{after}");
+    let mut ids: Vec<&str> = letters
+        .iter()
+        .map(|l| l["event"]["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["f1", "f2", "f3"]);
+    for letter in &letters {
+        assert_eq!(letter["attempts"], 3, "{letter}");
+        assert_eq!(letter["trigger"], "failing");
+    }
+}
