@@ -610,3 +610,32 @@ async fn guest_data_from_two_nodes_racing_keeps_the_key_limit_and_every_incremen
     assert_eq!((rest, next), (vec!["ü *>".to_owned()], None));
     assert_eq!(a.get("fn/team", "a.b").await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_events_stream_refuses_with_the_reason_and_keeps_what_it_has() {
+    let nats = Nats::single();
+    let mut options = ClusterOptions::new(nats.urls());
+    options.event_max_bytes = Some(8 * 1024);
+    options.request_timeout = Duration::from_secs(3);
+    let cluster = Cluster::connect(options).await.unwrap();
+    cluster.wait_ready(PATIENCE).await.unwrap();
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    let mut stored = 0;
+    let refusal = loop {
+        let id = event_message_id("default", "/full", &stored.to_string());
+        match cluster
+            .publish_event("default", &id, payload.clone(), 0)
+            .await
+        {
+            Ok(_) => stored += 1,
+            Err(error) => break error,
+        }
+        assert!(stored < 100, "an 8 KiB stream took 100 KB");
+    };
+    assert!(stored >= 4, "{stored} events before the refusal");
+    assert!(
+        matches!(&refusal, StoreError::Unavailable(reason) if reason.contains("the events stream is full")),
+        "{refusal}"
+    );
+    assert_eq!(cluster.event_count().await.unwrap(), stored);
+}

@@ -366,6 +366,11 @@ pub struct ServeArgs {
     /// (for replay), e.g. `24h`, `7d`.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub event_retention: std::time::Duration,
+    /// Cluster mode: the most bytes the events stream holds; a full stream
+    /// refuses new events (503) instead of dropping old ones (default: no
+    /// limit of its own, only JetStream's storage).
+    #[arg(long, value_name = "BYTES", requires = "nats")]
+    pub event_max_bytes: Option<u64>,
     /// Cluster mode: how long a node may hold an event or a delivery
     /// without a sign of life (it sends progress notes while it works)
     /// before another node takes it over: how soon a dead node's work moves.

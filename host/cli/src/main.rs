@@ -90,6 +90,7 @@ fn main() -> std::process::ExitCode {
                         cluster.credentials = args.nats_creds;
                         cluster.replicas = args.nats_replicas;
                         cluster.event_retention = args.event_retention;
+                        cluster.event_max_bytes = args.event_max_bytes;
                         cluster.ack_wait =
                             args.nats_ack_wait.max(std::time::Duration::from_secs(1));
                         cluster.name = format!("sluice {} pid {}", args.listen, std::process::id());

@@ -76,6 +76,9 @@ impl Cluster {
                 payload.len(),
                 self.inner.client.server_info().max_payload
             ))),
+            Err(PublishFailure::Full(reason)) => Err(StoreError::Unavailable(format!(
+                "the events stream is full ({reason}): the event was not stored; retry once deliveries drain or retention frees room"
+            ))),
             Err(PublishFailure::NotSent(error)) => Err(error),
             Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(
                 "JetStream did not acknowledge the event within {budget:?} ({failure}); it may or may not be stored: retry with the same source and id"

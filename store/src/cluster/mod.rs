@@ -116,6 +116,9 @@ pub struct ClusterOptions {
     pub replicas: Option<usize>,
     /// How long accepted events stay in the events stream.
     pub event_retention: Duration,
+    /// The most bytes the events stream holds (full: new events are
+    /// refused); `None`: only JetStream's storage limits.
+    pub event_max_bytes: Option<u64>,
     /// Within this window a repeat of (broker, source, id) is answered as a
     /// duplicate and not stored again (JetStream's duplicate window).
     pub dedupe_window: Duration,
@@ -141,6 +144,7 @@ impl ClusterOptions {
             credentials: None,
             replicas: None,
             event_retention: Duration::from_secs(24 * 3600),
+            event_max_bytes: None,
             dedupe_window: Duration::from_secs(600),
             name: "sluice".to_owned(),
             request_timeout: Duration::from_secs(5),
@@ -403,6 +407,9 @@ impl Cluster {
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::New,
             max_age: options.event_retention,
+            max_bytes: options
+                .event_max_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             // JetStream caps the duplicate window at max_age.
             duplicate_window: options.dedupe_window.min(options.event_retention),
             num_replicas: replicas,
@@ -497,6 +504,7 @@ async fn ensure_stream(
                 || current.num_replicas != replicas
                 || (config.max_messages_per_subject > 0
                     && current.max_messages_per_subject != config.max_messages_per_subject)
+                || (name == EVENTS_STREAM && current.max_bytes != config.max_bytes)
             {
                 // Only the fields Sluice sets change; tuning done on the
                 // stream by hand stays.
@@ -505,6 +513,9 @@ async fn ensure_stream(
                 current.num_replicas = replicas;
                 if config.max_messages_per_subject > 0 {
                     current.max_messages_per_subject = config.max_messages_per_subject;
+                }
+                if name == EVENTS_STREAM {
+                    current.max_bytes = config.max_bytes;
                 }
                 js.update_stream(&current)
                     .await
@@ -523,6 +534,9 @@ async fn ensure_stream(
 pub(crate) enum PublishFailure {
     /// Larger than the server takes in one message: never sent.
     TooLarge,
+    /// The stream is full (its limits or JetStream's storage): refused, not
+    /// stored; this says which.
+    Full(String),
     /// Not connected in time: nothing was sent.
     NotSent(StoreError),
     /// Sent but not acknowledged in time (this says why): it may or may
@@ -568,6 +582,8 @@ impl Cluster {
                 {
                     return Err(PublishFailure::TooLarge);
                 }
+                // Refused for room: trying again in a moment would not help.
+                Ok(Err(e)) if is_full(&e) => return Err(PublishFailure::Full(e.to_string())),
                 // Not stored, or not known to be: try again with the same id.
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no acknowledgement".to_owned(),
@@ -611,6 +627,20 @@ fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
         next = e.source();
     }
     None
+}
+
+/// True if JetStream refused a write for lack of room: the stream's
+/// `max_bytes` or `max_msgs` with `discard: new` (10077, "maximum ...
+/// exceeded"), or the account's or server's storage (10023, 10027, 10047).
+fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let text = error.to_string();
+    matches!(
+        jetstream_code(error),
+        Some(10023) | Some(10027) | Some(10047)
+    ) || text.contains("maximum bytes exceeded")
+        || text.contains("maximum messages exceeded")
+        || text.contains("insufficient resources")
+        || text.contains("resource limits exceeded")
 }
 
 /// A revision conflict, however the server reports it: 10071 ("wrong last

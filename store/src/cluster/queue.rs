@@ -244,6 +244,9 @@ impl Cluster {
                 "a delivery of {} bytes is more than the NATS server takes in one message",
                 event.len()
             ))),
+            Err(PublishFailure::Full(reason)) => Err(StoreError::Unavailable(format!(
+                "the deliveries stream is full ({reason}): not queued"
+            ))),
             Err(PublishFailure::NotSent(error)) => Err(error),
             Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(
                 "JetStream did not take a delivery of trigger {trigger:?}: {failure}"
