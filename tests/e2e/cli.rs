@@ -4,7 +4,14 @@ use std::process::{Command, Output};
 
 use sluice_test_artifacts as guests;
 
-use crate::harness::{SLUICE, Server};
+use crate::harness::{Backend, SLUICE, Server};
+
+crate::both_backends!(
+    deploy_list_invoke_delete_round_trip,
+    trigger_event_and_dead_letter_commands_round_trip,
+    trigger_dialects_files_structured_events_direct_calls_and_the_live_stream,
+    knative_resources_apply_as_written_twice_changes_nothing_and_export_round_trips,
+);
 
 fn sluice(server: &Server, args: &[&str]) -> Output {
     Command::new(SLUICE)
@@ -25,9 +32,8 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn deploy_list_invoke_delete_round_trip() {
-    let server = Server::start();
+async fn deploy_list_invoke_delete_round_trip(backend: Backend) {
+    let server = backend.start().await;
     let deployed = stdout(&sluice(
         &server,
         &[
@@ -194,9 +200,8 @@ async fn errors_print_the_server_reason_and_exit_non_zero() {
     assert!(stderr.contains("is `sluice serve` running?"), "{stderr}");
 }
 
-#[tokio::test]
-async fn trigger_event_and_dead_letter_commands_round_trip() {
-    let server = Server::start();
+async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
+    let server = backend.start().await;
     let sink = crate::harness::Sink::start().await;
     stdout(&sluice(
         &server,
@@ -518,9 +523,10 @@ async fn output_into_a_pipe_closed_early_ends_quietly() {
     }
 }
 
-#[tokio::test]
-async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stream() {
-    let server = Server::start();
+async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stream(
+    backend: Backend,
+) {
+    let server = backend.start().await;
     let sink = crate::harness::Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -675,9 +681,10 @@ spec:
       name: my-service
 ";
 
-#[tokio::test]
-async fn knative_resources_apply_as_written_twice_changes_nothing_and_export_round_trips() {
-    let server = Server::start();
+async fn knative_resources_apply_as_written_twice_changes_nothing_and_export_round_trips(
+    backend: Backend,
+) {
+    let server = backend.start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(guests::EVENT_ECHO, dir.path().join("my-service.wasm")).unwrap();
     let app = dir.path().join("app.yaml");

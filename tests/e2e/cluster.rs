@@ -214,7 +214,11 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
     let status = eventually(PATIENCE, || async {
         let (_, body) = b.get("/v1/status").await;
         let status: Value = serde_json::from_str(&body).unwrap();
-        (status["cluster"]["nodes"].as_array().map(Vec::len) == Some(3)).then_some(status)
+        // The dead letter is stored before its delivery is acked: wait for
+        // the backlog to drain too.
+        let settled = status["cluster"]["nodes"].as_array().map(Vec::len) == Some(3)
+            && status["deliveries_pending"] == 0;
+        settled.then_some(status)
     })
     .await;
     let cluster = &status["cluster"];
@@ -224,7 +228,9 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["name"] == node && n["listen"].as_str() == b.url.strip_prefix("http://")),
+            .any(|n| n["id"] == cluster["node_id"]
+                && n["name"] == node
+                && n["listen"].as_str() == b.url.strip_prefix("http://")),
         "{status}"
     );
     assert_eq!(cluster["jetstream"]["healthy"], true, "{status}");
@@ -733,7 +739,18 @@ async fn retry_counts_and_dead_letters_stay_right_across_a_node_kill() {
     }
     // a has made the first attempts and holds the retries in their backoff
     // when it dies; b takes them over.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(PATIENCE, || async {
+        let metrics = a.metrics().await;
+        let retried = metrics
+            .get(&(
+                "sluice_trigger_retried_total".to_owned(),
+                "trigger=failing".to_owned(),
+            ))
+            .copied()
+            .unwrap_or(0.0);
+        (retried >= 3.0).then_some(())
+    })
+    .await;
     a.kill();
     let b = node(&nats, &[]);
     ready(&b).await;

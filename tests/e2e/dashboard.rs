@@ -72,7 +72,8 @@ async fn the_dashboard_shows_functions_events_and_dead_letters(backend: Backend)
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the dashboard checks failed:\n{stdout}\n{stderr}\n(see target/dashboard-failure.png)"
+        "the dashboard checks failed:\n{stdout}\n{stderr}\n(see {}/dashboard-failure.png)",
+        shots.display()
     );
     assert!(stdout.contains("ok: no errors in the page"), "{stdout}");
     assert!(shots.join("dashboard.png").exists());

@@ -5,7 +5,16 @@ use std::time::Duration;
 
 use sluice_test_artifacts as guests;
 
-use crate::harness::{Server, error_code, error_message, eventually};
+use crate::harness::{Backend, Server, error_code, error_message, eventually};
+
+crate::both_backends!(
+    bad_uploads_are_400_with_a_reason_and_change_nothing,
+    settings_from_query_multipart_and_patch_reach_the_guest,
+    a_redeploy_keeps_every_setting_it_does_not_name,
+    requests_that_could_never_work_are_400_and_changing_nothing_keeps_the_version,
+    responses_stream_as_the_guest_writes_them_and_a_stream_past_the_cap_is_cut,
+    delete_removes_the_function_and_its_route,
+);
 
 #[tokio::test]
 async fn hello_is_served_after_restart_from_the_cached_artifact_without_recompiling() {
@@ -51,9 +60,8 @@ async fn hello_is_served_after_restart_from_the_cached_artifact_without_recompil
     assert!(list.contains("\"hello\""), "{list}");
 }
 
-#[tokio::test]
-async fn bad_uploads_are_400_with_a_reason_and_change_nothing() {
-    let server = Server::start();
+async fn bad_uploads_are_400_with_a_reason_and_change_nothing(backend: Backend) {
+    let server = backend.start().await;
     server.deploy_ok("keep", guests::HELLO, "").await;
     let (_, before) = server.get("/v1/functions").await;
 
@@ -457,9 +465,8 @@ async fn long_calls_move_to_the_long_call_pool_while_short_calls_go_straight_thr
     .await;
 }
 
-#[tokio::test]
-async fn settings_from_query_multipart_and_patch_reach_the_guest() {
-    let server = Server::start();
+async fn settings_from_query_multipart_and_patch_reach_the_guest(backend: Backend) {
+    let server = backend.start().await;
     let record = server
         .deploy_ok(
             "hello",
@@ -524,9 +531,8 @@ async fn settings_from_query_multipart_and_patch_reach_the_guest() {
     );
 }
 
-#[tokio::test]
-async fn a_redeploy_keeps_every_setting_it_does_not_name() {
-    let server = Server::start();
+async fn a_redeploy_keeps_every_setting_it_does_not_name(backend: Backend) {
+    let server = backend.start().await;
     let anonymous = reqwest::Client::new();
     let greeting = async |server: &Server| {
         let response = anonymous
@@ -608,9 +614,10 @@ async fn a_redeploy_keeps_every_setting_it_does_not_name() {
     );
 }
 
-#[tokio::test]
-async fn requests_that_could_never_work_are_400_and_changing_nothing_keeps_the_version() {
-    let server = Server::start();
+async fn requests_that_could_never_work_are_400_and_changing_nothing_keeps_the_version(
+    backend: Backend,
+) {
+    let server = backend.start().await;
     server.deploy_ok("hello", guests::HELLO, "").await;
     server.deploy_ok("events", guests::EVENT_ECHO, "").await;
     let patch = async |body: &str| {
@@ -701,9 +708,12 @@ async fn echo_sees_method_headers_and_body() {
     assert!(body.ends_with("\n\npayload bytes"), "{body}");
 }
 
-#[tokio::test]
-async fn responses_stream_as_the_guest_writes_them_and_a_stream_past_the_cap_is_cut() {
-    let server = Server::start_with(&["--max-response-bytes", "1048576"]);
+async fn responses_stream_as_the_guest_writes_them_and_a_stream_past_the_cap_is_cut(
+    backend: Backend,
+) {
+    let server = backend
+        .start_with(&["--max-response-bytes", "1048576"])
+        .await;
     // Two 64 KiB chunks, a second apart, no declared length.
     server
         .deploy_ok(
@@ -884,9 +894,8 @@ async fn a_second_server_on_the_same_data_dir_is_refused_clearly() {
     assert_eq!(status, 200, "the first server is unaffected");
 }
 
-#[tokio::test]
-async fn delete_removes_the_function_and_its_route() {
-    let server = Server::start();
+async fn delete_removes_the_function_and_its_route(backend: Backend) {
+    let server = backend.start().await;
     server.deploy_ok("hello", guests::HELLO, "").await;
     assert_eq!(server.delete("/v1/functions/hello").await.0, 200);
     let (status, _) = server.get("/fn/hello/").await;

@@ -85,8 +85,9 @@ try {
     // Cluster mode: this node among the live ones, JetStream's health.
     await page.waitForFunction(() => !document.querySelector("#cluster").hidden);
     await page.waitForFunction(() => document.querySelector("#nodes-table tbody").textContent.includes("(this node)"));
-    check((await text("#jetstream")) === "JetStream ok", "the cluster panel shows JetStream healthy");
-    check((await text("#cluster-summary")).includes("1 live node"), "the cluster panel counts the live nodes");
+    await page.waitForFunction(() => document.querySelector("#jetstream").textContent === "JetStream ok");
+    check(true, "the cluster panel shows JetStream healthy");
+    check(/^1 live node /.test(await text("#cluster-summary")), "the cluster panel counts the live nodes");
   } else {
     check(await page.evaluate(() => document.querySelector("#cluster").hidden), "no cluster panel in embedded mode");
   }

@@ -368,8 +368,9 @@ pub struct ServeArgs {
     pub event_retention: std::time::Duration,
     /// Cluster mode: the most bytes the events stream holds; a full stream
     /// refuses new events (503) instead of dropping old ones (default: no
-    /// limit of its own, only JetStream's storage).
-    #[arg(long, value_name = "BYTES", requires = "nats")]
+    /// limit of its own, only JetStream's storage). Raised, never lowered
+    /// below what the stream holds; give every node the same.
+    #[arg(long, value_name = "BYTES", requires = "nats", value_parser = clap::value_parser!(u64).range(1..))]
     pub event_max_bytes: Option<u64>,
     /// Cluster mode: how long a node may hold an event or a delivery
     /// without a sign of life (it sends progress notes while it works)

@@ -189,11 +189,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     if let Some(cluster) = &cluster {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         // Held until the process ends; then it lapses.
         drop(cluster.hold_lease(sluice_store::cluster::NodeInfo {
-            id: hex::encode(id),
+            id: cluster.node_id().to_owned(),
             name: cluster.options().name.clone(),
             listen: addr.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -672,9 +672,13 @@ pub struct ServerStatus {
 pub struct ClusterStatus {
     /// This node's name.
     node: String,
+    /// This node's id (its lease's key; new at each start).
+    node_id: String,
     /// The nodes whose leases are live (renewed every 3 s, lapsing 10 s
     /// after the last renewal).
     nodes: Vec<ClusterNode>,
+    /// Why `nodes` could not be read (it is then empty).
+    nodes_error: Option<String>,
     jetstream: JetStreamStatus,
 }
 

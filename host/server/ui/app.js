@@ -137,10 +137,11 @@ function showCluster(cluster) {
       `${js.backlog.deliveries_waiting} deliveries waiting, ${js.backlog.deliveries_held} held`);
   }
   if (!js.healthy && js.reason) parts.push(js.reason);
-  $("#cluster-summary").textContent = parts.join(" · ");
   const body = $("#nodes-table tbody");
-  body.replaceChildren(...cluster.nodes.map((n) => el("tr", { class: n.name === cluster.node ? "self" : "" },
-    el("td", {}, n.name === cluster.node ? `${n.name} (this node)` : n.name),
+  if (cluster.nodes_error) parts.push(`nodes: ${cluster.nodes_error}`);
+  $("#cluster-summary").textContent = parts.join(" · ");
+  body.replaceChildren(...cluster.nodes.map((n) => el("tr", { class: n.id === cluster.node_id ? "self" : "" },
+    el("td", {}, n.id === cluster.node_id ? `${n.name} (this node)` : n.name),
     el("td", {}, n.listen),
     el("td", {}, n.version),
     el("td", {}, new Date(n.started).toLocaleString()))));
@@ -454,7 +455,13 @@ async function pollMetrics() {
 
 // ---- start ----
 
-setInterval(() => { if (!$("#app").hidden) refresh(); }, 3000);
+// One refresh at a time: a slow answer (NATS away) must not pile requests up.
+let refreshing = false;
+setInterval(async () => {
+  if ($("#app").hidden || refreshing) return;
+  refreshing = true;
+  try { await refresh(); } finally { refreshing = false; }
+}, 3000);
 setInterval(pollMetrics, 2000);
 pollMetrics();
 if (token) signIn(token); else showSignIn("");

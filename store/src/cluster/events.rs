@@ -77,7 +77,7 @@ impl Cluster {
                 self.inner.client.server_info().max_payload
             ))),
             Err(PublishFailure::Full(reason)) => Err(StoreError::Unavailable(format!(
-                "the events stream is full ({reason}): the event was not stored; retry once deliveries drain or retention frees room"
+                "the events stream is full ({reason}): the event was not stored; room comes back as events pass the stream's retention (--event-retention) or its limit is raised (--event-max-bytes)"
             ))),
             Err(PublishFailure::NotSent(error)) => Err(error),
             Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(

@@ -183,6 +183,8 @@ struct Inner {
     /// When the connection was last seen up, in ms after `started`.
     last_connected: std::sync::atomic::AtomicU64,
     started: std::time::Instant,
+    /// This process's id in the cluster (its lease's key).
+    node_id: String,
 }
 
 /// One node's handle on the cluster. Cheap to clone.
@@ -224,6 +226,11 @@ impl Cluster {
             .connect(options.urls.as_slice())
             .await
             .map_err(|e| StoreError::Unavailable(format!("connecting to NATS: {e}")))?;
+        // The client's inboxes end in a random NUID: this process's id.
+        let node_id = {
+            let inbox = client.new_inbox();
+            inbox.rsplit('.').next().unwrap_or(&inbox).to_owned()
+        };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
         let cluster = Cluster {
@@ -235,6 +242,7 @@ impl Cluster {
                 waiting: Mutex::new("connecting to NATS".to_owned()),
                 last_connected: Default::default(),
                 started: std::time::Instant::now(),
+                node_id,
             }),
         };
         let setup = cluster.clone();
@@ -328,6 +336,11 @@ impl Cluster {
     /// layout exists.
     pub fn replicas(&self) -> Option<usize> {
         self.inner.layout.get().map(|l| l.replicas)
+    }
+
+    /// This process's id in the cluster: random, new at each start.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// The options this node connected with.
@@ -491,6 +504,7 @@ async fn ensure_stream(
                 .await
                 .map_err(|e| format!("reading stream {name}: {e}"))?;
             let mut current = info.config.clone();
+            let held_bytes = info.state.bytes;
             // Replicas are chosen when a stream is made; an existing one
             // keeps its own unless --nats-replicas says otherwise (a node
             // that sees fewer servers must never shrink it).
@@ -504,7 +518,7 @@ async fn ensure_stream(
                 || current.num_replicas != replicas
                 || (config.max_messages_per_subject > 0
                     && current.max_messages_per_subject != config.max_messages_per_subject)
-                || (name == EVENTS_STREAM && current.max_bytes != config.max_bytes)
+                || raise_bytes(&name, &current, &config, held_bytes)
             {
                 // Only the fields Sluice sets change; tuning done on the
                 // stream by hand stays.
@@ -514,7 +528,7 @@ async fn ensure_stream(
                 if config.max_messages_per_subject > 0 {
                     current.max_messages_per_subject = config.max_messages_per_subject;
                 }
-                if name == EVENTS_STREAM {
+                if raise_bytes(&name, &current, &config, held_bytes) {
                     current.max_bytes = config.max_bytes;
                 }
                 js.update_stream(&current)
@@ -528,6 +542,26 @@ async fn ensure_stream(
             .await
             .map_err(|e| format!("creating stream {name}: {e}")),
     }
+}
+
+/// True if the events stream's `max_bytes` should become `config`'s: only
+/// when a node sets one (a node without `--event-max-bytes` leaves the
+/// stream's alone) and never below what the stream holds, since JetStream
+/// would make room by deleting the oldest events, accepted ones included.
+fn raise_bytes(name: &str, current: &stream::Config, config: &stream::Config, held: u64) -> bool {
+    if name != EVENTS_STREAM || config.max_bytes <= 0 || current.max_bytes == config.max_bytes {
+        return false;
+    }
+    if u64::try_from(config.max_bytes).unwrap_or(0) < held {
+        tracing::warn!(
+            stream = name,
+            held,
+            wanted = config.max_bytes,
+            "--event-max-bytes is below what the events stream holds; keeping the stream's limit (lowering it would delete accepted events)"
+        );
+        return false;
+    }
+    true
 }
 
 /// Why [`Cluster::publish_idempotent`] gave up.
@@ -631,13 +665,11 @@ fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
 
 /// True if JetStream refused a write for lack of room: the stream's
 /// `max_bytes` or `max_msgs` with `discard: new` (10077, "maximum ...
-/// exceeded"), or the account's or server's storage (10023, 10027, 10047).
+/// exceeded"), or the account's or server's storage (10023, 10047).
 fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
     let text = error.to_string();
-    matches!(
-        jetstream_code(error),
-        Some(10023) | Some(10027) | Some(10047)
-    ) || text.contains("maximum bytes exceeded")
+    matches!(jetstream_code(error), Some(10023) | Some(10047))
+        || text.contains("maximum bytes exceeded")
         || text.contains("maximum messages exceeded")
         || text.contains("insufficient resources")
         || text.contains("resource limits exceeded")

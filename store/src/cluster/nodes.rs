@@ -119,6 +119,7 @@ impl Cluster {
     /// The nodes whose leases are live, this one included once its first
     /// renewal landed; by name.
     pub async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.readiness().map_err(StoreError::Unavailable)?;
         let (entries, _) = self.catalog(Bucket::Nodes)?.snapshot().await?;
         let mut nodes: Vec<NodeInfo> = entries
             .into_iter()

@@ -127,15 +127,38 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let cluster = match state.functions.cluster() {
         None => None,
         Some(cluster) => {
-            let (nodes, jetstream) = tokio::join!(cluster.live_nodes(), cluster.jetstream_status());
-            if let Some(backlog) = &jetstream.backlog {
-                deliveries_pending = json!(backlog.deliveries_waiting + backlog.deliveries_held);
+            // Bounded as a whole: the page must answer while NATS does not.
+            let budget = cluster.options().request_timeout;
+            let both = tokio::time::timeout(budget, async {
+                tokio::join!(cluster.live_nodes(), cluster.jetstream_status())
+            })
+            .await;
+            let (nodes, jetstream) = match both {
+                Ok((nodes, jetstream)) => (nodes, json!(jetstream)),
+                Err(_) => (
+                    Err(sluice_store::StoreError::Unavailable(
+                        "no answer".to_owned(),
+                    )),
+                    json!({"healthy": false, "reason": format!("JetStream did not answer within {budget:?}")}),
+                ),
+            };
+            if let Some(backlog) = jetstream.get("backlog") {
+                let count = |field: &str| backlog[field].as_u64().unwrap_or(0);
+                deliveries_pending = json!(count("deliveries_waiting") + count("deliveries_held"));
             }
-            Some(json!({
+            let mut status = json!({
                 "node": cluster.options().name,
-                "nodes": nodes.unwrap_or_default(),
+                "node_id": cluster.node_id(),
                 "jetstream": jetstream,
-            }))
+            });
+            match nodes {
+                Ok(nodes) => status["nodes"] = json!(nodes),
+                Err(error) => {
+                    status["nodes"] = json!([]);
+                    status["nodes_error"] = json!(error.to_string());
+                }
+            }
+            Some(status)
         }
     };
     let mut body = json!({
