@@ -57,6 +57,17 @@ fn kv_key(bucket: &str, key: &str) -> Vec<u8> {
     out
 }
 
+/// `delta` added to `value`, the decimal text of a u64: what an increment
+/// of `key` writes, on either backend.
+pub(crate) fn incremented(value: &[u8], key: &str, delta: u64) -> Result<u64, KvError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| KvError::NotANumber(key.to_owned()))?
+        .checked_add(delta)
+        .ok_or_else(|| KvError::Overflow(key.to_owned()))
+}
+
 fn count_of(raw: Option<sled::IVec>) -> u64 {
     raw.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
         .unwrap_or(0)
@@ -131,13 +142,10 @@ impl Store {
     ) -> std::result::Result<u64, KvError> {
         let full = kv_key(bucket, key);
         let value = (&self.kv, &self.kv_counts).transaction(|(kv, counts)| -> Tx<u64> {
-            let current = match kv.get(full.as_slice())? {
-                Some(raw) => std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        ConflictableTransactionError::Abort(KvError::NotANumber(key.to_string()))
-                    })?,
+            let next = match kv.get(full.as_slice())? {
+                Some(raw) => {
+                    incremented(&raw, key, delta).map_err(ConflictableTransactionError::Abort)?
+                }
                 None => {
                     let count = count_of(counts.get(bucket.as_bytes())?);
                     if count >= max_keys {
@@ -146,12 +154,9 @@ impl Store {
                         )));
                     }
                     counts.insert(bucket.as_bytes(), &(count + 1).to_be_bytes())?;
-                    0
+                    delta
                 }
             };
-            let next = current.checked_add(delta).ok_or_else(|| {
-                ConflictableTransactionError::Abort(KvError::Overflow(key.to_string()))
-            })?;
             kv.insert(full.as_slice(), next.to_string().as_bytes())?;
             Ok(next)
         })?;

@@ -152,23 +152,41 @@ impl GuestKv {
                     Expect::Absent
                 }
             };
-            match kv.put(&full, value.clone(), expect).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Changed(_)) => {
-                    if expect == Expect::Absent {
-                        // Another writer created it first: not a new key.
-                        self.release(&kv, bucket).await?;
-                    }
-                }
-                Err(error) => {
-                    if expect == Expect::Absent {
-                        self.release_unless_written(&kv, bucket, &full).await;
-                    }
-                    return Err(error.into());
-                }
+            let written = kv.put(&full, value.clone(), expect).await;
+            if self.settle(&kv, bucket, &full, expect, written).await? {
+                return Ok(());
             }
         }
         Err(contended(key))
+    }
+
+    /// What a compare-and-set write that `expect`ed the key's state ended
+    /// in: true when it landed, false when it lost a race (read again); a
+    /// new key's place in the count is given back unless it was used.
+    async fn settle(
+        &self,
+        kv: &Catalog,
+        bucket: &str,
+        full: &str,
+        expect: Expect,
+        written: Result<u64, StoreError>,
+    ) -> Result<bool, KvError> {
+        match written {
+            Ok(_) => Ok(true),
+            Err(StoreError::Changed(_)) => {
+                if expect == Expect::Absent {
+                    // Another writer created it first: not a new key.
+                    self.release(kv, bucket).await?;
+                }
+                Ok(false)
+            }
+            Err(error) => {
+                if expect == Expect::Absent {
+                    self.release_unless_written(kv, bucket, full).await;
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Deletes `key` from `bucket` (no error if absent).
@@ -199,16 +217,10 @@ impl GuestKv {
         let full = data_key(bucket, key)?;
         for _ in 0..MAX_ROUNDS {
             let (next, expect) = match kv.get(&full).await? {
-                Some(current) => {
-                    let value = std::str::from_utf8(&current.value)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| KvError::NotANumber(key.to_owned()))?;
-                    let next = value
-                        .checked_add(delta)
-                        .ok_or_else(|| KvError::Overflow(key.to_owned()))?;
-                    (next, Expect::Revision(current.revision))
-                }
+                Some(current) => (
+                    crate::kv::incremented(&current.value, key, delta)?,
+                    Expect::Revision(current.revision),
+                ),
                 None => {
                     if !self.reserve_new(&kv, bucket, &full, max_keys).await? {
                         continue;
@@ -216,19 +228,9 @@ impl GuestKv {
                     (delta, Expect::Absent)
                 }
             };
-            match kv.put(&full, Bytes::from(next.to_string()), expect).await {
-                Ok(_) => return Ok(next),
-                Err(StoreError::Changed(_)) => {
-                    if expect == Expect::Absent {
-                        self.release(&kv, bucket).await?;
-                    }
-                }
-                Err(error) => {
-                    if expect == Expect::Absent {
-                        self.release_unless_written(&kv, bucket, &full).await;
-                    }
-                    return Err(error.into());
-                }
+            let written = kv.put(&full, Bytes::from(next.to_string()), expect).await;
+            if self.settle(&kv, bucket, &full, expect, written).await? {
+                return Ok(next);
             }
         }
         Err(contended(key))
