@@ -778,3 +778,142 @@ async fn retry_counts_and_dead_letters_stay_right_across_a_node_kill() {
         assert_eq!(letter["trigger"], "failing");
     }
 }
+
+/// Invocations of `function` this node ran, by any outcome.
+async fn ran(server: &Server, function: &str) -> f64 {
+    let wanted = format!("function={function},");
+    server
+        .metrics()
+        .await
+        .iter()
+        .filter(|((name, labels), _)| {
+            name == "sluice_function_invocations_total" && labels.starts_with(&wanted)
+        })
+        .map(|(_, value)| value)
+        .sum()
+}
+
+async fn invocation(server: &Server, id: &str) -> Value {
+    let (status, body) = server.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn invoke_async(server: &Server, function: &str) -> String {
+    let response = server
+        .http()
+        .post(server.url(&format!("/v1/functions/{function}/invoke?async=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn asynchronous_invocations_are_one_queue_read_and_cancelled_through_any_node() {
+    let nats = Nats::single();
+    let mut a = node(&nats, &["--async-workers", "1"]);
+    let b = node(&nats, &["--async-workers", "1"]);
+    ready(&a).await;
+    ready(&b).await;
+    a.deploy_ok("sleepy", guests::SLEEPY, "env=SLEEP_MS=1500")
+        .await;
+    a.deploy_ok("sleepy-long", guests::SLEEPY, "env=SLEEP_MS=20000")
+        .await;
+    for function in ["sleepy", "sleepy-long"] {
+        eventually(PATIENCE, || async {
+            (b.get(&format!("/v1/functions/{function}")).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    // Four made through a, one worker per node: both nodes run them, and
+    // each is read and listed through b.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(invoke_async(&a, "sleepy").await);
+    }
+    let (_, listed) = b.get("/v1/invocations?function=sleepy").await;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let mut listed_ids: Vec<&str> = listed["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    listed_ids.sort();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(listed_ids, sorted, "{listed}");
+    for id in &ids {
+        let done = eventually(PATIENCE, || async {
+            let record = invocation(&b, id).await;
+            (record["status"] == "succeeded").then_some(record)
+        })
+        .await;
+        assert_eq!(done["response"]["body"], "slept 1500 ms", "{done}");
+    }
+    let (on_a, on_b) = (ran(&a, "sleepy").await, ran(&b, "sleepy").await);
+    assert_eq!(on_a + on_b, 4.0, "each ran once (a {on_a}, b {on_b})");
+    assert!(
+        on_a >= 1.0 && on_b >= 1.0,
+        "both nodes ran some (a {on_a}, b {on_b})"
+    );
+
+    // A running one is cancelled through the node that is not running it
+    // as well as the one that is.
+    let long = invoke_async(&a, "sleepy-long").await;
+    eventually(PATIENCE, || async {
+        (invocation(&a, &long).await["status"] == "running").then_some(())
+    })
+    .await;
+    let (status, body) = b.delete(&format!("/v1/invocations/{long}")).await;
+    assert_eq!(status, 200, "{body}");
+    let cancelled: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(invocation(&a, &long).await["status"], "cancelled");
+    assert_eq!(a.delete(&format!("/v1/invocations/{long}")).await.0, 409);
+
+    // A queued one cancelled through a never runs on either node.
+    let blockers = [
+        invoke_async(&a, "sleepy-long").await,
+        invoke_async(&a, "sleepy-long").await,
+    ];
+    for blocker in &blockers {
+        eventually(PATIENCE, || async {
+            (invocation(&b, blocker).await["status"] == "running").then_some(())
+        })
+        .await;
+    }
+    let queued = invoke_async(&b, "sleepy").await;
+    assert_eq!(invocation(&a, &queued).await["status"], "queued");
+    let (status, body) = a.delete(&format!("/v1/invocations/{queued}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"cancelled\""), "{body}");
+    for blocker in &blockers {
+        assert_eq!(b.delete(&format!("/v1/invocations/{blocker}")).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ran(&a, "sleepy").await + ran(&b, "sleepy").await, 4.0);
+    assert_eq!(invocation(&b, &queued).await["status"], "cancelled");
+
+    // The node running one dies: the other runs it again and stores it.
+    drop(b);
+    let last = invoke_async(&a, "sleepy").await;
+    eventually(PATIENCE, || async {
+        (invocation(&a, &last).await["status"] == "running").then_some(())
+    })
+    .await;
+    a.kill();
+    let c = node(&nats, &[]);
+    ready(&c).await;
+    let done = eventually(PATIENCE, || async {
+        let record = invocation(&c, &last).await;
+        (record["status"] == "succeeded").then_some(record)
+    })
+    .await;
+    assert_eq!(done["response"]["body"], "slept 1500 ms", "{done}");
+    assert_eq!(c.get("/v1/invocations/not-hex").await.0, 404);
+}

@@ -17,6 +17,16 @@
 //! `cancelled` (`DELETE`: a queued one never runs; a running one ends at
 //! the guest's next epoch tick).
 //!
+//! In cluster mode the record is in the cluster's invocations bucket and
+//! the request in its work queue (see `sluice_store::cluster` for the
+//! layout): any node reads, lists and cancels an invocation, and any node
+//! runs it; the queue's bounds are the stream's limits, the retention the
+//! bucket's. A running one's node polls its record each second (and tells
+//! JetStream it is still working on it): a `DELETE` through another node
+//! asks it to stop by marking the record. A node that dies running one
+//! leaves it to another node after the ack wait (run again, at least once,
+//! as after an embedded restart).
+//!
 //! Ids are 128 random bits. An invocation is readable by admin tokens and
 //! by the token that made it; one made without a token (of a public
 //! function) by whoever holds its id. The stored request never holds a
@@ -34,7 +44,10 @@ use base64::Engine as _;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
+
+use sluice_store::StoreError;
+use sluice_store::cluster::{Arrival, Bucket, Catalog, Cluster, Expect, QueueRefusal};
 
 use crate::auth::Caller;
 use crate::body::read_body;
@@ -92,6 +105,9 @@ pub(crate) struct Record {
     pub(crate) created: String,
     pub(crate) finished: Option<String>,
     pub(crate) finished_ms: Option<u64>,
+    /// Cluster mode: a `DELETE` asked the node running it to stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) cancel_requested: bool,
 }
 
 /// One queued invocation: its id, and the bytes of request body it holds
@@ -148,16 +164,7 @@ impl Invocations {
     /// or says which bound it would pass: 413 for a body no queue could
     /// hold, 503 with `Retry-After` for a full one.
     fn admit(&self, bytes: u64) -> Result<Admitted<'_>, ApiError> {
-        if bytes > self.max_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the request body is {bytes} bytes; queued asynchronous invocations hold at most {} bytes of bodies in all (--max-async-invocation-bytes)",
-                    self.max_bytes
-                ),
-            ));
-        }
+        self.fits(bytes)?;
         let full = |reason: String| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -196,6 +203,21 @@ impl Invocations {
             bytes,
             queue: None,
         })
+    }
+
+    /// 413 for a body no queue could hold.
+    fn fits(&self, bytes: u64) -> Result<(), ApiError> {
+        if bytes > self.max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is {bytes} bytes; queued asynchronous invocations hold at most {} bytes of bodies in all (--max-async-invocation-bytes)",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Gives back a place taken by [`Invocations::admit`].
@@ -293,7 +315,14 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         }
     }
     let bytes = body.len() as u64;
-    let mut admitted = state.invocations.admit(bytes)?;
+    let cluster = state.functions.cluster();
+    let mut admitted = match cluster {
+        Some(_) => {
+            state.invocations.fits(bytes)?;
+            None
+        }
+        None => Some(state.invocations.admit(bytes)?),
+    };
     let record = Record {
         id: state.functions.new_invocation_id(),
         function: name.to_string(),
@@ -314,7 +343,13 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         created: sluice_store::now_rfc3339(),
         finished: None,
         finished_ms: None,
+        cancel_requested: false,
     };
+    if let Some(cluster) = &cluster {
+        enqueue_clustered(cluster, &record).await?;
+        return Ok(accepted(&record.id));
+    }
+    let mut admitted = admitted.take().expect("admitted unless in cluster mode");
     // From the save on, the invocation is queued when this request ends,
     // even one dropped mid-save by a client that hung up (the worker skips
     // a record that never got stored); its place is given back if not.
@@ -324,13 +359,129 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
         return Err(error);
     }
     drop(admitted);
-    let url = format!("/v1/invocations/{}", record.id);
-    Ok((
+    Ok(accepted(&record.id))
+}
+
+/// The 202 of a queued invocation.
+fn accepted(id: &str) -> Response {
+    let url = format!("/v1/invocations/{id}");
+    (
         StatusCode::ACCEPTED,
         [(http::header::LOCATION, url.clone())],
-        axum::Json(json!({"id": record.id, "status": "queued", "url": url})),
+        axum::Json(json!({"id": id, "status": "queued", "url": url})),
     )
-        .into_response())
+        .into_response()
+}
+
+/// What the cluster's bucket holds of `record`: all but its request body,
+/// which only the queued message carries.
+fn stored_form(record: &Record) -> bytes::Bytes {
+    let mut value = serde_json::to_value(record).expect("records serialize");
+    value["request_body"] = Value::String(String::new());
+    bytes::Bytes::from(serde_json::to_vec(&value).expect("records serialize"))
+}
+
+/// Cluster mode: stores the record, then queues the request (the record
+/// first, so that the node which pulls it finds it). A request that was
+/// not queued, or not known to be, leaves its record failed, so that a
+/// node that gets it anyway does not run what was answered 503.
+async fn enqueue_clustered(cluster: &Cluster, record: &Record) -> Result<(), ApiError> {
+    let request = bytes::Bytes::from(serde_json::to_vec(record).expect("records serialize"));
+    if request.len() > cluster.max_value_bytes() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "in cluster mode an asynchronous invocation's request is one NATS message: {} bytes as stored (the body in base64), more than the server's max_payload allows ({} bytes)",
+                request.len(),
+                cluster.max_value_bytes()
+            ),
+        ));
+    }
+    let catalog = cluster.catalog(Bucket::Invocations)?;
+    let revision = catalog
+        .put(&record.id, stored_form(record), Expect::Absent)
+        .await?;
+    let refusal = match cluster.enqueue_invocation(&record.id, request).await {
+        Ok(()) => return Ok(()),
+        Err(refusal) => refusal,
+    };
+    let error = match refusal {
+        QueueRefusal::Full(reason) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_invocations",
+            reason,
+        )
+        .with_retry_after(1),
+        QueueRefusal::Store(error) => ApiError::from(error),
+    };
+    let mut failed = record.clone();
+    failed.status = Status::Failed;
+    failed.response = Some(
+        stored_error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_queued",
+            "the invocation was answered 503 and not run",
+        ))
+        .await,
+    );
+    failed.finished = Some(sluice_store::now_rfc3339());
+    failed.finished_ms = Some(unix_ms());
+    if let Err(store) = catalog
+        .put(&record.id, stored_form(&failed), Expect::Revision(revision))
+        .await
+    {
+        tracing::warn!(id = %record.id, error = %store, "could not mark an invocation that was not queued as failed");
+    }
+    Err(error)
+}
+
+/// `error` as a stored response.
+async fn stored_error(error: ApiError) -> Stored {
+    let (parts, body) = error.into_response().into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Stored {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: b64().encode(&body),
+    }
+}
+
+/// The record of invocation `id`, wherever this server keeps them, with
+/// its revision in the cluster's bucket (0 in the embedded store).
+pub(crate) async fn read(state: &AppState, id: &str) -> Result<Option<Record>, ApiError> {
+    match state.functions.cluster() {
+        Some(cluster) => Ok(read_clustered(&cluster.catalog(Bucket::Invocations)?, id)
+            .await?
+            .map(|(record, _)| record)),
+        None => match state.functions.store().invocation(id)? {
+            Some(raw) => Ok(Some(
+                serde_json::from_slice(&raw).map_err(ApiError::internal)?,
+            )),
+            None => Ok(None),
+        },
+    }
+}
+
+/// The record of `id` in the cluster's bucket and its revision. An id that
+/// is not one Sluice makes (hex) is no key: none is read for it.
+async fn read_clustered(catalog: &Catalog, id: &str) -> Result<Option<(Record, u64)>, ApiError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let Some(stored) = catalog.get(id).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&stored.value).map_err(ApiError::internal)?;
+    Ok(Some((record, stored.revision)))
 }
 
 /// Cancels invocation `id` (read by the caller already): a queued one is
@@ -338,6 +489,9 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
 /// this waits (a few seconds at most) for its worker to store the end.
 /// Returns the record as it then is; a finished one is left as it was.
 pub(crate) async fn cancel(state: &AppState, id: &str) -> Result<Option<Record>, ApiError> {
+    if let Some(cluster) = state.functions.cluster() {
+        return cancel_clustered(&cluster.catalog(Bucket::Invocations)?, id).await;
+    }
     let store = state.functions.store();
     let read = |id: &str| -> Result<Option<Record>, ApiError> {
         match store.invocation(id)? {
@@ -398,6 +552,55 @@ pub(crate) async fn cancel(state: &AppState, id: &str) -> Result<Option<Record>,
     }
 }
 
+/// Cluster mode: a queued one is stored as cancelled (compare-and-set
+/// against the node that would start it); a running one's record is
+/// marked for its node to see, and this waits as [`cancel`] does.
+async fn cancel_clustered(catalog: &Catalog, id: &str) -> Result<Option<Record>, ApiError> {
+    loop {
+        let Some((mut record, revision)) = read_clustered(catalog, id).await? else {
+            return Ok(None);
+        };
+        if record.status.is_finished() {
+            return Ok(Some(record));
+        }
+        let queued = record.status == Status::Queued;
+        if queued {
+            record.status = Status::Cancelled;
+            record.finished = Some(sluice_store::now_rfc3339());
+            record.finished_ms = Some(unix_ms());
+        } else if record.cancel_requested {
+            break;
+        } else {
+            record.cancel_requested = true;
+        }
+        match catalog
+            .put(id, stored_form(&record), Expect::Revision(revision))
+            .await
+        {
+            Ok(_) if queued => {
+                tracing::info!(id = %record.id, function = %record.function, "queued invocation cancelled");
+                return Ok(Some(record));
+            }
+            Ok(_) => break,
+            // It started, or another cancel landed: look again.
+            Err(StoreError::Changed(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let give_up = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let record = read_clustered(catalog, id).await?.map(|(r, _)| r);
+        let done = record.as_ref().is_none_or(|r| r.status.is_finished());
+        if done || tokio::time::Instant::now() >= give_up {
+            if let Some(record) = &record {
+                tracing::info!(id = %record.id, function = %record.function, status = ?record.status, "running invocation cancelled");
+            }
+            return Ok(record);
+        }
+    }
+}
+
 /// How long a `DELETE` waits for a running invocation to end.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
@@ -423,44 +626,44 @@ struct SummaryResponse {
 /// The invocations `caller` made (every one for an admin), newest first,
 /// at most `limit`, of `function` (any when `None`). One made without a
 /// token is listed to admins only: its id is its only protection. The
-/// scan runs off the async threads and keeps at most `limit` at a time.
+/// scan keeps at most `limit` at a time; the embedded store's runs off the
+/// async threads, the cluster's is one pass over its bucket.
 pub(crate) async fn list(
     state: &AppState,
     caller: &Caller,
     function: Option<String>,
     limit: usize,
-) -> Result<Vec<serde_json::Value>, ApiError> {
-    let store = state.functions.store().clone();
-    let admin = caller.is_admin();
-    let token = caller.token_id().map(str::to_string);
-    let scan = tokio::task::spawn_blocking(move || {
-        // Newest `limit` by (created, id), the oldest of them on top.
-        let mut kept = std::collections::BinaryHeap::new();
-        store.each_invocation(|raw| {
-            let Ok(summary) = serde_json::from_slice::<Summary>(raw) else {
-                return;
-            };
-            let mine = admin || summary.owner.is_some() && summary.owner == token;
-            if !mine || function.as_ref().is_some_and(|f| *f != summary.function) {
-                return;
-            }
-            kept.push(std::cmp::Reverse((
-                summary.created.clone(),
-                summary.id.clone(),
-                SummaryView(summary),
-            )));
-            if kept.len() > limit {
-                kept.pop();
-            }
-        })?;
-        let mut kept: Vec<Summary> = kept
-            .into_iter()
-            .map(|std::cmp::Reverse((_, _, s))| s.0)
-            .collect();
-        kept.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
-        Ok::<_, sluice_store::StoreError>(kept)
-    });
-    let kept = scan.await.map_err(ApiError::internal)??;
+) -> Result<Vec<Value>, ApiError> {
+    let mut newest = Newest {
+        kept: Default::default(),
+        limit,
+        admin: caller.is_admin(),
+        token: caller.token_id().map(str::to_string),
+        function,
+    };
+    let newest = match state.functions.cluster() {
+        Some(cluster) => {
+            cluster
+                .catalog(Bucket::Invocations)?
+                .values_under("", |_, raw| newest.offer(raw))
+                .await?;
+            newest
+        }
+        None => {
+            let store = state.functions.store().clone();
+            let scan = tokio::task::spawn_blocking(move || {
+                store.each_invocation(|raw| newest.offer(raw))?;
+                Ok::<_, StoreError>(newest)
+            });
+            scan.await.map_err(ApiError::internal)??
+        }
+    };
+    let mut kept: Vec<Summary> = newest
+        .kept
+        .into_iter()
+        .map(|std::cmp::Reverse((_, _, s))| s.0)
+        .collect();
+    kept.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
     Ok(kept
         .into_iter()
         .map(|s| {
@@ -474,6 +677,41 @@ pub(crate) async fn list(
             })
         })
         .collect())
+}
+
+/// The newest `limit` of a caller's invocations, by (created, id), the
+/// oldest of them on top.
+struct Newest {
+    kept: std::collections::BinaryHeap<std::cmp::Reverse<(String, String, SummaryView)>>,
+    limit: usize,
+    admin: bool,
+    token: Option<String>,
+    function: Option<String>,
+}
+
+impl Newest {
+    fn offer(&mut self, raw: &[u8]) {
+        let Ok(summary) = serde_json::from_slice::<Summary>(raw) else {
+            return;
+        };
+        let mine = self.admin || summary.owner.is_some() && summary.owner == self.token;
+        if !mine
+            || self
+                .function
+                .as_ref()
+                .is_some_and(|f| *f != summary.function)
+        {
+            return;
+        }
+        self.kept.push(std::cmp::Reverse((
+            summary.created.clone(),
+            summary.id.clone(),
+            SummaryView(summary),
+        )));
+        if self.kept.len() > self.limit {
+            self.kept.pop();
+        }
+    }
 }
 
 /// A summary in the heap (ordered by the key beside it only).
@@ -563,12 +801,24 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
         tracing::error!(id = %record.id, ?error, "could not mark an invocation running; it stays queued");
         return None;
     }
+    execute(&state, &mut record, &cancel).await;
+    if let Err(error) = save(&state, &record).await {
+        tracing::error!(id = %record.id, ?error, "could not store an invocation's result");
+        return None;
+    }
+    record.finished_ms
+}
+
+/// Runs `record`'s request (again, after a second, while the function is
+/// busy, up to [`BUSY_RETRIES`] times) and sets how it ended: its status,
+/// response and finishing time.
+async fn execute(state: &AppState, record: &mut Record, cancel: &CancellationToken) {
     let mut tries = 0;
     let response = loop {
-        let response = match rebuild(&record) {
+        let response = match rebuild(record) {
             Ok(mut request) => {
                 request.extensions_mut().insert(cancel.clone());
-                match run_invoke(&state, &record.function, request).await {
+                match run_invoke(state, &record.function, request).await {
                     Ok(response) => response,
                     Err(error) => error.into_response(),
                 }
@@ -628,16 +878,185 @@ async fn run(state: AppState, id: &str) -> Option<u64> {
     });
     record.finished = Some(sluice_store::now_rfc3339());
     record.finished_ms = Some(unix_ms());
-    if let Err(error) = save(&state, &record).await {
-        tracing::error!(id = %record.id, ?error, "could not store an invocation's result");
-        return None;
+}
+
+/// How long a node waits before another try of an invocation whose
+/// record it could not read or write.
+const CLUSTER_RETRY: Duration = Duration::from_secs(1);
+
+/// Cluster mode: runs the queued invocations this node pulls, at most
+/// `workers` at once, until the feed ends.
+async fn work_clustered(state: AppState, cluster: Cluster, workers: usize) {
+    let mut feed = cluster.invocation_feed(workers.max(1));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            arrival = feed.next() => {
+                let Some(arrival) = arrival else { return };
+                let (state, cluster) = (state.clone(), cluster.clone());
+                running.spawn(async move { run_clustered(&state, &cluster, arrival).await });
+            }
+            Some(_) = running.join_next() => {}
+        }
     }
-    record.finished_ms
+}
+
+/// Hands `arrival` back for another try in a second, after `error`.
+async fn retry_later(arrival: &Arrival, id: &str, error: impl Into<ApiError>, what: &str) {
+    let error = error.into();
+    tracing::warn!(%id, ?error, "{what}; trying again in a second");
+    let _ = arrival.nak(CLUSTER_RETRY).await;
+}
+
+/// Cluster mode: runs one pulled invocation unless its record says it was
+/// cancelled or finished meanwhile, stores the result, then acks it.
+async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
+    let mut record = match serde_json::from_slice::<Record>(&arrival.payload) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::error!(sequence = arrival.sequence, %error, "a queued invocation does not parse; dropped");
+            let _ = arrival.term().await;
+            return;
+        }
+    };
+    let catalog = match cluster.catalog(Bucket::Invocations) {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            return retry_later(&arrival, &record.id, error, "invocations bucket not ready").await;
+        }
+    };
+    // Marked running, unless a `DELETE` or another node got there first.
+    loop {
+        let expect = match read_clustered(&catalog, &record.id).await {
+            Err(error) => {
+                return retry_later(&arrival, &record.id, error, "could not read an invocation")
+                    .await;
+            }
+            // Its record passed the retention while it was queued.
+            Ok(None) => Expect::Absent,
+            Ok(Some((stored, _))) if stored.status.is_finished() => {
+                let _ = arrival.ack().await;
+                return;
+            }
+            Ok(Some((mut stored, revision))) if stored.cancel_requested => {
+                // Cancelled while the node that ran it was gone.
+                stored.status = Status::Cancelled;
+                stored.finished = Some(sluice_store::now_rfc3339());
+                stored.finished_ms = Some(unix_ms());
+                match catalog
+                    .put(&stored.id, stored_form(&stored), Expect::Revision(revision))
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = arrival.ack().await;
+                        return;
+                    }
+                    Err(StoreError::Changed(_)) => continue,
+                    Err(error) => {
+                        return retry_later(
+                            &arrival,
+                            &record.id,
+                            error,
+                            "could not cancel an invocation",
+                        )
+                        .await;
+                    }
+                }
+            }
+            Ok(Some((_, revision))) => Expect::Revision(revision),
+        };
+        if arrival.delivered > 1 {
+            tracing::info!(id = %record.id, function = %record.function, attempt = arrival.delivered, "running an invocation again (the node that had it went away)");
+        }
+        record.status = Status::Running;
+        match catalog.put(&record.id, stored_form(&record), expect).await {
+            Ok(_) => break,
+            Err(StoreError::Changed(_)) => continue,
+            Err(error) => {
+                return retry_later(
+                    &arrival,
+                    &record.id,
+                    error,
+                    "could not mark an invocation running",
+                )
+                .await;
+            }
+        }
+    }
+    let cancel = CancellationToken::new();
+    let id = record.id.clone();
+    // Each second: still working on it (for JetStream), and asked to stop?
+    let watch = async {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let _ = arrival.progress().await;
+            if let Ok(Some((stored, _))) = read_clustered(&catalog, &id).await
+                && (stored.cancel_requested || stored.status.is_finished())
+            {
+                cancel.cancel();
+            }
+        }
+    };
+    tokio::select! {
+        () = execute(state, &mut record, &cancel) => {}
+        () = watch => {}
+    }
+    let mut stored = stored_form(&record);
+    if stored.len() > cluster.max_value_bytes() {
+        record.status = Status::Failed;
+        record.response = Some(
+            stored_error(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "response_not_kept",
+                format!(
+                    "the function answered {} bytes, more than an invocation's record holds in cluster mode (the NATS server's max_payload, {} bytes, less headers); call it synchronously for responses this large",
+                    stored.len(),
+                    cluster.max_value_bytes()
+                ),
+            ))
+            .await,
+        );
+        stored = stored_form(&record);
+    }
+    // The result is stored before the ack, or the invocation runs again.
+    let mut tries = 0;
+    while let Err(error) = catalog.put(&id, stored.clone(), Expect::Any).await {
+        tries += 1;
+        if tries >= 20 {
+            tracing::error!(%id, %error, "could not store an invocation's result; it will run again");
+            let _ = arrival.nak(CLUSTER_RETRY).await;
+            return;
+        }
+        let _ = arrival.progress().await;
+        tokio::time::sleep(CLUSTER_RETRY).await;
+    }
+    if let Err(error) = arrival.ack().await {
+        tracing::warn!(%id, %error, "could not ack a finished invocation; the node that gets it again will see it finished");
+    }
+}
+
+/// How many invocations in `store` are queued or running (which cluster
+/// mode would never run).
+pub fn unfinished(store: &sluice_store::Store) -> anyhow::Result<usize> {
+    let mut count = 0;
+    store.each_invocation(|raw| {
+        if serde_json::from_slice::<Record>(raw).is_ok_and(|r| !r.status.is_finished()) {
+            count += 1;
+        }
+    })?;
+    Ok(count)
 }
 
 /// Resumes unfinished invocations, starts `workers` workers and the
 /// retention reaper.
 pub fn start(state: AppState, workers: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(cluster) = state.functions.cluster() {
+        // JetStream holds the queue and the bucket the retention: nothing
+        // to resume or reap here.
+        return Ok(tokio::spawn(work_clustered(state, cluster, workers)));
+    }
     let retention = state.limits.invocation_retention_secs * 1000;
     let invocations = state.invocations.clone();
     state.functions.store().each_invocation(|raw| {

@@ -114,9 +114,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 store.delivery_count()
             );
         }
+        Some(_) if invocations::unfinished(&store)? > 0 => {
+            anyhow::bail!(
+                "this data directory holds {} queued or running asynchronous invocations accepted without --nats; cluster mode would never run them: run it once without --nats until they are finished, or start cluster mode on another --data-dir",
+                invocations::unfinished(&store)?
+            );
+        }
         Some(cluster) => {
             let mut cluster = cluster.clone();
             cluster.log_lines = options.limits.log_lines_per_function;
+            let server_limits = &options.server_limits;
+            cluster.invocation_retention =
+                Duration::from_secs(server_limits.invocation_retention_secs.max(1));
+            cluster.max_invocations = server_limits.max_async_invocations;
+            cluster.max_invocation_bytes = server_limits.max_async_invocation_bytes;
             let cluster = sluice_store::cluster::Cluster::connect(cluster).await?;
             tracing::info!(nats = %cluster.options().urls.join(","), "cluster mode: state on NATS JetStream");
             Some(cluster)

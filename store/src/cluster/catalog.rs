@@ -189,6 +189,31 @@ impl Catalog {
     /// Every live key that starts with `prefix` (a whole number of
     /// `.`-separated tokens ending in `.`), unordered.
     pub async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        self.last_values(prefix, true, |key, _| keys.push(key.to_owned()))
+            .await?;
+        Ok(keys)
+    }
+
+    /// Calls `each` with every live key that starts with `prefix` (as in
+    /// [`Catalog::keys_under`]; `""` for all) and its value, unordered: one
+    /// pass over the bucket, not a read per key.
+    pub async fn values_under(
+        &self,
+        prefix: &str,
+        each: impl FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
+        self.last_values(prefix, false, each).await
+    }
+
+    /// The last message of every subject under `prefix`, live ones only,
+    /// through an ordered consumer that is removed once read.
+    async fn last_values(
+        &self,
+        prefix: &str,
+        headers_only: bool,
+        mut each: impl FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
         connected(&self.client, self.timeout).await?;
         let subject_prefix = format!("{}{prefix}", self.kv.prefix);
@@ -200,20 +225,19 @@ impl Catalog {
                     deliver_subject: self.client.new_inbox(),
                     description: Some("sluice key listing".to_owned()),
                     filter_subject: format!("{subject_prefix}>"),
-                    headers_only: true,
+                    headers_only,
                     replay_policy: ReplayPolicy::Instant,
                     deliver_policy: DeliverPolicy::LastPerSubject,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| self.unavailable("list", prefix, &e))?;
-            let mut keys = Vec::new();
             let name = consumer.cached_info().name.clone();
             // The consumer goes as soon as it was read (else it would sit
             // on the servers until its inactivity threshold).
             let _remove = RemoveConsumer(Some((self.kv.stream.clone(), name)));
             if consumer.cached_info().num_pending == 0 {
-                return Ok(keys);
+                return Ok(());
             }
             let mut messages = consumer
                 .messages()
@@ -232,13 +256,13 @@ impl Catalog {
                         || headers.get("Nats-Marker-Reason").is_some()
                 });
                 if !deleted && let Some(key) = message.subject.strip_prefix(&self.kv.prefix) {
-                    keys.push(key.to_owned());
+                    each(key, &message.payload);
                 }
                 if pending == 0 {
                     break;
                 }
             }
-            Ok(keys)
+            Ok(())
         };
         match tokio::time::timeout(self.timeout, list).await {
             Ok(result) => result,

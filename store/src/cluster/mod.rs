@@ -16,6 +16,9 @@
 //! - Guest output in `SLUICE_LOGS`, a bounded ring per function.
 //! - Guest key-value data in one more bucket, with the key limit kept by a
 //!   compare-and-set count: [`GuestKv`].
+//! - Asynchronous invocations: their records in a bucket whose entries
+//!   expire after the retention, their requests in the work-queue stream
+//!   `SLUICE_INVOCATIONS` every node pulls: [`Cluster::enqueue_invocation`].
 //!
 //! Connecting never waits for NATS: [`Cluster::connect`] returns at once, and
 //! a background task keeps dialling and creates (or binds) the layout as soon
@@ -28,6 +31,7 @@ mod catalog;
 mod events;
 mod functions;
 mod guest_kv;
+mod invocations;
 mod logs;
 mod nodes;
 mod queue;
@@ -44,6 +48,7 @@ use crate::StoreError;
 pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use guest_kv::{GUEST_KV_BUCKET, GuestKv};
+pub use invocations::{INVOCATIONS_STREAM, INVOKERS_CONSUMER, QueueRefusal};
 pub use logs::{LOGS_STREAM, LOGS_SUBJECT};
 pub use nodes::{Backlog, JetStreamStatus, LEASE_EVERY, LEASE_TTL, NodeInfo, StreamStatus};
 pub use queue::{
@@ -76,11 +81,14 @@ pub enum Bucket {
     /// One lease per live node, by node id (entries expire after
     /// [`LEASE_TTL`]).
     Nodes,
+    /// Asynchronous invocations' records, by id (entries expire
+    /// `invocation_retention` after their last write).
+    Invocations,
 }
 
 impl Bucket {
     /// Every bucket, in the order they are created.
-    pub const ALL: [Bucket; 7] = [
+    pub const ALL: [Bucket; 8] = [
         Bucket::Functions,
         Bucket::Triggers,
         Bucket::Brokers,
@@ -88,6 +96,7 @@ impl Bucket {
         Bucket::DeadLetters,
         Bucket::GuestKv,
         Bucket::Nodes,
+        Bucket::Invocations,
     ];
 
     /// The JetStream bucket name.
@@ -100,6 +109,7 @@ impl Bucket {
             Bucket::DeadLetters => "sluice_dead_letters",
             Bucket::GuestKv => GUEST_KV_BUCKET,
             Bucket::Nodes => "sluice_nodes",
+            Bucket::Invocations => "sluice_invocations",
         }
     }
 }
@@ -133,6 +143,15 @@ pub struct ClusterOptions {
     /// Lines of guest output kept per function (the logs stream's limit
     /// per subject).
     pub log_lines: usize,
+    /// How long a finished asynchronous invocation's record is kept (the
+    /// invocations bucket's `max_age`, set when it is made).
+    pub invocation_retention: Duration,
+    /// Asynchronous invocations queued at most, and the bytes their
+    /// requests hold at most (the invocations stream's limits: past
+    /// them a call is refused, see [`QueueRefusal::Full`]).
+    pub max_invocations: usize,
+    /// See `max_invocations`.
+    pub max_invocation_bytes: u64,
 }
 
 impl ClusterOptions {
@@ -150,6 +169,9 @@ impl ClusterOptions {
             request_timeout: Duration::from_secs(5),
             ack_wait: ACK_WAIT,
             log_lines: 1_000,
+            invocation_retention: Duration::from_secs(3_600),
+            max_invocations: 10_000,
+            max_invocation_bytes: 1 << 30,
         }
     }
 }
@@ -433,6 +455,12 @@ impl Cluster {
         let deliveries =
             ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
         let logs = ensure_stream(js, logs::logs_config(options, replicas), explicit).await?;
+        ensure_stream(
+            js,
+            invocations::invocations_config(options, replicas),
+            explicit,
+        )
+        .await?;
         // What the events stream has, which is what a 202 promises.
         let replicas = {
             let mut events = events.clone();
@@ -450,11 +478,12 @@ impl Cluster {
                     .create_key_value(kv::Config {
                         bucket: bucket.name().to_owned(),
                         history: 1,
-                        // A lease lapses unless its node renews it.
-                        max_age: if bucket == Bucket::Nodes {
-                            LEASE_TTL
-                        } else {
-                            Duration::ZERO
+                        // A lease lapses unless its node renews it; an
+                        // invocation's record once its retention passed.
+                        max_age: match bucket {
+                            Bucket::Nodes => LEASE_TTL,
+                            Bucket::Invocations => options.invocation_retention,
+                            _ => Duration::ZERO,
                         },
                         storage: stream::StorageType::File,
                         num_replicas: replicas,

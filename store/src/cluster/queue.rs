@@ -183,6 +183,13 @@ pub struct Feed {
 }
 
 impl Feed {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Arrival>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Feed {
+        Feed { rx, tasks }
+    }
+
     /// The next message; waits for one.
     pub async fn next(&mut self) -> Option<Arrival> {
         self.rx.recv().await
@@ -265,10 +272,7 @@ impl Cluster {
                 .pull(EVENTS_STREAM, FANOUT_CONSUMER, String::new(), permits, tx)
                 .await
         });
-        Feed {
-            rx,
-            tasks: vec![task],
-        }
+        Feed::new(rx, vec![task])
     }
 
     /// Deliveries for this node to run, from every shard, at most
@@ -293,13 +297,13 @@ impl Cluster {
                 })
             })
             .collect();
-        Feed { rx, tasks }
+        Feed::new(rx, tasks)
     }
 
     /// Pulls from `consumer` (made if missing) into `tx` for as long as `tx`
     /// is open, never holding more than `permits` allow; re-binds after any
     /// error, with a backoff.
-    async fn pull(
+    pub(super) async fn pull(
         self,
         stream: &str,
         consumer: &str,

@@ -30,13 +30,10 @@ fn not_found(id: &str) -> ApiError {
 
 /// The record of `id` if `caller` may read it (someone else's invocation
 /// does not exist, as far as this caller can tell).
-fn readable_record(state: &AppState, caller: &Caller, id: &str) -> Result<Record, ApiError> {
-    let raw = state
-        .functions
-        .store()
-        .invocation(id)?
+async fn readable_record(state: &AppState, caller: &Caller, id: &str) -> Result<Record, ApiError> {
+    let record = crate::invocations::read(state, id)
+        .await?
         .ok_or_else(|| not_found(id))?;
-    let record: Record = serde_json::from_slice(&raw).map_err(ApiError::internal)?;
     if !readable(caller, &record) {
         return Err(not_found(id));
     }
@@ -87,7 +84,7 @@ pub async fn get_invocation(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = readable_record(&state, &caller, &id)?;
+    let record = readable_record(&state, &caller, &id).await?;
     Ok(axum::Json(view(&record, true)).into_response())
 }
 
@@ -107,7 +104,7 @@ pub async fn cancel_invocation(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let before = readable_record(&state, &caller, &id)?;
+    let before = readable_record(&state, &caller, &id).await?;
     if before.status.is_finished() {
         return Err(finished(&before));
     }
