@@ -84,6 +84,21 @@ pub struct CloudEvent {
     pub extensions: BTreeMap<String, String>,
     /// The payload.
     pub data: Option<Data>,
+    /// `data` parsed as JSON, once, when a data condition first asks
+    /// ([`CloudEvent::data_json`]).
+    pub parsed_data: ParsedData,
+}
+
+/// The payload of a [`CloudEvent`] parsed as JSON, filled in on first use.
+/// A clone starts empty (it is a cache: a copy of an event does not carry a
+/// second parsed tree around).
+#[derive(Debug, Default)]
+pub struct ParsedData(pub(crate) std::sync::OnceLock<Option<serde_json::Value>>);
+
+impl Clone for ParsedData {
+    fn clone(&self) -> ParsedData {
+        ParsedData::default()
+    }
 }
 
 /// Event payload.
@@ -314,6 +329,7 @@ impl CloudEvent {
             time,
             extensions: values,
             data,
+            parsed_data: ParsedData::default(),
         })
     }
 
@@ -382,6 +398,23 @@ impl CloudEvent {
                 Some(text.as_bytes().to_vec())
             }
         }
+    }
+
+    /// `data` as JSON, parsed on the first call only: `None` when there is
+    /// none, its `datacontenttype` is not JSON, or it does not parse.
+    pub fn data_json(&self) -> Option<&serde_json::Value> {
+        self.parsed_data
+            .0
+            .get_or_init(|| {
+                if !self.is_json_content() {
+                    return None;
+                }
+                match self.data.as_ref()? {
+                    Data::Json(raw) => serde_json::from_str(raw.get()).ok(),
+                    Data::Binary(bytes) => serde_json::from_slice(bytes).ok(),
+                }
+            })
+            .as_ref()
     }
 
     /// True if `datacontenttype` is absent or a JSON media type.

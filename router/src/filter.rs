@@ -38,6 +38,38 @@ pub enum Filter {
     Not(Box<Filter>),
     /// A CloudEvents SQL expression is `TRUE` (with no error).
     Cesql(Arc<crate::cesql::Expression>),
+    /// A field of the JSON `data` passes `exact`, `prefix` or `suffix` (a
+    /// key `$.path` in those dialects: a Sluice extension).
+    Data(Affix, crate::data::DataPath, String),
+}
+
+/// How a [`Filter::Data`] compares its field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affix {
+    /// Equal to the value.
+    Exact,
+    /// Starts with the value.
+    Prefix,
+    /// Ends with the value.
+    Suffix,
+}
+
+impl Affix {
+    fn dialect(self) -> &'static str {
+        match self {
+            Affix::Exact => "exact",
+            Affix::Prefix => "prefix",
+            Affix::Suffix => "suffix",
+        }
+    }
+
+    fn test(self, field: &str, value: &str) -> bool {
+        match self {
+            Affix::Exact => field == value,
+            Affix::Prefix => field.starts_with(value),
+            Affix::Suffix => field.ends_with(value),
+        }
+    }
 }
 
 /// Why a filter was refused.
@@ -72,6 +104,11 @@ impl Filter {
             Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
             Filter::Not(filter) => !filter.matches(event),
             Filter::Cesql(expression) => expression.matches(event),
+            Filter::Data(affix, path, value) => event
+                .data_json()
+                .and_then(|data| path.lookup(data))
+                .and_then(crate::data::text_of)
+                .is_some_and(|field| affix.test(&field, value)),
         }
     }
 
@@ -100,6 +137,9 @@ impl Filter {
             }
             Filter::Not(f) => serde_json::json!({"not": f.to_json()}),
             Filter::Cesql(e) => serde_json::json!({"cesql": e.text()}),
+            Filter::Data(affix, path, value) => {
+                serde_json::json!({affix.dialect(): single(path.text(), value)})
+            }
         }
     }
 }
@@ -148,6 +188,15 @@ fn parse_node(
                     &here,
                     format!("the {dialect} value must not be empty"),
                 ));
+            }
+            if name.starts_with('$') {
+                let path = crate::data::DataPath::parse(&name).map_err(|e| error(&here, e))?;
+                let affix = match dialect.as_str() {
+                    "exact" => Affix::Exact,
+                    "prefix" => Affix::Prefix,
+                    _ => Affix::Suffix,
+                };
+                return Ok(Filter::Data(affix, path, value));
             }
             Ok(match dialect.as_str() {
                 "exact" => Filter::Exact(name, value),
@@ -219,7 +268,9 @@ fn single_attribute(body: &Value, path: &str) -> Result<(String, String), Filter
         ));
     }
     let (name, value) = map.iter().next().expect("one key");
-    check_attribute_name(name, path)?;
+    if !name.starts_with('$') {
+        check_attribute_name(name, path)?;
+    }
     let Value::String(value) = value else {
         return Err(error(
             path,
@@ -237,7 +288,9 @@ pub fn check_attribute_name(name: &str, path: &str) -> Result<(), FilterError> {
     } else {
         Err(error(
             path,
-            format!("{name:?} is not an attribute name (lowercase a-z and 0-9)"),
+            format!(
+                "{name:?} is not an attribute name (lowercase a-z and 0-9) nor a data path (`$.field`)"
+            ),
         ))
     }
 }
@@ -339,6 +392,117 @@ mod tests {
         assert_eq!(parse(cesql.clone()).to_json(), cesql, "JSON round trip");
         // An error is no match, even where the result would be TRUE without it.
         assert!(!parse(json!({"cesql": "missing = 'x' OR TRUE"})).matches(&e));
+    }
+
+    fn with_data(data: &str, content_type: Option<&str>) -> CloudEvent {
+        let ct = content_type.map_or(String::new(), |ct| format!(r#","datacontenttype":"{ct}""#));
+        let text = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{data}{ct}}}"#
+        );
+        CloudEvent::from_json(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn data_conditions_test_fields_of_json_data() {
+        let e = with_data(
+            r#"{"order":{"id":"o-17","total":42,"paid":true,"items":[{"sku":"A-1"},{"sku":"B-2"}]}}"#,
+            None,
+        );
+        let parse = |v: Value| Filter::parse(&v, "filters[0]").unwrap();
+        assert!(parse(json!({"exact": {"$.order.id": "o-17"}})).matches(&e));
+        assert!(parse(json!({"prefix": {"$.order.id": "o-"}})).matches(&e));
+        assert!(parse(json!({"suffix": {"$.order.items[1].sku": "-2"}})).matches(&e));
+        assert!(!parse(json!({"exact": {"$.order.items[2].sku": "B-2"}})).matches(&e));
+        // A number or boolean compares as its JSON text.
+        assert!(parse(json!({"exact": {"$.order.total": "42"}})).matches(&e));
+        assert!(!parse(json!({"exact": {"$.order.total": "42.0"}})).matches(&e));
+        assert!(parse(json!({"exact": {"$.order.paid": "true"}})).matches(&e));
+        // Missing fields and objects match nothing (so `not` of them does).
+        assert!(!parse(json!({"exact": {"$.order.missing": "x"}})).matches(&e));
+        assert!(!parse(json!({"prefix": {"$.order.items": "["}})).matches(&e));
+        assert!(parse(json!({"not": {"exact": {"$.order.missing": "x"}}})).matches(&e));
+        // CESQL reads the same fields with their JSON types.
+        assert!(
+            parse(json!({"cesql": "DATA('$.order.total') > 40 AND DATA('$.order.paid')"}))
+                .matches(&e)
+        );
+        assert!(parse(json!({"cesql": "data('$.order.items[0].sku') LIKE 'A-%'"})).matches(&e));
+        assert!(
+            !parse(json!({"cesql": "DATA('$.order.none') = 'x' OR TRUE"})).matches(&e),
+            "a missing field is an error"
+        );
+        let round = json!({"suffix": {"$.order.items[1].sku": "-2"}});
+        assert_eq!(parse(round.clone()).to_json(), round, "JSON round trip");
+
+        // Data that is not JSON has no fields.
+        let text = with_data(r#""{\"order\":{\"id\":\"o-17\"}}""#, Some("text/plain"));
+        assert!(!parse(json!({"exact": {"$.order.id": "o-17"}})).matches(&text));
+        let binary = CloudEvent::build(
+            [
+                ("specversion", "1.0"),
+                ("id", "1"),
+                ("source", "/s"),
+                ("type", "t"),
+                ("datacontenttype", "application/json"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+            Some(br#"{"order":{"id":"o-17"}}"#.to_vec()),
+        )
+        .unwrap();
+        assert!(
+            parse(json!({"exact": {"$.order.id": "o-17"}})).matches(&binary),
+            "binary mode JSON"
+        );
+        let broken = CloudEvent::build(
+            [
+                ("specversion", "1.0"),
+                ("id", "1"),
+                ("source", "/s"),
+                ("type", "t"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+            Some(b"{not json".to_vec()),
+        )
+        .unwrap();
+        assert!(!parse(json!({"exact": {"$.order.id": "o-17"}})).matches(&broken));
+    }
+
+    #[test]
+    fn data_is_parsed_only_for_a_data_condition_and_once() {
+        let e = with_data(r#"{"a":"x"}"#, None);
+        let plain = Filter::parse(&json!({"exact": {"type": "t"}}), "f").unwrap();
+        assert!(plain.matches(&e));
+        assert!(
+            e.parsed_data.0.get().is_none(),
+            "no data condition, no parse"
+        );
+        let data = Filter::parse(&json!({"exact": {"$.a": "x"}}), "f").unwrap();
+        assert!(data.matches(&e));
+        let first = e.data_json().unwrap() as *const Value;
+        assert!(data.matches(&e));
+        assert_eq!(
+            e.data_json().unwrap() as *const Value,
+            first,
+            "parsed once, kept"
+        );
+    }
+
+    #[test]
+    fn bad_data_paths_are_refused_at_creation() {
+        for (filter, says) in [
+            (json!({"exact": {"$order": "x"}}), "expected"),
+            (json!({"exact": {"$.a[x]": "x"}}), "not an array index"),
+            (json!({"cesql": "DATA('order') = 'x'"}), "starts with"),
+            (json!({"cesql": "DATA(type) = 'x'"}), "string literal"),
+            (json!({"cesql": "DATA('$.a', '$.b') = 'x'"}), "one argument"),
+        ] {
+            let err = Filter::parse(&filter, "filters[0]").unwrap_err();
+            assert!(err.reason.contains(says), "{filter}: {err}");
+        }
+        let err =
+            Filter::parse(&json!({"cesql": "type = 'a' AND DATA('x') = 'y'"}), "f").unwrap_err();
+        assert!(err.reason.starts_with("parse: "), "{err}");
+        assert!(err.reason.contains("at character 16"), "{err}");
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Required {
                 Filter::All(nested) => self.collect(nested),
                 // What the expression cannot match without.
                 Filter::Cesql(expression) => self.collect(&expression.implied()),
-                Filter::Any(_) | Filter::Not(_) => {}
+                Filter::Any(_) | Filter::Not(_) | Filter::Data(..) => {}
             }
         }
     }
@@ -296,6 +296,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::filter::Affix;
 
     const TYPES: [&str; 5] = [
         "com.example.order.created",
@@ -308,11 +309,43 @@ mod tests {
     const SUBJECTS: [&str; 3] = ["s1", "s2", "s3"];
 
     fn event(ty: &str, source: &str, subject: Option<&str>) -> CloudEvent {
+        with_data(ty, source, subject, 0)
+    }
+
+    /// Payloads the property test posts: none, two JSON ones, and one that
+    /// is not JSON.
+    const DATA: usize = 4;
+
+    fn with_data(ty: &str, source: &str, subject: Option<&str>, data: usize) -> CloudEvent {
         let mut v = json!({"specversion": "1.0", "id": "1", "source": source, "type": ty});
         if let Some(s) = subject {
             v["subject"] = json!(s);
         }
+        match data {
+            1 => v["data"] = json!({"a": "x", "b": {"c": ["p", "q"]}}),
+            2 => v["data"] = json!({"a": 42, "b": {"c": [true]}}),
+            3 => {
+                v["data"] = json!("a");
+                v["datacontenttype"] = json!("text/plain");
+            }
+            _ => {}
+        }
         CloudEvent::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn data_condition() -> impl Strategy<Value = Filter> {
+        (
+            prop_oneof![Just(Affix::Exact), Just(Affix::Prefix), Just(Affix::Suffix)],
+            prop::sample::select(vec!["$.a", "$.b.c[0]", "$.b.c[1]", "$.b.c[5]", "$.missing"]),
+            prop::sample::select(vec!["x", "42", "4", "q", "true", "p"]),
+        )
+            .prop_map(|(affix, path, value)| {
+                Filter::Data(
+                    affix,
+                    crate::data::DataPath::parse(path).unwrap(),
+                    value.into(),
+                )
+            })
     }
 
     fn attr() -> impl Strategy<Value = &'static str> {
@@ -336,6 +369,7 @@ mod tests {
             (attr(), value()).prop_map(|(a, v)| Filter::Exact(a.into(), v)),
             (attr(), value()).prop_map(|(a, v)| Filter::Prefix(a.into(), v)),
             (attr(), value()).prop_map(|(a, v)| Filter::Suffix(a.into(), v)),
+            data_condition(),
         ];
         let tree = leaf.prop_recursive(3, 12, 3, |inner| {
             prop_oneof![
@@ -374,6 +408,14 @@ mod tests {
             ),
             Filter::Not(f) => format!("NOT ({})", cesql_of(f)),
             Filter::Cesql(e) => format!("({})", e.text()),
+            Filter::Data(affix, path, v) => {
+                let data = format!("DATA({})", quoted(path.text()));
+                match affix {
+                    Affix::Exact => format!("{data} = {}", quoted(v)),
+                    Affix::Prefix => format!("{data} LIKE {}", quoted(&format!("{}%", like(v)))),
+                    Affix::Suffix => format!("{data} LIKE {}", quoted(&format!("%{}", like(v)))),
+                }
+            }
         }
     }
 
@@ -401,7 +443,7 @@ mod tests {
             triggers in prop::collection::vec(trigger(), 0..40),
             events in prop::collection::vec(
                 (prop::sample::select(TYPES.to_vec()), prop::sample::select(SOURCES.to_vec()),
-                 prop::option::of(prop::sample::select(SUBJECTS.to_vec()))),
+                 prop::option::of(prop::sample::select(SUBJECTS.to_vec())), 0..DATA),
                 1..20),
         ) {
             let triggers: Vec<Arc<Trigger>> = triggers
@@ -410,8 +452,8 @@ mod tests {
                 .map(|(i, mut t)| { t.name = format!("t{i}"); Arc::new(t) })
                 .collect();
             let index = TriggerIndex::build(triggers.clone());
-            for (ty, source, subject) in events {
-                let e = event(ty, source, subject);
+            for (ty, source, subject, data) in events {
+                let e = with_data(ty, source, subject, data);
                 for broker in ["default", "other", "none"] {
                     let indexed: BTreeSet<String> = index.matches(broker, &e).iter().map(|t| t.name.clone()).collect();
                     let linear: BTreeSet<String> = linear_matches(&triggers, broker, &e).iter().map(|t| t.name.clone()).collect();

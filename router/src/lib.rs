@@ -4,7 +4,8 @@
 //!   HTTP binding (binary, structured, batch).
 //! - [`filter`], [`trigger`] and [`index`]: Knative-shaped triggers, the
 //!   Subscriptions API filter dialects, and an index that finds matching
-//!   triggers without visiting all of them.
+//!   triggers without visiting all of them; [`data`]: conditions on fields
+//!   of a JSON payload.
 //! - [`backoff`]: retry timing.
 //!
 //! No wasmtime and no hyper types: functions are reached through the
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod binding;
 pub mod broker;
 pub mod cesql;
+pub mod data;
 pub mod dispatch;
 pub mod event;
 pub mod filter;

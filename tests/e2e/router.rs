@@ -19,6 +19,7 @@ crate::both_backends!(
     triggers_validate_report_readiness_and_survive_restart,
     an_event_function_can_be_invoked_directly_with_an_event,
     a_cesql_trigger_gets_the_events_its_expression_selects,
+    data_conditions_route_by_fields_of_json_data,
 );
 
 fn sink_trigger(
@@ -1025,4 +1026,94 @@ async fn a_cesql_trigger_gets_the_events_its_expression_selects(backend: Backend
         assert!(body.contains("filters[0].cesql"), "{body}");
     }
     assert_eq!(server.get("/v1/triggers/broken").await.0, 404);
+}
+
+async fn data_conditions_route_by_fields_of_json_data(backend: Backend) {
+    let server = backend.start().await;
+    let sink = Sink::start().await;
+    server
+        .trigger(sink_trigger(
+            "paid",
+            &sink,
+            "/paid",
+            json!([{"exact": {"$.order.status": "paid"}}, {"cesql": "DATA('$.order.total') > 100"}]),
+        ))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "first-item",
+            &sink,
+            "/items",
+            json!([{"prefix": {"$.items[0].sku": "A-"}}]),
+        ))
+        .await;
+    let binary = |id: &'static str, content_type: &'static str, data: serde_json::Value| {
+        let server = &server;
+        async move {
+            let status = server
+                .send_event(
+                    id,
+                    "shop.order",
+                    &[("content-type", content_type)],
+                    data.to_string().as_bytes(),
+                )
+                .await;
+            assert_eq!(status, 202);
+        }
+    };
+    let paid = json!({"order": {"status": "paid", "total": 250}, "items": [{"sku": "A-1"}]});
+    binary("1", "application/json", paid.clone()).await;
+    binary(
+        "2",
+        "application/json",
+        json!({"order": {"status": "open", "total": 250}}),
+    )
+    .await;
+    binary(
+        "3",
+        "application/json",
+        json!({"order": {"status": "paid", "total": 50}, "items": [{"sku": "B-1"}]}),
+    )
+    .await;
+    // Not JSON by its content type: no fields to match.
+    binary("4", "text/plain", paid).await;
+    let structured = json!({"specversion": "1.0", "id": "5", "source": "/e2e", "type": "shop.order",
+        "data": {"order": {"status": "paid", "total": 101}}});
+    let response = server
+        .http()
+        .post(server.url("/v1/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    sink.wait_for(3).await;
+    let got = sink.quiet().await;
+    let mut routed: Vec<(String, String)> = got
+        .iter()
+        .map(|r| (r.path.clone(), r.ce("id").unwrap()))
+        .collect();
+    routed.sort();
+    assert_eq!(
+        routed,
+        [("/items", "1"), ("/paid", "1"), ("/paid", "5")]
+            .map(|(p, i)| (p.to_string(), i.to_string()))
+    );
+    let (_, body) = server.get("/v1/triggers/first-item").await;
+    assert!(body.contains("$.items[0].sku"), "{body}");
+    for (filter, says) in [
+        (json!({"exact": {"$order": "x"}}), "filters[0].exact"),
+        (json!({"cesql": "DATA('order') = 'x'"}), "filters[0].cesql"),
+    ] {
+        let (status, body) = server
+            .post_json(
+                "/v1/triggers",
+                json!({"name": "broken", "filters": [filter], "subscriber": {"uri": format!("{}/x", sink.url)}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(says), "{body}");
+        assert!(body.contains("data path"), "{body}");
+    }
 }

@@ -420,7 +420,9 @@ pub struct Trigger {
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
     /// Subscriptions API dialects: `exact`, `prefix`, `suffix`, `all`, `any`, `not`,
-    /// and `cesql` (a CloudEvents SQL v1 expression in a string).
+    /// and `cesql` (a CloudEvents SQL v1 expression in a string). A key `$.path`
+    /// in `exact`/`prefix`/`suffix`, and `DATA('$.path')` in CESQL, name a field
+    /// of a JSON `data` (a Sluice extension).
     #[schema(value_type = Option<Vec<Object>>)]
     filters: Option<Vec<serde_json::Value>>,
     /// `{"function": "name"}`, `{"uri": "http://..."}`, or a Knative

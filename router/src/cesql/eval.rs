@@ -100,6 +100,17 @@ impl<'a> Eval<'a> {
                 None => return self.fail(ErrorKind::MissingAttribute),
             },
             Node::Exists(name) => Val::Boolean(self.event.attribute(name).is_some()),
+            Node::Data(path) => match self.event.data_json().and_then(|d| path.lookup(d)) {
+                Some(serde_json::Value::String(s)) => Val::String(Cow::Borrowed(s)),
+                Some(serde_json::Value::Bool(b)) => Val::Boolean(*b),
+                Some(serde_json::Value::Number(n))
+                    if let Some(n) = n.as_i64().and_then(|n| i32::try_from(n).ok()) =>
+                {
+                    Val::Integer(n)
+                }
+                _ => return self.fail(ErrorKind::MissingAttribute),
+            },
+            Node::BadData { .. } => return self.fail(ErrorKind::Parse),
             Node::Not(inner) => {
                 let value = self.node(inner)?;
                 Val::Boolean(!self.boolean(value))

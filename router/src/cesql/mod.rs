@@ -232,6 +232,14 @@ enum Node {
         negated: bool,
     },
     Call(eval::Function, Vec<Node>),
+    /// `DATA('$.path')`: a field of the JSON `data` (a Sluice extension).
+    Data(crate::data::DataPath),
+    /// A `DATA` call that is not one: refused once parsing ends, as
+    /// [`Node::Unknown`] is.
+    BadData {
+        message: String,
+        from_end: usize,
+    },
     /// A call of no known function: refused once parsing ends (so never
     /// evaluated). `from_end` is where it starts, in bytes from the end.
     Unknown {
@@ -271,10 +279,11 @@ impl Node {
     fn kind(&self) -> Option<Type> {
         Some(match self {
             Node::Literal(value) => value.kind(),
-            Node::Attribute(_) => return None,
+            Node::Attribute(_) | Node::Data(_) => return None,
             Node::Negate(_) | Node::Arithmetic(..) => Type::Integer,
             Node::Call(function, _) => function.returns(),
             Node::Unknown { .. }
+            | Node::BadData { .. }
             | Node::Exists(_)
             | Node::Not(_)
             | Node::Equality { .. }

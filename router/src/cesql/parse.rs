@@ -166,7 +166,14 @@ fn check_tree(root: &Node, text: &str) -> Result<(), ParseError> {
                     ),
                 });
             }
-            Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) => Vec::new(),
+            Node::BadData { message, from_end } => {
+                return Err(ParseError {
+                    kind: ErrorKind::Parse,
+                    position: text[..text.len() - from_end].chars().count() + 1,
+                    message: message.clone(),
+                });
+            }
+            Node::Literal(_) | Node::Attribute(_) | Node::Exists(_) | Node::Data(_) => Vec::new(),
         };
         // Leftmost first, so the first unknown function in the text is
         // the one named.
@@ -405,6 +412,20 @@ fn call(input: &mut Input<'_>) -> PResult<Node> {
         )),
     )
     .parse_next(input)?;
+    if name.eq_ignore_ascii_case("data") {
+        let from_end = start.len();
+        return Ok(match args.as_slice() {
+            [Node::Literal(Value::String(path))] => match crate::data::DataPath::parse(path) {
+                Ok(path) => Node::Data(path),
+                Err(message) => Node::BadData { message, from_end },
+            },
+            _ => Node::BadData {
+                message: "DATA takes one argument, the path as a string literal: DATA('$.field')"
+                    .to_owned(),
+                from_end,
+            },
+        });
+    }
     Ok(match Function::find(name, args.len()) {
         Some(function) => Node::Call(function, args),
         // Refused once the whole expression has parsed, as a missing
