@@ -528,6 +528,13 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
         .await;
     assert_eq!(a.send_event("e1", "t", &[], b"{}").await, 202);
     sink.wait_for(1).await;
+    a.deploy_ok("hello", guests::HELLO, "").await;
+    let invoke_async = || {
+        a.http()
+            .post(a.url("/v1/functions/hello/invoke?async=true"))
+            .send()
+    };
+    assert_eq!(invoke_async().await.unwrap().status(), 202);
 
     let (status, made) = a
         .post_json("/v1/tokens", json!({"name": "reader", "scope": "deploy"}))
@@ -553,6 +560,11 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
     .await;
     assert_eq!(error_code(&reason), "cluster_unavailable");
     assert_eq!(a.send_event("e2", "t", &[], b"{}").await, 503);
+    // An asynchronous invocation is refused as unavailable (not as too
+    // large: the message size is unknown while no server is there).
+    let refused_invoke = invoke_async().await.unwrap();
+    assert_eq!(refused_invoke.status(), 503);
+    assert!(refused_invoke.headers().contains_key("retry-after"));
     let (status, body) = a.delete("/v1/triggers/t").await;
     assert_eq!(
         (status, error_code(&body).as_str()),
@@ -576,6 +588,17 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
     })
     .await;
     assert_eq!(accepted, 202);
+    let invoked = eventually(PATIENCE, || async {
+        let response = invoke_async().await.unwrap();
+        (response.status() == 202).then_some(response.json::<Value>().await.unwrap())
+    })
+    .await;
+    let id = invoked["id"].as_str().unwrap().to_owned();
+    eventually(PATIENCE, || async {
+        let (_, body) = a.get(&format!("/v1/invocations/{id}")).await;
+        body.contains("\"succeeded\"").then_some(())
+    })
+    .await;
     sink.wait_for(2).await;
     let got = sink.quiet().await;
     let ids: Vec<String> = got.iter().map(|r| r.ce("id").unwrap()).collect();

@@ -387,14 +387,15 @@ fn stored_form(record: &Record) -> bytes::Bytes {
 /// node that gets it anyway does not run what was answered 503.
 async fn enqueue_clustered(cluster: &Cluster, record: &Record) -> Result<(), ApiError> {
     let request = bytes::Bytes::from(serde_json::to_vec(record).expect("records serialize"));
-    if request.len() > cluster.max_value_bytes() {
+    let max = cluster.max_value_bytes()?;
+    if request.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!(
                 "in cluster mode an asynchronous invocation's request is one NATS message: {} bytes as stored (the body in base64), more than the server's max_payload allows ({} bytes)",
                 request.len(),
-                cluster.max_value_bytes()
+                max
             ),
         ));
     }
@@ -1003,26 +1004,20 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
         () = execute(state, &mut record, &cancel) => {}
         () = watch => {}
     }
-    let mut stored = stored_form(&record);
-    if stored.len() > cluster.max_value_bytes() {
-        record.status = Status::Failed;
-        record.response = Some(
-            stored_error(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "response_not_kept",
-                format!(
-                    "the function answered {} bytes, more than an invocation's record holds in cluster mode (the NATS server's max_payload, {} bytes, less headers); call it synchronously for responses this large",
-                    stored.len(),
-                    cluster.max_value_bytes()
-                ),
-            ))
-            .await,
-        );
-        stored = stored_form(&record);
-    }
     // The result is stored before the ack, or the invocation runs again.
     let mut tries = 0;
-    while let Err(error) = catalog.put(&id, stored.clone(), Expect::Any).await {
+    loop {
+        let stored = match cluster.max_value_bytes() {
+            Ok(max) => {
+                keep_within(&mut record, max).await;
+                catalog
+                    .put(&id, stored_form(&record), Expect::Any)
+                    .await
+                    .map(|_| ())
+            }
+            Err(error) => Err(error),
+        };
+        let Err(error) = stored else { break };
         tries += 1;
         if tries >= 20 {
             tracing::error!(%id, %error, "could not store an invocation's result; it will run again");
@@ -1035,6 +1030,26 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
     if let Err(error) = arrival.ack().await {
         tracing::warn!(%id, %error, "could not ack a finished invocation; the node that gets it again will see it finished");
     }
+}
+
+/// Makes `record` fit `max` bytes as stored: a response too large for
+/// one NATS message is replaced by a failure saying so.
+async fn keep_within(record: &mut Record, max: usize) {
+    let bytes = stored_form(record).len();
+    if bytes <= max {
+        return;
+    }
+    record.status = Status::Failed;
+    record.response = Some(
+        stored_error(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response_not_kept",
+            format!(
+                "the function answered {bytes} bytes with its record, more than an invocation's record holds in cluster mode (the NATS server's max_payload, {max} bytes, less headers); call it synchronously for responses this large"
+            ),
+        ))
+        .await,
+    );
 }
 
 /// How many invocations in `store` are queued or running (which cluster

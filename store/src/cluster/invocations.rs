@@ -118,12 +118,15 @@ impl Cluster {
     }
 
     /// The most bytes one stored value may have (the server's
-    /// `max_payload`, less room for headers).
-    pub fn max_value_bytes(&self) -> usize {
-        self.inner
+    /// `max_payload`, less room for headers). Unknown (unavailable) until a
+    /// server has said, and while the layout is not ready.
+    pub fn max_value_bytes(&self) -> Result<usize, StoreError> {
+        self.readiness().map_err(StoreError::Unavailable)?;
+        Ok(self
+            .inner
             .client
             .server_info()
             .max_payload
-            .saturating_sub(1024)
+            .saturating_sub(1024))
     }
 }
