@@ -403,11 +403,22 @@ async fn enqueue_clustered(cluster: &Cluster, record: &Record) -> Result<(), Api
     let revision = catalog
         .put(&record.id, stored_form(record), Expect::Absent)
         .await?;
+    let request_bytes = request.len() as u64;
     let refusal = match cluster.enqueue_invocation(&record.id, request).await {
         Ok(()) => return Ok(()),
         Err(refusal) => refusal,
     };
     let error = match refusal {
+        QueueRefusal::Full(_) if request_bytes > cluster.options().max_invocation_bytes => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the invocation's request is {request_bytes} bytes as stored (the body in base64), more than the queue of asynchronous invocations holds in all (--max-async-invocation-bytes, {})",
+                    cluster.options().max_invocation_bytes
+                ),
+            )
+        }
         QueueRefusal::Full(reason) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_invocations",
@@ -472,10 +483,15 @@ pub(crate) async fn read(state: &AppState, id: &str) -> Result<Option<Record>, A
     }
 }
 
+/// True for an id Sluice makes (hex): only those are keys in the bucket.
+fn is_invocation_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The record of `id` in the cluster's bucket and its revision. An id that
 /// is not one Sluice makes (hex) is no key: none is read for it.
 async fn read_clustered(catalog: &Catalog, id: &str) -> Result<Option<(Record, u64)>, ApiError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_invocation_id(id) {
         return Ok(None);
     }
     let Some(stored) = catalog.get(id).await? else {
@@ -590,7 +606,7 @@ async fn cancel_clustered(catalog: &Catalog, id: &str) -> Result<Option<Record>,
     }
     let give_up = tokio::time::Instant::now() + CANCEL_WAIT;
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let record = read_clustered(catalog, id).await?.map(|(r, _)| r);
         let done = record.as_ref().is_none_or(|r| r.status.is_finished());
         if done || tokio::time::Instant::now() >= give_up {
@@ -897,7 +913,11 @@ async fn work_clustered(state: AppState, cluster: Cluster, workers: usize) {
                 let (state, cluster) = (state.clone(), cluster.clone());
                 running.spawn(async move { run_clustered(&state, &cluster, arrival).await });
             }
-            Some(_) = running.join_next() => {}
+            Some(done) = running.join_next() => {
+                if let Err(error) = done {
+                    tracing::error!(%error, "an invocation's task failed; JetStream hands it out again after the ack wait");
+                }
+            }
         }
     }
 }
@@ -926,20 +946,44 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
             return retry_later(&arrival, &record.id, error, "invocations bucket not ready").await;
         }
     };
+    if !is_invocation_id(&record.id) {
+        tracing::error!(
+            sequence = arrival.sequence,
+            "a queued invocation has no valid id; dropped"
+        );
+        let _ = arrival.term().await;
+        return;
+    }
     // Marked running, unless a `DELETE` or another node got there first.
-    loop {
-        let expect = match read_clustered(&catalog, &record.id).await {
+    let mut revision = loop {
+        let found = match catalog.get(&record.id).await {
+            Ok(found) => found,
             Err(error) => {
                 return retry_later(&arrival, &record.id, error, "could not read an invocation")
                     .await;
             }
-            // Its record passed the retention while it was queued.
-            Ok(None) => Expect::Absent,
-            Ok(Some((stored, _))) if stored.status.is_finished() => {
+        };
+        // Gone: it passed the retention while queued (cancelled or not).
+        // Never run without a record.
+        let Some(found) = found else {
+            tracing::warn!(id = %record.id, function = %record.function, "a queued invocation has no record (past its retention); not run");
+            let _ = arrival.term().await;
+            return;
+        };
+        let stored = match serde_json::from_slice::<Record>(&found.value) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(id = %record.id, %error, "an invocation's record does not parse; it is not run");
+                let _ = arrival.term().await;
+                return;
+            }
+        };
+        let expect = match (stored, found.revision) {
+            (stored, _) if stored.status.is_finished() => {
                 let _ = arrival.ack().await;
                 return;
             }
-            Ok(Some((mut stored, revision))) if stored.cancel_requested => {
+            (mut stored, revision) if stored.cancel_requested => {
                 // Cancelled while the node that ran it was gone.
                 stored.status = Status::Cancelled;
                 stored.finished = Some(sluice_store::now_rfc3339());
@@ -964,14 +1008,14 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
                     }
                 }
             }
-            Ok(Some((_, revision))) => Expect::Revision(revision),
+            (_, revision) => Expect::Revision(revision),
         };
         if arrival.delivered > 1 {
             tracing::info!(id = %record.id, function = %record.function, attempt = arrival.delivered, "running an invocation again (the node that had it went away)");
         }
         record.status = Status::Running;
         match catalog.put(&record.id, stored_form(&record), expect).await {
-            Ok(_) => break,
+            Ok(revision) => break revision,
             Err(StoreError::Changed(_)) => continue,
             Err(error) => {
                 return retry_later(
@@ -983,12 +1027,14 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
                 .await;
             }
         }
-    }
+    };
     let cancel = CancellationToken::new();
     let id = record.id.clone();
     // Each second: still working on it (for JetStream), and asked to stop?
     let watch = async {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
+        // Well inside the ack wait, however short it was set.
+        let ack_wait = cluster.options().ack_wait;
+        let mut every = tokio::time::interval((ack_wait / 3).min(Duration::from_secs(1)));
         every.tick().await;
         loop {
             every.tick().await;
@@ -1004,20 +1050,41 @@ async fn run_clustered(state: &AppState, cluster: &Cluster, arrival: Arrival) {
         () = execute(state, &mut record, &cancel) => {}
         () = watch => {}
     }
-    // The result is stored before the ack, or the invocation runs again.
+    // The result is stored before the ack, or the invocation runs again;
+    // over this node's own `running` write only (or a cancel request made
+    // since): a record another node finished meanwhile stays as it is.
     let mut tries = 0;
     loop {
         let stored = match cluster.max_value_bytes() {
             Ok(max) => {
                 keep_within(&mut record, max).await;
                 catalog
-                    .put(&id, stored_form(&record), Expect::Any)
+                    .put(&id, stored_form(&record), Expect::Revision(revision))
                     .await
                     .map(|_| ())
             }
             Err(error) => Err(error),
         };
-        let Err(error) = stored else { break };
+        let error = match stored {
+            Ok(()) => break,
+            Err(StoreError::Changed(_)) => match read_clustered(&catalog, &id).await {
+                Ok(Some((now, _))) if now.status.is_finished() => {
+                    tracing::info!(%id, status = ?now.status, "an invocation was finished elsewhere meanwhile; its record stays");
+                    break;
+                }
+                Ok(Some((_, now))) => {
+                    // A cancel request landed: the result replaces it.
+                    revision = now;
+                    continue;
+                }
+                Ok(None) => {
+                    tracing::warn!(%id, "an invocation's record went away while it ran");
+                    break;
+                }
+                Err(error) => StoreError::Unavailable(format!("{error:?}")),
+            },
+            Err(error) => error,
+        };
         tries += 1;
         if tries >= 20 {
             tracing::error!(%id, %error, "could not store an invocation's result; it will run again");

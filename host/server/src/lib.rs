@@ -107,6 +107,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         functions.clone(),
         Arc::new(sinks::HttpSinks::default()),
     ));
+    let unfinished = match &options.cluster {
+        Some(_) => invocations::unfinished(&store)?,
+        None => 0,
+    };
+    if unfinished > 0 {
+        anyhow::bail!(
+            "this data directory holds {unfinished} queued or running asynchronous invocations accepted without --nats; cluster mode would never run them: run it once without --nats until they are finished, or start cluster mode on another --data-dir"
+        );
+    }
     let cluster = match &options.cluster {
         Some(_) if store.delivery_count() > 0 => {
             anyhow::bail!(
@@ -114,18 +123,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 store.delivery_count()
             );
         }
-        Some(_) if invocations::unfinished(&store)? > 0 => {
-            anyhow::bail!(
-                "this data directory holds {} queued or running asynchronous invocations accepted without --nats; cluster mode would never run them: run it once without --nats until they are finished, or start cluster mode on another --data-dir",
-                invocations::unfinished(&store)?
-            );
-        }
         Some(cluster) => {
             let mut cluster = cluster.clone();
             cluster.log_lines = options.limits.log_lines_per_function;
             let server_limits = &options.server_limits;
+            // The bucket expires a record from its last write, queued and
+            // running ones too: never sooner than ten minutes.
             cluster.invocation_retention =
-                Duration::from_secs(server_limits.invocation_retention_secs.max(1));
+                Duration::from_secs(server_limits.invocation_retention_secs.max(600));
             cluster.max_invocations = server_limits.max_async_invocations;
             cluster.max_invocation_bytes = server_limits.max_async_invocation_bytes;
             let cluster = sluice_store::cluster::Cluster::connect(cluster).await?;
