@@ -50,8 +50,8 @@ impl DataPath {
                 let end = after.find(['.', '[', ']']).unwrap_or(after.len());
                 if end == 0 {
                     return Err(format!(
-                        "an empty field name in data path {text:?} (after character {})",
-                        text.len() - after.len()
+                        "an empty field name in data path {text:?} (after its character {})",
+                        text[..text.len() - after.len()].chars().count()
                     ));
                 }
                 segments.push(Segment::Key(after[..end].to_owned()));
@@ -73,8 +73,8 @@ impl DataPath {
                 rest = &after[end + 1..];
             } else {
                 return Err(format!(
-                    "data path {text:?}: expected `.name` or `[n]` at character {}",
-                    text.len() - rest.len() + 1
+                    "data path {text:?}: expected `.name` or `[n]` at its character {}",
+                    text[..text.len() - rest.len()].chars().count() + 1
                 ));
             }
             if segments.len() > MAX_SEGMENTS {

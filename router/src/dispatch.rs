@@ -992,12 +992,13 @@ impl Router {
         let watched = self.stream.receiver_count() > 0;
         let mut seen = Vec::new();
         let broker_name = self.intern(broker);
-        for event in events {
+        for mut event in events {
             if self.over_hop_limit(broker, &event) {
                 continue;
             }
             accepted += 1;
             let matches = index.matches(broker, &event);
+            event.forget_parsed_data();
             if watched {
                 seen.push(
                     self.entry("accepted", broker, None, &event, None)

@@ -417,6 +417,12 @@ impl CloudEvent {
             .as_ref()
     }
 
+    /// Drops the parsed `data` (matching is done: a delivery never needs
+    /// the tree, which takes several times the JSON's bytes).
+    pub fn forget_parsed_data(&mut self) {
+        self.parsed_data = ParsedData::default();
+    }
+
     /// True if `datacontenttype` is absent or a JSON media type.
     pub fn is_json_content(&self) -> bool {
         self.datacontenttype

@@ -269,7 +269,10 @@ fn single_attribute(body: &Value, path: &str) -> Result<(String, String), Filter
     }
     let (name, value) = map.iter().next().expect("one key");
     if !name.starts_with('$') {
-        check_attribute_name(name, path)?;
+        check_attribute_name(name, path).map_err(|mut e| {
+            e.reason.push_str(" nor a data path (`$.field`)");
+            e
+        })?;
     }
     let Value::String(value) = value else {
         return Err(error(
@@ -288,9 +291,7 @@ pub fn check_attribute_name(name: &str, path: &str) -> Result<(), FilterError> {
     } else {
         Err(error(
             path,
-            format!(
-                "{name:?} is not an attribute name (lowercase a-z and 0-9) nor a data path (`$.field`)"
-            ),
+            format!("{name:?} is not an attribute name (lowercase a-z and 0-9)"),
         ))
     }
 }
@@ -478,6 +479,7 @@ mod tests {
         );
         let data = Filter::parse(&json!({"exact": {"$.a": "x"}}), "f").unwrap();
         assert!(data.matches(&e));
+        assert!(e.parsed_data.0.get().is_some(), "matching filled the cache");
         let first = e.data_json().unwrap() as *const Value;
         assert!(data.matches(&e));
         assert_eq!(
@@ -494,7 +496,10 @@ mod tests {
             (json!({"exact": {"$.a[x]": "x"}}), "not an array index"),
             (json!({"cesql": "DATA('order') = 'x'"}), "starts with"),
             (json!({"cesql": "DATA(type) = 'x'"}), "string literal"),
-            (json!({"cesql": "DATA('$.a', '$.b') = 'x'"}), "one argument"),
+            (
+                json!({"cesql": "DATA('$.a', '$.b') = 'x'"}),
+                "no function DATA taking 2",
+            ),
         ] {
             let err = Filter::parse(&filter, "filters[0]").unwrap_err();
             assert!(err.reason.contains(says), "{filter}: {err}");

@@ -466,6 +466,25 @@ mod tests {
     }
 
     #[test]
+    fn data_is_parsed_only_for_an_event_a_data_trigger_could_match() {
+        let trigger = Trigger::parse(
+            &json!({"filters": [{"exact": {"type": "a"}}, {"exact": {"$.a": "x"}}], "subscriber": {"function": "f"}}),
+            Some("d"),
+        )
+        .unwrap();
+        let index = TriggerIndex::build(vec![Arc::new(trigger)]);
+        let other = with_data("a.b", "/payments", None, 1);
+        assert!(index.matches("default", &other).is_empty());
+        assert!(
+            other.parsed_data.0.get().is_none(),
+            "ruled out by type: not parsed"
+        );
+        let candidate = with_data("a", "/payments", None, 1);
+        assert_eq!(index.matches("default", &candidate).len(), 1);
+        assert!(candidate.parsed_data.0.get().is_some());
+    }
+
+    #[test]
     fn n_matching_triggers_give_n_matches_and_others_none() {
         let make = |name: &str, value: serde_json::Value| {
             Arc::new(Trigger::parse(&value, Some(name)).unwrap())

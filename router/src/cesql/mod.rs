@@ -237,6 +237,7 @@ enum Node {
     /// A `DATA` call that is not one: refused once parsing ends, as
     /// [`Node::Unknown`] is.
     BadData {
+        kind: ErrorKind,
         message: String,
         from_end: usize,
     },

@@ -166,9 +166,13 @@ fn check_tree(root: &Node, text: &str) -> Result<(), ParseError> {
                     ),
                 });
             }
-            Node::BadData { message, from_end } => {
+            Node::BadData {
+                kind,
+                message,
+                from_end,
+            } => {
                 return Err(ParseError {
-                    kind: ErrorKind::Parse,
+                    kind: *kind,
                     position: text[..text.len() - from_end].chars().count() + 1,
                     message: message.clone(),
                 });
@@ -417,11 +421,23 @@ fn call(input: &mut Input<'_>) -> PResult<Node> {
         return Ok(match args.as_slice() {
             [Node::Literal(Value::String(path))] => match crate::data::DataPath::parse(path) {
                 Ok(path) => Node::Data(path),
-                Err(message) => Node::BadData { message, from_end },
+                Err(message) => Node::BadData {
+                    kind: ErrorKind::Parse,
+                    message,
+                    from_end,
+                },
+            },
+            [_] => Node::BadData {
+                kind: ErrorKind::Parse,
+                message: "DATA takes the path as a string literal: DATA('$.field')".to_owned(),
+                from_end,
             },
             _ => Node::BadData {
-                message: "DATA takes one argument, the path as a string literal: DATA('$.field')"
-                    .to_owned(),
+                kind: ErrorKind::MissingFunction,
+                message: format!(
+                    "no function DATA taking {} arguments (it takes one, the path: DATA('$.field'))",
+                    args.len()
+                ),
                 from_end,
             },
         });

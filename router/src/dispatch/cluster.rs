@@ -344,7 +344,7 @@ impl Router {
             let _ = arrival.term().await;
             return;
         };
-        let event = match CloudEvent::from_json(&arrival.payload) {
+        let mut event = match CloudEvent::from_json(&arrival.payload) {
             Ok(event) => event,
             Err(error) => {
                 // Only Sluice publishes here, after parsing: never retried.
@@ -360,6 +360,7 @@ impl Router {
             link.catch_up(revision).await;
         }
         let matches = self.index.read().unwrap().clone().matches(broker, &event);
+        event.forget_parsed_data();
         let (sequence, payload) = (arrival.sequence, &arrival.payload);
         let enqueued = futures::future::join_all(matches.iter().map(|trigger| {
             let delivery = Delivery {
