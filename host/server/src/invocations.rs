@@ -333,11 +333,7 @@ pub async fn enqueue(state: &AppState, name: &str, request: Request) -> Result<R
             .uri
             .path_and_query()
             .map_or("/".into(), |p| p.to_string()),
-        request_headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
+        request_headers: header_pairs(&parts.headers),
         request_body: b64().encode(&body),
         response: None,
         created: sluice_store::now_rfc3339(),
@@ -456,19 +452,29 @@ async fn stored_error(error: ApiError) -> Stored {
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    Stored {
-        status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        body: b64().encode(&body),
+    Stored::of(&parts, &body)
+}
+
+impl Stored {
+    /// A response's status, headers (those that are text) and body.
+    fn of(parts: &http::response::Parts, body: &[u8]) -> Stored {
+        Stored {
+            status: parts.status.as_u16(),
+            headers: header_pairs(&parts.headers),
+            body: b64().encode(body),
+        }
     }
 }
 
-/// The record of invocation `id`, wherever this server keeps them, with
-/// its revision in the cluster's bucket (0 in the embedded store).
+/// The headers that are text, as (name, value) pairs.
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// The record of invocation `id`, wherever this server keeps them.
 pub(crate) async fn read(state: &AppState, id: &str) -> Result<Option<Record>, ApiError> {
     match state.functions.cluster() {
         Some(cluster) => Ok(read_clustered(&cluster.catalog(Bucket::Invocations)?, id)
@@ -884,15 +890,7 @@ async fn execute(state: &AppState, record: &mut Record, cancel: &CancellationTok
     } else {
         Status::Failed
     };
-    record.response = (record.status != Status::Cancelled).then(|| Stored {
-        status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        body: b64().encode(&body),
-    });
+    record.response = (record.status != Status::Cancelled).then(|| Stored::of(&parts, &body));
     record.finished = Some(sluice_store::now_rfc3339());
     record.finished_ms = Some(unix_ms());
 }
