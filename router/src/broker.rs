@@ -1,6 +1,8 @@
 //! Brokers as resources: a name and a default `delivery` for the triggers
-//! on it that set none (Knative's `Broker`). Events may be posted to any
-//! broker name; a stored broker only adds its default.
+//! on it that set none (Knative's `Broker`), and whether client events are
+//! de-duplicated (`dedupe`, a Sluice extension, on unless `false`). Events
+//! may be posted to any broker name; a stored broker only adds its
+//! settings.
 
 use serde_json::{Value, json};
 
@@ -13,6 +15,9 @@ pub struct Broker {
     pub name: String,
     /// The retry policy of its triggers that set none.
     pub delivery: Option<DeliverySpec>,
+    /// A repeat of (source, id) within the de-duplication window is a
+    /// duplicate (not delivered again); `false` delivers every post.
+    pub dedupe: bool,
 }
 
 impl Broker {
@@ -25,13 +30,22 @@ impl Broker {
         // A view sent back: its read-only fields change nothing.
         let mut map = map.clone();
         map.retain(|key, _| !["triggers", "stored"].contains(&key.as_str()));
-        check_fields(&map, &["name", "delivery"], "$")?;
+        check_fields(&map, &["name", "delivery", "dedupe"], "$")?;
         let name = resource_name(&map, name)?;
         let delivery = match map.get("delivery") {
             None | Some(Value::Null) => None,
             Some(delivery) => Some(DeliverySpec::parse(delivery, "delivery")?),
         };
-        Ok(Broker { name, delivery })
+        let dedupe = match map.get("dedupe") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(on)) => *on,
+            Some(_) => return Err(invalid("dedupe", "must be true or false")),
+        };
+        Ok(Broker {
+            name,
+            delivery,
+            dedupe,
+        })
     }
 
     /// The JSON the API shows and the store keeps.
@@ -39,6 +53,9 @@ impl Broker {
         let mut view = json!({"name": self.name});
         if let Some(delivery) = &self.delivery {
             view["delivery"] = delivery.to_json();
+        }
+        if !self.dedupe {
+            view["dedupe"] = false.into();
         }
         view
     }
@@ -54,7 +71,12 @@ mod tests {
         let broker = Broker::parse(&value, Some("payments")).unwrap();
         assert_eq!(broker.delivery.as_ref().unwrap().retry, 2);
         assert_eq!(Broker::parse(&broker.to_json(), None).unwrap(), broker);
+        assert!(broker.dedupe, "on unless turned off");
+        let off = Broker::parse(&json!({"name": "raw", "dedupe": false}), None).unwrap();
+        assert!(!off.dedupe);
+        assert_eq!(Broker::parse(&off.to_json(), None).unwrap(), off);
         for (bad, field) in [
+            (json!({"name": "p", "dedupe": "no"}), "dedupe"),
             (json!({"name": "Bad Name"}), "name"),
             (
                 json!({"name": "p", "delivery": {"retry": "x"}}),

@@ -121,6 +121,9 @@ pub struct DispatchLimits {
     /// queued delivery keeps only its id and place, and its event is read
     /// back from the journal when it is due.
     pub max_resident_event_bytes: usize,
+    /// Whether a client's repeat of an event is a duplicate at all (the
+    /// store keeps the window; see [`Router::accept`]).
+    pub dedupe: bool,
 }
 
 impl Default for DispatchLimits {
@@ -132,8 +135,18 @@ impl Default for DispatchLimits {
             max_pending: 1_000_000,
             max_pending_per_broker: 0,
             max_resident_event_bytes: 32 << 20,
+            dedupe: true,
         }
     }
+}
+
+/// What ingress made of a client's events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// The ids of the events that repeat (broker, source, id) of an event
+    /// accepted within the de-duplication window, or earlier in the same
+    /// request: already durable, so not stored or delivered again.
+    pub duplicates: Vec<String>,
 }
 
 /// Why events were not accepted.
@@ -184,6 +197,7 @@ impl PublishError {
 #[derive(Clone)]
 struct Metrics {
     accepted: IntCounterVec,
+    duplicates: IntCounterVec,
     rejected: IntCounterVec,
     unmatched: IntCounterVec,
     dropped: IntCounterVec,
@@ -198,6 +212,8 @@ struct Metrics {
     in_flight: IntGauge,
     queue_depth: IntGauge,
     parked: IntGauge,
+    dedupe_keys: IntGauge,
+    dedupe_evicted: IntCounterVec,
 }
 
 impl Metrics {
@@ -216,6 +232,11 @@ impl Metrics {
             accepted: counter(
                 "sluice_events_accepted_total",
                 "Events accepted (durable, answered 202).",
+                &["broker"],
+            ),
+            duplicates: counter(
+                "sluice_events_duplicate_total",
+                "Events a client sent again within the de-duplication window: answered 202 as duplicates, not stored or delivered again.",
                 &["broker"],
             ),
             rejected: counter(
@@ -288,6 +309,15 @@ impl Metrics {
             parked: gauge(
                 "sluice_deliveries_parked",
                 "Deliveries due but waiting for their trigger's in-flight limit.",
+            ),
+            dedupe_keys: gauge(
+                "sluice_dedupe_keys",
+                "Events in the de-duplication window (embedded mode).",
+            ),
+            dedupe_evicted: counter(
+                "sluice_dedupe_evicted_total",
+                "Events forgotten by the de-duplication window before their time because it held --dedupe-max-events (embedded mode).",
+                &[],
             ),
         }
     }
@@ -939,8 +969,20 @@ impl Router {
 
     /// Accepts `events` from a client into `broker`, as [`Router::publish`]
     /// does, unless the backlog is at its bound (then nothing is stored).
-    pub async fn accept(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+    /// A repeat of an event (broker, source, id) accepted within the
+    /// de-duplication window is not stored again: see [`Accepted`].
+    pub async fn accept(
+        &self,
+        broker: &str,
+        events: Vec<CloudEvent>,
+    ) -> Result<Accepted, PublishError> {
         self.publish_bounded(broker, events, true).await
+    }
+
+    /// Whether events a client posts to `broker` are de-duplicated: unless
+    /// the server or its stored resource turns it off.
+    pub fn dedupes(&self, broker: &str) -> bool {
+        self.limits.dedupe && self.broker(broker).is_none_or(|b| b.dedupe)
     }
 
     /// Accepts `events` into `broker`: matches them, stores one delivery per
@@ -950,7 +992,7 @@ impl Router {
     /// reply while ingress is refused, and a function that publishes for
     /// every event it gets cannot grow the backlog without end.
     pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
-        self.publish_bounded(broker, events, false).await
+        self.publish_bounded(broker, events, false).await.map(drop)
     }
 
     /// True (and counted, and logged at most once a second) when `event`
@@ -980,20 +1022,55 @@ impl Router {
         broker: &str,
         events: Vec<CloudEvent>,
         bounded: bool,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Accepted, PublishError> {
         if let Some(link) = &self.cluster {
             return self.publish_clustered(link, broker, events, bounded).await;
         }
+        let events: Vec<CloudEvent> = (events.into_iter())
+            .filter(|event| !self.over_hop_limit(broker, event))
+            .collect();
+        // A client's repeat of an event accepted within the window (or
+        // earlier in the same request) is a duplicate; replies and guests'
+        // events are always new, as in cluster mode.
+        let window = (bounded && self.dedupes(broker))
+            .then(|| self.store.dedupe().cloned())
+            .flatten();
+        let mut duplicate = vec![false; events.len()];
+        let claim = match &window {
+            None => None,
+            Some(window) => {
+                let keys: Vec<sluice_store::DedupeKey> = (events.iter())
+                    .map(|e| sluice_store::dedupe_key(broker, &e.source, &e.id))
+                    .collect();
+                let repeats = sluice_store::repeats_within(&keys);
+                let distinct: Vec<sluice_store::DedupeKey> = (keys.iter().zip(&repeats))
+                    .filter(|(_, repeat)| !**repeat)
+                    .map(|(key, _)| *key)
+                    .collect();
+                let claim = window.claim(&distinct).await;
+                let mut verdicts = claim.new.iter();
+                for (slot, repeat) in duplicate.iter_mut().zip(repeats) {
+                    *slot = if repeat {
+                        true
+                    } else {
+                        !verdicts.next().expect("a verdict per distinct key")
+                    };
+                }
+                Some(claim)
+            }
+        };
         let index = self.index.read().unwrap().clone();
         let mut records = Vec::new();
         let mut shared = Vec::new();
         let mut unmatched = 0;
         let mut accepted = 0;
+        let mut duplicates = Vec::new();
         let watched = self.stream.receiver_count() > 0;
         let mut seen = Vec::new();
         let broker_name = self.intern(broker);
-        for mut event in events {
-            if self.over_hop_limit(broker, &event) {
+        for (mut event, duplicate) in events.into_iter().zip(duplicate) {
+            if duplicate {
+                duplicates.push(event.id);
                 continue;
             }
             accepted += 1;
@@ -1043,8 +1120,11 @@ impl Router {
             shared,
             written: false,
         };
-        if !tail.records.is_empty() {
-            let synced = self.store.put_deliveries(&tail.records)?;
+        let keyed = claim.as_ref().is_some_and(|c| !c.keys().is_empty());
+        if !tail.records.is_empty() || keyed {
+            let synced = self
+                .store
+                .put_deliveries_keyed(&tail.records, claim.as_ref())?;
             // In the journal from here: if the client hangs up while they
             // are synced, they are still delivered (at least once).
             tail.written = true;
@@ -1052,6 +1132,14 @@ impl Router {
                 tail.written = false;
                 return Err(error.into());
             }
+        }
+        if let Some(claim) = claim {
+            claim.commit();
+        }
+        if let Some(window) = &window {
+            self.metrics.dedupe_keys.set(window.len() as i64);
+            let evicted = self.metrics.dedupe_evicted.with_label_values::<&str>(&[]);
+            evicted.inc_by(window.evicted().saturating_sub(evicted.get()));
         }
         for entry in seen {
             let _ = self.stream.send(entry);
@@ -1064,7 +1152,17 @@ impl Router {
             .unmatched
             .with_label_values(&[broker])
             .inc_by(unmatched);
-        Ok(())
+        self.count_duplicates(broker, &duplicates);
+        Ok(Accepted { duplicates })
+    }
+
+    fn count_duplicates(&self, broker: &str, duplicates: &[String]) {
+        if !duplicates.is_empty() {
+            self.metrics
+                .duplicates
+                .with_label_values(&[broker])
+                .inc_by(duplicates.len() as u64);
+        }
     }
 
     /// Publishes events a function produced while handling `cause` (or on
@@ -1727,6 +1825,24 @@ impl Router {
     /// Trigger `name`.
     pub fn trigger(&self, name: &str) -> Option<Arc<Trigger>> {
         self.triggers.read().unwrap().get(name).cloned()
+    }
+
+    /// What ingress would do with `event` in `broker`, storing and
+    /// delivering nothing: each of the broker's triggers, by name, with
+    /// `None` if the event matches it, else the first condition that
+    /// failed (see [`Trigger::why_not`]).
+    pub fn explain(&self, broker: &str, event: &CloudEvent) -> Vec<(Arc<Trigger>, Option<String>)> {
+        let triggers: Vec<Arc<Trigger>> = (self.triggers.read().unwrap().values())
+            .filter(|t| t.broker == broker)
+            .cloned()
+            .collect();
+        triggers
+            .into_iter()
+            .map(|t| {
+                let why = t.why_not(event);
+                (t, why)
+            })
+            .collect()
     }
 
     /// Every trigger, by name.

@@ -63,12 +63,38 @@ impl Affix {
         }
     }
 
+    /// `field: wanted ..., got "..."`.
+    fn wanted(self, field: &str, value: &str, got: &str) -> String {
+        let wanted = match self {
+            Affix::Exact => format!("{value:?}"),
+            Affix::Prefix => format!("a value starting with {value:?}"),
+            Affix::Suffix => format!("a value ending with {value:?}"),
+        };
+        format!("{field}: wanted {wanted}, got {got:?}")
+    }
+
     fn test(self, field: &str, value: &str) -> bool {
         match self {
             Affix::Exact => field == value,
             Affix::Prefix => field.starts_with(value),
             Affix::Suffix => field.ends_with(value),
         }
+    }
+}
+
+/// Why an attribute condition (`exact`, `prefix`, `suffix`) fails, if it
+/// does.
+fn affix_miss(
+    affix: Affix,
+    path: &str,
+    name: &str,
+    value: &str,
+    got: Option<&str>,
+) -> Option<String> {
+    let field = format!("{path}.{}.{name}", affix.dialect());
+    match got {
+        None => Some(format!("{field}: attribute {name} missing")),
+        Some(got) => (!affix.test(got, value)).then(|| affix.wanted(&field, value, got)),
     }
 }
 
@@ -109,6 +135,72 @@ impl Filter {
                 .and_then(|data| path.lookup(data))
                 .and_then(crate::data::text_of)
                 .is_some_and(|field| affix.test(&field, value)),
+        }
+    }
+
+    /// Why `event` does not pass this filter, naming the first condition
+    /// that failed under `path` (where this filter sits in its trigger,
+    /// such as `filters[0]`); `None` if it passes. Agrees with
+    /// [`Filter::matches`], which stays the fast path.
+    pub fn why_not(&self, event: &CloudEvent, path: &str) -> Option<String> {
+        match self {
+            Filter::Exact(name, value) => {
+                affix_miss(Affix::Exact, path, name, value, event.attribute(name))
+            }
+            Filter::Prefix(name, value) => {
+                affix_miss(Affix::Prefix, path, name, value, event.attribute(name))
+            }
+            Filter::Suffix(name, value) => {
+                affix_miss(Affix::Suffix, path, name, value, event.attribute(name))
+            }
+            Filter::All(filters) => filters
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| f.why_not(event, &format!("{path}.all[{i}]"))),
+            Filter::Any(filters) => {
+                let mut misses = Vec::with_capacity(filters.len());
+                for (i, filter) in filters.iter().enumerate() {
+                    misses.push(filter.why_not(event, &format!("{path}.any[{i}]"))?);
+                }
+                Some(if misses.is_empty() {
+                    format!("{path}.any: has no filter to match")
+                } else {
+                    format!("{path}.any: none matched ({})", misses.join("; "))
+                })
+            }
+            Filter::Not(filter) => filter
+                .matches(event)
+                .then(|| format!("{path}.not: the filter inside matched")),
+            Filter::Cesql(expression) => {
+                if expression.matches(event) {
+                    return None;
+                }
+                Some(match expression.evaluate(event) {
+                    (value, Some(kind)) => format!(
+                        "{path}.cesql: evaluating it met a {} error (the result is {value})",
+                        kind.as_str()
+                    ),
+                    (value, None) => format!("{path}.cesql: evaluated to {value}"),
+                })
+            }
+            Filter::Data(affix, data_path, value) => {
+                let field = format!("{path}.{}.{}", affix.dialect(), data_path.text());
+                let Some(data) = event.data_json() else {
+                    return Some(format!("{field}: the event's data is not JSON"));
+                };
+                let Some(found) = data_path.lookup(data) else {
+                    return Some(format!("{field}: data has no such field"));
+                };
+                let Some(text) = crate::data::text_of(found) else {
+                    let kind = match found {
+                        Value::Null => "null",
+                        Value::Array(_) => "an array",
+                        _ => "an object",
+                    };
+                    return Some(format!("{field}: the field is {kind}, not a value"));
+                };
+                (!affix.test(&text, value)).then(|| affix.wanted(&field, value, &text))
+            }
         }
     }
 

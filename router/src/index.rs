@@ -461,6 +461,12 @@ mod tests {
                     // No trigger is reported twice.
                     prop_assert_eq!(index.matches(broker, &e).len(), linear.len());
                 }
+                // Explain's reasons agree with matching: a reason exactly
+                // for the triggers the event does not pass.
+                for t in &triggers {
+                    let reason = t.why_not(&e);
+                    prop_assert_eq!(reason.is_none(), t.matches(&e), "{:?}", reason);
+                }
             }
         }
     }

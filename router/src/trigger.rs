@@ -107,7 +107,8 @@ impl Destination {
         }
     }
 
-    fn to_json(&self) -> Value {
+    /// The JSON form: `{"function": name}` or `{"uri": url}`.
+    pub fn to_json(&self) -> Value {
         match self {
             Destination::Function(name) => json!({"function": name}),
             Destination::Uri(uri) => json!({"uri": uri}),
@@ -461,6 +462,27 @@ impl Trigger {
             && self.filters.iter().all(|f| f.matches(event))
     }
 
+    /// Why `event` does not pass this trigger's filters: the first
+    /// condition that failed (`filter.attributes` in name order, then
+    /// `filters` in order), such as `filter.attributes.type: wanted "a",
+    /// got "b"`; `None` if it passes. Agrees with [`Trigger::matches`].
+    pub fn why_not(&self, event: &CloudEvent) -> Option<String> {
+        for (name, value) in &self.attributes {
+            let field = format!("filter.attributes.{name}");
+            match event.attribute(name) {
+                None => return Some(format!("{field}: attribute {name} missing")),
+                Some(got) if got != value => {
+                    return Some(format!("{field}: wanted {value:?}, got {got:?}"));
+                }
+                Some(_) => {}
+            }
+        }
+        self.filters
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| f.why_not(event, &format!("filters[{i}]")))
+    }
+
     /// The Knative-shaped JSON, with defaults filled in; without
     /// `delivery` when it takes its broker's.
     pub fn to_json(&self) -> Value {
@@ -481,6 +503,96 @@ impl Trigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn why_not_names_the_first_failing_condition_of_each_dialect() {
+        let event = CloudEvent::from_json(
+            br#"{"specversion":"1.0","id":"1","source":"/shop","type":"order.paid","data":{"total":12,"items":[{"sku":"a"}],"note":null}}"#,
+        )
+        .unwrap();
+        let why = |filters: Value| {
+            let mut trigger = json!({"subscriber": {"function": "f"}});
+            for (key, value) in filters.as_object().unwrap() {
+                trigger[key] = value.clone();
+            }
+            Trigger::parse(&trigger, Some("t")).unwrap().why_not(&event)
+        };
+        let cases = [
+            (
+                json!({"filter": {"attributes": {"type": "a"}}}),
+                r#"filter.attributes.type: wanted "a", got "order.paid""#,
+            ),
+            (
+                json!({"filter": {"attributes": {"subject": "x"}}}),
+                "filter.attributes.subject: attribute subject missing",
+            ),
+            (
+                json!({"filters": [{"exact": {"source": "/shop"}}, {"prefix": {"type": "invoice."}}]}),
+                r#"filters[1].prefix.type: wanted a value starting with "invoice.", got "order.paid""#,
+            ),
+            (
+                json!({"filters": [{"suffix": {"type": ".sent"}}]}),
+                r#"filters[0].suffix.type: wanted a value ending with ".sent", got "order.paid""#,
+            ),
+            (
+                json!({"filters": [{"all": [{"exact": {"source": "/shop"}}, {"exact": {"source": "/x"}}]}]}),
+                r#"filters[0].all[1].exact.source: wanted "/x", got "/shop""#,
+            ),
+            (
+                json!({"filters": [{"any": [{"exact": {"type": "a"}}, {"exact": {"subject": "b"}}]}]}),
+                r#"filters[0].any: none matched (filters[0].any[0].exact.type: wanted "a", got "order.paid"; filters[0].any[1].exact.subject: attribute subject missing)"#,
+            ),
+            (
+                json!({"filters": [{"not": {"exact": {"type": "order.paid"}}}]}),
+                "filters[0].not: the filter inside matched",
+            ),
+            (
+                json!({"filters": [{"cesql": "type = 'order.shipped'"}]}),
+                "filters[0].cesql: evaluated to FALSE",
+            ),
+            (
+                json!({"filters": [{"cesql": "subject = 'x'"}]}),
+                "filters[0].cesql: evaluating it met a missingAttribute error (the result is FALSE)",
+            ),
+            (
+                json!({"filters": [{"exact": {"$.total": "13"}}]}),
+                r#"filters[0].exact.$.total: wanted "13", got "12""#,
+            ),
+            (
+                json!({"filters": [{"exact": {"$.items[1].sku": "a"}}]}),
+                "filters[0].exact.$.items[1].sku: data has no such field",
+            ),
+            (
+                json!({"filters": [{"exact": {"$.items": "a"}}]}),
+                "filters[0].exact.$.items: the field is an array, not a value",
+            ),
+            (
+                json!({"filters": [{"exact": {"$.note": "a"}}]}),
+                "filters[0].exact.$.note: the field is null, not a value",
+            ),
+        ];
+        for (filters, reason) in cases {
+            assert_eq!(why(filters.clone()).as_deref(), Some(reason), "{filters}");
+        }
+        assert_eq!(
+            why(json!({"filter": {"attributes": {"type": "order.paid"}},
+                       "filters": [{"any": [{"exact": {"type": "a"}}, {"exact": {"$.total": "12"}}]}, {"cesql": "source LIKE '/sh%'"}]})),
+            None
+        );
+        let binary = CloudEvent::from_json(
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"x"}"#,
+        )
+        .unwrap();
+        let trigger = Trigger::parse(
+            &json!({"subscriber": {"function": "f"}, "filters": [{"exact": {"$.a": "x"}}]}),
+            Some("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            trigger.why_not(&binary).as_deref(),
+            Some("filters[0].exact.$.a: the event's data is not JSON")
+        );
+    }
 
     #[test]
     fn the_design_example_parses_and_round_trips() {

@@ -231,7 +231,20 @@ impl Store {
         &self,
         records: &[DeliveryRecord],
     ) -> Result<impl Future<Output = Result<()>> + use<>> {
-        let Some(synced) = self.journal.put(records, true)? else {
+        self.put_deliveries_keyed(records, None)
+    }
+
+    /// [`Store::put_deliveries`], with the new de-duplication keys of
+    /// `claim` (see [`Store::dedupe`]) in the same write: durable with
+    /// the deliveries, also when there are none. Commit the claim once
+    /// this completes.
+    pub fn put_deliveries_keyed(
+        &self,
+        records: &[DeliveryRecord],
+        claim: Option<&crate::Claim>,
+    ) -> Result<impl Future<Output = Result<()>> + use<>> {
+        let (keys, at_ms) = claim.map_or((&[][..], 0), |c| (c.keys(), c.at_ms()));
+        let Some(synced) = self.journal.put_keyed(records, keys, at_ms, true)? else {
             unreachable!("a durable put answers");
         };
         Ok(async move {
@@ -244,6 +257,12 @@ impl Store {
                 Err(_) => Err(StoreError::Conflict("the journal writer stopped".into())),
             }
         })
+    }
+
+    /// The de-duplication window of accepted events, when it is on
+    /// ([`crate::OpenOptions::dedupe_window`]).
+    pub fn dedupe(&self) -> Option<&Arc<crate::Window>> {
+        self.journal.window()
     }
 
     /// Records a changed attempt count and schedule (written soon, not

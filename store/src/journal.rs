@@ -62,6 +62,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{Disk, DiskFile, OsDisk};
 use crate::events::DeliveryRecord;
+use crate::window::{Archive, DedupeKey, Window, read_archive};
 use crate::{Result, StoreError};
 
 /// A segment is sealed and a new one started past this many bytes (by
@@ -92,6 +93,11 @@ pub(crate) const RECOVER_EVENT_BYTES: usize = 32 << 20;
 
 const PUT: u8 = 1;
 const DONE: u8 = 2;
+/// `3` + [`crate::window::KEY_BYTES`] per key: de-duplication keys of
+/// accepted events (see `window.rs`).
+const KEYS: u8 = 3;
+/// Most keys in one keys frame written at open.
+const KEYS_PER_FRAME: usize = 1 << 16;
 const HEADER: usize = 8;
 /// Largest frame accepted on reading (an event is at most a few MiB).
 const MAX_FRAME: usize = 256 << 20;
@@ -110,6 +116,11 @@ pub(crate) struct Config {
     pub(crate) salvage: bool,
     /// See [`RECOVER_EVENT_BYTES`].
     pub(crate) recover_event_bytes: usize,
+    /// How long de-duplication keys are kept (`None`: none are written,
+    /// and the window's files are left alone).
+    pub(crate) dedupe_window: Option<Duration>,
+    /// Most keys the window holds in memory.
+    pub(crate) dedupe_max_events: usize,
 }
 
 impl Default for Config {
@@ -120,6 +131,8 @@ impl Default for Config {
             idle_write: IDLE_WRITE,
             salvage: false,
             recover_event_bytes: RECOVER_EVENT_BYTES,
+            dedupe_window: None,
+            dedupe_max_events: 1_000_000,
         }
     }
 }
@@ -209,6 +222,16 @@ fn encode_done(ids: &[u64]) -> Vec<u8> {
 enum Entry {
     Put(Vec<DeliveryRecord>),
     Done(Vec<u64>),
+    Keys(Vec<(DedupeKey, u64)>),
+}
+
+/// `keys` accepted at `at_ms` as keys frames.
+fn encode_key_frames(keys: &[DedupeKey], at_ms: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(KEYS_PER_FRAME) {
+        frame(&mut out, &crate::window::encode_keys(KEYS, chunk, at_ms));
+    }
+    out
 }
 
 /// A decoded frame and where it is.
@@ -256,7 +279,7 @@ fn read_frame_with(
         return Err(format!("a frame of {len} bytes is cut short"));
     }
     let payload = &data[at + HEADER..at + HEADER + len];
-    if !matches!(payload.first(), Some(&PUT | &DONE)) {
+    if !matches!(payload.first(), Some(&PUT | &DONE | &KEYS)) {
         return Err("a frame has an unknown kind".into());
     }
     if crc32fast::hash(payload) != crc {
@@ -289,6 +312,9 @@ fn read_frame_with(
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
                 .collect(),
         ),
+        Some((&KEYS, body)) => {
+            Entry::Keys(crate::window::decode_keys(body).ok_or("a keys frame is cut short")?)
+        }
         _ => return Err("a frame has an unknown kind".into()),
     };
     Ok((entry, HEADER + len))
@@ -398,6 +424,8 @@ struct Scanned {
     live: BTreeMap<u64, (Loc, DeliveryRecord)>,
     /// Every segment, with its size (live counts still zero).
     segs: BTreeMap<u64, Seg>,
+    /// De-duplication keys, in the order written.
+    keys: Vec<(DedupeKey, u64)>,
 }
 
 /// Whether a scan may change the files.
@@ -420,6 +448,7 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode, event_bytes: usize) -> Result<S
     let no_event: Arc<str> = Arc::from("");
     let mut segs = BTreeMap::new();
     let mut names = Names::default();
+    let mut keys = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let data = match disk.read(&path) {
@@ -465,6 +494,7 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode, event_bytes: usize) -> Result<S
                         }
                     }
                 }
+                Entry::Keys(found) => keys.extend(found),
             }
         }
         if let Some((at, why)) = bad {
@@ -498,7 +528,7 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode, event_bytes: usize) -> Result<S
         );
     }
     top_up(disk, dir, &mut live, event_bytes.saturating_sub(kept))?;
-    Ok(Scanned { live, segs })
+    Ok(Scanned { live, segs, keys })
 }
 
 /// Gives the oldest deliveries whose event text the scan dropped (while
@@ -604,6 +634,10 @@ enum Sleep {
 
 struct State {
     chunks: Vec<Chunk>,
+    /// Keys frames queued for the window's files (with the same frames in
+    /// `chunks`), and the newest key time in them.
+    archive: Vec<u8>,
+    archive_newest: u64,
     /// Deliveries that ended since the last chunk: one end frame, queued
     /// before the next put (so the offsets of puts are exact) or at the next
     /// write (so after every put it cancels).
@@ -667,6 +701,8 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     file: Mutex<Active>,
+    /// The de-duplication window's files (taken after `file`).
+    archive: Mutex<Option<Archive>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -676,15 +712,25 @@ pub(crate) struct Journal {
     shared: Arc<Shared>,
     /// What the open read, until [`Journal::recovered`] takes it.
     recovered: Mutex<Option<Vec<DeliveryRecord>>>,
+    /// The de-duplication window (with the keys found at open).
+    window: Option<Arc<Window>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Journal {
     /// Opens the journal in `dir`, recovering what it holds.
-    pub(crate) fn open(dir: &Path, failed: Arc<AtomicBool>, salvage: bool) -> Result<Journal> {
+    pub(crate) fn open(
+        dir: &Path,
+        failed: Arc<AtomicBool>,
+        salvage: bool,
+        dedupe: Option<(Duration, usize)>,
+    ) -> Result<Journal> {
+        let defaults = Config::default();
         let config = Config {
             salvage,
-            ..Config::default()
+            dedupe_window: dedupe.map(|(window, _)| window),
+            dedupe_max_events: dedupe.map_or(defaults.dedupe_max_events, |(_, max)| max),
+            ..defaults
         };
         Journal::open_on(Arc::new(OsDisk), dir, failed, config)
     }
@@ -716,11 +762,57 @@ impl Journal {
             disk.sync_file(&path)
                 .map_err(io_error(format!("syncing {}", path.display())))?;
         }
-        let Scanned { live: found, segs } = scanned;
+        let Scanned {
+            live: found,
+            segs,
+            keys,
+        } = scanned;
         let active = segs.last_key_value().map_or(1, |(last, _)| last + 1);
+        // The window: the keys of its files and of the journal, rewritten
+        // into one new file before any segment can be deleted.
+        let (window, archive) = match config.dedupe_window {
+            None => (None, None),
+            Some(duration) => {
+                let (mut all, old) = read_archive(&*disk, dir, |data| {
+                    let (frames, bad) = decode(data);
+                    let keys = frames
+                        .into_iter()
+                        .filter_map(|f| match f.entry {
+                            Entry::Keys(keys) => Some(keys),
+                            _ => None,
+                        })
+                        .flatten()
+                        .collect();
+                    (keys, bad.map(|(at, why)| format!("at byte {at}: {why}")))
+                })?;
+                all.extend(keys);
+                let now = crate::window::now_ms();
+                let window_ms = duration.as_millis() as u64;
+                let mut first: HashMap<DedupeKey, u64> = HashMap::with_capacity(all.len());
+                for (key, at) in all {
+                    if at + window_ms > now {
+                        let seen = first.entry(key).or_insert(at);
+                        *seen = (*seen).min(at);
+                    }
+                }
+                let mut kept: Vec<(DedupeKey, u64)> = first.into_iter().collect();
+                kept.sort_by_key(|&(key, at)| (at, key));
+                let mut bytes = Vec::new();
+                for run in kept.chunk_by(|a, b| a.1 == b.1) {
+                    let keys: Vec<DedupeKey> = run.iter().map(|(k, _)| *k).collect();
+                    bytes.extend(encode_key_frames(&keys, run[0].1));
+                }
+                let newest = kept.last().map_or(0, |&(_, at)| at);
+                let archive = Archive::create(disk.clone(), dir, duration, &old, &bytes, newest)?;
+                let window = Window::new(duration, config.dedupe_max_events, kept, now);
+                (Some(Arc::new(window)), Some(archive))
+            }
+        };
         let file = create_segment(&*disk, dir, active)?;
         let mut state = State {
             chunks: Vec::new(),
+            archive: Vec::new(),
+            archive_newest: 0,
             done: Vec::new(),
             sync_due: false,
             waiters: Vec::new(),
@@ -748,6 +840,7 @@ impl Journal {
             state: Mutex::new(state),
             work: Condvar::new(),
             file: Mutex::new(Active { file, seq: active }),
+            archive: Mutex::new(archive),
             failed,
         });
         let writer = {
@@ -760,8 +853,14 @@ impl Journal {
         Ok(Journal {
             shared,
             recovered: Mutex::new(Some(recovered)),
+            window,
             writer: Some(writer),
         })
+    }
+
+    /// The de-duplication window, when keys are kept.
+    pub(crate) fn window(&self) -> Option<&Arc<Window>> {
+        self.window.as_ref()
     }
 
     /// Appends `records`; with `durable`, the receiver answers once they
@@ -771,10 +870,33 @@ impl Journal {
         records: &[DeliveryRecord],
         durable: bool,
     ) -> Result<Option<oneshot::Receiver<std::result::Result<(), String>>>> {
+        self.put_keyed(records, &[], 0, durable)
+    }
+
+    /// [`Journal::put`], with the de-duplication keys of the events
+    /// accepted at `at_ms` in the same write (and the window's files).
+    pub(crate) fn put_keyed(
+        &self,
+        records: &[DeliveryRecord],
+        keys: &[DedupeKey],
+        at_ms: u64,
+        durable: bool,
+    ) -> Result<Option<oneshot::Receiver<std::result::Result<(), String>>>> {
         let frames = encode_puts(records);
+        let keyed = if keys.is_empty() || self.shared.config.dedupe_window.is_none() {
+            Vec::new()
+        } else {
+            encode_key_frames(keys, at_ms)
+        };
         let mut state = self.shared.state.lock().unwrap();
         if let Some(error) = &state.error {
             return Err(failed(error));
+        }
+        if !keyed.is_empty() {
+            self.shared.flush_done(&mut state);
+            state.archive.extend_from_slice(&keyed);
+            state.archive_newest = state.archive_newest.max(at_ms);
+            self.shared.append(&mut state, keyed);
         }
         self.shared.append_puts(&mut state, frames);
         let receiver = durable.then(|| {
@@ -1019,13 +1141,15 @@ impl Shared {
     /// the second time without the data): every later call fails.
     fn write_out(&self, sync: bool) -> Result<BTreeMap<u64, usize>> {
         let mut file = self.file.lock().unwrap();
-        let (chunks, counts) = {
+        let (chunks, (keyed, newest), counts) = {
             let mut state = self.state.lock().unwrap();
             if let Some(error) = &state.error {
                 return Err(failed(error));
             }
             self.flush_done(&mut state);
             let chunks = std::mem::take(&mut state.chunks);
+            let keyed = std::mem::take(&mut state.archive);
+            let newest = std::mem::take(&mut state.archive_newest);
             if sync {
                 state.unsynced = false;
             } else if !chunks.is_empty() {
@@ -1037,7 +1161,7 @@ impl Shared {
                 }
             }
             let counts = state.segs.iter().map(|(&s, seg)| (s, seg.live)).collect();
-            (chunks, counts)
+            (chunks, (keyed, newest), counts)
         };
         let result = self.write_chunks(&mut file, chunks).and_then(|()| {
             if sync {
@@ -1047,6 +1171,12 @@ impl Shared {
             } else {
                 Ok(())
             }
+        });
+        // The same keys into the window's files, unsynced: the journal has
+        // them until the segment goes, and `collect` syncs these first.
+        let result = result.and_then(|()| match self.archive.lock().unwrap().as_mut() {
+            Some(archive) => archive.append(&keyed, newest),
+            None => Ok(()),
         });
         if let Err(error) = &result {
             self.fail(error.to_string());
@@ -1181,6 +1311,20 @@ impl Shared {
                     state.cleaning = true;
                     copy = Some(oldest);
                 }
+            }
+        }
+        // A deleted segment's de-duplication keys live on in the window's
+        // files: those are synced before any segment goes.
+        // Files whose keys all left the window go whenever.
+        if let Some(archive) = self.archive.lock().unwrap().as_mut() {
+            let synced = if dead.is_empty() {
+                Ok(())
+            } else {
+                archive.sync()
+            };
+            if let Err(error) = synced.and_then(|()| archive.expire()) {
+                self.fail(error.to_string());
+                return;
             }
         }
         // Oldest first, each deletion made durable before the next: a power
@@ -1327,7 +1471,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Journal {
-        Journal::open(dir, Arc::default(), false).unwrap()
+        Journal::open(dir, Arc::default(), false, None).unwrap()
     }
 
     const DIR: &str = "/data/deliveries";
@@ -1339,6 +1483,8 @@ mod tests {
             idle_write: Duration::from_millis(1),
             salvage: false,
             recover_event_bytes: RECOVER_EVENT_BYTES,
+            dedupe_window: None,
+            dedupe_max_events: 1_000_000,
         }
     }
 
@@ -1670,6 +1816,58 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn dedupe_keys_outlive_their_segment_and_a_power_cut_and_leave_with_the_window() {
+        let disk = sim();
+        let config = Config {
+            segment_bytes: 16 << 10,
+            dedupe_window: Some(Duration::from_secs(60)),
+            ..Config::default()
+        };
+        let journal = open_sim(&disk, config.clone()).unwrap();
+        let now = crate::window::now_ms();
+        let put = async |journal: &Journal, records: &[DeliveryRecord], keys: &[DedupeKey], at| {
+            let rx = journal.put_keyed(records, keys, at, true).unwrap().unwrap();
+            rx.await.unwrap().unwrap();
+        };
+        // With a delivery, without one, and one already out of the window.
+        put(&journal, &[record(1, "{}")], &[[1; 16]], now).await;
+        put(&journal, &[], &[[2; 16], [3; 16]], now).await;
+        put(&journal, &[], &[[4; 16]], now - 61_000).await;
+        journal.done(&[1]).unwrap();
+        let first = sim_segments(&disk)[0];
+        let big = format!(r#"{{"data":"{}"}}"#, "y".repeat(4 << 10));
+        let mut id = 10;
+        while sim_segments(&disk)[0] == first {
+            put(&journal, &[record(id, &big)], &[], 0).await;
+            journal.done(&[id]).unwrap();
+            id += 1;
+            assert!(id < 1000, "the first segment is never deleted");
+        }
+        // Whatever a power cut keeps, the keys are there: synced into the
+        // window's files before their segment went.
+        for seed in 0..20 {
+            let cut = disk.after_power_cut(&mut Rng(seed));
+            let reopened = open_sim(&cut, config.clone()).unwrap();
+            let mut keys = reopened.window().unwrap().snapshot();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [([1; 16], now), ([2; 16], now), ([3; 16], now)],
+                "seed {seed}"
+            );
+            // Reopened, the window is one new file: and again after that.
+            drop(reopened);
+            let again = open_sim(&cut, config.clone()).unwrap();
+            assert_eq!(again.window().unwrap().len(), 3, "seed {seed}");
+        }
+        // Without a window, no keys are written or read.
+        drop(journal);
+        let off = open_sim(&disk, Config::default()).unwrap();
+        assert!(off.window().is_none());
+        off.put_keyed(&[], &[[5; 16]], now, false).unwrap();
     }
 
     #[tokio::test]

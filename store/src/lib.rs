@@ -34,6 +34,7 @@ mod lock;
 mod logs;
 mod private;
 mod tokens;
+mod window;
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,7 @@ pub use events::{DeadLetterRecord, DeliveryRecord};
 pub use functions::{FunctionRecord, FunctionSettings, Visibility, World, digest_of};
 pub use kv::{GuestKv, KvError};
 pub use logs::LogLine;
+pub use window::{Claim, DedupeKey, Window, dedupe_key, repeats_within, triple_digest};
 
 /// The schema this build writes. A store written by a newer schema is refused.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,6 +60,11 @@ pub struct OpenOptions {
     /// dropping the damaged bytes (the deliveries in them are lost), instead
     /// of refusing to start. For an operator who has no better copy.
     pub salvage_journal: bool,
+    /// Keep the de-duplication keys of accepted events this long (`None`:
+    /// no de-duplication; see [`Window`]).
+    pub dedupe_window: Option<std::time::Duration>,
+    /// Most keys the window holds (past it the oldest are forgotten early).
+    pub dedupe_max_events: usize,
 }
 
 /// A result with a [`StoreError`].
@@ -160,7 +167,11 @@ impl Store {
             &dir.join("deliveries"),
             failed.clone(),
             options.salvage_journal,
+            options
+                .dedupe_window
+                .map(|window| (window, options.dedupe_max_events)),
         )?;
+
         let store = Store {
             meta: open_tree("meta")?,
             functions: open_tree("functions")?,

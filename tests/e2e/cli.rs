@@ -414,6 +414,12 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "event send",
         "--broker",
     ),
+    (
+        "POST",
+        "/v1/brokers/{broker}/explain",
+        "event explain",
+        "--broker",
+    ),
     ("GET", "/v1/events/stream", "event watch", ""),
     ("GET", "/v1/deadletters", "deadletter list", "--trigger"),
     ("DELETE", "/v1/deadletters/{id}", "deadletter delete", ""),
@@ -610,6 +616,43 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
         &["event", "send", "--file", batch.to_str().unwrap()],
     ));
     assert!(sent.contains("accepted 3 event(s)"), "{sent}");
+    // Explain says the same of the batch, and of one event in binary mode,
+    // without delivering anything (the sink counts below stay exact).
+    let explained = stdout(&sluice(
+        &server,
+        &["event", "explain", "--file", batch.to_str().unwrap()],
+    ));
+    assert!(
+        explained.contains("event b-1 (type order, source /shop) matches 2 of 2"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains(&format!(
+            "miss   {:<24} filters[1].not: the filter inside matched",
+            "big-orders"
+        )),
+        "b-2 is from /test: {explained}"
+    );
+    assert!(
+        explained.contains(&format!(
+            "miss   {:<24} filters[0].cesql: evaluated to FALSE",
+            "copy"
+        )),
+        "b-3 is too small: {explained}"
+    );
+    let one: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &[
+            "event", "explain", "--type", "order", "--source", "/shop", "--id", "x-1", "-o", "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(one["events"][0]["id"], "x-1");
+    assert_eq!(
+        one["events"][0]["triggers"][0]["reason"],
+        "filters[0].cesql: evaluating it met a missingAttribute error (the result is FALSE)",
+        "no amount attribute: {one}"
+    );
     // s-1 and b-1 match (twice each: two triggers); b-2 is from /test, b-3
     // too small.
     let got = sink.wait_for(4).await;

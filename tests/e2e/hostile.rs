@@ -351,7 +351,11 @@ async fn hostile_event_functions_fail_only_their_own_deliveries() {
         ("spin", 504, "timeout"),
         ("hog", 500, "memory_limit"),
     ] {
-        let function = if kind == "hog" { "hostile-hog" } else { "hostile" };
+        let function = if kind == "hog" {
+            "hostile-hog"
+        } else {
+            "hostile"
+        };
         let response = server
             .http()
             .post(server.url(&format!("/v1/functions/{function}/invoke")))

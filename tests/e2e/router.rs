@@ -20,6 +20,8 @@ crate::both_backends!(
     an_event_function_can_be_invoked_directly_with_an_event,
     a_cesql_trigger_gets_the_events_its_expression_selects,
     data_conditions_route_by_fields_of_json_data,
+    explain_names_each_triggers_verdict_and_delivers_nothing,
+    a_repeat_of_source_and_id_is_a_duplicate_delivered_once_also_after_a_crash,
 );
 
 fn sink_trigger(
@@ -1116,4 +1118,319 @@ async fn data_conditions_route_by_fields_of_json_data(backend: Backend) {
         assert!(body.contains(says), "{body}");
         assert!(body.contains("data path"), "{body}");
     }
+}
+
+/// `explain` takes events as ingress does and answers, for every trigger
+/// of the broker, matched or the first condition that failed; it stores and
+/// delivers nothing, and what it says matched is what a real post reaches.
+async fn explain_names_each_triggers_verdict_and_delivers_nothing(backend: Backend) {
+    let server = backend.start().await;
+    let sink = Sink::start().await;
+    server
+        .trigger(json!({"name": "a-attrs", "filter": {"attributes": {"type": "shop.order", "source": "/e2e"}},
+                        "subscriber": {"uri": format!("{}/a", sink.url)}}))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "b-cesql",
+            &sink,
+            "/b",
+            json!([{"cesql": "DATA('$.total') > 100"}]),
+        ))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "c-not",
+            &sink,
+            "/c",
+            json!([{"not": {"exact": {"subject": "x"}}}]),
+        ))
+        .await;
+    server
+        .trigger(json!({"name": "elsewhere", "broker": "other", "subscriber": {"uri": format!("{}/o", sink.url)}}))
+        .await;
+    let explain =
+        |content_type: &'static str, headers: Vec<(&'static str, &'static str)>, body: String| {
+            let server = &server;
+            async move {
+                let mut request = server
+                    .http()
+                    .post(server.url("/v1/brokers/default/explain"))
+                    .header("content-type", content_type);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let response = request.body(body).send().await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            }
+        };
+    let verdicts = |event: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        event["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t.get("reason").cloned().unwrap_or(json!(null)),
+                )
+            })
+            .collect()
+    };
+    let binary = vec![
+        ("ce-specversion", "1.0"),
+        ("ce-id", "x-1"),
+        ("ce-source", "/e2e"),
+        ("ce-type", "shop.order"),
+    ];
+    let (status, answer) = explain(
+        "application/json",
+        binary.clone(),
+        r#"{"total": 50}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["broker"], "default");
+    let event = &answer["events"][0];
+    assert_eq!(event["id"], "x-1");
+    assert_eq!(event["matched"], json!(["a-attrs", "c-not"]), "{answer}");
+    assert_eq!(
+        verdicts(event),
+        [
+            ("a-attrs".to_string(), json!(null)),
+            (
+                "b-cesql".to_string(),
+                json!("filters[0].cesql: evaluated to FALSE")
+            ),
+            ("c-not".to_string(), json!(null)),
+        ],
+        "the other broker's trigger is not listed: {answer}"
+    );
+    assert_eq!(event["triggers"][0]["matched"], true);
+    assert_eq!(event["triggers"][1]["matched"], false);
+    assert_eq!(
+        event["triggers"][0]["subscriber"]["uri"],
+        format!("{}/a", sink.url)
+    );
+
+    // A batch: one answer per event, in order.
+    let batch = json!([
+        {"specversion": "1.0", "id": "y-1", "source": "/e2e", "type": "shop.refund", "subject": "x", "data": {"total": 500}},
+        {"specversion": "1.0", "id": "y-2", "source": "/other", "type": "shop.order", "datacontenttype": "text/plain", "data": "total"},
+    ]);
+    let (status, answer) = explain(
+        "application/cloudevents-batch+json",
+        vec![],
+        batch.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        verdicts(&answer["events"][0]),
+        [
+            (
+                "a-attrs".to_string(),
+                json!(r#"filter.attributes.type: wanted "shop.order", got "shop.refund""#)
+            ),
+            ("b-cesql".to_string(), json!(null)),
+            (
+                "c-not".to_string(),
+                json!("filters[0].not: the filter inside matched")
+            ),
+        ],
+        "{answer}"
+    );
+    assert_eq!(
+        verdicts(&answer["events"][1]),
+        [
+            (
+                "a-attrs".to_string(),
+                json!(r#"filter.attributes.source: wanted "/e2e", got "/other""#)
+            ),
+            (
+                "b-cesql".to_string(),
+                json!(
+                    "filters[0].cesql: evaluating it met a missingAttribute error (the result is FALSE)"
+                )
+            ),
+            ("c-not".to_string(), json!(null)),
+        ],
+        "text data has no fields: {answer}"
+    );
+
+    // Refused as ingress refuses.
+    let (status, answer) = explain("application/json", binary[..3].to_vec(), "{}".into()).await;
+    assert_eq!(status, 400, "no type: {answer}");
+    let response = server
+        .http()
+        .post(server.url("/v1/brokers/Not_A_Broker/explain"))
+        .header("content-type", "application/cloudevents+json")
+        .body(batch[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("invalid_broker"));
+
+    // Nothing was delivered; the real post reaches exactly what explain said.
+    assert!(sink.quiet().await.is_empty(), "explain delivered something");
+    assert_eq!(
+        server
+            .send_event(
+                "x-1",
+                "shop.order",
+                &[("content-type", "application/json")],
+                br#"{"total": 50}"#
+            )
+            .await,
+        202
+    );
+    sink.wait_for(2).await;
+    let mut paths: Vec<String> = sink.quiet().await.iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/a", "/c"]);
+}
+
+/// A client's repeat of (broker, source, id) within the window is answered
+/// 202 `"duplicate": true` and not delivered again, also after a `kill -9`
+/// and a restart; the same id from another source is another event; a
+/// broker with `"dedupe": false` delivers every post.
+async fn a_repeat_of_source_and_id_is_a_duplicate_delivered_once_also_after_a_crash(
+    backend: Backend,
+) {
+    let mut server = backend.start().await;
+    let sink = Sink::start().await;
+    server
+        .trigger(sink_trigger(
+            "one",
+            &sink,
+            "/one",
+            json!([{"exact": {"type": "order"}}]),
+        ))
+        .await;
+    server
+        .trigger(sink_trigger(
+            "two",
+            &sink,
+            "/two",
+            json!([{"prefix": {"type": "ord"}}]),
+        ))
+        .await;
+    let response = server
+        .http()
+        .put(server.url("/v1/brokers/raw"))
+        .header("content-type", "application/json")
+        .body(r#"{"dedupe": false}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let view: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(view["dedupe"], false, "{view}");
+    server
+        .trigger(
+            json!({"name": "raw", "broker": "raw", "filter": {"attributes": {"type": "order"}},
+                        "subscriber": {"uri": format!("{}/raw", sink.url)}}),
+        )
+        .await;
+    let event = |source: &str, id: &str| json!({"specversion": "1.0", "id": id, "source": source, "type": "order"});
+    let first = post_events(&server, "default", event("/shop", "o-1")).await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    assert_eq!(first["duplicates"], json!([]));
+    for _ in 0..2 {
+        let again = post_events(&server, "default", event("/shop", "o-1")).await;
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["duplicates"], json!(["o-1"]));
+        assert_eq!(again["accepted"], 1);
+    }
+    let other = post_events(&server, "default", event("/other", "o-1")).await;
+    assert_eq!(other["duplicate"], false, "another source: {other}");
+    // A batch: a repeat inside it and one of an earlier request.
+    let batch = post_events(
+        &server,
+        "default",
+        json!([
+            event("/shop", "o-2"),
+            event("/shop", "o-2"),
+            event("/shop", "o-1")
+        ]),
+    )
+    .await;
+    assert_eq!(batch["duplicate"], false, "o-2 is new: {batch}");
+    assert_eq!(batch["duplicates"], json!(["o-2", "o-1"]));
+    for _ in 0..2 {
+        let raw = post_events(&server, "raw", event("/shop", "o-1")).await;
+        assert_eq!(raw["duplicate"], false, "dedupe is off there: {raw}");
+    }
+    // Two triggers each for o-1 from /shop, o-1 from /other and o-2; the
+    // raw broker's trigger twice.
+    let got = sink.wait_for(8).await;
+    assert_eq!(sink.quiet().await.len(), 8, "{got:#?}");
+    assert_eq!(
+        server
+            .metric(r#"sluice_events_duplicate_total{broker="default"}"#)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        server
+            .metric(r#"sluice_events_accepted_total{broker="default"}"#)
+            .await,
+        3.0,
+        "duplicates are not counted as accepted"
+    );
+
+    // The window survives a crash.
+    server.restart();
+    server.wait_ready().await;
+    for id in ["o-1", "o-2"] {
+        let again = post_events(&server, "default", event("/shop", id)).await;
+        assert_eq!(again["duplicate"], true, "{id} after kill -9: {again}");
+    }
+    let new = post_events(&server, "default", event("/shop", "o-3")).await;
+    assert_eq!(new["duplicate"], false, "{new}");
+    let got = sink.wait_for(10).await;
+    let mut ids: Vec<(String, String)> = sink
+        .quiet()
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r.path.clone(),
+                format!("{} {}", r.ce("source").unwrap(), r.ce("id").unwrap()),
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 10, "{got:#?}");
+    assert_eq!(
+        ids.iter().filter(|(path, _)| path == "/raw").count(),
+        2,
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&("/one".into(), "/shop o-3".into())),
+        "{ids:?}"
+    );
+}
+
+/// Posts `body` (an event, or an array: a batch) to `broker` in structured
+/// or batch mode; expects 202 and returns the answer.
+async fn post_events(server: &Server, broker: &str, body: serde_json::Value) -> serde_json::Value {
+    let media = if body.is_array() {
+        "application/cloudevents-batch+json"
+    } else {
+        "application/cloudevents+json"
+    };
+    let response = server
+        .http()
+        .post(server.url(&format!("/v1/brokers/{broker}/events")))
+        .header("content-type", media)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json().await.unwrap()
 }

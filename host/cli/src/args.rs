@@ -140,6 +140,10 @@ pub enum BrokerCommand {
         name: String,
         #[command(flatten)]
         delivery: DeliveryArgs,
+        /// Deliver every event a client posts, a repeat of (source, id)
+        /// within the de-duplication window too.
+        #[arg(long)]
+        no_dedupe: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -234,37 +238,17 @@ pub enum EventCommand {
     /// Send one event (binary mode; `--structured` for structured mode), or
     /// post a file holding a structured event or a batch (`--file`).
     Send {
-        /// `type` attribute.
-        #[arg(long = "type", required_unless_present = "file")]
-        ty: Option<String>,
-        /// `source` attribute.
-        #[arg(long, required_unless_present = "file")]
-        source: Option<String>,
-        /// `id` attribute (default: a fresh one).
-        #[arg(long)]
-        id: Option<String>,
-        /// `subject` attribute.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Extension attribute, NAME=VALUE (repeatable).
-        #[arg(long = "ext", value_name = "NAME=VALUE")]
-        extensions: Vec<String>,
-        /// Data: `@FILE`, `-` for stdin, or literal text.
-        #[arg(long, short)]
-        data: Option<String>,
-        /// Media type of the data.
-        #[arg(long, default_value = "application/json")]
-        content_type: String,
-        /// Broker to send to.
-        #[arg(long, default_value = "default")]
-        broker: String,
-        /// Send it in structured mode (`application/cloudevents+json`).
-        #[arg(long, conflicts_with = "file")]
-        structured: bool,
-        /// A file (`-` for stdin) holding a structured event (JSON) or a
-        /// batch (a JSON array), posted as it is.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "data", "id", "subject", "extensions"])]
-        file: Option<String>,
+        #[command(flatten)]
+        event: EventArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Say which triggers of the broker an event would match and, for each
+    /// other one, the first condition that failed; nothing is stored or
+    /// delivered.
+    Explain {
+        #[command(flatten)]
+        event: EventArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -277,6 +261,42 @@ pub enum EventCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The event of `sluice event send` and `sluice event explain`.
+#[derive(Debug, clap::Args)]
+pub struct EventArgs {
+    /// `type` attribute.
+    #[arg(long = "type", required_unless_present = "file")]
+    pub ty: Option<String>,
+    /// `source` attribute.
+    #[arg(long, required_unless_present = "file")]
+    pub source: Option<String>,
+    /// `id` attribute (default: a fresh one).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// `subject` attribute.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Extension attribute, NAME=VALUE (repeatable).
+    #[arg(long = "ext", value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+    /// Data: `@FILE`, `-` for stdin, or literal text.
+    #[arg(long, short)]
+    pub data: Option<String>,
+    /// Media type of the data.
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// The broker.
+    #[arg(long, default_value = "default")]
+    pub broker: String,
+    /// Send it in structured mode (`application/cloudevents+json`).
+    #[arg(long, conflicts_with = "file")]
+    pub structured: bool,
+    /// A file (`-` for stdin) holding a structured event (JSON) or a
+    /// batch (a JSON array), posted as it is.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ty", "source", "data", "id", "subject", "extensions"])]
+    pub file: Option<String>,
 }
 
 /// `sluice deadletter ...`
@@ -362,6 +382,13 @@ pub struct ServeArgs {
     /// NATS cluster has three or more servers, else 1).
     #[arg(long, value_name = "N", requires = "nats")]
     pub nats_replicas: Option<usize>,
+    /// How long a client's repeat of an event (the same broker, source and
+    /// id) is answered 202 as a duplicate and not delivered again, e.g.
+    /// `10m` (`0s`: off; a broker turns it off for itself with `"dedupe":
+    /// false`). In cluster mode, the events stream's duplicate window (at
+    /// most --event-retention).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub dedupe_window: std::time::Duration,
     /// Cluster mode: how long accepted events stay in the events stream
     /// (for replay), e.g. `24h`, `7d`.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]

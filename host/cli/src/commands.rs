@@ -8,8 +8,9 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use crate::args::{
-    BrokerCommand, ClientArgs, DeadLetterCommand, DeliveryArgs, EventCommand, FunctionCommand,
-    GetKind, InvocationCommand, Output, SettingsArgs, TokenCommand, TriggerCommand,
+    BrokerCommand, ClientArgs, DeadLetterCommand, DeliveryArgs, EventArgs, EventCommand,
+    FunctionCommand, GetKind, InvocationCommand, Output, SettingsArgs, TokenCommand,
+    TriggerCommand,
 };
 
 /// The API client, and how read commands print.
@@ -589,117 +590,49 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
 /// Runs one `sluice event` command.
 pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
     match command {
-        EventCommand::Send {
-            ty,
-            source,
-            id,
-            subject,
-            extensions,
-            data,
-            content_type,
-            broker,
-            structured,
-            file,
-            client,
-        } => {
+        EventCommand::Send { event, client } => {
             let client = Client::new(&client);
-            let id = id.unwrap_or_else(|| {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                format!("{nanos:x}-{}", std::process::id())
-            });
-            let path = if broker == "default" {
+            let path = if event.broker == "default" {
                 "/v1/events".to_string()
             } else {
-                format!("/v1/brokers/{broker}/events")
+                format!("/v1/brokers/{}/events", event.broker)
             };
-            if let Some(file) = file {
-                let spec = if file == "-" {
-                    file.clone()
-                } else {
-                    format!("@{file}")
-                };
-                let bytes = read_data(Some(&spec))?;
-                let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-                let media = if batch {
-                    "application/cloudevents-batch+json"
-                } else {
-                    "application/cloudevents+json"
-                };
-                let request = client
-                    .http
-                    .post(client.url(&path))
-                    .header("content-type", media)
-                    .body(bytes);
-                let answer: serde_json::Value = client.send(request).await?.json().await?;
-                println!("accepted {} event(s) from {file}", answer["accepted"]);
-                return Ok(());
+            let (request, sent) = event_request(&client, &path, event)?;
+            let answer: serde_json::Value = client.send(request).await?.json().await?;
+            match sent {
+                Sent::File(file) => {
+                    println!("accepted {} event(s) from {file}", answer["accepted"])
+                }
+                Sent::One(id) => println!("accepted event {id} ({} accepted)", answer["accepted"]),
             }
-            let (ty, source) = (ty.unwrap_or_default(), source.unwrap_or_default());
-            if structured {
-                let data = read_data(data.as_deref())?;
-                let mut event = serde_json::json!({
-                    "specversion": "1.0",
-                    "id": id,
-                    "type": ty,
-                    "source": source,
-                    "datacontenttype": content_type,
-                });
-                if let Some(subject) = subject {
-                    event["subject"] = subject.into();
-                }
-                for spec in &extensions {
-                    let (k, v) = pair(spec, "--ext")?;
-                    event[k] = v.into();
-                }
-                if !data.is_empty() {
-                    let json = content_type.contains("json");
-                    match serde_json::from_slice::<serde_json::Value>(&data) {
-                        Ok(value) if json => event["data"] = value,
-                        _ => match String::from_utf8(data) {
-                            Ok(text) => event["data"] = text.into(),
-                            Err(bytes) => {
-                                use base64::Engine as _;
-                                event["data_base64"] = base64::engine::general_purpose::STANDARD
-                                    .encode(bytes.into_bytes())
-                                    .into();
-                            }
-                        },
+            Ok(())
+        }
+        EventCommand::Explain { event, client } => {
+            let client = Client::new(&client);
+            let path = format!("/v1/brokers/{}/explain", event.broker);
+            let (request, _) = event_request(&client, &path, event)?;
+            let answer: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&answer, |answer| {
+                for event in answer["events"].as_array().into_iter().flatten() {
+                    let triggers = event["triggers"].as_array().cloned().unwrap_or_default();
+                    let matched = event["matched"].as_array().map_or(0, Vec::len);
+                    println!(
+                        "event {} (type {}, source {}) matches {matched} of {} trigger(s) of broker {}",
+                        event["id"].as_str().unwrap_or_default(),
+                        event["type"].as_str().unwrap_or_default(),
+                        event["source"].as_str().unwrap_or_default(),
+                        triggers.len(),
+                        answer["broker"].as_str().unwrap_or_default(),
+                    );
+                    for trigger in triggers {
+                        let name = trigger["name"].as_str().unwrap_or_default();
+                        match trigger["reason"].as_str() {
+                            None => println!("  match  {name:<24} -> {}", trigger["subscriber"]),
+                            Some(reason) => println!("  miss   {name:<24} {reason}"),
+                        }
                     }
                 }
-                let request = client
-                    .http
-                    .post(client.url(&path))
-                    .header("content-type", "application/cloudevents+json")
-                    .body(event.to_string());
-                let answer: serde_json::Value = client.send(request).await?.json().await?;
-                println!("accepted event {id} ({} accepted)", answer["accepted"]);
-                return Ok(());
-            }
-            let encode = sluice_router::binding::percent_encode;
-            let mut request = client
-                .http
-                .post(client.url(&path))
-                .header("ce-specversion", "1.0")
-                .header("ce-id", encode(&id))
-                .header("ce-type", encode(&ty))
-                .header("ce-source", encode(&source))
-                .header("content-type", content_type);
-            if let Some(subject) = subject {
-                request = request.header("ce-subject", encode(&subject));
-            }
-            for spec in &extensions {
-                let (k, v) = pair(spec, "--ext")?;
-                request = request.header(format!("ce-{k}"), encode(&v));
-            }
-            let answer: serde_json::Value = client
-                .send(request.body(read_data(data.as_deref())?))
-                .await?
-                .json()
-                .await?;
-            println!("accepted event {id} ({} accepted)", answer["accepted"]);
-            Ok(())
+            })
         }
         EventCommand::Watch { broker, client } => {
             let client = Client::new(&client);
@@ -738,6 +671,117 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What [`event_request`] builds a request of.
+enum Sent {
+    /// The events of this file, as they are.
+    File(String),
+    /// One event with this id.
+    One(String),
+}
+
+/// A POST to `path` carrying the event of `sluice event send` or
+/// `explain`: binary mode, structured mode, or a file's event or batch.
+fn event_request(
+    client: &Client,
+    path: &str,
+    event: EventArgs,
+) -> anyhow::Result<(reqwest::RequestBuilder, Sent)> {
+    let EventArgs {
+        ty,
+        source,
+        id,
+        subject,
+        extensions,
+        data,
+        content_type,
+        broker: _,
+        structured,
+        file,
+    } = event;
+    let id = id.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{nanos:x}-{}", std::process::id())
+    });
+    if let Some(file) = file {
+        let spec = if file == "-" {
+            file.clone()
+        } else {
+            format!("@{file}")
+        };
+        let bytes = read_data(Some(&spec))?;
+        let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        let media = if batch {
+            "application/cloudevents-batch+json"
+        } else {
+            "application/cloudevents+json"
+        };
+        let request = client
+            .http
+            .post(client.url(path))
+            .header("content-type", media)
+            .body(bytes);
+        return Ok((request, Sent::File(file)));
+    }
+    let (ty, source) = (ty.unwrap_or_default(), source.unwrap_or_default());
+    if structured {
+        let data = read_data(data.as_deref())?;
+        let mut event = serde_json::json!({
+            "specversion": "1.0",
+            "id": id,
+            "type": ty,
+            "source": source,
+            "datacontenttype": content_type,
+        });
+        if let Some(subject) = subject {
+            event["subject"] = subject.into();
+        }
+        for spec in &extensions {
+            let (k, v) = pair(spec, "--ext")?;
+            event[k] = v.into();
+        }
+        if !data.is_empty() {
+            let json = content_type.contains("json");
+            match serde_json::from_slice::<serde_json::Value>(&data) {
+                Ok(value) if json => event["data"] = value,
+                _ => match String::from_utf8(data) {
+                    Ok(text) => event["data"] = text.into(),
+                    Err(bytes) => {
+                        use base64::Engine as _;
+                        event["data_base64"] = base64::engine::general_purpose::STANDARD
+                            .encode(bytes.into_bytes())
+                            .into();
+                    }
+                },
+            }
+        }
+        let request = client
+            .http
+            .post(client.url(path))
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string());
+        return Ok((request, Sent::One(id)));
+    }
+    let encode = sluice_router::binding::percent_encode;
+    let mut request = client
+        .http
+        .post(client.url(path))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", encode(&id))
+        .header("ce-type", encode(&ty))
+        .header("ce-source", encode(&source))
+        .header("content-type", content_type);
+    if let Some(subject) = subject {
+        request = request.header("ce-subject", encode(&subject));
+    }
+    for spec in &extensions {
+        let (k, v) = pair(spec, "--ext")?;
+        request = request.header(format!("ce-{k}"), encode(&v));
+    }
+    Ok((request.body(read_data(data.as_deref())?), Sent::One(id)))
 }
 
 /// Runs one `sluice deadletter` command.
@@ -1105,6 +1149,7 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
         BrokerCommand::Create {
             name,
             delivery,
+            no_dedupe,
             client,
         } => {
             let client = Client::new(&client);
@@ -1112,6 +1157,9 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
             let mut body = serde_json::json!({"name": name});
             if !delivery.is_empty() {
                 body["delivery"] = delivery.into();
+            }
+            if no_dedupe {
+                body["dedupe"] = false.into();
             }
             let request = client
                 .http
@@ -1381,8 +1429,10 @@ pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
                 .filter(|b| b["stored"] == true)
                 .map(|b| {
                     let mut spec = serde_json::Map::new();
-                    if !b["delivery"].is_null() {
-                        spec.insert("delivery".into(), b["delivery"].clone());
+                    for field in ["delivery", "dedupe"] {
+                        if !b[field].is_null() {
+                            spec.insert(field.into(), b[field].clone());
+                        }
                     }
                     serde_json::json!({"apiVersion": knative, "kind": "Broker",
                         "metadata": {"name": b["name"]}, "spec": spec})

@@ -85,6 +85,7 @@ fn main() -> std::process::ExitCode {
                     public_brokers: args.public_brokers,
                     salvage_journal: args.salvage_journal,
                     public_metrics: args.public_metrics,
+                    dedupe_window: args.dedupe_window,
                     cluster: (!args.nats.is_empty()).then(|| {
                         let mut cluster = sluice_server::ClusterOptions::new(args.nats);
                         cluster.credentials = args.nats_creds;

@@ -603,6 +603,11 @@ mod tests {
         assert!(matches!(need(&post, "/v1/events"), Need::Publish(b) if b == "default"));
         assert!(matches!(need(&post, "/v1/brokers/pay/events"), Need::Publish(b) if b == "pay"));
         assert!(matches!(need(&get, "/v1/events"), Need::Scopes(MANAGE)));
+        // Explain shows trigger definitions: a manager's, not a publisher's.
+        assert!(matches!(
+            need(&post, "/v1/brokers/pay/explain"),
+            Need::Scopes(MANAGE)
+        ));
         assert!(matches!(need(&get, "/v1/functions"), Need::Scopes(MANAGE)));
         assert!(matches!(need(&post, "/v1/tokens"), Need::Scopes(ADMIN)));
         assert!(matches!(

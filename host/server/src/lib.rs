@@ -76,6 +76,8 @@ pub struct ServeOptions {
     /// Cluster mode: run as one of several identical nodes on NATS
     /// JetStream (see docs/cluster.md). `None`: the embedded store only.
     pub cluster: Option<ClusterOptions>,
+    /// How long a client's repeat of an event is a duplicate (zero: off).
+    pub dedupe_window: Duration,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -85,6 +87,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         &options.data_dir,
         &sluice_store::OpenOptions {
             salvage_journal: options.salvage_journal,
+            // In cluster mode JetStream keeps the window.
+            dedupe_window: (!options.dedupe_window.is_zero() && options.cluster.is_none())
+                .then_some(options.dedupe_window),
+            dedupe_max_events: options.server_limits.dedupe_max_events,
         },
     )?;
     let runtime = Arc::new(Runtime::new(&options.limits)?);
@@ -101,6 +107,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         max_hops: options.server_limits.max_event_hops,
         max_pending: options.server_limits.max_pending_deliveries,
         max_pending_per_broker: options.server_limits.max_pending_per_broker,
+        dedupe: !options.dedupe_window.is_zero(),
         ..DispatchLimits::default()
     };
     let invoker = Arc::new(HostInvoker::new(
@@ -133,6 +140,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 Duration::from_secs(server_limits.invocation_retention_secs.max(600));
             cluster.max_invocations = server_limits.max_async_invocations;
             cluster.max_invocation_bytes = server_limits.max_async_invocation_bytes;
+            if !options.dedupe_window.is_zero() {
+                cluster.dedupe_window = options.dedupe_window;
+            }
             let cluster = sluice_store::cluster::Cluster::connect(cluster).await?;
             tracing::info!(nats = %cluster.options().urls.join(","), "cluster mode: state on NATS JetStream");
             Some(cluster)

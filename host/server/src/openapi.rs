@@ -36,7 +36,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     components(schemas(
         Error, ErrorDetail, Function, FunctionSettings, FunctionList, LogPage, LogLine, DeployForm,
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
-        Accepted, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
+        Accepted, Explanation, ExplainedEvent, ExplainedTrigger, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
         Invocation, InvocationAccepted, InvocationSummary, InvocationList, Status, Deleted,
         Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Resource,
         Applied, AppliedResource
@@ -466,7 +466,8 @@ pub struct TriggerStats {
     in_flight: i64,
 }
 
-/// A broker: the default `delivery` of its triggers that set none.
+/// A broker: the default `delivery` of its triggers that set none, and
+/// whether client events are de-duplicated.
 #[derive(ToSchema)]
 pub struct Broker {
     /// DNS label (on `PUT`, taken from the path when absent).
@@ -474,6 +475,11 @@ pub struct Broker {
     /// As a trigger's `delivery`.
     #[schema(value_type = Option<Object>)]
     delivery: Option<serde_json::Value>,
+    /// `false`: every event a client posts is delivered, a repeat of
+    /// (source, id) too (default `true`: a repeat within the
+    /// de-duplication window is answered as a duplicate and not delivered
+    /// again). A Sluice extension.
+    dedupe: Option<bool>,
     /// Read only: how many triggers it has.
     #[schema(read_only)]
     triggers: Option<u64>,
@@ -529,8 +535,49 @@ pub struct TriggerList {
 /// Events accepted: durable before this answer.
 #[derive(ToSchema)]
 pub struct Accepted {
+    /// Events in the request.
     accepted: u64,
     ids: Vec<String>,
+    /// True when every event was a duplicate: a repeat of (broker, source,
+    /// id) accepted within the de-duplication window, not delivered again.
+    duplicate: bool,
+    /// The ids of the events that were duplicates (also a repeat earlier
+    /// in the same batch).
+    duplicates: Vec<String>,
+}
+
+/// What a broker would do with each event posted to `explain`.
+#[derive(ToSchema)]
+pub struct Explanation {
+    broker: String,
+    /// One per event, in the order posted.
+    events: Vec<ExplainedEvent>,
+}
+
+/// What one event would match.
+#[derive(ToSchema)]
+pub struct ExplainedEvent {
+    id: String,
+    source: String,
+    #[schema(rename = "type")]
+    ty: String,
+    /// The names of the triggers it matches: one delivery each.
+    matched: Vec<String>,
+    /// Every trigger of the broker, by name.
+    triggers: Vec<ExplainedTrigger>,
+}
+
+/// One trigger's verdict on an event.
+#[derive(ToSchema)]
+pub struct ExplainedTrigger {
+    name: String,
+    matched: bool,
+    /// `{"function": ...}` or `{"uri": ...}`.
+    subscriber: serde_json::Value,
+    /// For a miss, the first condition that failed, such as
+    /// `filter.attributes.type: wanted "a", got "b"` or
+    /// `filters[0].cesql: evaluated to FALSE`.
+    reason: Option<String>,
 }
 
 /// An event whose delivery failed for good.

@@ -26,7 +26,7 @@ use sluice_store::cluster::{
 };
 use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
 
-use super::{Failure, PublishError, Router, StreamEntry, original_event};
+use super::{Accepted, Failure, PublishError, Router, StreamEntry, original_event};
 use crate::event::CloudEvent;
 use crate::trigger::Trigger;
 
@@ -300,32 +300,41 @@ impl Router {
         broker: &str,
         events: Vec<CloudEvent>,
         from_client: bool,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Accepted, PublishError> {
         let mut accepted = 0;
+        let mut duplicates = Vec::new();
+        // A client's repeat of an event is the same event (CloudEvents:
+        // source and id), within JetStream's duplicate window
+        // (`--dedupe-window`); a reply or a guest's publish is always new,
+        // even when it keeps the id and source of its cause.
+        let dedupe = from_client && self.dedupes(broker);
         for event in events {
             if self.over_hop_limit(broker, &event) {
                 continue;
             }
             let json = event.to_json();
             let seen = link.applied.load(std::sync::atomic::Ordering::Acquire);
-            // A client's retry of an event is the same event (CloudEvents:
-            // source and id); a reply or a guest's publish is always new,
-            // even when it keeps the id and source of its cause.
-            let message_id = if from_client {
+            let message_id = if dedupe {
                 sluice_store::cluster::event_message_id(broker, &event.source, &event.id)
             } else {
                 link.cluster.unique_message_id()
             };
-            link.cluster
+            let published = link
+                .cluster
                 .publish_event(broker, &message_id, json.into(), seen)
                 .await?;
-            accepted += 1;
+            if published.duplicate {
+                duplicates.push(event.id);
+            } else {
+                accepted += 1;
+            }
         }
         self.metrics
             .accepted
             .with_label_values(&[broker])
             .inc_by(accepted);
-        Ok(())
+        self.count_duplicates(broker, &duplicates);
+        Ok(Accepted { duplicates })
     }
 
     async fn fan_out_loop(self: Arc<Self>) {

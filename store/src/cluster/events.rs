@@ -2,7 +2,6 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use super::{Cluster, EVENTS_SUBJECT, PublishFailure};
 use crate::StoreError;
@@ -24,12 +23,8 @@ pub struct Published {
 /// The `Nats-Msg-Id` of an event: a digest of (broker, source, id), each
 /// length-prefixed so no two triples share one.
 pub fn event_message_id(broker: &str, source: &str, id: &str) -> String {
-    let mut hash = Sha256::new();
-    for part in [broker, source, id] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    format!("ev-{}", &hex::encode(hash.finalize())[..32])
+    let digest = crate::triple_digest(broker, source, id);
+    format!("ev-{}", &hex::encode(digest)[..32])
 }
 
 impl Cluster {

@@ -639,7 +639,15 @@ impl Cluster {
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let reason = match tokio::time::timeout(remaining, attempt).await {
-                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Ok(mut ack)) => {
+                    // After an attempt that may have landed, a duplicate
+                    // may be that attempt: not reported as a repeat (the
+                    // message is stored once either way).
+                    if failure.is_some() {
+                        ack.duplicate = false;
+                    }
+                    return Ok(ack);
+                }
                 Ok(Err(e))
                     if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
                 {

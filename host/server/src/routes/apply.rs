@@ -127,10 +127,13 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
         ("eventing.knative.dev/v1", "Broker") => {
             // `config` names a Kubernetes ConfigMap of the broker class:
             // Sluice has none to read, so it is accepted and has no effect.
-            spec_fields(&["delivery", "config"])?;
+            // `dedupe` is a Sluice extension (as in `PUT /v1/brokers/{name}`).
+            spec_fields(&["delivery", "config", "dedupe"])?;
             let mut definition = json!({"name": name});
-            if let Some(delivery) = spec.get("delivery") {
-                definition["delivery"] = delivery.clone();
+            for field in ["delivery", "dedupe"] {
+                if let Some(value) = spec.get(field) {
+                    definition[field] = value.clone();
+                }
             }
             let broker = Broker::parse(&definition, None)
                 .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;

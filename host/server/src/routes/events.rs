@@ -1,7 +1,8 @@
 //! Event ingress: `POST /v1/events` and `POST /v1/brokers/{broker}/events`
 //! answer 202 only once every matching delivery is on disk; a store that
 //! cannot flush, or a backlog at its bound, makes them answer 503, never
-//! 202.
+//! 202. `POST /v1/brokers/{broker}/explain` says what ingress would do with
+//! an event, and does none of it.
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_default_events))
         .routes(routes!(post_broker_events))
+        .routes(routes!(explain_events))
 }
 
 /// Posts CloudEvents (binary, structured or batch mode) to the `default`
@@ -63,13 +65,70 @@ async fn post_broker_events(
     Path(broker): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    if !sluice_store::is_dns_label(&broker) {
-        return Err(ApiError::bad_request(
-            "invalid_broker",
-            format!("{broker:?} is not a broker name (lowercase letters, digits, `-`)"),
-        ));
-    }
+    check_broker_name(&broker)?;
     ingest(&state, &broker, request).await
+}
+
+fn check_broker_name(broker: &str) -> Result<(), ApiError> {
+    if sluice_store::is_dns_label(broker) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "invalid_broker",
+        format!("{broker:?} is not a broker name (lowercase letters, digits, `-`)"),
+    ))
+}
+
+/// Explains what broker `broker` would do with CloudEvents (any mode, as
+/// ingress takes them): for each event, every trigger of the broker, by
+/// name, matched or not, and for a miss the first condition that failed.
+/// Nothing is stored or delivered.
+#[utoipa::path(post, path = "/v1/brokers/{broker}/explain", tag = "events",
+params(("broker" = String, Path, description = "Broker name")),
+    request_body(description = "CloudEvents as `POST /v1/brokers/{broker}/events` takes them",
+        content((crate::openapi::CloudEvent = "application/cloudevents+json"),
+            (Vec<crate::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+            (crate::openapi::AnyBody = "*/*"))),
+    responses(
+        (status = 200, description = "What each event would match", body = crate::openapi::Explanation),
+        (status = 400, description = "Not a valid CloudEvent (the code names the rule)", body = crate::openapi::Error),
+        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error)))]
+async fn explain_events(
+    State(state): State<AppState>,
+    Path(broker): Path<String>,
+    request: Request,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_broker_name(&broker)?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.limits.max_event_bytes).await?;
+    let events = binding::parse_request(&parts.headers, &body)?;
+    let explained: Vec<serde_json::Value> = events
+        .iter()
+        .map(|event| {
+            let mut matched = Vec::new();
+            let mut triggers = Vec::new();
+            for (trigger, why) in state.router.explain(&broker, event) {
+                let mut entry = json!({
+                    "name": trigger.name,
+                    "matched": why.is_none(),
+                    "subscriber": trigger.subscriber.to_json(),
+                });
+                match why {
+                    None => matched.push(trigger.name.clone()),
+                    Some(reason) => entry["reason"] = reason.into(),
+                }
+                triggers.push(entry);
+            }
+            json!({
+                "id": event.id,
+                "source": event.source,
+                "type": event.ty,
+                "matched": matched,
+                "triggers": triggers,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"broker": broker, "events": explained})))
 }
 
 /// Reads, validates and durably accepts the events of one request; a
@@ -92,7 +151,7 @@ async fn ingest_checked(
     let body = read_body(&parts.headers, body, limit).await?;
     let events = binding::parse_request(&parts.headers, &body)?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    state.router.accept(broker, events).await.map_err(|error| {
+    let accepted = state.router.accept(broker, events).await.map_err(|error| {
         if error.is_too_many() {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,9 +185,15 @@ async fn ingest_checked(
             }
         }
     })?;
+    let duplicate = !ids.is_empty() && accepted.duplicates.len() == ids.len();
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({"accepted": ids.len(), "ids": ids})),
+        axum::Json(json!({
+            "accepted": ids.len(),
+            "ids": ids,
+            "duplicate": duplicate,
+            "duplicates": accepted.duplicates,
+        })),
     )
         .into_response())
 }
