@@ -1120,19 +1120,39 @@ impl Router {
             shared,
             written: false,
         };
+        let mut claim = claim;
         let keyed = claim.as_ref().is_some_and(|c| !c.keys().is_empty());
         if !tail.records.is_empty() || keyed {
             let synced = self
                 .store
                 .put_deliveries_keyed(&tail.records, claim.as_ref())?;
             // In the journal from here: if the client hangs up while they
-            // are synced, they are still delivered (at least once).
+            // are synced, they are still delivered (at least once), so
+            // their keys are committed then too (a retry of them is a
+            // duplicate): the wait runs on a task of its own.
             tail.written = true;
-            if let Err(error) = synced.await {
+            let claim = claim.take();
+            let synced = tokio::spawn(async move {
+                let result = synced.await;
+                if result.is_ok()
+                    && let Some(claim) = claim
+                {
+                    claim.commit();
+                }
+                result
+            })
+            .await
+            .unwrap_or_else(|error| {
+                Err(StoreError::Conflict(format!(
+                    "waiting for the delivery journal: {error}"
+                )))
+            });
+            if let Err(error) = synced {
                 tail.written = false;
                 return Err(error.into());
             }
         }
+        // Nothing to write (every event a duplicate): nothing new to keep.
         if let Some(claim) = claim {
             claim.commit();
         }

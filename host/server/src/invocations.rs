@@ -427,9 +427,13 @@ async fn enqueue_clustered(cluster: &Cluster, record: &Record) -> Result<(), Api
     failed.status = Status::Failed;
     failed.response = Some(
         stored_error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            error.status,
             "not_queued",
-            "the invocation was answered 503 and not run",
+            format!(
+                "the invocation was answered {} ({}) and not run",
+                error.status.as_u16(),
+                error.code
+            ),
         ))
         .await,
     );

@@ -81,7 +81,7 @@ macro_rules! server_limits {
             /// How long the result of an asynchronous invocation is kept, in seconds.
             invocation_retention_secs: u64 = 3_600, "invocation-retention-secs";
             /// De-duplication keys (broker, source, id) the window holds at most
-            /// (about 56 bytes each in memory; embedded mode): past it the oldest
+            /// (about 77 bytes each in memory; embedded mode): past it the oldest
             /// are forgotten before their time (`sluice_dedupe_evicted_total`).
             /// Defends the host's memory against a flood of distinct events.
             dedupe_max_events: usize = 1_000_000, "dedupe-max-events";

@@ -151,15 +151,19 @@ impl Cluster {
             let deliveries = layout.deliveries.get_info().await?;
             let mut backlog = Backlog::default();
             // No consumer yet (no node pulled): nothing fanned out or held.
-            if let Ok(fanout) = layout.events.consumer_info(FANOUT_CONSUMER).await {
+            // Any other failure is the answer's: a backlog read in part
+            // would look smaller than it is.
+            if let Some(fanout) =
+                unless_missing(layout.events.consumer_info(FANOUT_CONSUMER).await)?
+            {
                 backlog.events_to_fan_out = fanout.num_pending + fanout.num_ack_pending as u64;
             }
             for shard in 0..SHARDS {
-                if let Ok(info) = layout
+                let info = layout
                     .deliveries
                     .consumer_info(format!("sluice_dispatch_{shard}"))
-                    .await
-                {
+                    .await;
+                if let Some(info) = unless_missing(info)? {
                     backlog.deliveries_waiting += info.num_pending;
                     backlog.deliveries_held += info.num_ack_pending as u64;
                 }
@@ -177,5 +181,22 @@ impl Cluster {
             Ok(Err(error)) => unhealthy(format!("reading stream state: {error}")),
             Err(_) => unhealthy("JetStream did not answer in time".to_owned()),
         }
+    }
+}
+
+/// A consumer's info; `None` if the consumer does not exist (yet).
+fn unless_missing<T, E: std::error::Error + Send + Sync + 'static>(
+    result: Result<T, E>,
+) -> Result<Option<T>, Box<dyn std::error::Error + Send + Sync>> {
+    match result {
+        Ok(info) => Ok(Some(info)),
+        // JetStream's "consumer not found".
+        Err(error)
+            if super::jetstream_code(&error) == Some(10014)
+                || error.to_string().contains("consumer not found") =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(Box::new(error)),
     }
 }
