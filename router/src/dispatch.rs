@@ -1158,8 +1158,8 @@ impl Router {
         }
         if let Some(window) = &window {
             self.metrics.dedupe_keys.set(window.len() as i64);
-            let evicted = self.metrics.dedupe_evicted.with_label_values::<&str>(&[]);
-            evicted.inc_by(window.evicted().saturating_sub(evicted.get()));
+            (self.metrics.dedupe_evicted.with_label_values::<&str>(&[]))
+                .inc_by(window.take_evicted());
         }
         for entry in seen {
             let _ = self.stream.send(entry);
@@ -1847,10 +1847,11 @@ impl Router {
         self.triggers.read().unwrap().get(name).cloned()
     }
 
-    /// What ingress would do with `event` in `broker`, storing and
-    /// delivering nothing: each of the broker's triggers, by name, with
-    /// `None` if the event matches it, else the first condition that
-    /// failed (see [`Trigger::why_not`]).
+    /// Which of `broker`'s triggers `event` would match, storing and
+    /// delivering nothing: each of them, by name, with `None` if the event
+    /// matches it, else the first condition that failed (see
+    /// [`Trigger::why_not`]). Whether it would be a duplicate or past the
+    /// hop limit is not said.
     pub fn explain(&self, broker: &str, event: &CloudEvent) -> Vec<(Arc<Trigger>, Option<String>)> {
         let triggers: Vec<Arc<Trigger>> = (self.triggers.read().unwrap().values())
             .filter(|t| t.broker == broker)

@@ -38,7 +38,13 @@
 //!   last segment a crash left, which may hold unsynced frames);
 //! - the directory itself: `fsync` of its parent after creating it;
 //! - deleted segments: `fsync` of the directory after deleting each one,
-//!   so a deleted segment never comes back without the segment after it.
+//!   so a deleted segment never comes back without the segment after it;
+//! - de-duplication keys (`window.rs`): a keys frame follows the put frames
+//!   of its events in the same write, so any prefix a crash keeps that
+//!   holds a key holds its event; the same frames reach the window's files
+//!   only after the journal sync that made them durable, and those files are
+//!   synced before any segment is deleted (the power-cut test of keys fails
+//!   without either order).
 //!
 //! After a failed write or sync the journal writes nothing more and refuses
 //! every put (the file may end in a partial frame; a second sync after a
@@ -385,12 +391,17 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreE
 
 /// Segments in `dir`, in order.
 fn segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
+    numbered(disk, dir, ".log")
+}
+
+/// The numbers of the files `NNN<suffix>` in `dir`, in order.
+pub(crate) fn numbered(disk: &dyn Disk, dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let names = disk
         .list(dir)
         .map_err(io_error(format!("listing {}", dir.display())))?;
     let mut seqs: Vec<u64> = names
         .iter()
-        .filter_map(|n| n.strip_suffix(".log")?.parse::<u64>().ok())
+        .filter_map(|n| n.strip_suffix(suffix)?.parse::<u64>().ok())
         .collect();
     seqs.sort_unstable();
     Ok(seqs)
@@ -773,7 +784,7 @@ impl Journal {
         let (window, archive) = match config.dedupe_window {
             None => (None, None),
             Some(duration) => {
-                let (mut all, old) = read_archive(&*disk, dir, |data| {
+                let (mut all, old) = read_archive(&*disk, dir, config.dedupe_max_events, |data| {
                     let (frames, bad) = decode(data);
                     let keys = frames
                         .into_iter()
@@ -787,16 +798,19 @@ impl Journal {
                 })?;
                 all.extend(keys);
                 let now = crate::window::now_ms();
-                let window_ms = duration.as_millis() as u64;
+                let window_ms = crate::window::millis(duration);
                 let mut first: HashMap<DedupeKey, u64> = HashMap::with_capacity(all.len());
                 for (key, at) in all {
-                    if at + window_ms > now {
+                    if at.saturating_add(window_ms) > now {
                         let seen = first.entry(key).or_insert(at);
                         *seen = (*seen).min(at);
                     }
                 }
                 let mut kept: Vec<(DedupeKey, u64)> = first.into_iter().collect();
                 kept.sort_by_key(|&(key, at)| (at, key));
+                // The newest the window holds; the rest would be evicted.
+                let over = kept.len().saturating_sub(config.dedupe_max_events);
+                kept.drain(..over);
                 let mut bytes = Vec::new();
                 for run in kept.chunk_by(|a, b| a.1 == b.1) {
                     let keys: Vec<DedupeKey> = run.iter().map(|(k, _)| *k).collect();
@@ -892,13 +906,16 @@ impl Journal {
         if let Some(error) = &state.error {
             return Err(failed(error));
         }
+        self.shared.append_puts(&mut state, frames);
+        // The keys after the events they stand for: whatever prefix of the
+        // file a crash keeps, a key in it has its event before it (a key
+        // without its event would make the client's retry a "duplicate" of
+        // an event that was lost).
         if !keyed.is_empty() {
-            self.shared.flush_done(&mut state);
             state.archive.extend_from_slice(&keyed);
             state.archive_newest = state.archive_newest.max(at_ms);
             self.shared.append(&mut state, keyed);
         }
-        self.shared.append_puts(&mut state, frames);
         let receiver = durable.then(|| {
             let (tx, rx) = oneshot::channel();
             state.waiters.push(tx);
@@ -1148,8 +1165,17 @@ impl Shared {
             }
             self.flush_done(&mut state);
             let chunks = std::mem::take(&mut state.chunks);
-            let keyed = std::mem::take(&mut state.archive);
-            let newest = std::mem::take(&mut state.archive_newest);
+            // Keys go to the window's files only once the journal holding
+            // their events is synced (by this write): an unsynced write of
+            // them there could outlive the events in a power cut.
+            let (keyed, newest) = if sync {
+                (
+                    std::mem::take(&mut state.archive),
+                    std::mem::take(&mut state.archive_newest),
+                )
+            } else {
+                (Vec::new(), 0)
+            };
             if sync {
                 state.unsynced = false;
             } else if !chunks.is_empty() {
@@ -1173,7 +1199,7 @@ impl Shared {
             }
         });
         // The same keys into the window's files, unsynced: the journal has
-        // them until the segment goes, and `collect` syncs these first.
+        // them until their segment goes, and `collect` syncs these first.
         let result = result.and_then(|()| match self.archive.lock().unwrap().as_mut() {
             Some(archive) => archive.append(&keyed, newest),
             None => Ok(()),
@@ -1868,6 +1894,80 @@ mod tests {
         let off = open_sim(&disk, Config::default()).unwrap();
         assert!(off.window().is_none());
         off.put_keyed(&[], &[[5; 16]], now, false).unwrap();
+    }
+
+    /// Power cuts at random moments while keyed events are put (synced
+    /// and not, with reads that write without syncing, and ends that let
+    /// segments go): after each, every key in the window has its event
+    /// pending or ended after it was acknowledged, and every acknowledged
+    /// key is in the window.
+    #[test]
+    fn power_cuts_never_keep_a_key_without_its_event() {
+        let key_of = |id: u64| {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&id.to_le_bytes());
+            key
+        };
+        let config = Config {
+            segment_bytes: 2048,
+            max_sealed: 2,
+            idle_write: Duration::from_millis(1),
+            dedupe_window: Some(Duration::from_secs(600)),
+            ..Config::default()
+        };
+        for seed in 0..150 {
+            let mut rng = Rng(seed);
+            let disk = sim();
+            let journal = open_sim(&disk, config.clone()).unwrap();
+            let now = crate::window::now_ms();
+            let (mut acked, mut ended) = (HashSet::new(), HashSet::new());
+            disk.power_off_after(50 + rng.below(400));
+            for id in 1..400u64 {
+                if disk.is_off() {
+                    break;
+                }
+                let durable = rng.chance(2);
+                let event = format!(r#"{{"n":{id},"pad":"{}"}}"#, "p".repeat(60));
+                let Ok(rx) = journal.put_keyed(&[record(id, &event)], &[key_of(id)], now, durable)
+                else {
+                    break;
+                };
+                if let Some(rx) = rx {
+                    match rx.blocking_recv() {
+                        Ok(Ok(())) => {
+                            acked.insert(id);
+                            if rng.chance(2) && journal.done(&[id]).is_ok() {
+                                ended.insert(id);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                if rng.chance(5) {
+                    let _ = journal.pending();
+                }
+            }
+            disk.power_off_now();
+            let image = disk.image().after_power_cut(&mut rng);
+            drop(journal);
+            let reopened = open_sim(&image, config.clone()).unwrap();
+            let pending: HashSet<u64> = ids(&reopened.pending().unwrap()).into_iter().collect();
+            let window: HashSet<u64> = (reopened.window().unwrap().snapshot().into_iter())
+                .map(|(key, _)| u64::from_le_bytes(key[..8].try_into().unwrap()))
+                .collect();
+            for id in &window {
+                assert!(
+                    pending.contains(id) || ended.contains(id),
+                    "seed {seed}: key {id} is in the window without its event"
+                );
+            }
+            for id in &acked {
+                assert!(
+                    window.contains(id),
+                    "seed {seed}: acknowledged key {id} lost"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -55,6 +55,11 @@ pub fn dedupe_key(broker: &str, source: &str, id: &str) -> DedupeKey {
     digest[..16].try_into().expect("16 of 32 bytes")
 }
 
+/// `duration` in milliseconds (at most `u64::MAX`).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -128,7 +133,7 @@ impl Window {
         now_ms: u64,
     ) -> Window {
         let window = Window {
-            window_ms: window.as_millis() as u64,
+            window_ms: millis(window),
             max: max.max(1),
             inner: Mutex::default(),
             evicted: AtomicU64::new(0),
@@ -137,7 +142,7 @@ impl Window {
         {
             let mut inner = window.inner.lock().unwrap();
             for (key, at) in recovered {
-                if at + window.window_ms > now_ms {
+                if at.saturating_add(window.window_ms) > now_ms {
                     window.remember(&mut inner, key, at);
                 }
             }
@@ -160,9 +165,10 @@ impl Window {
         self.len() == 0
     }
 
-    /// Keys forgotten before their time because the window was full.
-    pub fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
+    /// Keys forgotten before their time because the window was full,
+    /// since the last call (so concurrent callers count each once).
+    pub fn take_evicted(&self) -> u64 {
+        self.evicted.swap(0, Ordering::Relaxed)
     }
 
     /// The keys in the window, oldest first (for tests).
@@ -193,7 +199,7 @@ impl Window {
 
     fn expire(&self, inner: &mut Inner, now_ms: u64) {
         while let Some(&(at, key)) = inner.order.front() {
-            if at + self.window_ms > now_ms {
+            if at.saturating_add(self.window_ms) > now_ms {
                 break;
             }
             inner.order.pop_front();
@@ -318,6 +324,18 @@ fn archive_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.keys"))
 }
 
+/// Deletes `path` (already gone is fine).
+fn remove(disk: &dyn Disk, path: &Path) -> Result<()> {
+    match disk.remove(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            context: format!("deleting {}", path.display()),
+            source,
+        }),
+    }
+}
+
 fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
@@ -325,23 +343,22 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
 /// Keys and the times they were accepted.
 pub(crate) type Keys = Vec<(DedupeKey, u64)>;
 
-/// The keys of the window files in `dir` (a damaged frame ends a file's
-/// keys: the window is weaker, nothing is refused) and the files' numbers.
+/// The keys of the window files in `dir`, newest file first, until `max`
+/// keys are read (older files' keys would be forgotten anyway), and every
+/// file's number. A damaged frame ends a file's keys: the window is weaker,
+/// nothing is refused.
 pub(crate) fn read_archive(
     disk: &dyn Disk,
     dir: &Path,
+    max: usize,
     decode: impl Fn(&[u8]) -> (Keys, Option<String>),
 ) -> Result<(Keys, Vec<u64>)> {
-    let names = disk
-        .list(dir)
-        .map_err(io_error(format!("listing {}", dir.display())))?;
-    let mut seqs: Vec<u64> = names
-        .iter()
-        .filter_map(|n| n.strip_suffix(".keys")?.parse::<u64>().ok())
-        .collect();
-    seqs.sort_unstable();
+    let seqs = crate::journal::numbered(disk, dir, ".keys")?;
     let mut keys = Vec::new();
-    for &seq in &seqs {
+    for &seq in seqs.iter().rev() {
+        if keys.len() >= max {
+            break;
+        }
         let path = archive_path(dir, seq);
         let data = match disk.read(&path) {
             Ok(data) => data,
@@ -386,23 +403,14 @@ impl Archive {
             .map_err(io_error(format!("syncing {}", dir.display())))?;
         for &seq in old {
             let path = archive_path(dir, seq);
-            match disk.remove(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        context: format!("deleting {}", path.display()),
-                        source,
-                    });
-                }
-            }
+            remove(&*disk, &path)?;
         }
         disk.sync_dir(dir)
             .map_err(io_error(format!("syncing {}", dir.display())))?;
         Ok(Archive {
             disk,
             dir: dir.to_path_buf(),
-            window_ms: window.as_millis() as u64,
+            window_ms: millis(window),
             sealed: BTreeMap::new(),
             current,
             seq,
@@ -420,7 +428,8 @@ impl Archive {
             return Ok(());
         }
         let now = now_ms();
-        if now.saturating_sub(self.started_ms) >= (self.window_ms / 4).max(1) {
+        // A new file each quarter window, at most one a second.
+        if now.saturating_sub(self.started_ms) >= (self.window_ms / 4).max(1000) {
             self.sync()?;
             let seq = self.seq + 1;
             let path = archive_path(&self.dir, seq);
@@ -462,21 +471,12 @@ impl Archive {
     pub(crate) fn expire(&mut self) -> Result<()> {
         let now = now_ms();
         let spent: Vec<u64> = (self.sealed.iter())
-            .filter(|&(_, &newest)| newest + self.window_ms <= now)
+            .filter(|&(_, &newest)| newest.saturating_add(self.window_ms) <= now)
             .map(|(&seq, _)| seq)
             .collect();
         for seq in spent {
             let path = archive_path(&self.dir, seq);
-            match self.disk.remove(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        context: format!("deleting {}", path.display()),
-                        source,
-                    });
-                }
-            }
+            remove(&*self.disk, &path)?;
             self.sealed.remove(&seq);
         }
         Ok(())
@@ -563,7 +563,8 @@ mod tests {
             window.claim(&[key(n)]).await.commit();
         }
         assert_eq!(window.len(), 3);
-        assert_eq!(window.evicted(), 2);
+        assert_eq!(window.take_evicted(), 2);
+        assert_eq!(window.take_evicted(), 0, "counted once");
         assert_eq!(window.claim(&[key(0)]).await.new, [true]);
         assert_eq!(window.claim(&[key(4)]).await.new, [false]);
     }
