@@ -380,6 +380,32 @@ fn salvageable(data: &[u8]) -> (Vec<u8>, Vec<(usize, usize)>) {
     (kept, skipped)
 }
 
+/// The keys in a window file's frames: past a damaged frame, from the next
+/// valid one on (a torn tail or a flipped bit costs only the keys in it),
+/// with what was skipped.
+fn archived_keys(data: &[u8]) -> (Vec<(DedupeKey, u64)>, Option<String>) {
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        match read_frame(data, at) {
+            Ok((entry, len)) => {
+                if let Entry::Keys(found) = entry {
+                    keys.extend(found);
+                }
+                at += len;
+            }
+            Err(why) => {
+                let next = valid_frame_after(data, at).unwrap_or(data.len());
+                skipped.push(format!("bytes {at}..{next} ({why})"));
+                at = next;
+            }
+        }
+    }
+    let skipped = (!skipped.is_empty()).then(|| skipped.join(", "));
+    (keys, skipped)
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.log"))
 }
@@ -784,18 +810,8 @@ impl Journal {
         let (window, archive) = match config.dedupe_window {
             None => (None, None),
             Some(duration) => {
-                let (mut all, old) = read_archive(&*disk, dir, config.dedupe_max_events, |data| {
-                    let (frames, bad) = decode(data);
-                    let keys = frames
-                        .into_iter()
-                        .filter_map(|f| match f.entry {
-                            Entry::Keys(keys) => Some(keys),
-                            _ => None,
-                        })
-                        .flatten()
-                        .collect();
-                    (keys, bad.map(|(at, why)| format!("at byte {at}: {why}")))
-                })?;
+                let (mut all, old) =
+                    read_archive(&*disk, dir, config.dedupe_max_events, archived_keys)?;
                 all.extend(keys);
                 let now = crate::window::now_ms();
                 let window_ms = crate::window::millis(duration);
@@ -1894,6 +1910,51 @@ mod tests {
         let off = open_sim(&disk, Config::default()).unwrap();
         assert!(off.window().is_none());
         off.put_keyed(&[], &[[5; 16]], now, false).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_window_file_costs_only_the_keys_in_the_damaged_frame() {
+        let disk = sim();
+        let config = Config {
+            segment_bytes: 16 << 10,
+            dedupe_window: Some(Duration::from_secs(60)),
+            ..Config::default()
+        };
+        let now = crate::window::now_ms();
+        let journal = open_sim(&disk, config.clone()).unwrap();
+        for n in 0..3u8 {
+            let rx = journal.put_keyed(&[], &[[n; 16]], now - u64::from(n), true);
+            rx.unwrap().unwrap().await.unwrap().unwrap();
+        }
+        // The segments holding the keys go: the window's file has them.
+        let first = sim_segments(&disk)[0];
+        let big = format!(r#"{{"data":"{}"}}"#, "y".repeat(4 << 10));
+        for id in 10.. {
+            let rx = journal.put(&[record(id, &big)], true).unwrap().unwrap();
+            rx.await.unwrap().unwrap();
+            journal.done(&[id]).unwrap();
+            if sim_segments(&disk)[0] != first {
+                break;
+            }
+        }
+        drop(journal);
+        // Reopened, the window is one file, a frame per time, oldest first.
+        drop(open_sim(&disk, config.clone()).unwrap());
+        let files = numbered(&disk, Path::new(DIR), ".keys").unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let path = Path::new(DIR).join(format!("{:020}.keys", files[0]));
+        let mut bytes = disk.contents(&path).unwrap();
+        assert_eq!(bytes.len(), 3 * (HEADER + 1 + crate::window::KEY_BYTES));
+        bytes[HEADER + 5] ^= 0xff;
+        disk.set_contents(&path, bytes);
+        let journal = open_sim(&disk, config).unwrap();
+        let mut keys = journal.window().unwrap().snapshot();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [([0; 16], now), ([1; 16], now - 1)],
+            "the oldest frame was damaged"
+        );
     }
 
     /// Power cuts at random moments while keyed events are put (synced

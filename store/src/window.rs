@@ -345,8 +345,8 @@ pub(crate) type Keys = Vec<(DedupeKey, u64)>;
 
 /// The keys of the window files in `dir`, newest file first, until `max`
 /// keys are read (older files' keys would be forgotten anyway), and every
-/// file's number. A damaged frame ends a file's keys: the window is weaker,
-/// nothing is refused.
+/// file's number. `decode` gives a file's keys and what it skipped as
+/// damaged: the window is weaker, nothing is refused.
 pub(crate) fn read_archive(
     disk: &dyn Disk,
     dir: &Path,
@@ -372,7 +372,7 @@ pub(crate) fn read_archive(
         };
         let (found, bad) = decode(&data);
         if let Some(why) = bad {
-            tracing::warn!(path = %path.display(), %why, "a de-duplication window file ends early; the keys after it are forgotten");
+            tracing::warn!(path = %path.display(), skipped = %why, "a de-duplication window file is damaged; the keys in the damaged bytes are forgotten");
         }
         keys.extend(found);
     }
