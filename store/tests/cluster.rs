@@ -639,3 +639,45 @@ async fn a_full_events_stream_refuses_with_the_reason_and_keeps_what_it_has() {
     );
     assert_eq!(cluster.event_count().await.unwrap(), stored);
 }
+
+/// A node started with another invocation retention or de-duplication
+/// window brings the existing bucket's age limit and the events stream's
+/// duplicate window to its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_layout_takes_a_later_nodes_retention_and_dedupe_window() {
+    let nats = Nats::single();
+    let started = |retention: u64, window: u64| {
+        let urls = nats.urls();
+        async move {
+            let mut options = ClusterOptions::new(urls);
+            options.invocation_retention = Duration::from_secs(retention);
+            options.dedupe_window = Duration::from_secs(window);
+            options.request_timeout = Duration::from_secs(3);
+            let cluster = Cluster::connect(options).await.unwrap();
+            cluster.wait_ready(PATIENCE).await.unwrap();
+            cluster
+        }
+    };
+    let read = || {
+        let url = nats.urls()[0].clone();
+        async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut kv = js.get_stream("KV_sluice_invocations").await.unwrap();
+            let max_age = kv.info().await.unwrap().config.max_age;
+            let mut events = js.get_stream("SLUICE_EVENTS").await.unwrap();
+            let window = events.info().await.unwrap().config.duplicate_window;
+            (max_age, window)
+        }
+    };
+    drop(started(600, 600).await);
+    assert_eq!(
+        read().await,
+        (Duration::from_secs(600), Duration::from_secs(600))
+    );
+    drop(started(1800, 60).await);
+    assert_eq!(
+        read().await,
+        (Duration::from_secs(1800), Duration::from_secs(60))
+    );
+}

@@ -472,19 +472,27 @@ impl Cluster {
         };
         let mut buckets = Vec::new();
         for bucket in Bucket::ALL {
+            // A lease lapses unless its node renews it; an invocation's
+            // record once its retention passed.
+            let max_age = match bucket {
+                Bucket::Nodes => LEASE_TTL,
+                Bucket::Invocations => options.invocation_retention,
+                _ => Duration::ZERO,
+            };
             let kv = match js.get_key_value(bucket.name()).await {
-                Ok(kv) => kv,
+                Ok(kv) => {
+                    // Made by an older build or with another retention:
+                    // the age limit becomes this node's.
+                    if !max_age.is_zero() {
+                        align_max_age(js, bucket.name(), max_age).await?;
+                    }
+                    kv
+                }
                 Err(_) => js
                     .create_key_value(kv::Config {
                         bucket: bucket.name().to_owned(),
                         history: 1,
-                        // A lease lapses unless its node renews it; an
-                        // invocation's record once its retention passed.
-                        max_age: match bucket {
-                            Bucket::Nodes => LEASE_TTL,
-                            Bucket::Invocations => options.invocation_retention,
-                            _ => Duration::ZERO,
-                        },
+                        max_age,
                         storage: stream::StorageType::File,
                         num_replicas: replicas,
                         ..Default::default()
@@ -516,6 +524,34 @@ impl Cluster {
             replicas,
         })
     }
+}
+
+/// Sets the `max_age` of key-value bucket `bucket`'s stream to `max_age`
+/// if it has another (with its duplicate window, which may not exceed it).
+async fn align_max_age(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<(), String> {
+    let name = format!("KV_{bucket}");
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| format!("reading stream {name}: {e}"))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| format!("reading stream {name}: {e}"))?
+        .config
+        .clone();
+    if config.max_age != max_age {
+        config.max_age = max_age;
+        config.duplicate_window = config.duplicate_window.min(max_age);
+        js.update_stream(&config)
+            .await
+            .map_err(|e| format!("updating stream {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Creates `config`'s stream, or updates an existing one to it (another
