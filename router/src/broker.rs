@@ -54,9 +54,7 @@ impl Broker {
         if let Some(delivery) = &self.delivery {
             view["delivery"] = delivery.to_json();
         }
-        if !self.dedupe {
-            view["dedupe"] = false.into();
-        }
+        view["dedupe"] = self.dedupe.into();
         view
     }
 }

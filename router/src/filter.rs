@@ -186,6 +186,14 @@ impl Filter {
             Filter::Data(affix, data_path, value) => {
                 let field = format!("{path}.{}.{}", affix.dialect(), data_path.text());
                 let Some(data) = event.data_json() else {
+                    let empty = match &event.data {
+                        None => true,
+                        Some(crate::event::Data::Binary(bytes)) => bytes.is_empty(),
+                        Some(crate::event::Data::Json(_)) => false,
+                    };
+                    if empty {
+                        return Some(format!("{field}: the event has no data"));
+                    }
                     return Some(format!("{field}: the event's data is not JSON"));
                 };
                 let Some(found) = data_path.lookup(data) else {

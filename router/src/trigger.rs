@@ -592,6 +592,13 @@ mod tests {
             trigger.why_not(&binary).as_deref(),
             Some("filters[0].exact.$.a: the event's data is not JSON")
         );
+        let bare =
+            CloudEvent::from_json(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#)
+                .unwrap();
+        assert_eq!(
+            trigger.why_not(&bare).as_deref(),
+            Some("filters[0].exact.$.a: the event has no data")
+        );
     }
 
     #[test]

@@ -1121,17 +1121,18 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
             let client = Client::new(&client);
             let list = client.get("/v1/brokers").await?;
             client.show(&list, |list| {
-                println!("{:<32} {:>8}  {:<7} DELIVERY", "NAME", "TRIGGERS", "STORED");
+                println!(
+                    "{:<32} {:>8}  {:<7} {:<7} DELIVERY",
+                    "NAME", "TRIGGERS", "STORED", "DEDUPE"
+                );
                 for broker in list["brokers"].as_array().cloned().unwrap_or_default() {
+                    let yes = |value: &serde_json::Value| if *value == true { "yes" } else { "no" };
                     println!(
-                        "{:<32} {:>8}  {:<7} {}",
+                        "{:<32} {:>8}  {:<7} {:<7} {}",
                         plain(&broker["name"]),
                         plain(&broker["triggers"]),
-                        if broker["stored"] == true {
-                            "yes"
-                        } else {
-                            "no"
-                        },
+                        yes(&broker["stored"]),
+                        yes(&broker["dedupe"]),
                         if broker["delivery"].is_null() {
                             "-".to_string()
                         } else {

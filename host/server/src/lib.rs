@@ -82,6 +82,11 @@ pub struct ServeOptions {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    if options.server_limits.dedupe_max_events == 0 && !options.dedupe_window.is_zero() {
+        anyhow::bail!(
+            "--dedupe-max-events must be at least 1 (to turn de-duplication off, use --dedupe-window 0s)"
+        );
+    }
     private_files();
     let store = Store::open_with(
         &options.data_dir,

@@ -27,7 +27,7 @@ pub(crate) fn all(state: &AppState) -> BTreeMap<String, Value> {
     let mut brokers: BTreeMap<String, Value> = BTreeMap::new();
     brokers.insert(
         sluice_router::trigger::DEFAULT_BROKER.to_string(),
-        json!({"name": sluice_router::trigger::DEFAULT_BROKER, "stored": false}),
+        json!({"name": sluice_router::trigger::DEFAULT_BROKER, "stored": false, "dedupe": true}),
     );
     for broker in state.router.brokers() {
         let mut view = broker.to_json();
@@ -37,7 +37,7 @@ pub(crate) fn all(state: &AppState) -> BTreeMap<String, Value> {
     for trigger in state.router.triggers() {
         let view = brokers
             .entry(trigger.broker.clone())
-            .or_insert_with(|| json!({"name": trigger.broker, "stored": false}));
+            .or_insert_with(|| json!({"name": trigger.broker, "stored": false, "dedupe": true}));
         view["triggers"] = json!(view["triggers"].as_u64().unwrap_or(0) + 1);
     }
     for view in brokers.values_mut() {
@@ -98,8 +98,12 @@ async fn put_broker(
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let broker = Broker::parse(&json_body(request).await?, Some(&name))
-        .map_err(|error| ApiError::bad_request("invalid_broker", error.to_string()))?;
+    let broker = Broker::parse(&json_body(request).await?, Some(&name)).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_broker",
+            format!("invalid broker at {}: {}", error.path, error.reason),
+        )
+    })?;
     let replaced = state.router.put_broker(broker).await?;
     let status = if replaced {
         StatusCode::OK
