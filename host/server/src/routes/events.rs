@@ -92,7 +92,8 @@ params(("broker" = String, Path, description = "Broker name")),
     responses(
         (status = 200, description = "What each event would match", body = crate::openapi::Explanation),
         (status = 400, description = "Not a valid CloudEvent (the code names the rule)", body = crate::openapi::Error),
-        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error)))]
+        (status = 413, description = "Body past `--max-event-bytes`", body = crate::openapi::Error),
+        crate::openapi::AuthErrors))]
 async fn explain_events(
     State(state): State<AppState>,
     Path(broker): Path<String>,
