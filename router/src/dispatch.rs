@@ -1036,7 +1036,7 @@ impl Router {
             .then(|| self.store.dedupe().cloned())
             .flatten();
         let mut duplicate = vec![false; events.len()];
-        let claim = match &window {
+        let mut claim = match &window {
             None => None,
             Some(window) => {
                 let keys: Vec<sluice_store::DedupeKey> = (events.iter())
@@ -1120,7 +1120,6 @@ impl Router {
             shared,
             written: false,
         };
-        let mut claim = claim;
         let keyed = claim.as_ref().is_some_and(|c| !c.keys().is_empty());
         if !tail.records.is_empty() || keyed {
             let synced = self

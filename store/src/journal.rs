@@ -420,6 +420,18 @@ fn segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
     numbered(disk, dir, ".log")
 }
 
+/// The whole of `path`; `None` if it does not exist (deleted meanwhile).
+pub(crate) fn read_if_present(disk: &dyn Disk, path: &Path) -> Result<Option<Vec<u8>>> {
+    match disk.read(path) {
+        Ok(data) => Ok(Some(data)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
 /// The numbers of the files `NNN<suffix>` in `dir`, in order.
 pub(crate) fn numbered(disk: &dyn Disk, dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let names = disk
@@ -488,16 +500,9 @@ fn scan(disk: &dyn Disk, dir: &Path, mode: Mode, event_bytes: usize) -> Result<S
     let mut keys = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
-        let data = match disk.read(&path) {
-            Ok(data) => data,
-            // Deleted since listed: spent, nothing lives in it.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    context: format!("reading {}", path.display()),
-                    source,
-                });
-            }
+        // Deleted since listed: spent, nothing lives in it.
+        let Some(data) = read_if_present(disk, &path)? else {
+            continue;
         };
         let (frames, bad) = decode_with(&data, &mut names);
         let mut bytes = data.len() as u64;
@@ -1419,16 +1424,9 @@ impl Shared {
     /// state lock; only the final check and append take it.
     fn copy_forward(&self, seq: u64) -> Result<()> {
         let path = segment_path(&self.dir, seq);
-        let data = match self.disk.read(&path) {
-            Ok(data) => data,
-            // Deleted meanwhile: nothing left to move.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    context: format!("reading {}", path.display()),
-                    source,
-                });
-            }
+        // Deleted meanwhile: nothing left to move.
+        let Some(data) = read_if_present(&*self.disk, &path)? else {
+            return Ok(());
         };
         let (frames, _) = decode(&data);
         // The latest put of each delivery in this segment, by frame.

@@ -360,15 +360,8 @@ pub(crate) fn read_archive(
             break;
         }
         let path = archive_path(dir, seq);
-        let data = match disk.read(&path) {
-            Ok(data) => data,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    context: format!("reading {}", path.display()),
-                    source,
-                });
-            }
+        let Some(data) = crate::journal::read_if_present(disk, &path)? else {
+            continue;
         };
         let (found, bad) = decode(&data);
         if let Some(why) = bad {

@@ -100,9 +100,7 @@ async fn explain_events(
     request: Request,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     check_broker_name(&broker)?;
-    let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_event_bytes).await?;
-    let events = binding::parse_request(&parts.headers, &body)?;
+    let events = read_events(&state, request).await?;
     let explained: Vec<serde_json::Value> = events
         .iter()
         .map(|event| {
@@ -132,6 +130,17 @@ async fn explain_events(
     Ok(axum::Json(json!({"broker": broker, "events": explained})))
 }
 
+/// The CloudEvents of a request (any mode), read within
+/// `--max-event-bytes` and validated.
+async fn read_events(
+    state: &AppState,
+    request: Request,
+) -> Result<Vec<sluice_router::event::CloudEvent>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.limits.max_event_bytes).await?;
+    Ok(binding::parse_request(&parts.headers, &body)?)
+}
+
 /// Reads, validates and durably accepts the events of one request; a
 /// refusal is counted by its error code.
 async fn ingest(state: &AppState, broker: &str, request: Request) -> Result<Response, ApiError> {
@@ -147,10 +156,7 @@ async fn ingest_checked(
     broker: &str,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let limit = state.limits.max_event_bytes;
-    let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, limit).await?;
-    let events = binding::parse_request(&parts.headers, &body)?;
+    let events = read_events(state, request).await?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let accepted = state.router.accept(broker, events).await.map_err(|error| {
         if error.is_too_many() {
