@@ -248,12 +248,13 @@ impl Store {
                     .get(name.as_bytes())?
                     .map(|raw| decode(&raw))
                     .transpose()?;
-                check_version(name, old.as_ref(), expected_version)?;
                 let Some(record) = deployed(name, old.as_ref(), &digest, world, &settings, &now)
                 else {
-                    // The same code and settings again: nothing changes.
+                    // The same code and settings again: nothing changes,
+                    // whatever version the caller expected.
                     return Ok(old.clone().expect("unchanged implies present"));
                 };
+                check_version(name, old.as_ref(), expected_version)?;
                 add_ref(blobs, refs, &digest, bytes)?;
                 if let Some(old) = &old {
                     drop_ref(blobs, refs, &old.digest)?;
@@ -497,6 +498,13 @@ mod tests {
                 .deploy_function("a", b"two", World::Http, defaults(), Some(0))
                 .await
         ));
+        // A retry of the first deploy (its answer lost): the same code and
+        // settings are what is stored, so it succeeds and changes nothing.
+        let again = store
+            .deploy_function("a", b"one", World::Http, defaults(), Some(0))
+            .await
+            .unwrap();
+        assert_eq!(again, first);
         let public = FunctionSettings {
             visibility: Visibility::Public,
             ..defaults()

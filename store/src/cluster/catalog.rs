@@ -97,8 +97,26 @@ impl Catalog {
 
     /// Writes `value` at `key` if the key is as `expect` says; returns the
     /// new revision. A lost race is [`StoreError::Changed`].
+    ///
+    /// A write that timed out or was refused as a conflict may have landed
+    /// (its answer lost on a loaded server; async-nats reads a create back
+    /// and reports a conflict when the first try's answer went missing): if
+    /// the key then holds exactly `value`, the write is reported done.
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<u64, StoreError> {
         connected(&self.client, self.timeout).await?;
+        let result = self.try_put(key, value.clone(), expect).await;
+        match result {
+            Err(error @ (StoreError::Changed(_) | StoreError::Unavailable(_))) => {
+                match self.get(key).await {
+                    Ok(Some(current)) if current.value == value => Ok(current.revision),
+                    _ => Err(error),
+                }
+            }
+            done => done,
+        }
+    }
+
+    async fn try_put(&self, key: &str, value: Bytes, expect: Expect) -> Result<u64, StoreError> {
         let write = async {
             match expect {
                 Expect::Any => self

@@ -94,10 +94,12 @@ impl Cluster {
                 .as_ref()
                 .map(|v| serde_json::from_slice(&v.value))
                 .transpose()?;
-            expect_version(name, old.as_ref(), expected_version)?;
+            // What is stored already (a retry of a write whose answer was
+            // lost) changes nothing, whatever version the caller expected.
             let Some(record) = next(old.as_ref()) else {
                 return Ok(old);
             };
+            expect_version(name, old.as_ref(), expected_version)?;
             let expect = match &current {
                 Some(v) => Expect::Revision(v.revision),
                 None => Expect::Absent,

@@ -128,7 +128,7 @@ async fn put_function(
     // never overwritten with stale settings (the read is repeated instead).
     let mut attempts = 0;
     let (record, kept, expected) = loop {
-        let current = state.functions.store().function(&name)?;
+        let current = current_record(&state, &name).await?;
         let (settings, kept) = requested.over(current.as_ref().map(|r| &r.settings))?;
         let expected = current.map_or(0, |record| record.version);
         match state
@@ -205,10 +205,8 @@ async fn patch_function(
     let body = read_body(&parts.headers, body, 1 << 20).await?;
     let mut attempts = 0;
     let record = loop {
-        let record = state
-            .functions
-            .store()
-            .function(&name)?
+        let record = current_record(&state, &name)
+            .await?
             .ok_or_else(|| ApiError::function_not_found(&name))?;
         let mut settings = if body.is_empty() {
             record.settings.clone()
@@ -228,6 +226,15 @@ async fn patch_function(
         }
     };
     Ok(axum::Json(view(&record)).into_response())
+}
+
+/// The record a write is conditional on: in cluster mode the cluster's,
+/// not this node's replica (which its watcher updates a moment later).
+async fn current_record(state: &AppState, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
+    Ok(match state.functions.cluster() {
+        Some(cluster) => cluster.function(name).await?,
+        None => state.functions.store().function(name)?,
+    })
 }
 
 /// How often a settings change re-reads a function that another request
