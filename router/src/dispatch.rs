@@ -149,6 +149,19 @@ pub struct Accepted {
     pub duplicates: Vec<String>,
 }
 
+/// Where events come from: how they are bounded and de-duplicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Posted by a client: held to the backlog bound, de-duplicated as
+    /// the broker says.
+    Client,
+    /// Fired by a schedule: as a client's, but always de-duplicated.
+    Schedule,
+    /// A function's reply or publish: held to twice the bound, never
+    /// de-duplicated (a reply may keep its cause's id and source).
+    Function,
+}
+
 /// Why events were not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -198,6 +211,7 @@ impl PublishError {
 struct Metrics {
     accepted: IntCounterVec,
     duplicates: IntCounterVec,
+    schedule_firings: IntCounterVec,
     rejected: IntCounterVec,
     unmatched: IntCounterVec,
     dropped: IntCounterVec,
@@ -238,6 +252,11 @@ impl Metrics {
                 "sluice_events_duplicate_total",
                 "Events a client sent again within the de-duplication window: answered 202 as duplicates, not stored or delivered again.",
                 &["broker"],
+            ),
+            schedule_firings: counter(
+                "sluice_schedule_firings_total",
+                "Instants a schedule fired: its event accepted into its broker (or found already accepted).",
+                &["schedule"],
             ),
             rejected: counter(
                 "sluice_events_rejected_total",
@@ -484,6 +503,8 @@ pub struct Router {
     names: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Cluster mode: events and deliveries on JetStream (see `cluster.rs`).
     cluster: Option<cluster::Link>,
+    /// Schedules and how far each has fired (see `schedules.rs`).
+    schedules: schedules::Schedules,
 }
 
 /// At most one log line a second for a warning that something a guest
@@ -621,19 +642,19 @@ fn original_event(letter: String) -> String {
     }
 }
 
-/// Brokers and triggers from their stored JSON, each trigger given its
-/// broker's default delivery if it sets none.
-#[allow(clippy::type_complexity)]
-fn load(
-    raw_brokers: Vec<Vec<u8>>,
-    raw_triggers: Vec<Vec<u8>>,
-) -> Result<
-    (
-        BTreeMap<String, Arc<Broker>>,
-        BTreeMap<String, Arc<Trigger>>,
-    ),
-    StoreError,
-> {
+/// What a router starts with: brokers, triggers and schedules (empty in
+/// cluster mode, until the watches load them).
+#[derive(Default)]
+struct Catalog {
+    brokers: BTreeMap<String, Arc<Broker>>,
+    triggers: BTreeMap<String, Arc<Trigger>>,
+    schedules: schedules::Schedules,
+}
+
+/// The catalog from the store's JSON, each trigger given its broker's
+/// default delivery if it sets none.
+fn load(store: &Store) -> Result<Catalog, StoreError> {
+    let (raw_brokers, raw_triggers) = (store.brokers()?, store.triggers()?);
     let mut brokers = BTreeMap::new();
     for raw in raw_brokers {
         let value: serde_json::Value = serde_json::from_slice(&raw)?;
@@ -656,7 +677,11 @@ fn load(
             }
         }
     }
-    Ok((brokers, triggers))
+    Ok(Catalog {
+        brokers,
+        triggers,
+        schedules: schedules::Schedules::load(store.schedules()?),
+    })
 }
 
 impl Router {
@@ -668,8 +693,8 @@ impl Router {
         limits: DispatchLimits,
         registry: &Registry,
     ) -> Result<Arc<Router>, StoreError> {
-        let (brokers, triggers) = load(store.brokers()?, store.triggers()?)?;
-        let router = Router::assemble(store, invoker, limits, registry, brokers, triggers, None);
+        let catalog = load(&store)?;
+        let router = Router::assemble(store, invoker, limits, registry, catalog, None);
         let pending = router.store.recovered_deliveries()?;
         if !pending.is_empty() {
             tracing::info!(pending = pending.len(), "resuming pending deliveries");
@@ -678,7 +703,7 @@ impl Router {
             router.count_pending(&record.broker, 1);
         }
         router.open_groups(&pending);
-        router.schedule(pending);
+        router.enqueue(pending);
         // Built in one go: no room left over from growing.
         router.queue.lock().unwrap().shrink_to_fit();
         Ok(router)
@@ -689,10 +714,14 @@ impl Router {
         invoker: Arc<dyn Invoker>,
         limits: DispatchLimits,
         registry: &Registry,
-        brokers: BTreeMap<String, Arc<Broker>>,
-        triggers: BTreeMap<String, Arc<Trigger>>,
+        catalog: Catalog,
         cluster: Option<cluster::Link>,
     ) -> Arc<Router> {
+        let Catalog {
+            brokers,
+            triggers,
+            schedules,
+        } = catalog;
         let index = Arc::new(TriggerIndex::build(triggers.values().cloned()));
         Arc::new(Router {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -718,6 +747,7 @@ impl Router {
             no_event: Arc::from(""),
             names: Mutex::default(),
             cluster,
+            schedules,
         })
     }
 
@@ -736,6 +766,7 @@ impl Router {
         if self.cluster.is_some() {
             self.clone().start_cluster();
         }
+        tokio::spawn(Router::schedule_loop(Arc::downgrade(&self)));
         loop {
             let next_due = {
                 let queue = self.queue.lock().unwrap();
@@ -807,7 +838,7 @@ impl Router {
         }
     }
 
-    fn schedule(&self, records: Vec<DeliveryRecord>) {
+    fn enqueue(&self, records: Vec<DeliveryRecord>) {
         self.schedule_queued(records.into_iter().map(|record| Queued::new(record, None)));
     }
 
@@ -976,7 +1007,7 @@ impl Router {
         broker: &str,
         events: Vec<CloudEvent>,
     ) -> Result<Accepted, PublishError> {
-        self.publish_bounded(broker, events, true).await
+        self.publish_bounded(broker, events, Origin::Client).await
     }
 
     /// Whether events a client posts to `broker` are de-duplicated: unless
@@ -992,7 +1023,9 @@ impl Router {
     /// reply while ingress is refused, and a function that publishes for
     /// every event it gets cannot grow the backlog without end.
     pub async fn publish(&self, broker: &str, events: Vec<CloudEvent>) -> Result<(), PublishError> {
-        self.publish_bounded(broker, events, false).await.map(drop)
+        self.publish_bounded(broker, events, Origin::Function)
+            .await
+            .map(drop)
     }
 
     /// True (and counted, and logged at most once a second) when `event`
@@ -1021,20 +1054,26 @@ impl Router {
         &self,
         broker: &str,
         events: Vec<CloudEvent>,
-        bounded: bool,
+        origin: Origin,
     ) -> Result<Accepted, PublishError> {
+        let dedupe = match origin {
+            Origin::Client => self.dedupes(broker),
+            // Its ids follow from the schedule and the instant: a repeat
+            // is a firing done twice, whatever the broker says.
+            Origin::Schedule => self.limits.dedupe,
+            Origin::Function => false,
+        };
         if let Some(link) = &self.cluster {
-            return self.publish_clustered(link, broker, events, bounded).await;
+            return self.publish_clustered(link, broker, events, dedupe).await;
         }
+        let bounded = origin != Origin::Function;
         let events: Vec<CloudEvent> = (events.into_iter())
             .filter(|event| !self.over_hop_limit(broker, event))
             .collect();
         // A client's repeat of an event accepted within the window (or
         // earlier in the same request) is a duplicate; replies and guests'
         // events are always new, as in cluster mode.
-        let window = (bounded && self.dedupes(broker))
-            .then(|| self.store.dedupe().cloned())
-            .flatten();
+        let window = dedupe.then(|| self.store.dedupe().cloned()).flatten();
         let mut duplicate = vec![false; events.len()];
         let mut claim = match &window {
             None => None,
@@ -1569,7 +1608,7 @@ impl Router {
                 self.settle(&record, true);
                 if let Some(sink) = sink {
                     self.count_pending(&sink.broker, 1);
-                    self.schedule(vec![sink]);
+                    self.enqueue(vec![sink]);
                 }
             }
             Err(error) => {
@@ -1737,6 +1776,7 @@ impl Router {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
         self.wake.notify_one();
+        self.schedules.changed.notify_one();
         if let Some(link) = &self.cluster {
             link.stop_pulling();
         }
@@ -2001,12 +2041,14 @@ impl Router {
             slot.replayed.inc();
         }
         self.count_pending(&record.broker, 1);
-        self.schedule(vec![record]);
+        self.enqueue(vec![record]);
         Ok(true)
     }
 }
 
 mod cluster;
+mod schedules;
+pub use schedules::Mark;
 #[cfg(test)]
 mod tests;
 

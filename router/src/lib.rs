@@ -7,6 +7,7 @@
 //!   triggers without visiting all of them; [`data`]: conditions on fields
 //!   of a JSON payload.
 //! - [`backoff`]: retry timing.
+//! - [`schedule`]: cron schedules that post events (Knative's `PingSource`).
 //!
 //! No wasmtime and no hyper types: functions are reached through the
 //! [`Invoker`](dispatch::Invoker) trait that the host implements.
@@ -22,6 +23,7 @@ pub mod dispatch;
 pub mod event;
 pub mod filter;
 pub mod index;
+pub mod schedule;
 pub mod trigger;
 
 #[cfg(test)]

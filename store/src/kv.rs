@@ -200,7 +200,7 @@ impl Store {
 #[derive(Clone, Debug)]
 pub enum GuestKv {
     /// This node's sled store.
-    Local(Store),
+    Local(Box<Store>),
     /// The cluster's guest key-value bucket.
     Cluster(crate::cluster::GuestKv),
 }

@@ -33,6 +33,8 @@ mod kv;
 mod lock;
 mod logs;
 mod private;
+mod schedules;
+pub use schedules::StoredSchedule;
 mod tokens;
 mod window;
 
@@ -80,6 +82,8 @@ pub struct Store {
     blob_refs: Tree,
     triggers: Tree,
     brokers: Tree,
+    schedules: Tree,
+    schedule_marks: Tree,
     journal: std::sync::Arc<journal::Journal>,
     dead_letters: Tree,
     kv: Tree,
@@ -179,6 +183,8 @@ impl Store {
             blob_refs: open_tree("blob_refs")?,
             triggers: open_tree("triggers")?,
             brokers: open_tree("brokers")?,
+            schedules: open_tree("schedules")?,
+            schedule_marks: open_tree("schedule_marks")?,
             journal: std::sync::Arc::new(journal),
             dead_letters: open_tree("dead_letters")?,
             kv: open_tree("kv")?,

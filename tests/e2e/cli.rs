@@ -429,6 +429,15 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "deadletter replay",
         "",
     ),
+    ("GET", "/v1/schedules", "schedule list", ""),
+    ("GET", "/v1/schedules/{name}", "schedule get", ""),
+    (
+        "PUT",
+        "/v1/schedules/{name}",
+        "schedule create",
+        "--timezone",
+    ),
+    ("DELETE", "/v1/schedules/{name}", "schedule delete", ""),
     ("GET", "/v1/functions", "fn list", ""),
     ("PUT", "/v1/functions/{name}", "fn deploy", "--secret"),
     ("GET", "/v1/functions/{name}", "fn get", ""),
@@ -724,6 +733,22 @@ spec:
       name: my-service
 ";
 
+/// Knative's documented PingSource, into a broker.
+const KNATIVE_PING_SOURCE: &str = "apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata:
+  name: test-ping-source
+spec:
+  schedule: \"*/1 * * * *\"
+  contentType: \"application/json\"
+  data: '{\"message\": \"Hello world!\"}'
+  sink:
+    ref:
+      apiVersion: eventing.knative.dev/v1
+      kind: Broker
+      name: default
+";
+
 async fn knative_resources_apply_as_written_twice_changes_nothing_and_export_round_trips(
     backend: Backend,
 ) {
@@ -754,7 +779,8 @@ spec:
     retry: {retry}
     backoffDelay: PT0.01S
 ---
-{KNATIVE_TRIGGER}"
+{KNATIVE_TRIGGER}---
+{KNATIVE_PING_SOURCE}"
             ),
         )
         .unwrap();
@@ -768,13 +794,14 @@ spec:
         [
             "function/my-service created",
             "broker/default created",
-            "trigger/my-service-trigger created"
+            "trigger/my-service-trigger created",
+            "pingsource/test-ping-source created"
         ],
         "{first}"
     );
     let second = apply(&app);
     assert!(
-        second.lines().all(|l| l.ends_with(" unchanged")) && second.lines().count() == 3,
+        second.lines().all(|l| l.ends_with(" unchanged")) && second.lines().count() == 4,
         "applying twice changes nothing: {second}"
     );
     write(3);
@@ -818,7 +845,11 @@ spec:
     .await;
 
     // Exported, then applied: a round trip.
-    for kind in ["triggers", "functions", "brokers"] {
+    let (_, schedule) = server.get("/v1/schedules/test-ping-source").await;
+    let schedule: serde_json::Value = serde_json::from_str(&schedule).unwrap();
+    assert_eq!(schedule["sink"], serde_json::json!({"broker": "default"}));
+    assert_eq!(schedule["data"], "{\"message\": \"Hello world!\"}");
+    for kind in ["triggers", "functions", "brokers", "schedules"] {
         let exported = stdout(&sluice(&server, &["get", kind]));
         assert!(exported.starts_with("---\napiVersion: "), "{exported}");
         let file = dir.path().join(format!("{kind}.yaml"));

@@ -41,6 +41,15 @@ async fn the_dashboard_shows_functions_events_and_dead_letters(backend: Backend)
         .trigger(json!({"name": "doomed", "filter": {"attributes": {"type": "doomed"}}, "subscriber": {"function": "doomed"},
                         "delivery": {"retry": 0}}))
         .await;
+    // A schedule that will not fire while the test runs (its broker has no
+    // trigger either): the dashboard lists it with its next firing.
+    let response = (server.http())
+        .put(server.url("/v1/schedules/nightly"))
+        .json(&json!({"schedule": "0 3 * * *", "timezone": "Europe/Berlin", "sink": {"broker": "reports"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
     assert_eq!(server.send_event("before-1", "job", &[], b"{}").await, 202);
     assert_eq!(server.send_event("d-1", "doomed", &[], b"").await, 202);
     eventually(Duration::from_secs(10), || async {

@@ -19,3 +19,4 @@ mod nats;
 mod observability;
 mod polyglot;
 mod router;
+mod schedules;

@@ -119,6 +119,12 @@ try {
   }, null, { timeout: 10000 });
   check((await text('#triggers-table tr[data-name="echo"]')).includes("ready"), "the trigger is ready");
   check((await text('#triggers-table tr[data-name="echo"] td.matched')) === "2", "the trigger's match count");
+  // Schedules, with their next firing (03:00 in Berlin is 01:00 or 02:00 UTC).
+  await page.locator('#schedules-table tr[data-name="nightly"]').waitFor();
+  check((await text('#schedules-table tr[data-name="nightly"]')).includes("Europe/Berlin"), "the schedule's time zone");
+  check((await text('#schedules-table tr[data-name="nightly"] td.last-fired')) === "never", "the schedule has not fired");
+  const next = await page.locator('#schedules-table tr[data-name="nightly"] td.next').getAttribute("title");
+  check([1, 2].includes(new Date(next).getUTCHours()) && new Date(next) > new Date(), `the next firing is the coming 03:00 in Berlin (${next})`);
 
   // Dead letters: replay one (it fails again: a new dead letter), delete it.
   await tab("deadletters");

@@ -72,7 +72,11 @@ pub enum Command {
     /// Manage brokers (their default delivery).
     #[command(subcommand)]
     Broker(BrokerCommand),
-    /// Apply Knative resources (Trigger, Broker) and Sluice Functions from
+    /// Cron schedules that post an event into a broker at each instant
+    /// (Knative's PingSource).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Apply Knative resources (Trigger, Broker, PingSource) and Sluice Functions from
     /// YAML or JSON, as `kubectl apply` does: twice changes nothing.
     Apply {
         /// The file (`-` for stdin): YAML with one or more documents, or
@@ -116,6 +120,9 @@ pub enum GetKind {
     /// Knative Brokers (the stored ones).
     #[value(alias = "broker")]
     Brokers,
+    /// Schedules, as Knative PingSources.
+    #[value(alias = "schedule", alias = "pingsources")]
+    Schedules,
 }
 
 /// `sluice broker ...`
@@ -150,6 +157,57 @@ pub enum BrokerCommand {
     /// Delete a stored broker (its triggers stay).
     Delete {
         /// Broker name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `sluice schedule ...`
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// List schedules with their next instant.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one schedule.
+    Get {
+        /// Schedule name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create or replace a schedule: from its next instant on, each instant
+    /// posts a `dev.knative.sources.ping` event into the broker.
+    Create {
+        /// Schedule name.
+        name: String,
+        /// Cron pattern: "MIN HOUR DAY MONTH WEEKDAY", with an optional
+        /// leading seconds field ("*/10 * * * * *"), or "@hourly" and such.
+        #[arg(long = "cron", value_name = "PATTERN")]
+        schedule: String,
+        /// IANA time zone the pattern is read in (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Broker the events go to.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        /// The events' data (text; JSON text is sent as JSON).
+        #[arg(long, conflicts_with = "data_base64")]
+        data: Option<String>,
+        /// The events' data, base64-encoded bytes.
+        #[arg(long)]
+        data_base64: Option<String>,
+        /// The events' content type.
+        #[arg(long)]
+        content_type: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a schedule: it fires no more.
+    Delete {
+        /// Schedule name.
         name: String,
         #[command(flatten)]
         client: ClientArgs,

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 
 use crate::args::{
     BrokerCommand, ClientArgs, DeadLetterCommand, DeliveryArgs, EventArgs, EventCommand,
-    FunctionCommand, GetKind, InvocationCommand, Output, SettingsArgs, TokenCommand,
-    TriggerCommand,
+    FunctionCommand, GetKind, InvocationCommand, Output, ScheduleCommand, SettingsArgs,
+    TokenCommand, TriggerCommand,
 };
 
 /// The API client, and how read commands print.
@@ -1184,6 +1184,108 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Runs one `sluice schedule` command.
+pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()> {
+    match command {
+        ScheduleCommand::List { client } => {
+            let client = Client::new(&client);
+            let list = client.get("/v1/schedules").await?;
+            client.show(&list, |list| {
+                println!(
+                    "{:<24} {:<20} {:<16} {:<16} {:<22} LAST FIRED",
+                    "NAME", "SCHEDULE", "TIMEZONE", "BROKER", "NEXT"
+                );
+                for schedule in list["schedules"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<24} {:<20} {:<16} {:<16} {:<22} {}",
+                        plain(&schedule["name"]),
+                        plain(&schedule["schedule"]),
+                        text_or(&schedule["timezone"], "UTC"),
+                        plain(&schedule["sink"]["broker"]),
+                        text_or(&schedule["next"], "-"),
+                        text_or(&schedule["lastFired"], "never"),
+                    );
+                }
+            })
+        }
+        ScheduleCommand::Get { name, client } => {
+            let client = Client::new(&client);
+            let schedule = client.get(&format!("/v1/schedules/{name}")).await?;
+            client.show(&schedule, show_schedule)
+        }
+        ScheduleCommand::Create {
+            name,
+            schedule,
+            timezone,
+            broker,
+            data,
+            data_base64,
+            content_type,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let mut body = serde_json::json!({"schedule": schedule, "sink": {"broker": broker}});
+            for (field, value) in [
+                ("timezone", timezone),
+                ("data", data),
+                ("dataBase64", data_base64),
+                ("contentType", content_type),
+            ] {
+                if let Some(value) = value {
+                    body[field] = value.into();
+                }
+            }
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/schedules/{name}")))
+                .json(&body);
+            let schedule: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&schedule, show_schedule)
+        }
+        ScheduleCommand::Delete { name, client } => {
+            let client = Client::new(&client);
+            client
+                .send(
+                    client
+                        .http
+                        .delete(client.url(&format!("/v1/schedules/{name}"))),
+                )
+                .await?;
+            println!("deleted schedule {name}");
+            Ok(())
+        }
+    }
+}
+
+fn show_schedule(schedule: &serde_json::Value) {
+    println!("schedule {}", plain(&schedule["name"]));
+    println!("  pattern:    {}", plain(&schedule["schedule"]));
+    println!("  timezone:   {}", text_or(&schedule["timezone"], "UTC"));
+    println!("  broker:     {}", plain(&schedule["sink"]["broker"]));
+    println!("  next:       {}", text_or(&schedule["next"], "-"));
+    println!("  last fired: {}", text_or(&schedule["lastFired"], "never"));
+    if !schedule["data"].is_null() || !schedule["dataBase64"].is_null() {
+        let data = if schedule["data"].is_null() {
+            &schedule["dataBase64"]
+        } else {
+            &schedule["data"]
+        };
+        println!(
+            "  data:       {} ({})",
+            plain(data),
+            text_or(&schedule["contentType"], "default type")
+        );
+    }
+}
+
+/// A string as it is, `default` for null.
+fn text_or(value: &serde_json::Value, default: &str) -> String {
+    match value {
+        serde_json::Value::Null => default.to_string(),
+        value => plain(value),
+    }
+}
+
 /// The resources in `text`: JSON (a resource, an array, a List) or YAML
 /// documents.
 fn resources(text: &str, file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -1437,6 +1539,30 @@ pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
                     }
                     serde_json::json!({"apiVersion": knative, "kind": "Broker",
                         "metadata": {"name": b["name"]}, "spec": spec})
+                })
+                .collect()
+        }
+        GetKind::Schedules => {
+            let list = client.get("/v1/schedules").await?;
+            list["schedules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| {
+                    let mut spec = serde_json::Map::new();
+                    for field in ["schedule", "timezone", "contentType", "data", "dataBase64"] {
+                        if !s[field].is_null() {
+                            spec.insert(field.into(), s[field].clone());
+                        }
+                    }
+                    spec.insert(
+                        "sink".into(),
+                        serde_json::json!({"ref": {"apiVersion": knative, "kind": "Broker",
+                            "name": s["sink"]["broker"]}}),
+                    );
+                    serde_json::json!({"apiVersion": "sources.knative.dev/v1", "kind": "PingSource",
+                        "metadata": {"name": s["name"]}, "spec": spec})
                 })
                 .collect()
         }

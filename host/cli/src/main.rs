@@ -107,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Event(command) => commands::run_event_command(command).await,
             Command::DeadLetter(command) => commands::run_dead_letter_command(command).await,
             Command::Broker(command) => commands::run_broker_command(command).await,
+            Command::Schedule(command) => commands::run_schedule_command(command).await,
             Command::Apply { file, client } => commands::run_apply(&file, client).await,
             Command::Get { kind, client } => commands::run_get(kind, client).await,
             Command::Status { client } => commands::run_status(client).await,

@@ -704,7 +704,7 @@ impl Functions {
                 Some(cluster) => {
                     sluice_store::GuestKv::Cluster(sluice_store::cluster::GuestKv::new(cluster))
                 }
-                None => sluice_store::GuestKv::Local(self.store.clone()),
+                None => sluice_store::GuestKv::Local(Box::new(self.store.clone())),
             },
             function: record.name.clone(),
             shared: record.settings.kv_buckets.clone(),

@@ -432,6 +432,7 @@ pub fn router(state: AppState) -> Routes {
         .merge(routes::invocations::routes())
         .merge(routes::triggers::routes())
         .merge(routes::brokers::routes())
+        .merge(routes::schedules::routes())
         .merge(routes::apply::routes())
         .merge(routes::events::routes())
         .merge(routes::dead_letters::routes())

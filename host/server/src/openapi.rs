@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, Explanation, ExplainedEvent, ExplainedTrigger, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
         Invocation, InvocationAccepted, InvocationSummary, InvocationList, Status, Deleted,
-        Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Resource,
+        Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Schedule, ScheduleList, Resource,
         Applied, AppliedResource
     ))
 )]
@@ -493,6 +493,49 @@ pub struct Broker {
 #[derive(ToSchema)]
 pub struct BrokerList {
     brokers: Vec<Broker>,
+}
+
+/// A cron schedule (Knative's `PingSource` spec): at each instant it posts
+/// a CloudEvent of type `dev.knative.sources.ping`, source
+/// `/apis/v1/namespaces/default/pingsources/{name}`, id and `time` the
+/// instant (RFC 3339, UTC), into a broker.
+#[derive(ToSchema)]
+pub struct Schedule {
+    /// DNS label (on `PUT`, taken from the path when absent).
+    name: Option<String>,
+    /// A cron pattern: five fields (minute, hour, day of month, month,
+    /// day of week), or six with leading seconds (a Sluice extension);
+    /// names (`MON`, `JAN`), `L`, `W`, `#` and `@hourly`-style nicknames.
+    schedule: String,
+    /// IANA time zone the pattern is read in (default UTC).
+    timezone: Option<String>,
+    /// The events' `datacontenttype` (default `application/json` for JSON
+    /// data, `text/plain` for other text, `application/octet-stream` for
+    /// `dataBase64`).
+    #[schema(rename = "contentType")]
+    content_type: Option<String>,
+    /// The events' data: a string (Knative's), or any JSON value (a Sluice
+    /// extension). At most 64 KiB.
+    #[schema(value_type = Option<Object>)]
+    data: Option<serde_json::Value>,
+    /// The events' data as base64 (instead of `data`).
+    #[schema(rename = "dataBase64")]
+    data_base64: Option<String>,
+    /// `{"broker": NAME}` or Knative's `{"ref": {"kind": "Broker", "name": NAME}}`.
+    #[schema(value_type = Object)]
+    sink: serde_json::Value,
+    /// Read only: the next instant (RFC 3339).
+    #[schema(read_only)]
+    next: Option<String>,
+    /// Read only: the last instant fired (RFC 3339), if any.
+    #[schema(read_only, rename = "lastFired")]
+    last_fired: Option<String>,
+}
+
+/// Every schedule.
+#[derive(ToSchema)]
+pub struct ScheduleList {
+    schedules: Vec<Schedule>,
 }
 
 /// Resources for `POST /v1/apply`: one, an array, or a `List` with `items`.

@@ -161,7 +161,7 @@ async function refresh() {
     $("#stat-uptime").textContent = duration(status.uptime_secs);
     $("#stat-version").textContent = `v${status.version}`;
     showCluster(status.cluster);
-    await Promise.all([refreshFunctions(), refreshTriggers(), refreshDeadLetters()]);
+    await Promise.all([refreshFunctions(), refreshTriggers(), refreshSchedules(), refreshDeadLetters()]);
   } catch (error) {
     if (error instanceof Unauthorized) showSignIn(error.message);
     else say(error.message);
@@ -241,6 +241,19 @@ async function refreshTriggers() {
       el("td", { class: "dead-lettered" }, String(stats.dead_lettered ?? 0)),
       el("td", { class: "in-flight" }, String(stats.in_flight ?? 0)));
   }));
+}
+
+async function refreshSchedules() {
+  const { schedules } = await api("/v1/schedules");
+  $("#schedules-empty").hidden = schedules.length > 0;
+  $("#schedules-table tbody").replaceChildren(...schedules.map((s) =>
+    el("tr", { "data-name": s.name },
+      el("td", {}, el("strong", {}, s.name)),
+      el("td", { class: "mono" }, s.schedule),
+      el("td", {}, s.timezone || "UTC"),
+      el("td", {}, s.sink.broker),
+      el("td", { class: "next", title: s.next || "" }, s.next ? new Date(s.next).toLocaleString() : "–"),
+      el("td", { class: "last-fired" }, s.lastFired ? new Date(s.lastFired).toLocaleString() : "never"))));
 }
 
 async function refreshDeadLetters() {

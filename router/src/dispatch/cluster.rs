@@ -45,7 +45,7 @@ pub(super) enum End {
 
 /// The router's side of the cluster.
 pub(super) struct Link {
-    cluster: Cluster,
+    pub(super) cluster: Cluster,
     /// Deliveries pulled and not finished, by id (their work-queue
     /// sequence).
     held: Mutex<HashMap<u64, Arc<Arrival>>>,
@@ -84,13 +84,16 @@ impl Link {
     /// Waits until the trigger and broker buckets are loaded: nothing is
     /// fanned out or delivered against a half-known catalog.
     async fn synced(&self) {
+        self.synced_bucket(Bucket::Triggers).await;
+        self.synced_bucket(Bucket::Brokers).await;
+    }
+
+    /// Waits until `bucket` is loaded.
+    pub(super) async fn synced_bucket(&self, bucket: Bucket) {
         loop {
             let changed = self.changed.notified();
-            {
-                let synced = self.synced.lock().unwrap();
-                if synced.contains(&Bucket::Triggers) && synced.contains(&Bucket::Brokers) {
-                    return;
-                }
+            if self.synced.lock().unwrap().contains(&bucket) {
+                return;
             }
             changed.await;
         }
@@ -232,7 +235,6 @@ impl Router {
             limits,
             registry,
             Default::default(),
-            Default::default(),
             Some(link),
         )
     }
@@ -284,6 +286,7 @@ impl Router {
             tokio::spawn(self.clone().progress_loop()),
             tokio::spawn(self.clone().watch_loop(Bucket::Triggers)),
             tokio::spawn(self.clone().watch_loop(Bucket::Brokers)),
+            tokio::spawn(self.clone().watch_loop(Bucket::Schedules)),
         ];
         link.tasks.lock().unwrap().extend(tasks);
     }
@@ -299,15 +302,14 @@ impl Router {
         link: &Link,
         broker: &str,
         events: Vec<CloudEvent>,
-        from_client: bool,
+        dedupe: bool,
     ) -> Result<Accepted, PublishError> {
         let mut accepted = 0;
         let mut duplicates = Vec::new();
-        // A client's repeat of an event is the same event (CloudEvents:
-        // source and id), within JetStream's duplicate window
+        // With `dedupe`, a repeat of an event is the same event
+        // (CloudEvents: source and id), within JetStream's duplicate window
         // (`--dedupe-window`); a reply or a guest's publish is always new,
         // even when it keeps the id and source of its cause.
-        let dedupe = from_client && self.dedupes(broker);
         for event in events {
             if self.over_hop_limit(broker, &event) {
                 continue;
@@ -476,7 +478,7 @@ impl Router {
                 .unwrap()
                 .insert(record.id, Arc::new(arrival));
             self.count_pending(&record.broker, 1);
-            self.schedule(vec![record]);
+            self.enqueue(vec![record]);
         }
     }
 
@@ -575,6 +577,7 @@ impl Router {
                 }
             },
             (Bucket::Brokers, None) => self.uninstall_broker(&key),
+            (Bucket::Schedules, value) => self.apply_schedule_change(&key, value),
             _ => {}
         }
     }

@@ -84,11 +84,14 @@ pub enum Bucket {
     /// Asynchronous invocations' records, by id (entries expire
     /// `invocation_retention` after their last write).
     Invocations,
+    /// Schedules: each definition at `schedule.<name>`, its mark (how far
+    /// it has fired) at `mark.<name>`.
+    Schedules,
 }
 
 impl Bucket {
     /// Every bucket, in the order they are created.
-    pub const ALL: [Bucket; 8] = [
+    pub const ALL: [Bucket; 9] = [
         Bucket::Functions,
         Bucket::Triggers,
         Bucket::Brokers,
@@ -97,6 +100,7 @@ impl Bucket {
         Bucket::GuestKv,
         Bucket::Nodes,
         Bucket::Invocations,
+        Bucket::Schedules,
     ];
 
     /// The JetStream bucket name.
@@ -110,6 +114,7 @@ impl Bucket {
             Bucket::GuestKv => GUEST_KV_BUCKET,
             Bucket::Nodes => "sluice_nodes",
             Bucket::Invocations => "sluice_invocations",
+            Bucket::Schedules => "sluice_schedules",
         }
     }
 }

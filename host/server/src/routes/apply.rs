@@ -1,6 +1,6 @@
 //! `POST /v1/apply`: Knative's own resource shapes, applied declaratively
 //! (`kubectl apply` style): `eventing.knative.dev/v1` `Trigger` and
-//! `Broker`, and Sluice's `sluice.dev/v1` `Function` (by the digest of a
+//! `Broker`, `sources.knative.dev/v1` `PingSource` (a schedule), and Sluice's `sluice.dev/v1` `Function` (by the digest of a
 //! component the server holds; `sluice apply -f` uploads files first).
 //! Every resource is checked before any is written; each answers
 //! `created`, `changed` or `unchanged` (applying twice changes nothing).
@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sluice_router::broker::Broker;
+use sluice_router::schedule::Schedule;
 use sluice_router::trigger::Trigger;
 use sluice_store::FunctionSettings;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -36,6 +37,7 @@ fn identify(resource: &Desired) -> (&'static str, &str) {
     match resource {
         Desired::Trigger(t) => ("Trigger", &t.name),
         Desired::Broker(b) => ("Broker", &b.name),
+        Desired::Schedule(s) => ("PingSource", &s.name),
         Desired::Function { name, .. } => ("Function", name),
     }
 }
@@ -47,6 +49,7 @@ const MAX_RESOURCES: usize = 1000;
 enum Desired {
     Trigger(Trigger),
     Broker(Broker),
+    Schedule(Box<Schedule>),
     Function {
         name: String,
         digest: String,
@@ -139,6 +142,21 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
                 .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;
             Ok(Desired::Broker(broker))
         }
+        ("sources.knative.dev/v1", "PingSource") => {
+            spec_fields(&[
+                "schedule",
+                "timezone",
+                "contentType",
+                "data",
+                "dataBase64",
+                "sink",
+            ])?;
+            let mut definition = Value::Object(spec.clone());
+            definition["name"] = json!(name);
+            let schedule = Schedule::parse(&definition, None)
+                .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;
+            Ok(Desired::Schedule(Box::new(schedule)))
+        }
         ("sluice.dev/v1", "Function") => {
             spec_fields(&["digest", "component", "settings"])?;
             if spec.contains_key("component") {
@@ -167,13 +185,13 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
         (api, kind) => Err(invalid(
             &at,
             format!(
-                "apiVersion {api:?} kind {kind:?} is not one Sluice applies: eventing.knative.dev/v1 Trigger or Broker, sluice.dev/v1 Function"
+                "apiVersion {api:?} kind {kind:?} is not one Sluice applies: eventing.knative.dev/v1 Trigger or Broker, sources.knative.dev/v1 PingSource, sluice.dev/v1 Function"
             ),
         )),
     }
 }
 
-/// Applies Knative `Trigger` and `Broker` resources and Sluice `Function`
+/// Applies Knative `Trigger`, `Broker` and `PingSource` resources and Sluice `Function`
 /// resources, declaratively: each ends as the resource says (a `Function`
 /// takes exactly its `spec.settings`; secrets shown as `<redacted>` keep
 /// their values). All are checked before any is written.
@@ -248,7 +266,7 @@ async fn apply(
                     new_triggers += 1;
                 }
             }
-            Desired::Broker(_) => {}
+            Desired::Broker(_) | Desired::Schedule(_) => {}
         }
     }
     let max = state.limits.max_triggers;
@@ -319,6 +337,20 @@ async fn apply(
                     return Err(ApiError::from(error).context(&written(&results)));
                 }
                 ("Broker", name, action)
+            }
+            Desired::Schedule(schedule) => {
+                let name = schedule.name.clone();
+                let action = match state.router.schedule(&name) {
+                    Some((current, _)) if *current == *schedule => "unchanged",
+                    Some(_) => "changed",
+                    None => "created",
+                };
+                if action != "unchanged"
+                    && let Err(error) = state.router.put_schedule(*schedule).await
+                {
+                    return Err(ApiError::from(error).context(&written(&results)));
+                }
+                ("PingSource", name, action)
             }
             Desired::Function {
                 name,

@@ -9,6 +9,7 @@ pub mod events;
 pub mod functions;
 pub mod invocations;
 pub mod invoke;
+pub mod schedules;
 pub mod status;
 pub mod tokens;
 pub mod triggers;
