@@ -163,7 +163,7 @@ impl Link {
                 Some(value) => Expect::Revision(value.revision),
                 None => Expect::Absent,
             };
-            match catalog.put(key, json.clone(), expect).await {
+            match catalog.put_definition(key, json.clone(), expect).await {
                 Ok(revision) => return Ok((current.is_some(), revision)),
                 Err(StoreError::Changed(_)) => continue,
                 Err(error) => return Err(error),

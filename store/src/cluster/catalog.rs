@@ -97,12 +97,26 @@ impl Catalog {
 
     /// Writes `value` at `key` if the key is as `expect` says; returns the
     /// new revision. A lost race is [`StoreError::Changed`].
-    ///
-    /// A write that timed out or was refused as a conflict may have landed
-    /// (its answer lost on a loaded server; async-nats reads a create back
-    /// and reports a conflict when the first try's answer went missing): if
-    /// the key then holds exactly `value`, the write is reported done.
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<u64, StoreError> {
+        connected(&self.client, self.timeout).await?;
+        self.try_put(key, value, expect).await
+    }
+
+    /// [`Catalog::put`] for a value that says what the key is to hold (a
+    /// definition, a record with its own time), where the same bytes are
+    /// the same outcome whoever wrote them: a write that timed out or was
+    /// refused as a conflict may have landed (its answer lost on a loaded
+    /// server; async-nats reads a create back and reports a conflict when
+    /// the first try's answer went missing), so if the key then holds
+    /// exactly `value`, the write is reported done. Not for a value derived
+    /// from what was read (a counter, a lease): two writers of the same
+    /// next value would both be told they won.
+    pub async fn put_definition(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
         connected(&self.client, self.timeout).await?;
         let result = self.try_put(key, value.clone(), expect).await;
         match result {

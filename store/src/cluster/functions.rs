@@ -105,7 +105,7 @@ impl Cluster {
                 None => Expect::Absent,
             };
             let body = Bytes::from(serde_json::to_vec(&record)?);
-            match catalog.put(name, body, expect).await {
+            match catalog.put_definition(name, body, expect).await {
                 Ok(_) => return Ok(Some(record)),
                 // Another node wrote meanwhile: with an expected version the
                 // caller decides (it re-reads); without, derive again.
