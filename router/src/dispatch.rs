@@ -124,6 +124,11 @@ pub struct DispatchLimits {
     /// Whether a client's repeat of an event is a duplicate at all (the
     /// store keeps the window; see [`Router::accept`]).
     pub dedupe: bool,
+    /// How long the trace of an event is kept (zero: no traces; cluster
+    /// mode keeps none yet). See [`Router::trace`].
+    pub trace_retention: Duration,
+    /// Traces kept at most (the oldest go first).
+    pub trace_max_events: usize,
 }
 
 impl Default for DispatchLimits {
@@ -136,6 +141,8 @@ impl Default for DispatchLimits {
             max_pending_per_broker: 0,
             max_resident_event_bytes: 32 << 20,
             dedupe: true,
+            trace_retention: Duration::from_secs(3600),
+            trace_max_events: 10_000,
         }
     }
 }
@@ -505,6 +512,8 @@ pub struct Router {
     cluster: Option<cluster::Link>,
     /// Schedules and how far each has fired (see `schedules.rs`).
     schedules: schedules::Schedules,
+    /// What became of recent events (see `trace.rs`).
+    traces: trace::Traces,
 }
 
 /// At most one log line a second for a warning that something a guest
@@ -723,6 +732,10 @@ impl Router {
             schedules,
         } = catalog;
         let index = Arc::new(TriggerIndex::build(triggers.values().cloned()));
+        let traces = match cluster {
+            Some(_) => trace::Traces::new(Duration::ZERO, 0),
+            None => trace::Traces::new(limits.trace_retention, limits.trace_max_events),
+        };
         Arc::new(Router {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             store,
@@ -746,6 +759,7 @@ impl Router {
             resident: Default::default(),
             no_event: Arc::from(""),
             names: Mutex::default(),
+            traces,
             cluster,
             schedules,
         })
@@ -1106,9 +1120,16 @@ impl Router {
         let mut duplicates = Vec::new();
         let watched = self.stream.receiver_count() > 0;
         let mut seen = Vec::new();
+        // Replies and guests' events are traced as their cause's.
+        let traced = origin != Origin::Function && self.traces.enabled();
+        let mut traces = Vec::new();
+        let mut repeats = Vec::new();
         let broker_name = self.intern(broker);
         for (mut event, duplicate) in events.into_iter().zip(duplicate) {
             if duplicate {
+                if traced {
+                    repeats.push((event.source.clone(), event.id.clone()));
+                }
                 duplicates.push(event.id);
                 continue;
             }
@@ -1123,13 +1144,17 @@ impl Router {
             }
             if matches.is_empty() {
                 unmatched += 1;
+                if traced {
+                    let json: Arc<str> = event.to_json().into();
+                    traces.push(self.trace_of(broker, &event, &[], json, 0));
+                }
                 continue;
             }
             // One copy of the event JSON, shared by its deliveries.
             let json: Arc<str> = event.to_json().into();
             let parsed = Arc::new(event);
             let mut group = 0;
-            for trigger in matches {
+            for trigger in &matches {
                 let id = self.store.next_id().await?;
                 if group == 0 {
                     group = id;
@@ -1145,6 +1170,9 @@ impl Router {
                     group,
                 });
                 shared.push(parsed.clone());
+            }
+            if traced {
+                traces.push(self.trace_of(broker, &parsed, &matches, json, group));
             }
         }
         // Places in the backlog are taken before the deliveries are stored
@@ -1202,6 +1230,13 @@ impl Router {
         for entry in seen {
             let _ = self.stream.send(entry);
         }
+        let now = self.now_ms();
+        for trace in traces {
+            self.traces.accepted(trace, now);
+        }
+        for (source, id) in repeats {
+            self.traces.duplicate(broker, &source, &id);
+        }
         self.metrics
             .accepted
             .with_label_values(&[broker])
@@ -1212,6 +1247,61 @@ impl Router {
             .inc_by(unmatched);
         self.count_duplicates(broker, &duplicates);
         Ok(Accepted { duplicates })
+    }
+
+    /// A new trace of `event`, accepted into `broker`, matching `matches`.
+    fn trace_of(
+        &self,
+        broker: &str,
+        event: &CloudEvent,
+        matches: &[Arc<Trigger>],
+        json: Arc<str>,
+        group: u64,
+    ) -> Trace {
+        Trace {
+            broker: broker.to_string(),
+            id: event.id.clone(),
+            source: event.source.clone(),
+            ty: event.ty.clone(),
+            accepted_ms: self.now_ms(),
+            matched: matches.iter().map(|t| t.name.clone()).collect(),
+            attempts: Vec::new(),
+            attempts_not_kept: 0,
+            dead_letters: Vec::new(),
+            caused: Vec::new(),
+            caused_not_kept: 0,
+            duplicates: 0,
+            event: (json.len() <= trace::MAX_EVENT_BYTES).then_some(json),
+            group,
+        }
+    }
+
+    /// The traces of the recent events `id` of `broker` (one per source,
+    /// newest first; only `source`'s when given), each with, for every
+    /// trigger of the broker now that it did not match, why not (when the
+    /// trace kept the event; see [`Trigger::why_not`]).
+    pub fn trace(&self, broker: &str, id: &str, source: Option<&str>) -> Vec<(Trace, Misses)> {
+        let found = self.traces.find(broker, id, source, self.now_ms());
+        found
+            .into_iter()
+            .map(|trace| {
+                let event = (trace.event.as_deref())
+                    .and_then(|json| CloudEvent::from_json(json.as_bytes()).ok());
+                let others = (self.triggers().into_iter())
+                    .filter(|t| t.broker == broker && !trace.matched.contains(&t.name))
+                    .map(|t| {
+                        let why = event.as_ref().and_then(|e| t.why_not(e));
+                        (t.name.clone(), why)
+                    })
+                    .collect();
+                (trace, others)
+            })
+            .collect()
+    }
+
+    /// Whether traces are kept (embedded mode, `--trace-retention` above 0).
+    pub fn traces_kept(&self) -> bool {
+        self.traces.enabled()
     }
 
     fn count_duplicates(&self, broker: &str, duplicates: &[String]) {
@@ -1246,7 +1336,17 @@ impl Router {
                     .insert(CAUSE_EXTENSION.into(), cause.id.clone());
             }
         }
-        self.publish(broker, events).await
+        let ids: Vec<String> = match cause {
+            Some(_) if self.traces.enabled() => events.iter().map(|e| e.id.clone()).collect(),
+            _ => Vec::new(),
+        };
+        self.publish(broker, events).await?;
+        if let Some(cause) = cause
+            && !ids.is_empty()
+        {
+            self.traces.caused(broker, &cause.source, &cause.id, &ids);
+        }
+        Ok(())
     }
 
     /// Trigger `name` and its slot (made on first use), if it exists.
@@ -1392,7 +1492,34 @@ impl Router {
             attempt: record.attempts,
             timeout: trigger.delivery.timeout,
         };
+        let started = (self.now_ms(), std::time::Instant::now());
         let outcome = self.invoker.deliver(&destination, &event, context).await;
+        if record.dead_letter.is_none() && self.traces.enabled() {
+            let (outcome, status, error) = match &outcome {
+                Outcome::Delivered(_) => ("delivered", None, None),
+                Outcome::Failed {
+                    retryable,
+                    code,
+                    reason,
+                } => {
+                    let again = *retryable && record.attempts <= retry;
+                    let outcome = if again { "retrying" } else { "failed" };
+                    (outcome, *code, Some(reason.clone()))
+                }
+            };
+            self.traces.attempt(
+                record.group,
+                TraceAttempt {
+                    trigger: record.trigger.to_string(),
+                    attempt: record.attempts,
+                    start_ms: started.0,
+                    duration_ms: started.1.elapsed().as_secs_f64() * 1000.0,
+                    outcome,
+                    status,
+                    error,
+                },
+            );
+        }
         match outcome {
             Outcome::Delivered(replies) => {
                 if !replies.is_empty()
@@ -1601,6 +1728,12 @@ impl Router {
                 if let Some(event) = &event {
                     self.announce("dead_lettered", &record, event);
                 }
+                (self.traces).dead_lettered(
+                    record.group,
+                    &record.trigger,
+                    letter_id,
+                    &letter.reason,
+                );
                 if let Some(slot) = self.slot(&record.trigger) {
                     slot.dead_lettered.inc();
                 }
@@ -2048,7 +2181,9 @@ impl Router {
 
 mod cluster;
 mod schedules;
+mod trace;
 pub use schedules::Mark;
+pub use trace::{Misses, Trace, TraceAttempt, TraceDeadLetter};
 #[cfg(test)]
 mod tests;
 

@@ -421,6 +421,12 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "--broker",
     ),
     ("GET", "/v1/events/stream", "event watch", ""),
+    (
+        "GET",
+        "/v1/brokers/{broker}/events/{id}",
+        "event trace",
+        "--source",
+    ),
     ("GET", "/v1/deadletters", "deadletter list", "--trigger"),
     ("DELETE", "/v1/deadletters/{id}", "deadletter delete", ""),
     (

@@ -20,3 +20,4 @@ mod observability;
 mod polyglot;
 mod router;
 mod schedules;
+mod trace;

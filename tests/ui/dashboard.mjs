@@ -109,6 +109,14 @@ try {
   await page.locator('#events-table tr[data-id="ui-1"][data-kind="accepted"]').waitFor({ timeout: 10000 });
   await page.locator('#events-table tr[data-id="ui-1"][data-kind="delivered"]').waitFor({ timeout: 10000 });
   check((await text('#events-table tr[data-id="ui-1"][data-kind="accepted"]')).includes("matched: echo"), "the stream shows the event and the triggers it matched");
+  if (process.env.EXPECT_CLUSTER !== "1") {
+    // Its id links to its trace: the trigger it matched, the attempt, the reply.
+    await page.click('#events-table tr[data-id="ui-1"][data-kind="accepted"] a.trace-link');
+    await page.waitForFunction(() => document.querySelector("#trace-body").textContent.includes("delivered after"), null, { timeout: 10000 });
+    const trace = await text("#trace-body");
+    check(trace.includes("match  echo") && trace.includes("miss   doomed"), `the trace names each trigger's verdict: ${trace}`);
+    check(trace.includes("caused event ui-1-echo"), `the trace lists the reply: ${trace}`);
+  }
   await page.screenshot({ path: `${shots}/dashboard-events.png`, fullPage: true });
 
   // Triggers with readiness and counts (1 before the page opened, 1 now).

@@ -47,6 +47,7 @@ pub struct Cli {
 }
 
 /// Top-level commands.
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
@@ -310,6 +311,21 @@ pub enum EventCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show what became of a recent event: when it was accepted, each
+    /// trigger's verdict, every delivery attempt, its dead letters and the
+    /// events it caused (kept for the server's --trace-retention).
+    Trace {
+        /// The event's id.
+        id: String,
+        /// Its broker.
+        #[arg(long, default_value = "default")]
+        broker: String,
+        /// Its source (without it, every event of this id).
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print events as they are accepted (the live stream), one JSON
     /// object a line, until interrupted.
     Watch {
@@ -447,6 +463,12 @@ pub struct ServeArgs {
     /// most --event-retention).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedupe_window: std::time::Duration,
+    /// How long the trace of an accepted event (`GET
+    /// /v1/brokers/{broker}/events/{id}`, `sluice event trace`) is kept in
+    /// memory, e.g. `1h` (`0s`: none; at most --trace-max-events; embedded
+    /// mode only).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub trace_retention: std::time::Duration,
     /// Cluster mode: how long accepted events stay in the events stream
     /// (for replay), e.g. `24h`, `7d`.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]

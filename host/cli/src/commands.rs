@@ -634,6 +634,21 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
                 }
             })
         }
+        EventCommand::Trace {
+            id,
+            broker,
+            source,
+            client,
+        } => {
+            let client = Client::new(&client);
+            let path = format!("/v1/brokers/{broker}/events/{}", path_segment(&id));
+            let mut request = client.http.get(client.url(&path));
+            if let Some(source) = &source {
+                request = request.query(&[("source", source)]);
+            }
+            let answer: serde_json::Value = client.send(request).await?.json().await?;
+            client.show(&answer, show_traces)
+        }
         EventCommand::Watch { broker, client } => {
             let client = Client::new(&client);
             let request = client
@@ -1180,6 +1195,78 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
                 .await?;
             println!("deleted broker {name}");
             Ok(())
+        }
+    }
+}
+
+/// `text` as one URL path segment: unreserved characters as they are,
+/// every other byte percent-encoded.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Prints traces as a timeline.
+fn show_traces(answer: &serde_json::Value) {
+    for trace in answer["traces"].as_array().into_iter().flatten() {
+        println!(
+            "event {} (type {}, source {}) accepted {} into broker {}",
+            plain(&trace["id"]),
+            plain(&trace["type"]),
+            plain(&trace["source"]),
+            plain(&trace["accepted"]),
+            plain(&answer["broker"]),
+        );
+        if trace["duplicates"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "  repeated {} time(s) (duplicates, not delivered again)",
+                trace["duplicates"]
+            );
+        }
+        for trigger in trace["triggers"].as_array().into_iter().flatten() {
+            match trigger["reason"].as_str() {
+                None => println!("  match  {}", plain(&trigger["name"])),
+                Some(reason) => println!("  miss   {:<24} {reason}", plain(&trigger["name"])),
+            }
+        }
+        for attempt in trace["attempts"].as_array().into_iter().flatten() {
+            let mut line = format!(
+                "  {} {:<24} attempt {} {} after {:.1} ms",
+                plain(&attempt["start"]),
+                plain(&attempt["trigger"]),
+                attempt["attempt"],
+                plain(&attempt["outcome"]),
+                attempt["duration_ms"].as_f64().unwrap_or(0.0),
+            );
+            if !attempt["status"].is_null() {
+                line.push_str(&format!(", status {}", attempt["status"]));
+            }
+            if let Some(error) = attempt["error"].as_str() {
+                line.push_str(&format!(": {error}"));
+            }
+            println!("{line}");
+        }
+        if trace["attempts_not_kept"].as_u64().unwrap_or(0) > 0 {
+            println!("  ({} later attempts not kept)", trace["attempts_not_kept"]);
+        }
+        for letter in trace["dead_letters"].as_array().into_iter().flatten() {
+            println!(
+                "  dead letter {} of trigger {}: {}",
+                letter["id"],
+                plain(&letter["trigger"]),
+                plain(&letter["reason"])
+            );
+        }
+        for caused in trace["caused"].as_array().into_iter().flatten() {
+            println!("  caused event {}", plain(caused));
         }
     }
 }

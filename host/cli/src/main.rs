@@ -86,6 +86,7 @@ fn main() -> std::process::ExitCode {
                     salvage_journal: args.salvage_journal,
                     public_metrics: args.public_metrics,
                     dedupe_window: args.dedupe_window,
+                    trace_retention: args.trace_retention,
                     cluster: (!args.nats.is_empty()).then(|| {
                         let mut cluster = sluice_server::ClusterOptions::new(args.nats);
                         cluster.credentials = args.nats_creds;

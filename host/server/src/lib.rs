@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub cluster: Option<ClusterOptions>,
     /// How long a client's repeat of an event is a duplicate (zero: off).
     pub dedupe_window: Duration,
+    /// How long the trace of an event is kept (zero: none).
+    pub trace_retention: Duration,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -113,6 +115,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         max_pending: options.server_limits.max_pending_deliveries,
         max_pending_per_broker: options.server_limits.max_pending_per_broker,
         dedupe: !options.dedupe_window.is_zero(),
+        trace_retention: options.trace_retention,
+        trace_max_events: options.server_limits.trace_max_events,
         ..DispatchLimits::default()
     };
     let invoker = Arc::new(HostInvoker::new(

@@ -87,6 +87,13 @@ macro_rules! server_limits {
             dedupe_max_events: usize = 1_000_000, "dedupe-max-events";
             /// Triggers the server holds at most. Defends matching and the store.
             max_triggers: usize = 10_000, "max-triggers";
+            /// Schedules the server holds at most. Defends the store and the
+            /// scheduler (one loop fires them all, one after another).
+            max_schedules: usize = 1_000, "max-schedules";
+            /// Event traces kept at most (embedded mode; the oldest go first;
+            /// each at most about 30 KiB, typically under 1 KiB). Defends the
+            /// host's memory.
+            trace_max_events: usize = 10_000, "trace-max-events";
             /// On SIGTERM or SIGINT: how long in-flight requests and deliveries may
             /// take to finish before the server exits anyway, in seconds. Pending
             /// deliveries are durable and resume at the next start either way.

@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         RecentInvocations, RecentInvocation, Trigger, TriggerList, TriggerStatus, TriggerStats,
         Accepted, Explanation, ExplainedEvent, ExplainedTrigger, DeadLetter, DeadLetterList, Replayed, TokenRequest, Token, TokenList,
         Invocation, InvocationAccepted, InvocationSummary, InvocationList, Status, Deleted,
-        Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Schedule, ScheduleList, Resource,
+        Revoked, ServerStatus, CloudEvent, Component, AnyBody, Broker, BrokerList, Schedule, ScheduleList, EventTraces, EventTrace, TracedTrigger, TracedAttempt, TracedDeadLetter, Resource,
         Applied, AppliedResource
     ))
 )]
@@ -621,6 +621,78 @@ pub struct ExplainedTrigger {
     /// `filter.attributes.type: wanted "a", got "b"` or
     /// `filters[0].cesql: evaluated to FALSE`.
     reason: Option<String>,
+}
+
+/// The traces of the recent events with one id.
+#[derive(ToSchema)]
+pub struct EventTraces {
+    broker: String,
+    id: String,
+    /// One per source that posted this id, newest first.
+    traces: Vec<EventTrace>,
+}
+
+/// What became of one accepted event.
+#[derive(ToSchema)]
+pub struct EventTrace {
+    id: String,
+    source: String,
+    #[schema(rename = "type")]
+    ty: String,
+    /// When it was accepted (RFC 3339).
+    accepted: String,
+    accepted_ms: u64,
+    /// The triggers it matched: one delivery each.
+    matched: Vec<String>,
+    /// Every trigger of the broker now: matched, or for the others why not
+    /// (as `explain` says it).
+    triggers: Vec<TracedTrigger>,
+    /// Every delivery attempt, in the order they ended (at most 64 kept).
+    attempts: Vec<TracedAttempt>,
+    attempts_not_kept: u32,
+    /// One per trigger that failed for good.
+    dead_letters: Vec<TracedDeadLetter>,
+    /// Ids of the events it caused (replies, and events functions published
+    /// into the same broker while handling it; at most 64 kept).
+    caused: Vec<String>,
+    caused_not_kept: u32,
+    /// Repeats posted within the de-duplication window.
+    duplicates: u32,
+}
+
+/// One trigger's verdict in a trace.
+#[derive(ToSchema)]
+pub struct TracedTrigger {
+    name: String,
+    matched: bool,
+    reason: Option<String>,
+}
+
+/// One delivery attempt in a trace.
+#[derive(ToSchema)]
+pub struct TracedAttempt {
+    trigger: String,
+    attempt: u32,
+    /// When it started (RFC 3339).
+    start: String,
+    start_ms: u64,
+    duration_ms: f64,
+    /// `delivered`, `retrying` or `failed` (for good).
+    outcome: String,
+    /// The subscriber's HTTP status, when it answered.
+    status: Option<u16>,
+    /// Why it failed: a trap, a limit the instance hit, a timeout, the
+    /// subscriber's answer.
+    error: Option<String>,
+}
+
+/// A dead letter in a trace.
+#[derive(ToSchema)]
+pub struct TracedDeadLetter {
+    trigger: String,
+    /// Its id in `/v1/deadletters`.
+    id: String,
+    reason: String,
 }
 
 /// An event whose delivery failed for good.

@@ -294,10 +294,37 @@ function addEventRow(kind, entry) {
     el("td", {}, entry.broker),
     el("td", {}, entry.type),
     el("td", {}, entry.source),
-    el("td", { class: "mono" }, entry.id),
+    el("td", { class: "mono" },
+      el("a", { href: "#", class: "trace-link", title: "what became of this event", onclick: (e) => { e.preventDefault(); showTrace(entry); } }, entry.id)),
     el("td", {}, trigger));
   body.prepend(row);
   while (body.children.length > 200) body.lastChild.remove();
+}
+
+// The trace of one event: accepted, each trigger's verdict, attempts,
+// dead letters, caused events.
+async function showTrace(entry) {
+  const path = `/v1/brokers/${encodeURIComponent(entry.broker)}/events/${encodeURIComponent(entry.id)}?source=${encodeURIComponent(entry.source)}`;
+  $("#trace").hidden = false;
+  $("#trace-title").textContent = `Trace of ${entry.id}`;
+  try {
+    const { traces } = await api(path);
+    const lines = [];
+    for (const t of traces) {
+      lines.push(`accepted ${t.accepted} into ${entry.broker} (type ${t.type}, source ${t.source})`);
+      if (t.duplicates) lines.push(`repeated ${t.duplicates} time(s): duplicates, not delivered again`);
+      for (const trig of t.triggers) lines.push(trig.matched ? `  match  ${trig.name}` : `  miss   ${trig.name}: ${trig.reason}`);
+      for (const a of t.attempts) {
+        lines.push(`  ${a.start} ${a.trigger} attempt ${a.attempt}: ${a.outcome} after ${a.duration_ms.toFixed(1)} ms`
+          + (a.status ? `, status ${a.status}` : "") + (a.error ? ` (${a.error})` : ""));
+      }
+      for (const d of t.dead_letters) lines.push(`  dead letter ${d.id} of ${d.trigger}: ${d.reason}`);
+      for (const c of t.caused) lines.push(`  caused event ${c}`);
+    }
+    $("#trace-body").textContent = lines.join("\n");
+  } catch (error) {
+    $("#trace-body").textContent = error.message;
+  }
 }
 
 async function openStream() {

@@ -269,6 +269,19 @@ async fn apply(
             Desired::Broker(_) | Desired::Schedule(_) => {}
         }
     }
+    let new_schedules = (desired.iter())
+        .filter(|r| matches!(r, Desired::Schedule(s) if state.router.schedule(&s.name).is_none()))
+        .count();
+    let max_schedules = state.limits.max_schedules;
+    if new_schedules > 0 && state.router.schedules().len() + new_schedules > max_schedules {
+        return Err(ApiError::new(
+            http::StatusCode::CONFLICT,
+            "too_many_schedules",
+            format!(
+                "the apply would pass the server's limit of {max_schedules} schedules; nothing was written"
+            ),
+        ));
+    }
     let max = state.limits.max_triggers;
     if new_triggers > 0 && state.router.store().trigger_count() + new_triggers > max {
         return Err(ApiError::new(

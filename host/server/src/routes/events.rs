@@ -7,7 +7,7 @@
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_router::binding;
 use sluice_router::trigger::DEFAULT_BROKER;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_default_events))
         .routes(routes!(post_broker_events))
         .routes(routes!(explain_events))
+        .routes(routes!(trace_event))
 }
 
 /// Posts CloudEvents (binary, structured or batch mode) to the `default`
@@ -98,10 +99,10 @@ async fn explain_events(
     State(state): State<AppState>,
     Path(broker): Path<String>,
     request: Request,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Value>, ApiError> {
     check_broker_name(&broker)?;
     let events = read_events(&state, request).await?;
-    let explained: Vec<serde_json::Value> = events
+    let explained: Vec<Value> = events
         .iter()
         .map(|event| {
             let mut matched = Vec::new();
@@ -128,6 +129,93 @@ async fn explain_events(
         })
         .collect();
     Ok(axum::Json(json!({"broker": broker, "events": explained})))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TraceQuery {
+    /// Only the event of this `source` (without it, one trace per source
+    /// that posted this id).
+    source: Option<String>,
+}
+
+/// What became of recent events `id` of broker `broker` (embedded mode,
+/// kept for `--trace-retention`): when each was accepted, every trigger of
+/// the broker with whether it matched (and why not, against the triggers
+/// as they are now), every delivery attempt, its dead letters, and the ids
+/// of the events it caused.
+#[utoipa::path(get, path = "/v1/brokers/{broker}/events/{id}", tag = "events",
+    params(("broker" = String, Path, description = "Broker name"),
+        ("id" = String, Path, description = "The event's `id`"),
+        TraceQuery),
+    responses(
+        (status = 200, description = "The traces of the events with this id, newest first", body = crate::openapi::EventTraces),
+        (status = 400, description = "Not a broker name", body = crate::openapi::Error),
+        crate::openapi::AuthErrors,
+        (status = 404, description = "No trace of such an event (never accepted, older than the retention, or traces are off)", body = crate::openapi::Error)))]
+async fn trace_event(
+    State(state): State<AppState>,
+    Path((broker, id)): Path<(String, String)>,
+    crate::error::Query(query): crate::error::Query<TraceQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    check_broker_name(&broker)?;
+    if !state.router.traces_kept() {
+        let why = if state.router.cluster().is_some() {
+            "cluster mode keeps no traces yet"
+        } else {
+            "traces are off (--trace-retention 0s)"
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "trace_not_found",
+            format!("no trace of event {id:?} in broker {broker:?}: {why}"),
+        ));
+    }
+    let found = state.router.trace(&broker, &id, query.source.as_deref());
+    if found.is_empty() {
+        let source = match &query.source {
+            Some(source) => format!(" from source {source:?}"),
+            None => String::new(),
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "trace_not_found",
+            format!(
+                "no trace of event {id:?}{source} in broker {broker:?}: never accepted there, or accepted longer ago than the traces are kept (--trace-retention, --trace-max-events)"
+            ),
+        ));
+    }
+    let rfc3339 = |ms: u64| {
+        jiff::Timestamp::from_millisecond(ms as i64).map_or(Value::Null, |t| json!(t.to_string()))
+    };
+    let traces: Vec<Value> = (found.into_iter())
+        .map(|(trace, others)| {
+            let mut triggers: Vec<Value> = (trace.matched.iter())
+                .map(|name| json!({"name": name, "matched": true}))
+                .collect();
+            for (name, why) in others {
+                let reason = why.unwrap_or_else(|| {
+                    "not recorded (the trace did not keep an event this large)".into()
+                });
+                triggers.push(json!({"name": name, "matched": false, "reason": reason}));
+            }
+            let mut view = serde_json::to_value(&trace).expect("JSON");
+            view["accepted"] = rfc3339(trace.accepted_ms);
+            view["triggers"] = json!(triggers);
+            for (attempt, shown) in trace.attempts.iter().zip(
+                view["attempts"]
+                    .as_array_mut()
+                    .expect("attempts")
+                    .iter_mut(),
+            ) {
+                shown["start"] = rfc3339(attempt.start_ms);
+            }
+            view
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"broker": broker, "id": id, "traces": traces}),
+    ))
 }
 
 /// The CloudEvents of a request (any mode), read within

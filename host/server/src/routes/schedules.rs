@@ -80,7 +80,8 @@ async fn get_schedule(
         (status = 200, description = "Replaced", body = crate::openapi::Schedule),
         (status = 201, description = "Created", body = crate::openapi::Schedule),
         (status = 400, description = "Invalid input", body = crate::openapi::Error),
-        crate::openapi::AuthErrors))]
+        crate::openapi::AuthErrors,
+        (status = 409, description = "Past `--max-schedules`", body = crate::openapi::Error)))]
 async fn put_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -92,6 +93,16 @@ async fn put_schedule(
             format!("invalid schedule at {}: {}", error.path, error.reason),
         )
     })?;
+    let max = state.limits.max_schedules;
+    if state.router.schedule(&name).is_none() && state.router.schedules().len() >= max {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_schedules",
+            format!(
+                "the server already holds its limit of {max} schedules (--max-schedules); delete one first"
+            ),
+        ));
+    }
     let replaced = state.router.put_schedule(schedule).await?;
     let status = if replaced {
         StatusCode::OK

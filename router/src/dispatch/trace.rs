@@ -1,0 +1,362 @@
+//! Per-event traces (embedded mode): what became of each event a client
+//! posted or a schedule fired, kept in memory for `--trace-retention`, the
+//! last `--trace-max-events` of them.
+//!
+//! A trace holds when the event was accepted, the triggers it matched,
+//! every delivery attempt (start, duration, outcome, status or error), the
+//! dead letters, and the ids of the events it caused (replies, and events
+//! functions published while handling it into the same broker). The event
+//! itself is kept too when its JSON is at most [`MAX_EVENT_BYTES`], so that
+//! a read can say why each other trigger did not match it (against the
+//! triggers as they are then). Each trace is bounded: at most
+//! [`MAX_ATTEMPTS`] attempts and [`MAX_CAUSED`] caused ids (later ones are
+//! counted, not kept), an error at most [`MAX_ERROR_BYTES`].
+//!
+//! Writing one costs a lock and a hash map insert per accepted event (and
+//! per attempt); reading never touches the store. Traces are not durable:
+//! a restart starts with none.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_store::DedupeKey;
+
+/// The largest event JSON a trace keeps (for "why not" on a read).
+pub const MAX_EVENT_BYTES: usize = 8 * 1024;
+/// Attempts a trace keeps.
+pub const MAX_ATTEMPTS: usize = 64;
+/// Caused event ids a trace keeps.
+pub const MAX_CAUSED: usize = 64;
+/// Bytes of an attempt's error or a dead letter's reason a trace keeps.
+pub const MAX_ERROR_BYTES: usize = 512;
+
+/// The triggers of a broker an event did not match, by name, each with
+/// why not (`None`: not known, the trace did not keep the event).
+pub type Misses = Vec<(String, Option<String>)>;
+
+/// What became of one event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trace {
+    /// The broker.
+    pub broker: String,
+    /// The event's `id`.
+    pub id: String,
+    /// The event's `source`.
+    pub source: String,
+    /// The event's `type`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// When it was accepted (Unix ms).
+    pub accepted_ms: u64,
+    /// The triggers it matched, by name.
+    pub matched: Vec<String>,
+    /// Every delivery attempt, in the order they ended.
+    pub attempts: Vec<TraceAttempt>,
+    /// Attempts past [`MAX_ATTEMPTS`], not kept.
+    pub attempts_not_kept: u32,
+    /// Its dead letters, one per trigger that failed for good.
+    pub dead_letters: Vec<TraceDeadLetter>,
+    /// Ids of the events it caused (replies and published events).
+    pub caused: Vec<String>,
+    /// Caused events past [`MAX_CAUSED`], not kept.
+    pub caused_not_kept: u32,
+    /// Repeats a client posted within the de-duplication window.
+    pub duplicates: u32,
+    /// The event's JSON, when small enough to keep.
+    #[serde(skip)]
+    pub event: Option<Arc<str>>,
+    /// Its deliveries' group (0: it matched no trigger).
+    #[serde(skip)]
+    pub group: u64,
+}
+
+/// One delivery attempt.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceAttempt {
+    /// The trigger.
+    pub trigger: String,
+    /// Its number for this trigger (1 is the first).
+    pub attempt: u32,
+    /// When it started (Unix ms).
+    pub start_ms: u64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+    /// `delivered`, `retrying` (failed; it will be tried again) or `failed`
+    /// (for good: a dead letter follows).
+    pub outcome: &'static str,
+    /// The HTTP status the subscriber answered, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why it failed (a trap, a limit the instance hit, a timeout, the
+    /// subscriber's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A dead letter of the event.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceDeadLetter {
+    /// The trigger that failed for good.
+    pub trigger: String,
+    /// The dead letter's id, as `GET /v1/deadletters` shows it.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The traces of one router.
+pub(super) struct Traces {
+    retention_ms: u64,
+    max: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    traces: HashMap<DedupeKey, Trace>,
+    /// The key of each traced event's delivery group.
+    groups: HashMap<u64, DedupeKey>,
+    /// (key, group, accepted) by acceptance, for expiry.
+    order: VecDeque<(DedupeKey, u64, u64)>,
+}
+
+fn cut(text: &str, max: usize) -> String {
+    super::truncate(text, max).to_string()
+}
+
+impl Traces {
+    /// Traces kept for `retention` (zero: none), at most `max` of them.
+    pub(super) fn new(retention: Duration, max: usize) -> Traces {
+        Traces {
+            retention_ms: retention.as_millis() as u64,
+            max,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Whether traces are kept at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.retention_ms > 0 && self.max > 0
+    }
+
+    /// Starts the trace of an accepted event.
+    pub(super) fn accepted(&self, trace: Trace, now_ms: u64) {
+        let group = trace.group;
+        let key = sluice_store::dedupe_key(&trace.broker, &trace.source, &trace.id);
+        let mut inner = self.inner.lock().unwrap();
+        inner.expire(now_ms, self.retention_ms, self.max.saturating_sub(1));
+        if let Some(old) = inner.traces.insert(key, trace) {
+            // The same event again (de-duplication off): the newer one.
+            inner.groups.remove(&old.group);
+        }
+        if group != 0 {
+            inner.groups.insert(group, key);
+        }
+        inner.order.push_back((key, group, now_ms));
+    }
+
+    /// Counts a client's repeat of a traced event.
+    pub(super) fn duplicate(&self, broker: &str, source: &str, id: &str) {
+        let key = sluice_store::dedupe_key(broker, source, id);
+        if let Some(trace) = self.inner.lock().unwrap().traces.get_mut(&key) {
+            trace.duplicates += 1;
+        }
+    }
+
+    /// Adds an attempt to the trace of delivery group `group`.
+    pub(super) fn attempt(&self, group: u64, mut attempt: TraceAttempt) {
+        if group == 0 {
+            return;
+        }
+        attempt.error = attempt.error.map(|e| cut(&e, MAX_ERROR_BYTES));
+        self.with_group(group, |trace| {
+            if trace.attempts.len() < MAX_ATTEMPTS {
+                trace.attempts.push(attempt);
+            } else {
+                trace.attempts_not_kept += 1;
+            }
+        });
+    }
+
+    /// Adds a dead letter to the trace of delivery group `group`.
+    pub(super) fn dead_lettered(&self, group: u64, trigger: &str, id: u64, reason: &str) {
+        if group == 0 {
+            return;
+        }
+        self.with_group(group, |trace| {
+            if trace.dead_letters.len() < MAX_ATTEMPTS {
+                trace.dead_letters.push(TraceDeadLetter {
+                    trigger: trigger.to_string(),
+                    id: id.to_string(),
+                    reason: cut(reason, MAX_ERROR_BYTES),
+                });
+            }
+        });
+    }
+
+    /// Adds the ids of events caused by event (`broker`, `source`, `id`).
+    pub(super) fn caused(&self, broker: &str, source: &str, id: &str, ids: &[String]) {
+        let key = sluice_store::dedupe_key(broker, source, id);
+        if let Some(trace) = self.inner.lock().unwrap().traces.get_mut(&key) {
+            for id in ids {
+                if trace.caused.len() < MAX_CAUSED {
+                    trace.caused.push(id.clone());
+                } else {
+                    trace.caused_not_kept += 1;
+                }
+            }
+        }
+    }
+
+    /// The traces of events `id` in `broker` (one per source, or the one
+    /// of `source`), newest first.
+    pub(super) fn find(
+        &self,
+        broker: &str,
+        id: &str,
+        source: Option<&str>,
+        now_ms: u64,
+    ) -> Vec<Trace> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.expire(now_ms, self.retention_ms, self.max);
+        if let Some(source) = source {
+            let key = sluice_store::dedupe_key(broker, source, id);
+            return inner.traces.get(&key).cloned().into_iter().collect();
+        }
+        let mut found: Vec<Trace> = (inner.traces.values())
+            .filter(|t| t.id == id && t.broker == broker)
+            .cloned()
+            .collect();
+        found.sort_by_key(|t| std::cmp::Reverse(t.accepted_ms));
+        found
+    }
+
+    fn with_group(&self, group: u64, change: impl FnOnce(&mut Trace)) {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(key) = inner.groups.get(&group).copied() else {
+            return;
+        };
+        if let Some(trace) = inner.traces.get_mut(&key) {
+            change(trace);
+        }
+    }
+}
+
+impl Inner {
+    /// Drops traces older than `retention_ms`, and the oldest past `keep`.
+    fn expire(&mut self, now_ms: u64, retention_ms: u64, keep: usize) {
+        while let Some(&(key, group, accepted)) = self.order.front() {
+            if self.order.len() <= keep && accepted + retention_ms > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.groups.remove(&group);
+            // A newer trace of the same event stays (its own entry in the
+            // order comes later).
+            if self
+                .traces
+                .get(&key)
+                .is_some_and(|t| t.accepted_ms == accepted)
+            {
+                self.traces.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(id: &str, source: &str, at: u64, group: u64) -> Trace {
+        Trace {
+            broker: "b".into(),
+            id: id.into(),
+            source: source.into(),
+            ty: "t".into(),
+            accepted_ms: at,
+            matched: vec!["one".into()],
+            attempts: Vec::new(),
+            attempts_not_kept: 0,
+            dead_letters: Vec::new(),
+            caused: Vec::new(),
+            caused_not_kept: 0,
+            duplicates: 0,
+            event: None,
+            group,
+        }
+    }
+
+    fn attempt(n: u32) -> TraceAttempt {
+        TraceAttempt {
+            trigger: "one".into(),
+            attempt: n,
+            start_ms: 0,
+            duration_ms: 1.0,
+            outcome: "retrying",
+            status: Some(500),
+            error: Some("x".repeat(10_000)),
+        }
+    }
+
+    #[test]
+    fn traces_are_bounded_in_count_age_and_size() {
+        let traces = Traces::new(Duration::from_secs(60), 3);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            traces.accepted(
+                trace(id, "/s", 1_000 + i as u64, 10 + i as u64),
+                1_000 + i as u64,
+            );
+        }
+        assert!(
+            traces.find("b", "a", None, 1_010).is_empty(),
+            "the oldest past the count"
+        );
+        assert_eq!(traces.find("b", "d", None, 1_010).len(), 1);
+        for n in 0..100 {
+            traces.attempt(13, attempt(n));
+        }
+        traces.caused(
+            "b",
+            "/s",
+            "d",
+            &(0..100).map(|i| i.to_string()).collect::<Vec<_>>(),
+        );
+        traces.dead_lettered(13, "one", 7, "gave up");
+        traces.duplicate("b", "/s", "d");
+        let d = &traces.find("b", "d", Some("/s"), 1_010)[0];
+        assert_eq!(
+            (d.attempts.len(), d.attempts_not_kept),
+            (MAX_ATTEMPTS, 100 - MAX_ATTEMPTS as u32)
+        );
+        assert!(d.attempts[0].error.as_ref().unwrap().len() <= MAX_ERROR_BYTES);
+        assert_eq!(
+            (d.caused.len(), d.caused_not_kept),
+            (MAX_CAUSED, 100 - MAX_CAUSED as u32)
+        );
+        assert_eq!(d.dead_letters[0].id, "7");
+        assert_eq!(d.duplicates, 1);
+        // An attempt of an event not traced (a reply's) changes nothing.
+        traces.attempt(99, attempt(1));
+        // Past the retention, gone.
+        assert!(traces.find("b", "d", None, 1_003 + 60_000).is_empty());
+        assert!(traces.inner.lock().unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn one_id_from_two_sources_is_two_traces() {
+        let traces = Traces::new(Duration::from_secs(60), 10);
+        traces.accepted(trace("x", "/one", 1, 1), 1);
+        traces.accepted(trace("x", "/two", 2, 2), 2);
+        let both = traces.find("b", "x", None, 3);
+        assert_eq!(
+            both.iter().map(|t| t.source.as_str()).collect::<Vec<_>>(),
+            ["/two", "/one"]
+        );
+        assert_eq!(traces.find("b", "x", Some("/one"), 3).len(), 1);
+        assert!(traces.find("other", "x", None, 3).is_empty());
+        assert!(!Traces::new(Duration::ZERO, 10).enabled());
+    }
+}
