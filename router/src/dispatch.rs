@@ -1070,16 +1070,21 @@ impl Router {
         events: Vec<CloudEvent>,
         origin: Origin,
     ) -> Result<Accepted, PublishError> {
-        let dedupe = match origin {
-            Origin::Client => self.dedupes(broker),
+        // The broker name the de-duplication keys are made with (`None`:
+        // not de-duplicated).
+        let keyed_as = match origin {
+            Origin::Client => self.dedupes(broker).then(|| broker.to_string()),
             // Its ids follow from the schedule and the instant: a repeat
-            // is a firing done twice, whatever the broker says.
-            Origin::Schedule => self.limits.dedupe,
-            Origin::Function => false,
+            // is a firing done twice, whatever the broker says. Its keys
+            // are apart from clients' (a broker name holds no NUL), so a
+            // client posting the same source and id cannot suppress it.
+            Origin::Schedule => (self.limits.dedupe).then(|| format!("{broker}\0schedule")),
+            Origin::Function => None,
         };
         if let Some(link) = &self.cluster {
-            return self.publish_clustered(link, broker, events, dedupe).await;
+            return (self.publish_clustered(link, broker, events, keyed_as.as_deref())).await;
         }
+        let dedupe = keyed_as.is_some();
         let bounded = origin != Origin::Function;
         let events: Vec<CloudEvent> = (events.into_iter())
             .filter(|event| !self.over_hop_limit(broker, event))
@@ -1093,7 +1098,10 @@ impl Router {
             None => None,
             Some(window) => {
                 let keys: Vec<sluice_store::DedupeKey> = (events.iter())
-                    .map(|e| sluice_store::dedupe_key(broker, &e.source, &e.id))
+                    .map(|e| {
+                        let keyed_as = keyed_as.as_deref().unwrap_or(broker);
+                        sluice_store::dedupe_key(keyed_as, &e.source, &e.id)
+                    })
                     .collect();
                 let repeats = sluice_store::repeats_within(&keys);
                 let distinct: Vec<sluice_store::DedupeKey> = (keys.iter().zip(&repeats))

@@ -141,10 +141,19 @@ impl Schedule {
             broker,
             payload,
         };
+        Ok(parsed)
+    }
+
+    /// [`Schedule::parse`] for a new definition (from the API): also
+    /// refused when its pattern has no instant after now. (A stored one
+    /// that has fired its last instant still loads, so it can be read and
+    /// deleted.)
+    pub fn parse_new(value: &Value, name: Option<&str>) -> Result<Schedule, TriggerError> {
+        let parsed = Schedule::parse(value, name)?;
         if parsed.next_after(Timestamp::now()).is_none() {
             return Err(invalid(
                 "schedule",
-                format!("{:?} never fires", parsed.schedule),
+                format!("{:?} never fires (no instant after now)", parsed.schedule),
             ));
         }
         Ok(parsed)
@@ -498,11 +507,17 @@ mod tests {
                 "name",
             ),
         ] {
-            let error = Schedule::parse(&bad, Some("s")).unwrap_err();
+            let error = Schedule::parse_new(&bad, Some("s")).unwrap_err();
             assert_eq!(error.path, field, "{bad}: {}", error.reason);
         }
-        let never = Schedule::parse(&json!({"schedule": "0 0 30 2 *", "sink": sink}), Some("s"))
-            .unwrap_err();
+        let never =
+            Schedule::parse_new(&json!({"schedule": "0 0 30 2 *", "sink": sink}), Some("s"))
+                .unwrap_err();
         assert!(never.reason.contains("never fires"), "{}", never.reason);
+        // One that fired its last instant still loads from the store.
+        let past = json!({"schedule": "0 0 0 1 1 * 2020", "sink": sink});
+        assert!(Schedule::parse_new(&past, Some("s")).is_err());
+        let stored = Schedule::parse(&past, Some("s")).unwrap();
+        assert_eq!(stored.next_after(Timestamp::now()), None);
     }
 }

@@ -25,7 +25,7 @@ fn now() -> f64 {
 /// well-formed ping event of schedule `tick`, and how often each came.
 fn instants(sink: &Sink) -> BTreeMap<i64, usize> {
     let mut seen = BTreeMap::new();
-    for request in sink.received() {
+    for request in sink.received().into_iter().filter(|r| r.path == "/tick") {
         let id = request.ce("id").expect("an id");
         assert_eq!(request.ce("time").as_deref(), Some(id.as_str()));
         assert_eq!(
@@ -60,6 +60,31 @@ async fn run_for(server: &Server, sink: &Sink, before: usize, more: usize, up: D
     ready
 }
 
+/// Stores schedule `name`, whose one instant (returned, Unix seconds) is
+/// 2 to 3 s from now, into broker `later`.
+async fn once_while_down(server: &Server, name: &str) -> i64 {
+    let instant = now().ceil() as i64 + 2;
+    let at = jiff::Timestamp::from_second(instant)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    let pattern = format!(
+        "{} {} {} {} {} *",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month()
+    );
+    let response = (server.http())
+        .put(server.url(&format!("/v1/schedules/{name}")))
+        .json(&json!({"schedule": pattern, "sink": {"broker": "later"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    instant
+}
+
 async fn a_schedule_fires_once_a_second_across_a_restart_and_a_crash(backend: Backend) {
     let mut server = backend.start().await;
     let sink = Sink::start().await;
@@ -92,34 +117,42 @@ async fn a_schedule_fires_once_a_second_across_a_restart_and_a_crash(backend: Ba
     // A cluster node fires once it holds the schedules' lease: a node that
     // died may hold it for up to 3 s more.
     let takeover = match backend {
-        Backend::Embedded => 1.5,
-        Backend::Nats => 4.5,
+        Backend::Embedded => 2.0,
+        Backend::Nats => 5.0,
     };
+    // A schedule whose one instant falls while the server is down: only
+    // the catch-up at start can fire it.
+    server
+        .trigger(json!({"name": "once", "broker": "later",
+            "subscriber": {"uri": format!("{}/once", sink.url)}}))
+        .await;
     let up = Duration::from_secs(6);
     // Up, then a graceful restart, then a crash; up after each.
     let mut windows = Vec::new();
     run_for(&server, &sink, 0, 3, up).await;
-    windows.push((stored + takeover, now() - 1.0));
+    windows.push((stored + takeover, now() - 2.0));
+    let first_once = once_while_down(&server, "once-a").await;
     assert!(server.terminate().success());
     let stopped = now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let wait = (first_once as f64 + 1.5 - now()).max(1.5);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     server.start_again();
     let ready = run_for(&server, &sink, instants(&sink).len(), 3, up).await;
-    windows.push((ready + takeover, now() - 1.0));
-    let graceful = (stopped, ready);
+    windows.push((ready + takeover, now() - 2.0));
+    let second_once = once_while_down(&server, "once-b").await;
     server.kill();
     let killed = now();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let wait = (second_once as f64 + 1.5 - now()).max(2.5);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     server.start_again();
     let ready = run_for(&server, &sink, instants(&sink).len(), 3, up).await;
-    windows.push((ready + takeover, now() - 1.0));
-    let crash = (killed, ready);
+    windows.push((ready + takeover, now() - 2.0));
 
     let (status, body) = server.get("/v1/schedules/tick").await;
     assert_eq!(status, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     let last: jiff::Timestamp = view["lastFired"].as_str().expect(&body).parse().unwrap();
-    assert!(last.as_second() as f64 > crash.1 - 2.0, "{body}");
+    assert!(last.as_second() as f64 > ready - 2.0, "{body}");
     let (status, body) = server.delete("/v1/schedules/tick").await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -133,8 +166,17 @@ async fn a_schedule_fires_once_a_second_across_a_restart_and_a_crash(backend: Ba
 
     let seen = instants(&sink);
     let log = || format!("instants {seen:?}\nwindows {windows:?}\n{}", server.log());
-    // No instant twice.
-    assert!(seen.values().all(|n| *n == 1), "{}", log());
+    // No instant twice. (A delivery the sink took just before the kill,
+    // whose end the server had not yet recorded, is delivered again: at
+    // least once, the same firing.)
+    for (second, n) in &seen {
+        let near_the_kill = (*second as f64) > killed - 2.0 && (*second as f64) <= killed;
+        assert!(
+            *n == 1 || (*n == 2 && near_the_kill),
+            "instant {second} came {n} times: {}",
+            log()
+        );
+    }
     // None lost while the server was up.
     for (from, to) in &windows {
         for second in (from.ceil() as i64)..=(to.floor() as i64) {
@@ -151,13 +193,33 @@ async fn a_schedule_fires_once_a_second_across_a_restart_and_a_crash(backend: Ba
         "{}",
         log()
     );
-    // An instant missed while down was fired once at start (on one machine
-    // the restarted server fires at once; a cluster node once it leads).
-    for (down, up) in [graceful, crash] {
-        let caught_up =
-            (seen.keys()).any(|s| (*s as f64) > down + 0.5 && (*s as f64) <= up + takeover - 1.0);
-        assert!(caught_up, "nothing fired for ({down}, {up}]: {}", log());
-    }
+    // Each instant missed while down fired once at start.
+    let once = eventually(Duration::from_secs(30), || async {
+        let got: Vec<(String, String)> = (sink.received().into_iter())
+            .filter(|r| r.path == "/once")
+            .map(|r| (r.ce("source").unwrap(), r.ce("id").unwrap()))
+            .collect();
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    let stamp = |s: i64| jiff::Timestamp::from_second(s).unwrap().to_string();
+    let mut once = once;
+    once.sort();
+    assert_eq!(
+        once,
+        [
+            (
+                "/apis/v1/namespaces/default/pingsources/once-a".to_string(),
+                stamp(first_once)
+            ),
+            (
+                "/apis/v1/namespaces/default/pingsources/once-b".to_string(),
+                stamp(second_once)
+            ),
+        ],
+        "stopped {stopped}, killed {killed}: {}",
+        log()
+    );
 }
 
 async fn schedules_validate_and_round_trip(backend: Backend) {

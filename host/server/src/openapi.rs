@@ -516,7 +516,6 @@ pub struct Schedule {
     content_type: Option<String>,
     /// The events' data: a string (Knative's), or any JSON value (a Sluice
     /// extension). At most 64 KiB.
-    #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// The events' data as base64 (instead of `data`).
     #[schema(rename = "dataBase64")]

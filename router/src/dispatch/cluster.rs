@@ -88,6 +88,11 @@ impl Link {
         self.synced_bucket(Bucket::Brokers).await;
     }
 
+    /// Whether `bucket` is loaded.
+    pub(super) fn is_synced(&self, bucket: Bucket) -> bool {
+        self.synced.lock().unwrap().contains(&bucket)
+    }
+
     /// Waits until `bucket` is loaded.
     pub(super) async fn synced_bucket(&self, bucket: Bucket) {
         loop {
@@ -302,11 +307,12 @@ impl Router {
         link: &Link,
         broker: &str,
         events: Vec<CloudEvent>,
-        dedupe: bool,
+        keyed_as: Option<&str>,
     ) -> Result<Accepted, PublishError> {
         let mut accepted = 0;
         let mut duplicates = Vec::new();
-        // With `dedupe`, a repeat of an event is the same event
+        // With `keyed_as` (the broker, or a schedule's own key space), a
+        // repeat of an event is the same event
         // (CloudEvents: source and id), within JetStream's duplicate window
         // (`--dedupe-window`); a reply or a guest's publish is always new,
         // even when it keeps the id and source of its cause.
@@ -316,8 +322,8 @@ impl Router {
             }
             let json = event.to_json();
             let seen = link.applied.load(std::sync::atomic::Ordering::Acquire);
-            let message_id = if dedupe {
-                sluice_store::cluster::event_message_id(broker, &event.source, &event.id)
+            let message_id = if let Some(keyed_as) = keyed_as {
+                sluice_store::cluster::event_message_id(keyed_as, &event.source, &event.id)
             } else {
                 link.cluster.unique_message_id()
             };

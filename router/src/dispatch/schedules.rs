@@ -39,6 +39,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often a cluster node checks whether it leads (and the leader
 /// renews its lease).
 const LEASE_CHECK: Duration = Duration::from_secs(1);
+/// Instants missed while up that are fired one by one (a stall, a slow
+/// disk); past it only the last is.
+const MAX_CATCH_UP: usize = 10;
 /// How long the schedules' lease outlives its last renewal (ms).
 const LEASE_MS: i64 = 3000;
 /// The lease's key in the schedules bucket.
@@ -253,11 +256,25 @@ impl Router {
     /// router only while it fires). With no schedule it sleeps until one
     /// is stored.
     pub(super) async fn schedule_loop(router: std::sync::Weak<Router>) {
-        if let Some(this) = router.upgrade()
-            && let Some(link) = &this.cluster
-        {
-            link.synced_bucket(Bucket::Schedules).await;
+        // In cluster mode, not before the bucket is loaded (polled, so a
+        // router stopped or dropped meanwhile is let go of).
+        loop {
+            let Some(this) = router.upgrade() else {
+                return;
+            };
+            if this.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            match &this.cluster {
+                Some(link) if !link.is_synced(Bucket::Schedules) => {}
+                _ => break,
+            }
+            drop(this);
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Instants missed before this node fires (the server was down, or
+        // another node led) collapse into the last one.
+        let mut fired_before = false;
         loop {
             let Some(this) = router.upgrade() else {
                 return;
@@ -270,11 +287,15 @@ impl Router {
             let wait = if this.schedules.defined.read().unwrap().is_empty() {
                 None
             } else if !this.leads_schedules().await {
+                fired_before = false;
                 Some(LEASE_CHECK)
-            } else if this.cluster.is_some() {
-                Some(this.fire_due().await.min(LEASE_CHECK))
             } else {
-                Some(this.fire_due().await)
+                let wait = this.fire_due(!fired_before).await;
+                fired_before = true;
+                Some(match this.cluster {
+                    Some(_) => wait.min(LEASE_CHECK),
+                    None => wait,
+                })
             };
             drop(this);
             match wait {
@@ -316,20 +337,22 @@ impl Router {
         catalog.put(LEADER_KEY, json.into(), expect).await.is_ok()
     }
 
-    /// Fires each schedule whose last instant is past its mark; returns how
-    /// long to sleep until the next instant of any.
-    async fn fire_due(&self) -> Duration {
+    /// Fires each schedule's instants past its mark, in order: every one
+    /// of them (at most [`MAX_CATCH_UP`]: past that, or when `collapse`,
+    /// only the last); returns how long to sleep until the next instant of
+    /// any.
+    async fn fire_due(&self, collapse: bool) -> Duration {
         let now = Timestamp::now();
         let mut wake = MAX_SLEEP;
         for (schedule, mark) in self.schedules() {
-            if let Some(due) = schedule.latest_at_or_before(now)
-                && due.as_millisecond() > mark.through
-                && let Err(error) = self.fire(&schedule, due).await
-            {
-                if let Some(since) = self.schedules.failures.allow(self.now_ms()) {
-                    tracing::warn!(schedule = %schedule.name, instant = %due, %error, more_since_last_line = since, "a schedule could not fire; trying again");
+            for due in due_instants(&schedule, mark.through, now, collapse) {
+                if let Err(error) = self.fire(&schedule, due).await {
+                    if let Some(since) = self.schedules.failures.allow(self.now_ms()) {
+                        tracing::warn!(schedule = %schedule.name, instant = %due, %error, more_since_last_line = since, "a schedule could not fire; trying again");
+                    }
+                    wake = wake.min(RETRY);
+                    break;
                 }
-                wake = wake.min(RETRY);
             }
             if let Some(next) = schedule.next_after(now) {
                 let until = next.as_millisecond().saturating_sub(now.as_millisecond());
@@ -341,25 +364,30 @@ impl Router {
     }
 
     /// Posts `schedule`'s event for `instant` and records the mark.
-    async fn fire(&self, schedule: &Schedule, instant: Timestamp) -> Result<(), String> {
+    async fn fire(&self, schedule: &Arc<Schedule>, instant: Timestamp) -> Result<(), String> {
+        // One write at a time, held across the post: a schedule replaced
+        // or deleted meanwhile does not fire its old definition after the
+        // `PUT` or `DELETE` answered (nor is its mark set back).
+        let _writing = self.schedules.writes.lock().await;
+        let current = self
+            .schedules
+            .defined
+            .read()
+            .unwrap()
+            .get(&schedule.name)
+            .cloned();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, schedule)) {
+            return Ok(());
+        }
+        let ms = instant.as_millisecond();
+        if self.schedules.mark(&schedule.name).through >= ms {
+            return Ok(());
+        }
         let event = schedule.event(instant);
         let accepted = (self.publish_bounded(&schedule.broker, vec![event], Origin::Schedule))
             .await
             .map_err(|e| e.to_string())?;
         let duplicate = !accepted.duplicates.is_empty();
-        let ms = instant.as_millisecond();
-        // One write at a time: a schedule stored meanwhile keeps its later
-        // mark, and one deleted meanwhile gets none.
-        let _writing = self.schedules.writes.lock().await;
-        if !self
-            .schedules
-            .defined
-            .read()
-            .unwrap()
-            .contains_key(&schedule.name)
-        {
-            return Ok(());
-        }
         self.schedules.set_mark(
             &schedule.name,
             Mark {
@@ -375,10 +403,7 @@ impl Router {
             tracing::info!(schedule = %schedule.name, instant = %instant, "a schedule's firing was already accepted (a restart or a second node): not delivered again");
         }
         let stored = match &self.cluster {
-            Some(link) => link
-                .put(Bucket::Schedules, &mark_key(&schedule.name), mark.to_json())
-                .await
-                .map(drop),
+            Some(link) => store_mark(link, &schedule.name, mark).await,
             None => {
                 self.store
                     .mark_schedule(&schedule.name, &mark.to_json())
@@ -391,5 +416,98 @@ impl Router {
             tracing::warn!(schedule = %schedule.name, %error, "could not record a schedule's firing");
         }
         Ok(())
+    }
+}
+
+/// Instants of `schedule` after `through` (Unix ms) up to `now`, oldest
+/// first: all of them, or only the last when `collapse` or when there are
+/// more than [`MAX_CATCH_UP`].
+fn due_instants(
+    schedule: &Schedule,
+    through: i64,
+    now: Timestamp,
+    collapse: bool,
+) -> Vec<Timestamp> {
+    let Some(last) = schedule.latest_at_or_before(now) else {
+        return Vec::new();
+    };
+    if last.as_millisecond() <= through {
+        return Vec::new();
+    }
+    if collapse {
+        return vec![last];
+    }
+    let mut due = Vec::new();
+    let mut after = Timestamp::from_millisecond(through).unwrap_or(last);
+    while let Some(next) = schedule.next_after(after) {
+        if next > now {
+            break;
+        }
+        if due.len() == MAX_CATCH_UP {
+            tracing::warn!(schedule = %schedule.name, "a schedule fell more than {MAX_CATCH_UP} instants behind; firing only the last");
+            return vec![last];
+        }
+        due.push(next);
+        after = next;
+    }
+    due
+}
+
+/// Records `mark` in the cluster, only forward: a mark already further
+/// (another node's, a replacement's) stays.
+async fn store_mark(link: &super::cluster::Link, name: &str, mark: Mark) -> Result<(), StoreError> {
+    let catalog = link.cluster.catalog(Bucket::Schedules)?;
+    let key = mark_key(name);
+    for _ in 0..8 {
+        let current = catalog.get(&key).await?;
+        let expect = match &current {
+            Some(v) if Mark::parse(&v.value).is_some_and(|m| m.through >= mark.through) => {
+                return Ok(());
+            }
+            Some(v) => Expect::Revision(v.revision),
+            None => Expect::Absent,
+        };
+        match catalog.put(&key, mark.to_json().into(), expect).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Changed(_)) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StoreError::Changed(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_missed_while_up_are_all_fired_and_a_long_gap_collapses() {
+        let every_second = Schedule::parse(
+            &serde_json::json!({"schedule": "* * * * * *", "sink": {"broker": "b"}}),
+            Some("s"),
+        )
+        .unwrap();
+        let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let through = at("2026-12-03T10:00:00Z").as_millisecond();
+        let now = at("2026-12-03T10:00:03.500Z");
+        assert_eq!(
+            due_instants(&every_second, through, now, false),
+            [
+                at("2026-12-03T10:00:01Z"),
+                at("2026-12-03T10:00:02Z"),
+                at("2026-12-03T10:00:03Z")
+            ]
+        );
+        assert_eq!(
+            due_instants(&every_second, through, now, true),
+            [at("2026-12-03T10:00:03Z")]
+        );
+        let later = at("2026-12-03T10:05:00Z");
+        assert_eq!(
+            due_instants(&every_second, through, later, false),
+            [later],
+            "past the cap"
+        );
+        assert!(due_instants(&every_second, now.as_millisecond(), now, false).is_empty());
     }
 }

@@ -153,7 +153,7 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
             ])?;
             let mut definition = Value::Object(spec.clone());
             definition["name"] = json!(name);
-            let schedule = Schedule::parse(&definition, None)
+            let schedule = Schedule::parse_new(&definition, None)
                 .map_err(|e| invalid(&at, format!("spec.{}: {}", e.path, e.reason)))?;
             Ok(Desired::Schedule(Box::new(schedule)))
         }

@@ -87,12 +87,13 @@ async fn put_schedule(
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let schedule = Schedule::parse(&json_body(request).await?, Some(&name)).map_err(|error| {
-        ApiError::bad_request(
-            "invalid_schedule",
-            format!("invalid schedule at {}: {}", error.path, error.reason),
-        )
-    })?;
+    let schedule =
+        Schedule::parse_new(&json_body(request).await?, Some(&name)).map_err(|error| {
+            ApiError::bad_request(
+                "invalid_schedule",
+                format!("invalid schedule at {}: {}", error.path, error.reason),
+            )
+        })?;
     let max = state.limits.max_schedules;
     if state.router.schedule(&name).is_none() && state.router.schedules().len() >= max {
         return Err(ApiError::new(
