@@ -156,6 +156,13 @@ pub struct Accepted {
     pub duplicates: Vec<String>,
 }
 
+/// The broker name the de-duplication keys (and traces) of `broker`'s
+/// schedule firings are made with: apart from its clients' events (a
+/// broker name holds no NUL).
+pub(crate) fn schedule_key_space(broker: &str) -> String {
+    format!("{broker}\0schedule")
+}
+
 /// Where events come from: how they are bounded and de-duplicated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -513,7 +520,7 @@ pub struct Router {
     /// Schedules and how far each has fired (see `schedules.rs`).
     schedules: schedules::Schedules,
     /// What became of recent events (see `trace.rs`).
-    traces: trace::Traces,
+    traces: Arc<trace::Traces>,
 }
 
 /// At most one log line a second for a warning that something a guest
@@ -732,10 +739,10 @@ impl Router {
             schedules,
         } = catalog;
         let index = Arc::new(TriggerIndex::build(triggers.values().cloned()));
-        let traces = match cluster {
+        let traces = Arc::new(match cluster {
             Some(_) => trace::Traces::new(Duration::ZERO, 0),
             None => trace::Traces::new(limits.trace_retention, limits.trace_max_events),
-        };
+        });
         Arc::new(Router {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             store,
@@ -1078,7 +1085,7 @@ impl Router {
             // is a firing done twice, whatever the broker says. Its keys
             // are apart from clients' (a broker name holds no NUL), so a
             // client posting the same source and id cannot suppress it.
-            Origin::Schedule => (self.limits.dedupe).then(|| format!("{broker}\0schedule")),
+            Origin::Schedule => (self.limits.dedupe).then(|| schedule_key_space(broker)),
             Origin::Function => None,
         };
         if let Some(link) = &self.cluster {
@@ -1130,13 +1137,21 @@ impl Router {
         let mut seen = Vec::new();
         // Replies and guests' events are traced as their cause's.
         let traced = origin != Origin::Function && self.traces.enabled();
+        let trace_key = match origin {
+            Origin::Schedule => schedule_key_space(broker),
+            _ => broker.to_string(),
+        };
         let mut traces = Vec::new();
         let mut repeats = Vec::new();
         let broker_name = self.intern(broker);
         for (mut event, duplicate) in events.into_iter().zip(duplicate) {
             if duplicate {
                 if traced {
-                    repeats.push((event.source.clone(), event.id.clone()));
+                    repeats.push(sluice_store::dedupe_key(
+                        &trace_key,
+                        &event.source,
+                        &event.id,
+                    ));
                 }
                 duplicates.push(event.id);
                 continue;
@@ -1153,8 +1168,16 @@ impl Router {
             if matches.is_empty() {
                 unmatched += 1;
                 if traced {
-                    let json: Arc<str> = event.to_json().into();
-                    traces.push(self.trace_of(broker, &event, &[], json, 0));
+                    // Kept for the reasons only when small: not made at all
+                    // for an event whose data alone is too large.
+                    let data_len = match &event.data {
+                        None => 0,
+                        Some(crate::event::Data::Binary(bytes)) => bytes.len(),
+                        Some(crate::event::Data::Json(raw)) => raw.get().len(),
+                    };
+                    let json =
+                        (data_len < trace::MAX_EVENT_BYTES).then(|| Arc::from(event.to_json()));
+                    traces.push(Router::trace_of(broker, &trace_key, &event, &[], json, 0));
                 }
                 continue;
             }
@@ -1180,7 +1203,14 @@ impl Router {
                 shared.push(parsed.clone());
             }
             if traced {
-                traces.push(self.trace_of(broker, &parsed, &matches, json, group));
+                traces.push(Router::trace_of(
+                    broker,
+                    &trace_key,
+                    &parsed,
+                    &matches,
+                    Some(json.clone()),
+                    group,
+                ));
             }
         }
         // Places in the backlog are taken before the deliveries are stored
@@ -1206,12 +1236,22 @@ impl Router {
             // duplicate): the wait runs on a task of its own.
             tail.written = true;
             let claim = claim.take();
+            // Traced then too: the events are delivered whether or not
+            // the client still waits.
+            let (trace_store, batch, now) = (
+                self.traces.clone(),
+                std::mem::take(&mut traces),
+                self.now_ms(),
+            );
             let synced = tokio::spawn(async move {
                 let result = synced.await;
-                if result.is_ok()
-                    && let Some(claim) = claim
-                {
-                    claim.commit();
+                if result.is_ok() {
+                    if let Some(claim) = claim {
+                        claim.commit();
+                    }
+                    if !batch.is_empty() {
+                        trace_store.accepted(batch, now);
+                    }
                 }
                 result
             })
@@ -1238,12 +1278,12 @@ impl Router {
         for entry in seen {
             let _ = self.stream.send(entry);
         }
-        let now = self.now_ms();
-        for trace in traces {
-            self.traces.accepted(trace, now);
+        if !traces.is_empty() {
+            self.traces
+                .accepted(std::mem::take(&mut traces), self.now_ms());
         }
-        for (source, id) in repeats {
-            self.traces.duplicate(broker, &source, &id);
+        if !repeats.is_empty() {
+            self.traces.duplicates(&repeats);
         }
         self.metrics
             .accepted
@@ -1259,29 +1299,21 @@ impl Router {
 
     /// A new trace of `event`, accepted into `broker`, matching `matches`.
     fn trace_of(
-        &self,
         broker: &str,
+        keyed_as: &str,
         event: &CloudEvent,
         matches: &[Arc<Trigger>],
-        json: Arc<str>,
+        json: Option<Arc<str>>,
         group: u64,
     ) -> Trace {
-        Trace {
-            broker: broker.to_string(),
-            id: event.id.clone(),
-            source: event.source.clone(),
-            ty: event.ty.clone(),
-            accepted_ms: self.now_ms(),
-            matched: matches.iter().map(|t| t.name.clone()).collect(),
-            attempts: Vec::new(),
-            attempts_not_kept: 0,
-            dead_letters: Vec::new(),
-            caused: Vec::new(),
-            caused_not_kept: 0,
-            duplicates: 0,
-            event: (json.len() <= trace::MAX_EVENT_BYTES).then_some(json),
+        Trace::new(
+            broker,
+            keyed_as,
+            (&event.id, &event.source, &event.ty),
+            matches.iter().map(|t| t.name.clone()).collect(),
+            json,
             group,
-        }
+        )
     }
 
     /// The traces of the recent events `id` of `broker` (one per source,
@@ -1502,31 +1534,17 @@ impl Router {
         };
         let started = (self.now_ms(), std::time::Instant::now());
         let outcome = self.invoker.deliver(&destination, &event, context).await;
-        if record.dead_letter.is_none() && self.traces.enabled() {
-            let (outcome, status, error) = match &outcome {
-                Outcome::Delivered(_) => ("delivered", None, None),
-                Outcome::Failed {
-                    retryable,
-                    code,
-                    reason,
-                } => {
-                    let again = *retryable && record.attempts <= retry;
-                    let outcome = if again { "retrying" } else { "failed" };
-                    (outcome, *code, Some(reason.clone()))
-                }
-            };
-            self.traces.attempt(
-                record.group,
-                TraceAttempt {
-                    trigger: record.trigger.to_string(),
-                    attempt: record.attempts,
-                    start_ms: started.0,
-                    duration_ms: started.1.elapsed().as_secs_f64() * 1000.0,
-                    outcome,
-                    status,
-                    error,
-                },
-            );
+        let again = |retryable: bool| match retryable && record.attempts <= retry {
+            true => "retrying",
+            false => "failed",
+        };
+        if let Outcome::Failed {
+            retryable,
+            code,
+            reason,
+        } = &outcome
+        {
+            self.trace_attempt(&record, started, again(*retryable), *code, Some(reason));
         }
         match outcome {
             Outcome::Delivered(replies) => {
@@ -1537,6 +1555,8 @@ impl Router {
                 {
                     // The replies are not safe yet: retry the delivery.
                     tracing::warn!(trigger = %record.trigger, %error, "replies could not be stored; retrying");
+                    let why = format!("delivered, but its replies could not be stored: {error}");
+                    self.trace_attempt(&record, started, again(true), None, Some(&why));
                     self.retry_or_fail(
                         record,
                         (&trigger, &slot),
@@ -1548,6 +1568,7 @@ impl Router {
                     .await;
                     return;
                 }
+                self.trace_attempt(&record, started, "delivered", None, None);
                 if record.dead_letter.is_none() {
                     slot.delivered.inc();
                     self.announce("delivered", &record, &event);
@@ -1573,6 +1594,33 @@ impl Router {
                     .await;
             }
         }
+    }
+
+    /// Adds an attempt of `record` (started at `started`) to its event's
+    /// trace; a dead letter's forwarding to a sink is not the event's.
+    fn trace_attempt(
+        &self,
+        record: &DeliveryRecord,
+        started: (u64, std::time::Instant),
+        outcome: &'static str,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) {
+        if record.dead_letter.is_some() || !self.traces.enabled() {
+            return;
+        }
+        self.traces.attempt(
+            record.group,
+            TraceAttempt {
+                trigger: record.trigger.to_string(),
+                attempt: record.attempts,
+                start_ms: started.0,
+                duration_ms: started.1.elapsed().as_secs_f64() * 1000.0,
+                outcome,
+                status,
+                error: error.map(str::to_string),
+            },
+        );
     }
 
     fn done(&self, record: &DeliveryRecord) {

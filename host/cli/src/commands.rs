@@ -641,7 +641,11 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             client,
         } => {
             let client = Client::new(&client);
-            let path = format!("/v1/brokers/{broker}/events/{}", path_segment(&id));
+            let path = format!(
+                "/v1/brokers/{}/events/{}",
+                path_segment(&broker),
+                path_segment(&id)
+            );
             let mut request = client.http.get(client.url(&path));
             if let Some(source) = &source {
                 request = request.query(&[("source", source)]);
@@ -1199,15 +1203,14 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `text` as one URL path segment: unreserved characters as they are,
-/// every other byte percent-encoded.
+/// `text` as one URL path segment: letters, digits, `-`, `_` and `~` as
+/// they are, every other byte percent-encoded (`.` too, so that an id `.`
+/// or `..` is not read as a relative path).
 fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => out.push(byte as char),
             _ => out.push_str(&format!("%{byte:02X}")),
         }
     }

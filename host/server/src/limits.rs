@@ -91,7 +91,7 @@ macro_rules! server_limits {
             /// scheduler (one loop fires them all, one after another).
             max_schedules: usize = 1_000, "max-schedules";
             /// Event traces kept at most (embedded mode; the oldest go first;
-            /// each at most about 30 KiB, typically under 1 KiB). Defends the
+            /// each at most about 40 KiB, typically under 1 KiB). Defends the
             /// host's memory.
             trace_max_events: usize = 10_000, "trace-max-events";
             /// On SIGTERM or SIGINT: how long in-flight requests and deliveries may

@@ -304,7 +304,9 @@ function addEventRow(kind, entry) {
 // The trace of one event: accepted, each trigger's verdict, attempts,
 // dead letters, caused events.
 async function showTrace(entry) {
-  const path = `/v1/brokers/${encodeURIComponent(entry.broker)}/events/${encodeURIComponent(entry.id)}?source=${encodeURIComponent(entry.source)}`;
+  // `.` encoded too: an id `.` or `..` is not a relative path.
+  const segment = (text) => encodeURIComponent(text).replaceAll(".", "%2E");
+  const path = `/v1/brokers/${segment(entry.broker)}/events/${segment(entry.id)}?source=${encodeURIComponent(entry.source)}`;
   $("#trace").hidden = false;
   $("#trace-title").textContent = `Trace of ${entry.id}`;
   try {

@@ -8,9 +8,12 @@
 //! functions published while handling it into the same broker). The event
 //! itself is kept too when its JSON is at most [`MAX_EVENT_BYTES`], so that
 //! a read can say why each other trigger did not match it (against the
-//! triggers as they are then). Each trace is bounded: at most
-//! [`MAX_ATTEMPTS`] attempts and [`MAX_CAUSED`] caused ids (later ones are
-//! counted, not kept), an error at most [`MAX_ERROR_BYTES`].
+//! triggers as they are then). Each trace is bounded: `id`, `source` and
+//! `type` cut at [`MAX_TEXT_BYTES`], at most [`MAX_ENTRIES`] matched
+//! triggers, attempts, dead letters and caused ids (later ones are counted,
+//! not kept), an error at most [`MAX_ERROR_BYTES`]: about 40 KiB at worst
+//! (8 KiB of event, the rest attempts with long errors), under 1 KiB
+//! typically.
 //!
 //! Writing one costs a lock and a hash map insert per accepted event (and
 //! per attempt); reading never touches the store. Traces are not durable:
@@ -25,12 +28,14 @@ use sluice_store::DedupeKey;
 
 /// The largest event JSON a trace keeps (for "why not" on a read).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024;
-/// Attempts a trace keeps.
-pub const MAX_ATTEMPTS: usize = 64;
-/// Caused event ids a trace keeps.
-pub const MAX_CAUSED: usize = 64;
+/// Matched triggers, attempts, dead letters and caused event ids a trace
+/// keeps (each).
+pub const MAX_ENTRIES: usize = 32;
 /// Bytes of an attempt's error or a dead letter's reason a trace keeps.
-pub const MAX_ERROR_BYTES: usize = 512;
+pub const MAX_ERROR_BYTES: usize = 256;
+/// Bytes of the event's `id`, `source` and `type` (and of each caused id
+/// and trigger name) a trace keeps, for showing.
+pub const MAX_TEXT_BYTES: usize = 256;
 
 /// The triggers of a broker an event did not match, by name, each with
 /// why not (`None`: not known, the trace did not keep the event).
@@ -52,15 +57,17 @@ pub struct Trace {
     pub accepted_ms: u64,
     /// The triggers it matched, by name.
     pub matched: Vec<String>,
+    /// Matched triggers past [`MAX_ENTRIES`], not kept.
+    pub matched_not_kept: u32,
     /// Every delivery attempt, in the order they ended.
     pub attempts: Vec<TraceAttempt>,
-    /// Attempts past [`MAX_ATTEMPTS`], not kept.
+    /// Attempts past [`MAX_ENTRIES`], not kept.
     pub attempts_not_kept: u32,
     /// Its dead letters, one per trigger that failed for good.
     pub dead_letters: Vec<TraceDeadLetter>,
     /// Ids of the events it caused (replies and published events).
     pub caused: Vec<String>,
-    /// Caused events past [`MAX_CAUSED`], not kept.
+    /// Caused events past [`MAX_ENTRIES`], not kept.
     pub caused_not_kept: u32,
     /// Repeats a client posted within the de-duplication window.
     pub duplicates: u32,
@@ -70,6 +77,47 @@ pub struct Trace {
     /// Its deliveries' group (0: it matched no trigger).
     #[serde(skip)]
     pub group: u64,
+    /// Its place in the order traces were made.
+    #[serde(skip)]
+    seq: u64,
+    /// Its key: the broker name its de-duplication uses (the broker's, or
+    /// a schedule's own key space), source and id, digested.
+    #[serde(skip)]
+    key: DedupeKey,
+}
+
+impl Trace {
+    /// A new trace (its texts and `matched` cut to the bounds).
+    pub(super) fn new(
+        broker: &str,
+        keyed_as: &str,
+        (id, source, ty): (&str, &str, &str),
+        matched: Vec<String>,
+        event: Option<Arc<str>>,
+        group: u64,
+    ) -> Trace {
+        let kept = matched.len().min(MAX_ENTRIES);
+        let matched_not_kept = (matched.len() - kept) as u32;
+        Trace {
+            broker: broker.to_string(),
+            id: cut(id, MAX_TEXT_BYTES),
+            source: cut(source, MAX_TEXT_BYTES),
+            ty: cut(ty, MAX_TEXT_BYTES),
+            accepted_ms: 0,
+            matched: matched.into_iter().take(kept).collect(),
+            matched_not_kept,
+            attempts: Vec::new(),
+            attempts_not_kept: 0,
+            dead_letters: Vec::new(),
+            caused: Vec::new(),
+            caused_not_kept: 0,
+            duplicates: 0,
+            event: event.filter(|json| json.len() <= MAX_EVENT_BYTES),
+            group,
+            seq: 0,
+            key: sluice_store::dedupe_key(keyed_as, source, id),
+        }
+    }
 }
 
 /// One delivery attempt.
@@ -118,8 +166,9 @@ struct Inner {
     traces: HashMap<DedupeKey, Trace>,
     /// The key of each traced event's delivery group.
     groups: HashMap<u64, DedupeKey>,
-    /// (key, group, accepted) by acceptance, for expiry.
-    order: VecDeque<(DedupeKey, u64, u64)>,
+    /// (key, group, accepted, seq) by acceptance, for expiry.
+    order: VecDeque<(DedupeKey, u64, u64, u64)>,
+    next_seq: u64,
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -141,27 +190,34 @@ impl Traces {
         self.retention_ms > 0 && self.max > 0
     }
 
-    /// Starts the trace of an accepted event.
-    pub(super) fn accepted(&self, trace: Trace, now_ms: u64) {
-        let group = trace.group;
-        let key = sluice_store::dedupe_key(&trace.broker, &trace.source, &trace.id);
+    /// Starts the traces of accepted events.
+    pub(super) fn accepted(&self, traces: Vec<Trace>, now_ms: u64) {
         let mut inner = self.inner.lock().unwrap();
-        inner.expire(now_ms, self.retention_ms, self.max.saturating_sub(1));
-        if let Some(old) = inner.traces.insert(key, trace) {
-            // The same event again (de-duplication off): the newer one.
-            inner.groups.remove(&old.group);
+        for mut trace in traces {
+            inner.expire(now_ms, self.retention_ms, self.max.saturating_sub(1));
+            let (key, group, seq) = (trace.key, trace.group, inner.next_seq);
+            inner.next_seq += 1;
+            trace.accepted_ms = now_ms;
+            trace.seq = seq;
+            if let Some(old) = inner.traces.insert(key, trace) {
+                // The same event again (de-duplication off): the newer one.
+                inner.groups.remove(&old.group);
+            }
+            if group != 0 {
+                inner.groups.insert(group, key);
+            }
+            inner.order.push_back((key, group, now_ms, seq));
         }
-        if group != 0 {
-            inner.groups.insert(group, key);
-        }
-        inner.order.push_back((key, group, now_ms));
     }
 
-    /// Counts a client's repeat of a traced event.
-    pub(super) fn duplicate(&self, broker: &str, source: &str, id: &str) {
-        let key = sluice_store::dedupe_key(broker, source, id);
-        if let Some(trace) = self.inner.lock().unwrap().traces.get_mut(&key) {
-            trace.duplicates += 1;
+    /// Counts repeats of traced events, by the key their de-duplication
+    /// used.
+    pub(super) fn duplicates(&self, keys: &[DedupeKey]) {
+        let mut inner = self.inner.lock().unwrap();
+        for key in keys {
+            if let Some(trace) = inner.traces.get_mut(key) {
+                trace.duplicates += 1;
+            }
         }
     }
 
@@ -172,7 +228,7 @@ impl Traces {
         }
         attempt.error = attempt.error.map(|e| cut(&e, MAX_ERROR_BYTES));
         self.with_group(group, |trace| {
-            if trace.attempts.len() < MAX_ATTEMPTS {
+            if trace.attempts.len() < MAX_ENTRIES {
                 trace.attempts.push(attempt);
             } else {
                 trace.attempts_not_kept += 1;
@@ -186,9 +242,9 @@ impl Traces {
             return;
         }
         self.with_group(group, |trace| {
-            if trace.dead_letters.len() < MAX_ATTEMPTS {
+            if trace.dead_letters.len() < MAX_ENTRIES {
                 trace.dead_letters.push(TraceDeadLetter {
-                    trigger: trigger.to_string(),
+                    trigger: cut(trigger, MAX_TEXT_BYTES),
                     id: id.to_string(),
                     reason: cut(reason, MAX_ERROR_BYTES),
                 });
@@ -196,16 +252,23 @@ impl Traces {
         });
     }
 
-    /// Adds the ids of events caused by event (`broker`, `source`, `id`).
+    /// Adds the ids of events caused by event (`broker`, `source`, `id`)
+    /// (a client's, or else a schedule's).
     pub(super) fn caused(&self, broker: &str, source: &str, id: &str, ids: &[String]) {
-        let key = sluice_store::dedupe_key(broker, source, id);
-        if let Some(trace) = self.inner.lock().unwrap().traces.get_mut(&key) {
-            for id in ids {
-                if trace.caused.len() < MAX_CAUSED {
-                    trace.caused.push(id.clone());
-                } else {
-                    trace.caused_not_kept += 1;
-                }
+        let keys = [
+            sluice_store::dedupe_key(broker, source, id),
+            sluice_store::dedupe_key(&super::schedule_key_space(broker), source, id),
+        ];
+        let mut inner = self.inner.lock().unwrap();
+        let Some(key) = keys.into_iter().find(|k| inner.traces.contains_key(k)) else {
+            return;
+        };
+        let trace = inner.traces.get_mut(&key).expect("found");
+        for id in ids {
+            if trace.caused.len() < MAX_ENTRIES {
+                trace.caused.push(cut(id, MAX_TEXT_BYTES));
+            } else {
+                trace.caused_not_kept += 1;
             }
         }
     }
@@ -221,12 +284,11 @@ impl Traces {
     ) -> Vec<Trace> {
         let mut inner = self.inner.lock().unwrap();
         inner.expire(now_ms, self.retention_ms, self.max);
-        if let Some(source) = source {
-            let key = sluice_store::dedupe_key(broker, source, id);
-            return inner.traces.get(&key).cloned().into_iter().collect();
-        }
+        let id = cut(id, MAX_TEXT_BYTES);
+        let source = source.map(|s| cut(s, MAX_TEXT_BYTES));
         let mut found: Vec<Trace> = (inner.traces.values())
             .filter(|t| t.id == id && t.broker == broker)
+            .filter(|t| source.as_ref().is_none_or(|s| *s == t.source))
             .cloned()
             .collect();
         found.sort_by_key(|t| std::cmp::Reverse(t.accepted_ms));
@@ -247,7 +309,7 @@ impl Traces {
 impl Inner {
     /// Drops traces older than `retention_ms`, and the oldest past `keep`.
     fn expire(&mut self, now_ms: u64, retention_ms: u64, keep: usize) {
-        while let Some(&(key, group, accepted)) = self.order.front() {
+        while let Some(&(key, group, accepted, seq)) = self.order.front() {
             if self.order.len() <= keep && accepted + retention_ms > now_ms {
                 break;
             }
@@ -255,11 +317,7 @@ impl Inner {
             self.groups.remove(&group);
             // A newer trace of the same event stays (its own entry in the
             // order comes later).
-            if self
-                .traces
-                .get(&key)
-                .is_some_and(|t| t.accepted_ms == accepted)
-            {
+            if self.traces.get(&key).is_some_and(|t| t.seq == seq) {
                 self.traces.remove(&key);
             }
         }
@@ -270,23 +328,8 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn trace(id: &str, source: &str, at: u64, group: u64) -> Trace {
-        Trace {
-            broker: "b".into(),
-            id: id.into(),
-            source: source.into(),
-            ty: "t".into(),
-            accepted_ms: at,
-            matched: vec!["one".into()],
-            attempts: Vec::new(),
-            attempts_not_kept: 0,
-            dead_letters: Vec::new(),
-            caused: Vec::new(),
-            caused_not_kept: 0,
-            duplicates: 0,
-            event: None,
-            group,
-        }
+    fn trace(id: &str, source: &str, group: u64) -> Trace {
+        Trace::new("b", "b", (id, source, "t"), vec!["one".into()], None, group)
     }
 
     fn attempt(n: u32) -> TraceAttempt {
@@ -305,14 +348,16 @@ mod tests {
     fn traces_are_bounded_in_count_age_and_size() {
         let traces = Traces::new(Duration::from_secs(60), 3);
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
-            traces.accepted(
-                trace(id, "/s", 1_000 + i as u64, 10 + i as u64),
-                1_000 + i as u64,
-            );
+            traces.accepted(vec![trace(id, "/s", 10 + i as u64)], 1_000 + i as u64);
         }
         assert!(
             traces.find("b", "a", None, 1_010).is_empty(),
             "the oldest past the count"
+        );
+        assert_eq!(
+            traces.inner.lock().unwrap().traces.len(),
+            3,
+            "gone from the map too"
         );
         assert_eq!(traces.find("b", "d", None, 1_010).len(), 1);
         for n in 0..100 {
@@ -322,34 +367,66 @@ mod tests {
             "b",
             "/s",
             "d",
-            &(0..100).map(|i| i.to_string()).collect::<Vec<_>>(),
+            &(0..100)
+                .map(|i| format!("{i}{}", "y".repeat(1000)))
+                .collect::<Vec<_>>(),
         );
         traces.dead_lettered(13, "one", 7, "gave up");
-        traces.duplicate("b", "/s", "d");
+        traces.duplicates(&[sluice_store::dedupe_key("b", "/s", "d")]);
         let d = &traces.find("b", "d", Some("/s"), 1_010)[0];
         assert_eq!(
             (d.attempts.len(), d.attempts_not_kept),
-            (MAX_ATTEMPTS, 100 - MAX_ATTEMPTS as u32)
+            (MAX_ENTRIES, 100 - MAX_ENTRIES as u32)
         );
         assert!(d.attempts[0].error.as_ref().unwrap().len() <= MAX_ERROR_BYTES);
         assert_eq!(
             (d.caused.len(), d.caused_not_kept),
-            (MAX_CAUSED, 100 - MAX_CAUSED as u32)
+            (MAX_ENTRIES, 100 - MAX_ENTRIES as u32)
         );
+        assert!(d.caused.iter().all(|c| c.len() <= MAX_TEXT_BYTES));
         assert_eq!(d.dead_letters[0].id, "7");
         assert_eq!(d.duplicates, 1);
+        assert_eq!(d.accepted_ms, 1_003, "the time it was recorded");
         // An attempt of an event not traced (a reply's) changes nothing.
         traces.attempt(99, attempt(1));
-        // Past the retention, gone.
+        // Past the retention, gone, from the map too.
         assert!(traces.find("b", "d", None, 1_003 + 60_000).is_empty());
-        assert!(traces.inner.lock().unwrap().groups.is_empty());
+        let inner = traces.inner.lock().unwrap();
+        assert!(inner.groups.is_empty() && inner.traces.is_empty() && inner.order.is_empty());
     }
 
     #[test]
-    fn one_id_from_two_sources_is_two_traces() {
+    fn long_texts_and_many_matches_are_cut() {
+        let long = "z".repeat(100_000);
+        let matched: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        let t = Trace::new(
+            "b",
+            "b",
+            (&long, &long, &long),
+            matched,
+            Some(long.clone().into()),
+            1,
+        );
+        assert!(t.id.len() <= MAX_TEXT_BYTES && t.source.len() <= MAX_TEXT_BYTES);
+        assert_eq!(
+            (t.matched.len(), t.matched_not_kept),
+            (MAX_ENTRIES, 1000 - MAX_ENTRIES as u32)
+        );
+        assert!(t.event.is_none(), "too large to keep");
         let traces = Traces::new(Duration::from_secs(60), 10);
-        traces.accepted(trace("x", "/one", 1, 1), 1);
-        traces.accepted(trace("x", "/two", 2, 2), 2);
+        traces.accepted(vec![t], 1);
+        assert_eq!(
+            traces.find("b", &long, Some(&long), 2).len(),
+            1,
+            "found by the full id"
+        );
+    }
+
+    #[test]
+    fn one_id_from_two_sources_is_two_traces_and_a_repeat_replaces_one() {
+        let traces = Traces::new(Duration::from_secs(60), 10);
+        traces.accepted(vec![trace("x", "/one", 1)], 1);
+        traces.accepted(vec![trace("x", "/two", 2)], 2);
         let both = traces.find("b", "x", None, 3);
         assert_eq!(
             both.iter().map(|t| t.source.as_str()).collect::<Vec<_>>(),
@@ -357,6 +434,21 @@ mod tests {
         );
         assert_eq!(traces.find("b", "x", Some("/one"), 3).len(), 1);
         assert!(traces.find("other", "x", None, 3).is_empty());
+        // De-duplication off: the same event again is traced anew; the
+        // older entry's expiry leaves the newer trace.
+        traces.accepted(vec![trace("x", "/one", 3)], 3);
+        traces.attempt(1, attempt(1));
+        traces.attempt(3, attempt(1));
+        let again = &traces.find("b", "x", Some("/one"), 4)[0];
+        assert_eq!(again.attempts.len(), 1, "only the newer group's");
+        let short = Traces::new(Duration::from_millis(10), 10);
+        short.accepted(vec![trace("x", "/one", 1)], 0);
+        short.accepted(vec![trace("x", "/one", 2)], 5);
+        assert_eq!(
+            short.find("b", "x", None, 12).len(),
+            1,
+            "the newer one stays"
+        );
         assert!(!Traces::new(Duration::ZERO, 10).enabled());
     }
 }
