@@ -102,9 +102,14 @@ impl Schedule {
                 "is required: a cron pattern such as \"*/5 * * * *\"",
             )
         })?;
-        let cron: Cron = schedule
-            .parse()
-            .map_err(|error| invalid("schedule", format!("{schedule:?}: {error}")))?;
+        let cron: Cron = schedule.parse().map_err(|error| {
+            invalid(
+                "schedule",
+                format!(
+                    "{schedule:?}: {error} (the fields: [second] minute hour day-of-month month day-of-week [year], such as \"*/5 * * * *\" or \"0 30 2 * * MON-FRI\")"
+                ),
+            )
+        })?;
         let timezone = text("timezone")?;
         let zone = match &timezone {
             None => TimeZone::UTC,

@@ -1219,7 +1219,15 @@ fn path_segment(text: &str) -> String {
 
 /// Prints traces as a timeline.
 fn show_traces(answer: &serde_json::Value) {
-    for trace in answer["traces"].as_array().into_iter().flatten() {
+    for (i, trace) in answer["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if i > 0 {
+            println!();
+        }
         println!(
             "event {} (type {}, source {}) accepted {} into broker {}",
             plain(&trace["id"]),
@@ -1233,6 +1241,9 @@ fn show_traces(answer: &serde_json::Value) {
                 "  repeated {} time(s) (duplicates, not delivered again)",
                 trace["duplicates"]
             );
+        }
+        if trace["matched"].as_array().is_none_or(Vec::is_empty) {
+            println!("  no trigger matched it");
         }
         for trigger in trace["triggers"].as_array().into_iter().flatten() {
             match trigger["reason"].as_str() {
@@ -1263,7 +1274,7 @@ fn show_traces(answer: &serde_json::Value) {
         for letter in trace["dead_letters"].as_array().into_iter().flatten() {
             println!(
                 "  dead letter {} of trigger {}: {}",
-                letter["id"],
+                plain(&letter["id"]),
                 plain(&letter["trigger"]),
                 plain(&letter["reason"])
             );

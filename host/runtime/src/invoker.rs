@@ -244,10 +244,22 @@ fn http_outcome(status: u16, headers: &http::HeaderMap, body: &[u8], destination
             }
         };
     }
+    // The body says why, as Knative passes it on (`knativeerrordata`);
+    // with none, the status does.
+    let reason = match guest_bytes(body) {
+        text if text.trim().is_empty() => {
+            let name = http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            format!("{destination} answered {status} {name} with no body")
+        }
+        text => text,
+    };
     Outcome::Failed {
         retryable: is_retryable_status(status),
         code: Some(status),
-        reason: guest_bytes(body),
+        reason,
     }
 }
 

@@ -25,7 +25,19 @@ impl SinkClient for HttpSinks {
             for (name, value) in headers {
                 request = request.header(name, value);
             }
-            let response = request.send().await.map_err(|error| error.to_string())?;
+            let response = request.send().await.map_err(|error| {
+                // The cause is in the source chain (`connection refused`);
+                // the URL, which the caller names, not twice.
+                let error = error.without_url();
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                text
+            })?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = response.bytes().await.unwrap_or_default();

@@ -227,6 +227,8 @@ impl Traces {
             return;
         }
         attempt.error = attempt.error.map(|e| cut(&e, MAX_ERROR_BYTES));
+        // Microseconds are as fine as it is measured.
+        attempt.duration_ms = (attempt.duration_ms * 1000.0).round() / 1000.0;
         self.with_group(group, |trace| {
             if trace.attempts.len() < MAX_ENTRIES {
                 trace.attempts.push(attempt);

@@ -143,6 +143,12 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
             Ok(Desired::Broker(broker))
         }
         ("sources.knative.dev/v1", "PingSource") => {
+            if spec.contains_key("ceOverrides") {
+                return Err(invalid(
+                    &at,
+                    "spec.ceOverrides is not supported: a schedule's events carry the attributes Sluice gives them",
+                ));
+            }
             spec_fields(&[
                 "schedule",
                 "timezone",

@@ -171,9 +171,11 @@ async fn trace_event(
             format!("no trace of event {id:?} in broker {broker:?}: {why}"),
         ));
     }
-    let found = state.router.trace(&broker, &id, query.source.as_deref());
+    // `?source=` (empty) is no source given: no CloudEvent has an empty one.
+    let source = query.source.as_deref().filter(|s| !s.is_empty());
+    let found = state.router.trace(&broker, &id, source);
     if found.is_empty() {
-        let source = match &query.source {
+        let source = match source {
             Some(source) => format!(" from source {source:?}"),
             None => String::new(),
         };
@@ -185,8 +187,11 @@ async fn trace_event(
             ),
         ));
     }
+    // Milliseconds always shown, so times line up.
     let rfc3339 = |ms: u64| {
-        jiff::Timestamp::from_millisecond(ms as i64).map_or(Value::Null, |t| json!(t.to_string()))
+        jiff::Timestamp::from_millisecond(ms as i64).map_or(Value::Null, |t| {
+            json!(t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        })
     };
     let traces: Vec<Value> = (found.into_iter())
         .map(|(trace, others)| {
