@@ -1077,21 +1077,25 @@ impl Router {
         events: Vec<CloudEvent>,
         origin: Origin,
     ) -> Result<Accepted, PublishError> {
-        // The broker name the de-duplication keys are made with (`None`:
-        // not de-duplicated).
-        let keyed_as = match origin {
-            Origin::Client => self.dedupes(broker).then(|| broker.to_string()),
-            // Its ids follow from the schedule and the instant: a repeat
-            // is a firing done twice, whatever the broker says. Its keys
-            // are apart from clients' (a broker name holds no NUL), so a
-            // client posting the same source and id cannot suppress it.
-            Origin::Schedule => (self.limits.dedupe).then(|| schedule_key_space(broker)),
-            Origin::Function => None,
+        // The broker name de-duplication keys and traces are made with: a
+        // schedule's firings apart from clients' events (a broker name
+        // holds no NUL), so a client posting the same source and id can
+        // neither suppress one nor replace its trace.
+        let key_space: std::borrow::Cow<str> = match origin {
+            Origin::Schedule => schedule_key_space(broker).into(),
+            Origin::Client | Origin::Function => broker.into(),
         };
+        let dedupe = match origin {
+            Origin::Client => self.dedupes(broker),
+            // Its ids follow from the schedule and the instant: a repeat
+            // is a firing done twice, whatever the broker says.
+            Origin::Schedule => self.limits.dedupe,
+            Origin::Function => false,
+        };
+        let keyed_as = dedupe.then_some(&*key_space);
         if let Some(link) = &self.cluster {
-            return (self.publish_clustered(link, broker, events, keyed_as.as_deref())).await;
+            return (self.publish_clustered(link, broker, events, keyed_as)).await;
         }
-        let dedupe = keyed_as.is_some();
         let bounded = origin != Origin::Function;
         let events: Vec<CloudEvent> = (events.into_iter())
             .filter(|event| !self.over_hop_limit(broker, event))
@@ -1105,10 +1109,7 @@ impl Router {
             None => None,
             Some(window) => {
                 let keys: Vec<sluice_store::DedupeKey> = (events.iter())
-                    .map(|e| {
-                        let keyed_as = keyed_as.as_deref().unwrap_or(broker);
-                        sluice_store::dedupe_key(keyed_as, &e.source, &e.id)
-                    })
+                    .map(|e| sluice_store::dedupe_key(&key_space, &e.source, &e.id))
                     .collect();
                 let repeats = sluice_store::repeats_within(&keys);
                 let distinct: Vec<sluice_store::DedupeKey> = (keys.iter().zip(&repeats))
@@ -1137,10 +1138,6 @@ impl Router {
         let mut seen = Vec::new();
         // Replies and guests' events are traced as their cause's.
         let traced = origin != Origin::Function && self.traces.enabled();
-        let trace_key = match origin {
-            Origin::Schedule => schedule_key_space(broker),
-            _ => broker.to_string(),
-        };
         let mut traces = Vec::new();
         let mut repeats = Vec::new();
         let broker_name = self.intern(broker);
@@ -1148,7 +1145,7 @@ impl Router {
             if duplicate {
                 if traced {
                     repeats.push(sluice_store::dedupe_key(
-                        &trace_key,
+                        &key_space,
                         &event.source,
                         &event.id,
                     ));
@@ -1177,7 +1174,7 @@ impl Router {
                     };
                     let json =
                         (data_len < trace::MAX_EVENT_BYTES).then(|| Arc::from(event.to_json()));
-                    traces.push(Router::trace_of(broker, &trace_key, &event, &[], json, 0));
+                    traces.push(Router::trace_of(broker, &key_space, &event, &[], json, 0));
                 }
                 continue;
             }
@@ -1205,7 +1202,7 @@ impl Router {
             if traced {
                 traces.push(Router::trace_of(
                     broker,
-                    &trace_key,
+                    &key_space,
                     &parsed,
                     &matches,
                     Some(json.clone()),

@@ -29,8 +29,9 @@ pub const MAX_DATA_BYTES: usize = 64 * 1024;
 /// Longest pattern, time zone or content type accepted.
 const MAX_TEXT: usize = 256;
 
-const FIELDS: [&str; 7] = [
-    "name",
+/// The fields of a schedule's definition besides `name` (a `PingSource`'s
+/// `spec`).
+pub const SPEC_FIELDS: [&str; 6] = [
     "schedule",
     "timezone",
     "contentType",
@@ -80,7 +81,8 @@ impl Schedule {
         };
         let mut map = map.clone();
         map.retain(|key, _| !READ_ONLY_FIELDS.contains(&key.as_str()));
-        check_fields(&map, &FIELDS, "$")?;
+        let fields: Vec<&str> = std::iter::once("name").chain(SPEC_FIELDS).collect();
+        check_fields(&map, &fields, "$")?;
         let name = resource_name(&map, name)?;
         let text = |field: &str| -> Result<Option<String>, TriggerError> {
             match map.get(field) {

@@ -166,11 +166,10 @@ impl Router {
     pub async fn put_schedule(&self, schedule: Schedule) -> Result<bool, StoreError> {
         let _writing = self.schedules.writes.lock().await;
         let name = schedule.name.clone();
+        let known = self.schedules.mark(&name);
         let mark = Mark {
-            through: Timestamp::now()
-                .as_millisecond()
-                .max(self.schedules.mark(&name).through),
-            fired: self.schedules.mark(&name).fired,
+            through: Timestamp::now().as_millisecond().max(known.through),
+            fired: known.fired,
         };
         let json = serde_json::to_vec(&schedule.to_json()).expect("JSON");
         match &self.cluster {

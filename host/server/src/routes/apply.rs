@@ -149,14 +149,7 @@ fn check(value: &Value, at: &str) -> Result<Desired, ApiError> {
                     "spec.ceOverrides is not supported: a schedule's events carry the attributes Sluice gives them",
                 ));
             }
-            spec_fields(&[
-                "schedule",
-                "timezone",
-                "contentType",
-                "data",
-                "dataBase64",
-                "sink",
-            ])?;
+            spec_fields(&sluice_router::schedule::SPEC_FIELDS)?;
             let mut definition = Value::Object(spec.clone());
             definition["name"] = json!(name);
             let schedule = Schedule::parse_new(&definition, None)
