@@ -124,8 +124,8 @@ pub struct DispatchLimits {
     /// Whether a client's repeat of an event is a duplicate at all (the
     /// store keeps the window; see [`Router::accept`]).
     pub dedupe: bool,
-    /// How long the trace of an event is kept (zero: no traces; cluster
-    /// mode keeps none yet). See [`Router::trace`].
+    /// How long the trace of an event is kept (zero: no traces; in
+    /// cluster mode the cluster's options say). See [`Router::trace`].
     pub trace_retention: Duration,
     /// Traces kept at most (the oldest go first).
     pub trace_max_events: usize,
@@ -1094,7 +1094,9 @@ impl Router {
         };
         let keyed_as = dedupe.then_some(&*key_space);
         if let Some(link) = &self.cluster {
-            return (self.publish_clustered(link, broker, events, keyed_as)).await;
+            // Replies and guests' events are traced as their cause's.
+            let traced_as = (origin != Origin::Function).then_some(&*key_space);
+            return (self.publish_clustered(link, broker, events, keyed_as, traced_as)).await;
         }
         let bounded = origin != Origin::Function;
         let events: Vec<CloudEvent> = (events.into_iter())
@@ -1316,10 +1318,23 @@ impl Router {
     /// The traces of the recent events `id` of `broker` (one per source,
     /// newest first; only `source`'s when given), each with, for every
     /// trigger of the broker now that it did not match, why not (when the
-    /// trace kept the event; see [`Trigger::why_not`]).
-    pub fn trace(&self, broker: &str, id: &str, source: Option<&str>) -> Vec<(Trace, Misses)> {
-        let found = self.traces.find(broker, id, source, self.now_ms());
-        found
+    /// trace kept the event; see [`Trigger::why_not`]). Only cluster mode
+    /// can fail (the cluster did not answer).
+    pub async fn trace(
+        &self,
+        broker: &str,
+        id: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<(Trace, Misses)>, StoreError> {
+        let found = match &self.cluster {
+            Some(link) => {
+                let group = sluice_store::cluster::trace_group(broker, id);
+                let records = link.cluster.read_traces(&group).await?;
+                trace::assemble(records, broker, id, source)
+            }
+            None => self.traces.find(broker, id, source, self.now_ms()),
+        };
+        Ok(found
             .into_iter()
             .map(|trace| {
                 let event = (trace.event.as_deref())
@@ -1333,12 +1348,15 @@ impl Router {
                     .collect();
                 (trace, others)
             })
-            .collect()
+            .collect())
     }
 
-    /// Whether traces are kept (embedded mode, `--trace-retention` above 0).
+    /// Whether traces are kept (`--trace-retention` above 0).
     pub fn traces_kept(&self) -> bool {
-        self.traces.enabled()
+        match &self.cluster {
+            Some(link) => link.cluster.traces_kept(),
+            None => self.traces.enabled(),
+        }
     }
 
     fn count_duplicates(&self, broker: &str, duplicates: &[String]) {
@@ -1374,14 +1392,17 @@ impl Router {
             }
         }
         let ids: Vec<String> = match cause {
-            Some(_) if self.traces.enabled() => events.iter().map(|e| e.id.clone()).collect(),
+            Some(_) if self.traces_kept() => events.iter().map(|e| e.id.clone()).collect(),
             _ => Vec::new(),
         };
         self.publish(broker, events).await?;
         if let Some(cause) = cause
             && !ids.is_empty()
         {
-            self.traces.caused(broker, &cause.source, &cause.id, &ids);
+            match &self.cluster {
+                Some(link) => link.caused(broker, cause, &ids).await,
+                None => self.traces.caused(broker, &cause.source, &cause.id, &ids),
+            }
         }
         Ok(())
     }
@@ -1603,21 +1624,23 @@ impl Router {
         status: Option<u16>,
         error: Option<&str>,
     ) {
-        if record.dead_letter.is_some() || !self.traces.enabled() {
+        if record.dead_letter.is_some() || !self.traces_kept() {
             return;
         }
-        self.traces.attempt(
-            record.group,
-            TraceAttempt {
-                trigger: record.trigger.to_string(),
-                attempt: record.attempts,
-                start_ms: started.0,
-                duration_ms: started.1.elapsed().as_secs_f64() * 1000.0,
-                outcome,
-                status,
-                error: error.map(str::to_string),
-            },
-        );
+        let attempt = TraceAttempt {
+            trigger: record.trigger.to_string(),
+            attempt: record.attempts,
+            start_ms: started.0,
+            duration_ms: started.1.elapsed().as_secs_f64() * 1000.0,
+            outcome,
+            status,
+            error: error.map(str::to_string),
+            node: None,
+        };
+        match &self.cluster {
+            Some(link) => link.attempt(record.id, attempt),
+            None => self.traces.attempt(record.group, attempt),
+        }
     }
 
     fn done(&self, record: &DeliveryRecord) {

@@ -41,6 +41,7 @@ fn delivery(trigger: &str) -> Delivery<'_> {
         broker: "default",
         trigger,
         dead_letter: None,
+        trace: None,
     }
 }
 
@@ -120,6 +121,7 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
             &event_message_id("default", "/s", "1"),
             bytes("{}"),
             0,
+            None,
         )
         .await
         .unwrap();
@@ -130,6 +132,7 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
             &event_message_id("default", "/s", "1"),
             bytes("{\"changed\":true}"),
             0,
+            None,
         )
         .await
         .unwrap();
@@ -146,6 +149,7 @@ async fn an_event_is_stored_once_per_broker_source_and_id() {
                 &event_message_id(broker, source, id),
                 bytes("{}"),
                 0,
+                None,
             )
             .await
             .unwrap();
@@ -191,6 +195,7 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
             &event_message_id("default", "/s", "1"),
             bytes("{}"),
             0,
+            None,
         )
         .await
     {
@@ -212,6 +217,7 @@ async fn nats_down_at_start_is_unavailable_with_a_reason_until_it_comes() {
             &event_message_id("default", "/s", "1"),
             bytes("{}"),
             0,
+            None,
         )
         .await
         .unwrap();
@@ -331,6 +337,7 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
                     &event_message_id("default", "/kill", &id),
                     bytes("{}"),
                     0,
+                    None,
                 )
                 .await
             {
@@ -353,6 +360,7 @@ async fn three_servers_replicate_and_survive_the_stream_leader_killed() {
                 &event_message_id("default", "/kill", id),
                 bytes("{}"),
                 0,
+                None,
             )
             .await
             .unwrap();
@@ -409,6 +417,7 @@ async fn events_fan_out_once_and_an_unacked_one_goes_to_another_node() {
             &event_message_id("default", "/s", id),
             bytes(id),
             0,
+            None,
         )
         .await
         .unwrap();
@@ -624,7 +633,7 @@ async fn a_full_events_stream_refuses_with_the_reason_and_keeps_what_it_has() {
     let refusal = loop {
         let id = event_message_id("default", "/full", &stored.to_string());
         match cluster
-            .publish_event("default", &id, payload.clone(), 0)
+            .publish_event("default", &id, payload.clone(), 0, None)
             .await
         {
             Ok(_) => stored += 1,

@@ -800,6 +800,40 @@ async fn retry_counts_and_dead_letters_stay_right_across_a_node_kill() {
         assert_eq!(letter["attempts"], 3, "{letter}");
         assert_eq!(letter["trigger"], "failing");
     }
+
+    // Each event's trace, read through b, holds both nodes' parts: the
+    // last attempt by b, then the dead letter; the first by a (its
+    // records written before it died).
+    let (_, body) = b.get("/v1/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let b_name = status["cluster"]["node"].as_str().unwrap().to_owned();
+    let mut by_others = 0;
+    for id in ["f1", "f2", "f3"] {
+        let trace = eventually(PATIENCE, || async {
+            let (status, body) = b.get(&format!("/v1/brokers/default/events/{id}")).await;
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            let trace = answer["traces"][0].clone();
+            let done = status == 200 && trace["dead_letters"].as_array().map(Vec::len) == Some(1);
+            done.then_some(trace)
+        })
+        .await;
+        assert_eq!(trace["matched"], json!(["failing"]), "{trace}");
+        let attempts = trace["attempts"].as_array().unwrap();
+        let last = (attempts.iter())
+            .find(|a| a["attempt"] == 3)
+            .unwrap_or_else(|| panic!("the third attempt: {trace}"));
+        assert_eq!(last["outcome"], "failed", "{trace}");
+        assert_eq!(last["node"], b_name.as_str(), "{trace}");
+        by_others += (attempts.iter())
+            .filter(|a| a["node"].as_str().is_some_and(|n| n != b_name))
+            .count();
+        let letter = (letters.iter()).find(|l| l["event"]["id"] == id).unwrap();
+        assert_eq!(trace["dead_letters"][0]["id"], letter["id"], "{trace}");
+    }
+    assert!(
+        by_others >= 1,
+        "the killed node's attempts are in the traces"
+    );
 }
 
 /// Invocations of `function` this node ran, by any outcome.

@@ -464,9 +464,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedupe_window: std::time::Duration,
     /// How long the trace of an accepted event (`GET
-    /// /v1/brokers/{broker}/events/{id}`, `sluice event trace`) is kept in
-    /// memory, e.g. `1h` (`0s`: none; at most --trace-max-events; embedded
-    /// mode only).
+    /// /v1/brokers/{broker}/events/{id}`, `sluice event trace`) is kept, e.g.
+    /// `1h` (`0s`: none; at most --trace-max-events): in memory, or in
+    /// cluster mode in the traces stream (its age limit).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub trace_retention: std::time::Duration,
     /// Cluster mode: how long accepted events stay in the events stream

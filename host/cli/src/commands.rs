@@ -1260,6 +1260,9 @@ fn show_traces(answer: &serde_json::Value) {
                 plain(&attempt["outcome"]),
                 attempt["duration_ms"].as_f64().unwrap_or(0.0),
             );
+            if let Some(node) = attempt["node"].as_str() {
+                line.push_str(&format!(" on {node}"));
+            }
             if !attempt["status"].is_null() {
                 line.push_str(&format!(", status {}", attempt["status"]));
             }

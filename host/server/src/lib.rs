@@ -49,6 +49,9 @@ use crate::auth::Auth;
 pub use crate::limits::ServerLimits;
 use crate::state::{AppShared, AppState};
 use sluice_router::dispatch::{DispatchLimits, Router};
+
+/// Cluster mode: bytes of the traces stream per `--trace-max-events`.
+const TRACE_BYTES_PER_EVENT: u64 = 4 * 1024;
 pub use sluice_store::cluster::ClusterOptions;
 
 /// What `sluice serve` needs.
@@ -149,6 +152,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 Duration::from_secs(server_limits.invocation_retention_secs.max(600));
             cluster.max_invocations = server_limits.max_async_invocations;
             cluster.max_invocation_bytes = server_limits.max_async_invocation_bytes;
+            // Records of a few hundred bytes, several per event: 4 KiB an
+            // event keeps about --trace-max-events typical traces.
+            cluster.trace_retention = options.trace_retention;
+            cluster.trace_max_bytes =
+                (server_limits.trace_max_events as u64).saturating_mul(TRACE_BYTES_PER_EVENT);
             if !options.dedupe_window.is_zero() {
                 cluster.dedupe_window = options.dedupe_window;
             }

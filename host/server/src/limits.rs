@@ -90,9 +90,10 @@ macro_rules! server_limits {
             /// Schedules the server holds at most. Defends the store and the
             /// scheduler (one loop fires them all, one after another).
             max_schedules: usize = 1_000, "max-schedules";
-            /// Event traces kept at most (embedded mode; the oldest go first;
-            /// each at most about 40 KiB, typically under 1 KiB). Defends the
-            /// host's memory.
+            /// Event traces kept at most (the oldest go first; each at most
+            /// about 40 KiB, typically under 1 KiB). Defends the host's
+            /// memory; in cluster mode the traces stream holds 4 KiB times
+            /// this many bytes.
             trace_max_events: usize = 10_000, "trace-max-events";
             /// On SIGTERM or SIGINT: how long in-flight requests and deliveries may
             /// take to finish before the server exits anyway, in seconds. Pending

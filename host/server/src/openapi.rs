@@ -641,21 +641,25 @@ pub struct EventTrace {
     /// When it was accepted (RFC 3339).
     accepted: String,
     accepted_ms: u64,
-    /// The triggers it matched: one delivery each.
+    /// The triggers it matched: one delivery each (at most 32 kept).
     matched: Vec<String>,
+    matched_not_kept: u32,
     /// Every trigger of the broker now: matched, or for the others why not
     /// (as `explain` says it).
     triggers: Vec<TracedTrigger>,
-    /// Every delivery attempt, in the order they ended (at most 64 kept).
+    /// Every delivery attempt, in the order they ended (at most 32 kept:
+    /// the first 32; in cluster mode the newest 32).
     attempts: Vec<TracedAttempt>,
+    /// Attempts past the 32 kept (embedded mode; cluster mode counts none).
     attempts_not_kept: u32,
     /// One per trigger that failed for good.
     dead_letters: Vec<TracedDeadLetter>,
     /// Ids of the events it caused (replies, and events functions published
-    /// into the same broker while handling it; at most 64 kept).
+    /// into the same broker while handling it; at most 32 kept).
     caused: Vec<String>,
     caused_not_kept: u32,
-    /// Repeats posted within the de-duplication window.
+    /// Repeats posted within the de-duplication window (in cluster mode
+    /// at most 32 counted).
     duplicates: u32,
 }
 
@@ -683,6 +687,8 @@ pub struct TracedAttempt {
     /// Why it failed: a trap, a limit the instance hit, a timeout, the
     /// subscriber's answer.
     error: Option<String>,
+    /// Cluster mode: the node that ran it.
+    node: Option<String>,
 }
 
 /// A dead letter in a trace.

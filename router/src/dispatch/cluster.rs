@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use sluice_store::cluster::{
     Arrival, BROKER_HEADER, Bucket, Cluster, DEAD_LETTER_HEADER, DELIVERIES_SUBJECT, Delivery,
-    Expect,
+    Expect, TRACE_HEADER, trace_key,
 };
 use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
 
+use super::trace::{self, TraceAttempt};
 use super::{Accepted, Failure, PublishError, Router, StreamEntry, original_event};
 use crate::event::CloudEvent;
 use crate::trigger::Trigger;
@@ -79,6 +80,42 @@ impl Link {
                 tracing::warn!(id, %error, "could not finish a delivery with JetStream; it will run again");
             }
         });
+    }
+
+    /// The trace key of held delivery `id`, when its event is traced.
+    fn trace_of(&self, id: u64) -> Option<String> {
+        let held = self.held.lock().unwrap();
+        let arrival = held.get(&id)?;
+        arrival.header(TRACE_HEADER).map(str::to_owned)
+    }
+
+    /// Adds `attempt` of held delivery `id` to its event's trace (in the
+    /// background: nothing waits on a trace).
+    pub(super) fn attempt(&self, id: u64, mut attempt: TraceAttempt) {
+        let Some(key) = self.trace_of(id) else {
+            return;
+        };
+        attempt.node = Some(self.cluster.options().name.clone());
+        let record = serde_json::to_vec(&attempt.bounded()).expect("JSON");
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move { cluster.write_trace(&key, trace::ATTEMPT, record).await });
+    }
+
+    /// Adds the ids of events caused by `cause` (in `broker`) to its trace:
+    /// a client's event's, or, for what looks like a firing, a schedule's
+    /// too (a write to a trace that does not exist is never read).
+    pub(super) async fn caused(&self, broker: &str, cause: &CloudEvent, ids: &[String]) {
+        let record = serde_json::to_vec(&trace::CausedRecord::new(ids)).expect("JSON");
+        let mut spaces = vec![broker.to_owned()];
+        if cause.ty == crate::schedule::PING_TYPE {
+            spaces.push(super::schedule_key_space(broker));
+        }
+        for space in spaces {
+            let key = trace_key(broker, &space, &cause.source, &cause.id);
+            self.cluster
+                .write_trace(&key, trace::CAUSED, record.clone())
+                .await;
+        }
     }
 
     /// Waits until the trigger and broker buckets are loaded: nothing is
@@ -308,6 +345,7 @@ impl Router {
         broker: &str,
         events: Vec<CloudEvent>,
         keyed_as: Option<&str>,
+        traced_as: Option<&str>,
     ) -> Result<Accepted, PublishError> {
         let mut accepted = 0;
         let mut duplicates = Vec::new();
@@ -327,11 +365,20 @@ impl Router {
             } else {
                 link.cluster.unique_message_id()
             };
+            // Traced under its de-duplication key space (whether or not
+            // de-duplication is on), from its fan-out on.
+            let trace = (traced_as.filter(|_| link.cluster.traces_kept()))
+                .map(|space| trace_key(broker, space, &event.source, &event.id));
             let published = link
                 .cluster
-                .publish_event(broker, &message_id, json.into(), seen)
+                .publish_event(broker, &message_id, json.into(), seen, trace.as_deref())
                 .await?;
             if published.duplicate {
+                if let Some(trace) = &trace {
+                    (link.cluster)
+                        .write_trace(trace, trace::REPEAT, b"{}".to_vec())
+                        .await;
+                }
                 duplicates.push(event.id);
             } else {
                 accepted += 1;
@@ -379,11 +426,25 @@ impl Router {
         let matches = self.index.read().unwrap().clone().matches(broker, &event);
         event.forget_parsed_data();
         let (sequence, payload) = (arrival.sequence, &arrival.payload);
+        let trace = arrival.header(TRACE_HEADER);
+        if let Some(key) = trace {
+            // Before its deliveries, so their attempts come after it.
+            let record = trace::MatchedRecord::new(
+                broker,
+                (&event.id, &event.source, &event.ty),
+                arrival.published_ms,
+                matches.iter().map(|t| t.name.clone()).collect(),
+                payload,
+            );
+            let record = serde_json::to_vec(&record).expect("JSON");
+            link.cluster.write_trace(key, trace::MATCHED, record).await;
+        }
         let enqueued = futures::future::join_all(matches.iter().map(|trigger| {
             let delivery = Delivery {
                 broker,
                 trigger: &trigger.name,
                 dead_letter: None,
+                trace,
             };
             let payload = payload.clone();
             async move {
@@ -641,6 +702,7 @@ impl Router {
                     broker: &letter.broker,
                     trigger: &letter.trigger,
                     dead_letter: Some(record.id),
+                    trace: None,
                 };
                 let event = bytes::Bytes::from(letter.event.clone());
                 match link
@@ -663,6 +725,12 @@ impl Router {
             Ok(()) => {
                 if let Some(event) = &event {
                     self.announce("dead_lettered", &record, event);
+                }
+                if let Some(key) = link.trace_of(record.id) {
+                    let letter =
+                        trace::TraceDeadLetter::new(&letter.trigger, record.id, &letter.reason);
+                    let letter = serde_json::to_vec(&letter).expect("JSON");
+                    link.cluster.write_trace(&key, trace::DEAD, letter).await;
                 }
                 if let Some(slot) = self.slot(&record.trigger) {
                     slot.dead_lettered.inc();
@@ -688,6 +756,7 @@ impl Router {
             broker: &letter.broker,
             trigger: &letter.trigger,
             dead_letter: None,
+            trace: None,
         };
         let event = bytes::Bytes::from(original_event(letter.event.clone()));
         // One replay per stored dead letter, however often it is asked for.

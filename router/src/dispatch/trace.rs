@@ -1,6 +1,8 @@
-//! Per-event traces (embedded mode): what became of each event a client
-//! posted or a schedule fired, kept in memory for `--trace-retention`, the
-//! last `--trace-max-events` of them.
+//! Per-event traces: what became of each event a client posted or a
+//! schedule fired. Embedded mode keeps them in memory for
+//! `--trace-retention`, the last `--trace-max-events` of them; cluster mode
+//! writes each node's part as records to the traces stream (see the
+//! store's `cluster/traces.rs`) and [`assemble`]s them on a read.
 //!
 //! A trace holds when the event was accepted, the triggers it matched,
 //! every delivery attempt (start, duration, outcome, status or error), the
@@ -18,12 +20,18 @@
 //! Writing one costs a lock and a hash map insert per accepted event (and
 //! per attempt); reading never touches the store. Traces are not durable:
 //! a restart starts with none.
+//!
+//! In cluster mode a trace starts when a node fans the event out (its
+//! `accepted` is when JetStream stored it), each record is bounded as
+//! above, and the stream keeps the newest 32 records of each kind per
+//! event: `attempts_not_kept` and the dead letters past 32 are not counted
+//! there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_store::DedupeKey;
 
 /// The largest event JSON a trace keeps (for "why not" on a read).
@@ -141,10 +149,55 @@ pub struct TraceAttempt {
     /// subscriber's answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The node that ran it (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl TraceAttempt {
+    /// The attempt within a trace's bounds: its error cut, its duration
+    /// in microseconds (as fine as it is measured).
+    pub(super) fn bounded(mut self) -> TraceAttempt {
+        self.error = self.error.map(|e| cut(&e, MAX_ERROR_BYTES));
+        self.duration_ms = (self.duration_ms * 1000.0).round() / 1000.0;
+        self
+    }
+}
+
+/// An attempt as a cluster node stored it.
+#[derive(Deserialize)]
+struct StoredAttempt {
+    trigger: String,
+    attempt: u32,
+    start_ms: u64,
+    duration_ms: f64,
+    outcome: String,
+    status: Option<u16>,
+    error: Option<String>,
+    node: Option<String>,
+}
+
+impl From<StoredAttempt> for TraceAttempt {
+    fn from(stored: StoredAttempt) -> TraceAttempt {
+        TraceAttempt {
+            trigger: stored.trigger,
+            attempt: stored.attempt,
+            start_ms: stored.start_ms,
+            duration_ms: stored.duration_ms,
+            outcome: match stored.outcome.as_str() {
+                "delivered" => "delivered",
+                "retrying" => "retrying",
+                _ => "failed",
+            },
+            status: stored.status,
+            error: stored.error,
+            node: stored.node,
+        }
+    }
 }
 
 /// A dead letter of the event.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceDeadLetter {
     /// The trigger that failed for good.
     pub trigger: String,
@@ -152,6 +205,170 @@ pub struct TraceDeadLetter {
     pub id: String,
     /// Why.
     pub reason: String,
+}
+
+impl TraceDeadLetter {
+    /// Dead letter `id` of `trigger`, within a trace's bounds.
+    pub(super) fn new(trigger: &str, id: u64, reason: &str) -> TraceDeadLetter {
+        TraceDeadLetter {
+            trigger: cut(trigger, MAX_TEXT_BYTES),
+            id: id.to_string(),
+            reason: cut(reason, MAX_ERROR_BYTES),
+        }
+    }
+}
+
+/// Cluster mode: what the node fanning an event out records (kind
+/// [`MATCHED`]): the start of its trace.
+#[derive(Serialize, Deserialize)]
+pub(super) struct MatchedRecord {
+    pub broker: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub accepted_ms: u64,
+    pub matched: Vec<String>,
+    pub matched_not_kept: u32,
+    /// The event's JSON, when at most [`MAX_EVENT_BYTES`].
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+impl MatchedRecord {
+    /// The record of `event` (its JSON `json`) accepted at `accepted_ms`
+    /// into `broker`, matching `matched`.
+    pub(super) fn new(
+        broker: &str,
+        (id, source, ty): (&str, &str, &str),
+        accepted_ms: u64,
+        matched: Vec<String>,
+        json: &[u8],
+    ) -> MatchedRecord {
+        let kept = matched.len().min(MAX_ENTRIES);
+        MatchedRecord {
+            broker: broker.to_owned(),
+            id: cut(id, MAX_TEXT_BYTES),
+            source: cut(source, MAX_TEXT_BYTES),
+            ty: cut(ty, MAX_TEXT_BYTES),
+            accepted_ms,
+            matched_not_kept: (matched.len() - kept) as u32,
+            matched: matched.into_iter().take(kept).collect(),
+            event: (json.len() <= MAX_EVENT_BYTES)
+                .then(|| String::from_utf8(json.to_vec()).ok())
+                .flatten(),
+        }
+    }
+}
+
+/// Cluster mode: ids of events one delivery caused (kind [`CAUSED`]).
+#[derive(Serialize, Deserialize)]
+pub(super) struct CausedRecord {
+    pub ids: Vec<String>,
+}
+
+impl CausedRecord {
+    pub(super) fn new(ids: &[String]) -> CausedRecord {
+        CausedRecord {
+            ids: ids
+                .iter()
+                .take(MAX_ENTRIES)
+                .map(|id| cut(id, MAX_TEXT_BYTES))
+                .collect(),
+        }
+    }
+}
+
+/// Record kinds in the traces stream (subject tokens).
+pub(super) const MATCHED: &str = "matched";
+pub(super) const ATTEMPT: &str = "attempt";
+pub(super) const DEAD: &str = "dead";
+pub(super) const CAUSED: &str = "caused";
+pub(super) const REPEAT: &str = "repeat";
+
+/// The traces of events `id` of `broker` (only `source`'s when given),
+/// newest first, from the records read from the traces stream. An event
+/// with no [`MATCHED`] record (not fanned out yet) has none.
+pub(super) fn assemble(
+    records: Vec<sluice_store::cluster::TraceRecord>,
+    broker: &str,
+    id: &str,
+    source: Option<&str>,
+) -> Vec<Trace> {
+    #[derive(Default)]
+    struct Parts {
+        matched: Option<MatchedRecord>,
+        attempts: Vec<TraceAttempt>,
+        dead_letters: Vec<TraceDeadLetter>,
+        caused: Vec<String>,
+        caused_not_kept: u32,
+        repeats: u32,
+    }
+    let (id, source) = (
+        cut(id, MAX_TEXT_BYTES),
+        source.map(|s| cut(s, MAX_TEXT_BYTES)),
+    );
+    let mut parts: HashMap<String, Parts> = HashMap::new();
+    for record in records {
+        let part = parts.entry(record.key).or_default();
+        let payload = &record.payload;
+        match record.kind.as_str() {
+            // A fan-out done again (its node died before the ack): the
+            // later one.
+            MATCHED => part.matched = serde_json::from_slice(payload).ok(),
+            ATTEMPT => (part.attempts)
+                .extend(serde_json::from_slice::<StoredAttempt>(payload).map(TraceAttempt::from)),
+            DEAD => part
+                .dead_letters
+                .extend(serde_json::from_slice(payload).ok()),
+            CAUSED => {
+                if let Ok(caused) = serde_json::from_slice::<CausedRecord>(payload) {
+                    for id in caused.ids {
+                        if part.caused.len() < MAX_ENTRIES {
+                            part.caused.push(id);
+                        } else {
+                            part.caused_not_kept += 1;
+                        }
+                    }
+                }
+            }
+            REPEAT => part.repeats += 1,
+            _ => {}
+        }
+    }
+    let mut found: Vec<Trace> = (parts.into_values())
+        .filter_map(|part| {
+            let matched = part.matched?;
+            if matched.broker != broker || matched.id != id {
+                return None;
+            }
+            if source.as_ref().is_some_and(|s| *s != matched.source) {
+                return None;
+            }
+            let mut trace = Trace::new(
+                broker,
+                broker,
+                (&matched.id, &matched.source, &matched.ty),
+                matched.matched,
+                matched.event.map(Arc::from),
+                0,
+            );
+            trace.accepted_ms = matched.accepted_ms;
+            trace.matched_not_kept = matched.matched_not_kept;
+            trace.attempts = part
+                .attempts
+                .into_iter()
+                .map(TraceAttempt::bounded)
+                .collect();
+            trace.dead_letters = part.dead_letters;
+            trace.caused = part.caused;
+            trace.caused_not_kept = part.caused_not_kept;
+            trace.duplicates = part.repeats;
+            Some(trace)
+        })
+        .collect();
+    found.sort_by_key(|t| std::cmp::Reverse(t.accepted_ms));
+    found
 }
 
 /// The traces of one router.
@@ -222,13 +439,11 @@ impl Traces {
     }
 
     /// Adds an attempt to the trace of delivery group `group`.
-    pub(super) fn attempt(&self, group: u64, mut attempt: TraceAttempt) {
+    pub(super) fn attempt(&self, group: u64, attempt: TraceAttempt) {
         if group == 0 {
             return;
         }
-        attempt.error = attempt.error.map(|e| cut(&e, MAX_ERROR_BYTES));
-        // Microseconds are as fine as it is measured.
-        attempt.duration_ms = (attempt.duration_ms * 1000.0).round() / 1000.0;
+        let attempt = attempt.bounded();
         self.with_group(group, |trace| {
             if trace.attempts.len() < MAX_ENTRIES {
                 trace.attempts.push(attempt);
@@ -245,11 +460,9 @@ impl Traces {
         }
         self.with_group(group, |trace| {
             if trace.dead_letters.len() < MAX_ENTRIES {
-                trace.dead_letters.push(TraceDeadLetter {
-                    trigger: cut(trigger, MAX_TEXT_BYTES),
-                    id: id.to_string(),
-                    reason: cut(reason, MAX_ERROR_BYTES),
-                });
+                trace
+                    .dead_letters
+                    .push(TraceDeadLetter::new(trigger, id, reason));
             }
         });
     }
@@ -343,7 +556,57 @@ mod tests {
             outcome: "retrying",
             status: Some(500),
             error: Some("x".repeat(10_000)),
+            node: None,
         }
+    }
+
+    #[test]
+    fn cluster_records_assemble_into_one_trace_per_source() {
+        use sluice_store::cluster::TraceRecord;
+        let record = |key: &str, kind: &str, payload: Vec<u8>| TraceRecord {
+            key: key.into(),
+            kind: kind.into(),
+            payload: payload.into(),
+        };
+        let matched = |source: &str, at: u64| {
+            let m = MatchedRecord::new("b", ("x", source, "t"), at, vec!["one".into()], b"{}");
+            serde_json::to_vec(&m).unwrap()
+        };
+        let records = vec![
+            // An attempt can be stored before its fan-out's record is read.
+            record("k1", ATTEMPT, json(&attempt(1).bounded())),
+            record("k1", MATCHED, matched("/one", 5)),
+            record("k1", MATCHED, matched("/one", 6)),
+            record("k1", DEAD, json(&TraceDeadLetter::new("one", 9, "gave up"))),
+            record("k1", CAUSED, json(&CausedRecord::new(&["r1".into()]))),
+            record("k1", REPEAT, b"{}".to_vec()),
+            record("k1", "unknown", b"{}".to_vec()),
+            record("k1", ATTEMPT, b"not json".to_vec()),
+            record("k2", MATCHED, matched("/two", 7)),
+            // Not fanned out yet: no trace.
+            record("k3", ATTEMPT, json(&attempt(1).bounded())),
+        ];
+        let found = assemble(records.clone(), "b", "x", None);
+        assert_eq!(
+            found.iter().map(|t| t.source.as_str()).collect::<Vec<_>>(),
+            ["/two", "/one"],
+            "newest first"
+        );
+        let one = &found[1];
+        assert_eq!(one.accepted_ms, 6, "the later fan-out");
+        assert_eq!(one.attempts.len(), 1);
+        assert!(one.attempts[0].error.as_ref().unwrap().len() <= MAX_ERROR_BYTES);
+        assert_eq!(one.dead_letters[0].id, "9");
+        assert_eq!(one.caused, ["r1"]);
+        assert_eq!(one.duplicates, 1);
+        assert!(one.event.is_some());
+        assert_eq!(assemble(records.clone(), "b", "x", Some("/one")).len(), 1);
+        assert!(assemble(records.clone(), "other", "x", None).is_empty());
+        assert!(assemble(records, "b", "y", None).is_empty());
+    }
+
+    fn json<T: Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).unwrap()
     }
 
     #[test]

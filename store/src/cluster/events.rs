@@ -38,7 +38,8 @@ impl Cluster {
     /// `catalog_revision` is the newest trigger-catalog revision the
     /// publishing node had applied: a node fanning the event out first
     /// catches up to it, so a trigger made before the event was accepted
-    /// sees the event, whichever node fans it out.
+    /// sees the event, whichever node fans it out. `trace` is the event's
+    /// trace key, when it is traced (see `traces.rs`).
     ///
     /// An unanswered publish may or may not have been stored; it is retried
     /// with the same message id until the request timeout has passed, so a
@@ -51,6 +52,7 @@ impl Cluster {
         message_id: &str,
         payload: Bytes,
         catalog_revision: u64,
+        trace: Option<&str>,
     ) -> Result<Published, StoreError> {
         self.layout()?;
         let subject = format!("{EVENTS_SUBJECT}.{broker}");
@@ -60,6 +62,9 @@ impl Cluster {
             CATALOG_REVISION_HEADER,
             catalog_revision.to_string().as_str(),
         );
+        if let Some(trace) = trace {
+            headers.insert(super::TRACE_HEADER, trace);
+        }
         let budget = self.inner.options.request_timeout;
         match self.publish_idempotent(&subject, &headers, &payload).await {
             Ok(ack) => Ok(Published {

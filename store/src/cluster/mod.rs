@@ -35,6 +35,7 @@ mod invocations;
 mod logs;
 mod nodes;
 mod queue;
+mod traces;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +55,10 @@ pub use nodes::{Backlog, JetStreamStatus, LEASE_EVERY, LEASE_TTL, NodeInfo, Stre
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
     Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
+};
+pub use traces::{
+    RECORDS_PER_KIND, TRACE_HEADER, TRACES_STREAM, TRACES_SUBJECT, TraceRecord, trace_group,
+    trace_key,
 };
 
 /// The events stream.
@@ -157,6 +162,12 @@ pub struct ClusterOptions {
     pub max_invocations: usize,
     /// See `max_invocations`.
     pub max_invocation_bytes: u64,
+    /// How long trace records are kept (the traces stream's `max_age`);
+    /// zero: this node writes and reads none.
+    pub trace_retention: Duration,
+    /// The bytes the traces stream holds at most (the oldest records
+    /// dropped first).
+    pub trace_max_bytes: u64,
 }
 
 impl ClusterOptions {
@@ -177,6 +188,8 @@ impl ClusterOptions {
             invocation_retention: Duration::from_secs(3_600),
             max_invocations: 10_000,
             max_invocation_bytes: 1 << 30,
+            trace_retention: Duration::from_secs(3_600),
+            trace_max_bytes: 64 << 20,
         }
     }
 }
@@ -186,6 +199,8 @@ struct Layout {
     events: stream::Stream,
     deliveries: stream::Stream,
     logs: stream::Stream,
+    /// `None` when this node keeps no traces.
+    traces: Option<stream::Stream>,
     buckets: Vec<(Bucket, kv::Store)>,
     blobs: object_store::ObjectStore,
     replicas: usize,
@@ -466,6 +481,12 @@ impl Cluster {
             explicit,
         )
         .await?;
+        let traces = match self.traces_kept() {
+            true => {
+                Some(ensure_stream(js, traces::traces_config(options, replicas), explicit).await?)
+            }
+            false => None,
+        };
         // What the events stream has, which is what a 202 promises.
         let replicas = {
             let mut events = events.clone();
@@ -524,6 +545,7 @@ impl Cluster {
             events,
             deliveries,
             logs,
+            traces,
             buckets,
             blobs,
             replicas,
@@ -618,8 +640,16 @@ async fn ensure_stream(
 /// when a node sets one (a node without `--event-max-bytes` leaves the
 /// stream's alone) and never below what the stream holds, since JetStream
 /// would make room by deleting the oldest events, accepted ones included.
+/// The traces stream's always follows the node's bound.
 fn raise_bytes(name: &str, current: &stream::Config, config: &stream::Config, held: u64) -> bool {
-    if name != EVENTS_STREAM || config.max_bytes <= 0 || current.max_bytes == config.max_bytes {
+    if config.max_bytes <= 0 || current.max_bytes == config.max_bytes {
+        return false;
+    }
+    if name == TRACES_STREAM {
+        // Traces are no one's data: the newest node's bound holds.
+        return true;
+    }
+    if name != EVENTS_STREAM {
         return false;
     }
     if u64::try_from(config.max_bytes).unwrap_or(0) < held {

@@ -89,6 +89,8 @@ pub struct Delivery<'a> {
     pub trigger: &'a str,
     /// For the forwarding of a dead letter to the trigger's sink: its id.
     pub dead_letter: Option<u64>,
+    /// The event's trace key ([`super::TRACE_HEADER`]), when it is traced.
+    pub trace: Option<&'a str>,
 }
 
 /// One message pulled from a feed: an accepted event (from
@@ -103,6 +105,8 @@ pub struct Arrival {
     /// How many times JetStream has handed it out, this time included
     /// (1 on the first).
     pub delivered: u64,
+    /// When JetStream stored it (Unix ms).
+    pub published_ms: u64,
     message: jetstream::Message,
     /// Its place in the feed's capacity, given back once it is finished.
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
@@ -244,6 +248,9 @@ impl Cluster {
         headers.insert(BROKER_HEADER, delivery.broker);
         if let Some(letter) = delivery.dead_letter {
             headers.insert(DEAD_LETTER_HEADER, letter.to_string().as_str());
+        }
+        if let Some(trace) = delivery.trace {
+            headers.insert(super::TRACE_HEADER, trace);
         }
         match self.publish_idempotent(&subject, &headers, &event).await {
             Ok(ack) => Ok(ack.sequence),
@@ -413,6 +420,8 @@ impl Cluster {
                 continue;
             };
             let (sequence, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
+            let published_ms =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let Some(permit) = held.pop() else {
                 break;
             };
@@ -421,6 +430,7 @@ impl Cluster {
                 payload: message.payload.clone(),
                 sequence,
                 delivered,
+                published_ms,
                 message,
                 permit: std::sync::Mutex::new(Some(permit)),
             };

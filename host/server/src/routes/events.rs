@@ -139,8 +139,8 @@ pub struct TraceQuery {
     source: Option<String>,
 }
 
-/// What became of recent events `id` of broker `broker` (embedded mode,
-/// kept for `--trace-retention`): when each was accepted, every trigger of
+/// What became of recent events `id` of broker `broker` (kept for
+/// `--trace-retention`; in cluster mode, from every node): when each was accepted, every trigger of
 /// the broker with whether it matched (and why not, against the triggers
 /// as they are now), every delivery attempt, its dead letters, and the ids
 /// of the events it caused.
@@ -152,7 +152,8 @@ pub struct TraceQuery {
         (status = 200, description = "The traces of the events with this id, newest first", body = crate::openapi::EventTraces),
         (status = 400, description = "Not a broker name", body = crate::openapi::Error),
         crate::openapi::AuthErrors,
-        (status = 404, description = "No trace of such an event (never accepted, older than the retention, or traces are off)", body = crate::openapi::Error)))]
+        (status = 404, description = "No trace of such an event (never accepted, older than the retention, or traces are off)", body = crate::openapi::Error),
+        (status = 503, description = "Cluster mode: the cluster did not answer", body = crate::openapi::Error)))]
 async fn trace_event(
     State(state): State<AppState>,
     Path((broker, id)): Path<(String, String)>,
@@ -160,30 +161,32 @@ async fn trace_event(
 ) -> Result<axum::Json<Value>, ApiError> {
     check_broker_name(&broker)?;
     if !state.router.traces_kept() {
-        let why = if state.router.cluster().is_some() {
-            "cluster mode keeps no traces yet"
-        } else {
-            "traces are off (--trace-retention 0s)"
-        };
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "trace_not_found",
-            format!("no trace of event {id:?} in broker {broker:?}: {why}"),
+            format!(
+                "no trace of event {id:?} in broker {broker:?}: traces are off (--trace-retention 0s)"
+            ),
         ));
     }
     // `?source=` (empty) is no source given: no CloudEvent has an empty one.
     let source = query.source.as_deref().filter(|s| !s.is_empty());
-    let found = state.router.trace(&broker, &id, source);
+    let found = state.router.trace(&broker, &id, source).await?;
     if found.is_empty() {
         let source = match source {
             Some(source) => format!(" from source {source:?}"),
             None => String::new(),
         };
+        // In cluster mode a trace starts at the event's fan-out.
+        let yet = match state.router.cluster() {
+            Some(_) => ", or not fanned out by a node yet",
+            None => "",
+        };
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "trace_not_found",
             format!(
-                "no trace of event {id:?}{source} in broker {broker:?}: never accepted there, or accepted longer ago than the traces are kept (--trace-retention, --trace-max-events)"
+                "no trace of event {id:?}{source} in broker {broker:?}: never accepted there{yet}, or accepted longer ago than the traces are kept (--trace-retention, --trace-max-events)"
             ),
         ));
     }

@@ -1,0 +1,188 @@
+//! Per-event traces in cluster mode: one stream, `SLUICE_TRACES`, where
+//! each node writes what it did with an event (fanned it out, ran an
+//! attempt, stored a dead letter, published an event it caused) as a
+//! small record, so that any node can read the whole story.
+//!
+//! Subjects are `sluice.traces.<E>.<K>.<kind>`: `E` a digest of (broker,
+//! id), so one read (a filtered consumer on `sluice.traces.<E>.>`) finds
+//! the traces of every source's event with that id; `K` the digest of the
+//! event's de-duplication key (key space, source, id), telling those apart.
+//! The stream keeps at most [`RECORDS_PER_KIND`] records per subject (the
+//! newest), records for `--trace-retention` (`max_age`), and at most
+//! `trace_max_bytes` in all (the oldest dropped first): a trace is bounded
+//! per event and the stream in bytes.
+//!
+//! Records are published without waiting for JetStream's ack, as guest
+//! output is: a trace is not acknowledged data, and neither ingress nor a
+//! delivery waits on one. What the records hold is the router's business.
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{Cluster, ClusterOptions, connected};
+use crate::StoreError;
+
+/// The traces stream.
+pub const TRACES_STREAM: &str = "SLUICE_TRACES";
+/// Subject prefix of trace records.
+pub const TRACES_SUBJECT: &str = "sluice.traces";
+/// The header carrying an event's trace key (`<E>.<K>`), from ingress to
+/// its fan-out and on to its deliveries; absent on events not traced
+/// (replies and guests' events, traced as their cause's).
+pub const TRACE_HEADER: &str = "Sluice-Trace";
+/// Records kept per event and kind (the stream's per-subject limit).
+pub const RECORDS_PER_KIND: i64 = 32;
+/// Records one read takes at most (every source's event with one id).
+const MAX_READ: usize = 4_096;
+
+/// One record of a trace, as read back.
+#[derive(Clone, Debug)]
+pub struct TraceRecord {
+    /// The event's key (`K`, the de-duplication key's digest).
+    pub key: String,
+    /// What it records (`matched`, `attempt`, ...: the router's names).
+    pub kind: String,
+    /// The record.
+    pub payload: Bytes,
+}
+
+/// The group part (`E`) of the trace keys of events `id` in `broker`.
+pub fn trace_group(broker: &str, id: &str) -> String {
+    // No CloudEvent has an empty source: no event key is this one.
+    hex::encode(crate::dedupe_key(broker, "", id))
+}
+
+/// The trace key (`<E>.<K>`) of event (`source`, `id`) in `broker`, its
+/// de-duplication keyed as `keyed_as` (the broker, or a schedule's key
+/// space).
+pub fn trace_key(broker: &str, keyed_as: &str, source: &str, id: &str) -> String {
+    format!(
+        "{}.{}",
+        trace_group(broker, id),
+        hex::encode(crate::dedupe_key(keyed_as, source, id))
+    )
+}
+
+pub(super) fn traces_config(options: &ClusterOptions, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: TRACES_STREAM.to_owned(),
+        description: Some("Sluice: per-event traces, bounded per event and in bytes".to_owned()),
+        subjects: vec![format!("{TRACES_SUBJECT}.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_age: options.trace_retention,
+        max_bytes: i64::try_from(options.trace_max_bytes.max(1)).unwrap_or(i64::MAX),
+        max_messages_per_subject: RECORDS_PER_KIND,
+        duplicate_window: std::time::Duration::from_secs(120).min(options.trace_retention),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+fn is_key(key: &str) -> bool {
+    let mut parts = key.split('.');
+    let hex32 = |p: Option<&str>| {
+        p.is_some_and(|p| p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    hex32(parts.next()) && hex32(parts.next()) && parts.next().is_none()
+}
+
+impl Cluster {
+    /// Whether this node keeps traces (`trace_retention` above zero).
+    pub fn traces_kept(&self) -> bool {
+        !self.inner.options.trace_retention.is_zero() && self.inner.options.trace_max_bytes > 0
+    }
+
+    /// Adds a record of `kind` to the trace `key` (a [`trace_key`]). Sent
+    /// without waiting for an acknowledgement; dropped while the
+    /// connection is down or when traces are off.
+    pub async fn write_trace(&self, key: &str, kind: &str, payload: Vec<u8>) {
+        if !self.traces_kept() || !is_key(key) || !kind.bytes().all(|b| b.is_ascii_lowercase()) {
+            return;
+        }
+        if self.readiness().is_err() {
+            return;
+        }
+        let subject = format!("{TRACES_SUBJECT}.{key}.{kind}");
+        if let Err(error) = self.inner.client.publish(subject, payload.into()).await {
+            tracing::debug!(%error, "a trace record was not sent");
+        }
+    }
+
+    /// Every record of the traces in group `group` (a [`trace_group`]), in
+    /// the order they were stored.
+    pub async fn read_traces(&self, group: &str) -> Result<Vec<TraceRecord>, StoreError> {
+        let traces = (self.layout()?.traces.clone()).ok_or_else(|| {
+            StoreError::Unavailable("traces are off on this node (--trace-retention 0s)".into())
+        })?;
+        connected(&self.inner.client, self.inner.options.request_timeout).await?;
+        let unavailable =
+            |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("reading traces: {e}"));
+        let read = async {
+            let mut records = Vec::new();
+            let consumer = traces
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: self.inner.client.new_inbox(),
+                    description: Some("sluice trace reader".to_owned()),
+                    filter_subject: format!("{TRACES_SUBJECT}.{group}.>"),
+                    replay_policy: ReplayPolicy::Instant,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let _remove = super::catalog::RemoveConsumer(Some((
+                traces.clone(),
+                consumer.cached_info().name.clone(),
+            )));
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(records);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| unavailable(&e))?;
+                let pending = message.info().map_err(|e| unavailable(&e))?.pending;
+                let mut tokens = message.subject.rsplitn(3, '.');
+                if let (Some(kind), Some(key)) = (tokens.next(), tokens.next()) {
+                    records.push(TraceRecord {
+                        key: key.to_owned(),
+                        kind: kind.to_owned(),
+                        payload: message.payload.clone(),
+                    });
+                }
+                if pending == 0 || records.len() >= MAX_READ {
+                    break;
+                }
+            }
+            Ok(records)
+        };
+        match tokio::time::timeout(self.inner.options.request_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(&"JetStream did not answer in time")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_group_by_broker_and_id_and_are_subject_tokens() {
+        let a = trace_key("default", "default", "/s", "x");
+        assert!(is_key(&a), "{a}");
+        assert!(a.starts_with(&trace_group("default", "x")));
+        assert_eq!(
+            trace_key("default", "default", "/t", "x")[..32],
+            a[..32],
+            "one group for one id"
+        );
+        assert_ne!(trace_key("default", "default", "/t", "x"), a);
+        assert_ne!(trace_key("default", "default\0schedule", "/s", "x"), a);
+        assert_ne!(trace_group("other", "x"), trace_group("default", "x"));
+        assert!(!is_key("a.b") && !is_key(&format!("{a}.z")) && !is_key("*.>"));
+    }
+}
