@@ -693,10 +693,16 @@ fn load(store: &Store) -> Result<Catalog, StoreError> {
             }
         }
     }
+    let schedules = schedules::Schedules::load(store.schedules()?);
+    // A function or URL sink's trigger, before any delivery resumes.
+    for mut trigger in schedules.direct_triggers() {
+        resolve_delivery(&brokers, &mut trigger);
+        triggers.insert(trigger.name.clone(), Arc::new(trigger));
+    }
     Ok(Catalog {
         brokers,
         triggers,
-        schedules: schedules::Schedules::load(store.schedules()?),
+        schedules,
     })
 }
 
@@ -2114,9 +2120,13 @@ impl Router {
             .collect()
     }
 
-    /// Every trigger, by name.
+    /// Every trigger, by name (not those of schedules' function or URL
+    /// sinks, which are the schedules').
     pub fn triggers(&self) -> Vec<Arc<Trigger>> {
-        self.triggers.read().unwrap().values().cloned().collect()
+        (self.triggers.read().unwrap().values())
+            .filter(|t| !t.name.starts_with(crate::schedule::DIRECT_PREFIX))
+            .cloned()
+            .collect()
     }
 
     /// Stores a broker (creating or replacing it), durably, and gives its

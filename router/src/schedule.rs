@@ -20,7 +20,9 @@ use jiff::tz::TimeZone;
 use serde_json::{Value, json};
 
 use crate::event::{CloudEvent, Data};
-use crate::trigger::{TriggerError, check_fields, invalid, resource_name};
+use crate::trigger::{
+    DeliverySpec, Destination, Trigger, TriggerError, check_fields, invalid, resource_name,
+};
 
 /// The type of every event a schedule posts (Knative's).
 pub const PING_TYPE: &str = "dev.knative.sources.ping";
@@ -60,8 +62,11 @@ pub struct Schedule {
     pub data: Option<Value>,
     /// `dataBase64` as given.
     pub data_base64: Option<String>,
-    /// The broker its events are posted to.
+    /// The broker its events are posted to (for a function or URL sink,
+    /// its own: [`direct_broker`]).
     pub broker: String,
+    /// Its function or URL sink, when it has one.
+    pub direct: Option<Destination>,
     payload: Option<(Data, String)>,
 }
 
@@ -135,7 +140,10 @@ impl Schedule {
             data_base64.as_deref(),
             content_type.as_deref(),
         )?;
-        let broker = sink(map.get("sink"))?;
+        let (broker, direct) = match sink(map.get("sink"))? {
+            Sink::Broker(broker) => (broker, None),
+            Sink::Direct(destination) => (direct_broker(&name), Some(destination)),
+        };
         let parsed = Schedule {
             name,
             schedule,
@@ -146,6 +154,7 @@ impl Schedule {
             data,
             data_base64,
             broker,
+            direct,
             payload,
         };
         Ok(parsed)
@@ -181,8 +190,27 @@ impl Schedule {
         if let Some(data) = &self.data_base64 {
             view["dataBase64"] = json!(data);
         }
-        view["sink"] = json!({"broker": self.broker});
+        view["sink"] = match &self.direct {
+            Some(destination) => destination.to_json(),
+            None => json!({"broker": self.broker}),
+        };
         view
+    }
+
+    /// For a function or URL sink: the trigger its firings are delivered
+    /// through (named as its broker, matching every event of it, with
+    /// Knative's default retries). Not listed with the triggers.
+    pub fn direct_trigger(&self) -> Option<Trigger> {
+        let destination = self.direct.clone()?;
+        Some(Trigger {
+            name: self.broker.clone(),
+            broker: self.broker.clone(),
+            attributes: Default::default(),
+            filters: Vec::new(),
+            subscriber: destination,
+            delivery: DeliverySpec::default(),
+            own_delivery: false,
+        })
     }
 
     /// The first instant strictly after `after`, if the pattern has one.
@@ -310,11 +338,31 @@ fn is_json_type(content_type: &str) -> bool {
         || essence.to_ascii_lowercase().ends_with("+json")
 }
 
-/// `{"broker": NAME}`, or Knative's `{"ref": {"kind": "Broker", "name":
-/// NAME}}`.
-fn sink(value: Option<&Value>) -> Result<String, TriggerError> {
-    const SHAPE: &str =
-        "must be {\"broker\": NAME} or {\"ref\": {\"kind\": \"Broker\", \"name\": NAME}}";
+/// Where a schedule's firings go.
+enum Sink {
+    /// Into a broker, like any event.
+    Broker(String),
+    /// Straight to a function or URL (through the schedule's own
+    /// trigger, see [`Schedule::direct_trigger`]).
+    Direct(Destination),
+}
+
+/// The prefix of the broker, and trigger, that a schedule with a function
+/// or URL sink posts into and delivers through: no name a client can give
+/// (those are DNS labels) starts with it.
+pub const DIRECT_PREFIX: &str = "_schedule_";
+
+/// The broker (and trigger) of schedule `name`'s direct sink.
+pub fn direct_broker(name: &str) -> String {
+    format!("{DIRECT_PREFIX}{name}")
+}
+
+/// `{"broker": NAME}`, Knative's `{"ref": {"kind": "Broker", "name":
+/// NAME}}`, or a destination as a trigger's subscriber takes it:
+/// `{"function": NAME}`, `{"uri": URL}`, `{"ref": {"kind": "Service",
+/// "name": NAME}}`.
+fn sink(value: Option<&Value>) -> Result<Sink, TriggerError> {
+    const SHAPE: &str = "must be {\"broker\": NAME}, {\"function\": NAME}, {\"uri\": URL} or {\"ref\": {\"kind\": \"Broker\" (or \"Service\"), \"name\": NAME}}";
     let Some(Value::Object(map)) = value else {
         return Err(match value {
             None | Some(Value::Null) => invalid("sink", format!("is required: it {SHAPE}")),
@@ -323,25 +371,15 @@ fn sink(value: Option<&Value>) -> Result<String, TriggerError> {
     };
     let name = match (map.get("broker"), map.get("ref"), map.len()) {
         (Some(Value::String(name)), None, 1) => name.as_str(),
-        (None, Some(Value::Object(reference)), 1) => {
+        (None, Some(Value::Object(reference)), 1)
+            if reference.get("kind").and_then(Value::as_str) == Some("Broker") =>
+        {
             check_fields(
                 reference,
                 &["apiVersion", "kind", "name", "namespace"],
                 "sink.ref",
             )?;
             let text = |key: &str| reference.get(key).and_then(Value::as_str);
-            match text("kind") {
-                Some("Broker") => {}
-                Some(other) => {
-                    return Err(invalid(
-                        "sink.ref.kind",
-                        format!(
-                            "{other:?}: a schedule posts into a broker (kind Broker); a trigger on it reaches a function"
-                        ),
-                    ));
-                }
-                None => return Err(invalid("sink.ref.kind", "is required")),
-            }
             if let Some(namespace) = text("namespace").filter(|n| *n != "default") {
                 return Err(invalid(
                     "sink.ref.namespace",
@@ -350,18 +388,25 @@ fn sink(value: Option<&Value>) -> Result<String, TriggerError> {
             }
             text("name").ok_or_else(|| invalid("sink.ref.name", "is required"))?
         }
-        (None, None, 1) if map.contains_key("function") || map.contains_key("uri") => {
-            return Err(invalid(
+        (None, Some(_), 1) => {
+            // A function, by Knative reference (kind Service or Function).
+            return Ok(Sink::Direct(Destination::parse(
+                &Value::Object(map.clone()),
                 "sink",
-                "a schedule posts into a broker: {\"broker\": NAME}; a trigger on it reaches a function",
-            ));
+            )?));
+        }
+        (None, None, 1) if map.contains_key("function") || map.contains_key("uri") => {
+            return Ok(Sink::Direct(Destination::parse(
+                &Value::Object(map.clone()),
+                "sink",
+            )?));
         }
         _ => return Err(invalid("sink", SHAPE)),
     };
     if !sluice_store::is_dns_label(name) {
         return Err(invalid("sink", format!("{name:?} is not a broker name")));
     }
-    Ok(name.to_string())
+    Ok(Sink::Broker(name.to_string()))
 }
 
 #[cfg(test)]
@@ -474,12 +519,20 @@ mod tests {
             ),
             (json!({"schedule": "* * * * *"}), "sink"),
             (
-                json!({"schedule": "* * * * *", "sink": {"function": "f"}}),
+                json!({"schedule": "* * * * *", "sink": {"function": "Bad"}}),
                 "sink",
             ),
             (
-                json!({"schedule": "* * * * *", "sink": {"ref": {"kind": "Service", "name": "f"}}}),
+                json!({"schedule": "* * * * *", "sink": {"uri": "ftp://x"}}),
+                "sink",
+            ),
+            (
+                json!({"schedule": "* * * * *", "sink": {"ref": {"kind": "Channel", "name": "f"}}}),
                 "sink.ref.kind",
+            ),
+            (
+                json!({"schedule": "* * * * *", "sink": {"function": "f", "broker": "b"}}),
+                "sink",
             ),
             (
                 json!({"schedule": "* * * * *", "sink": {"broker": "Bad"}}),
@@ -526,5 +579,43 @@ mod tests {
         assert!(Schedule::parse_new(&past, Some("s")).is_err());
         let stored = Schedule::parse(&past, Some("s")).unwrap();
         assert_eq!(stored.next_after(Timestamp::now()), None);
+    }
+
+    #[test]
+    fn a_function_or_url_sink_has_a_broker_and_trigger_of_its_own() {
+        for (sink, shown) in [
+            (json!({"function": "f"}), json!({"function": "f"})),
+            (
+                json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "f"}}),
+                json!({"function": "f"}),
+            ),
+            (json!({"uri": "http://x/y"}), json!({"uri": "http://x/y"})),
+        ] {
+            let parsed = Schedule::parse_new(
+                &json!({"schedule": "* * * * *", "sink": sink}),
+                Some("tick"),
+            )
+            .unwrap();
+            assert_eq!(parsed.broker, "_schedule_tick");
+            assert!(
+                !sluice_store::is_dns_label(&parsed.broker),
+                "no client's broker"
+            );
+            assert_eq!(parsed.to_json()["sink"], shown);
+            let trigger = parsed.direct_trigger().expect("a trigger of its own");
+            assert_eq!(
+                (trigger.name.as_str(), trigger.broker.as_str()),
+                ("_schedule_tick", "_schedule_tick")
+            );
+            assert!(trigger.filters.is_empty() && trigger.attributes.is_empty());
+            let again = Schedule::parse(&parsed.to_json(), None).unwrap();
+            assert_eq!(again, parsed, "stored and loaded the same");
+        }
+        let broker = Schedule::parse_new(
+            &json!({"schedule": "* * * * *", "sink": {"broker": "b"}}),
+            Some("t"),
+        )
+        .unwrap();
+        assert!(broker.direct_trigger().is_none());
     }
 }

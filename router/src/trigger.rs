@@ -33,7 +33,7 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn parse(value: &Value, path: &str) -> Result<Destination, TriggerError> {
+    pub(crate) fn parse(value: &Value, path: &str) -> Result<Destination, TriggerError> {
         let Value::Object(map) = value else {
             return Err(invalid(
                 path,

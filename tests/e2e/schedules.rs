@@ -11,6 +11,7 @@ use crate::harness::{Backend, Server, Sink, error_code, eventually};
 crate::both_backends!(
     a_schedule_fires_once_a_second_across_a_restart_and_a_crash,
     schedules_validate_and_round_trip,
+    a_schedule_delivers_straight_to_a_url_or_a_function,
 );
 
 /// Unix seconds now, as a float.
@@ -238,7 +239,7 @@ async fn schedules_validate_and_round_trip(backend: Backend) {
             "timezone",
         ),
         (
-            json!({"schedule": "* * * * *", "sink": {"function": "f"}}),
+            json!({"schedule": "* * * * *", "sink": {"function": "F"}}),
             "sink",
         ),
         (json!({"schedule": "* * * * *"}), "sink"),
@@ -297,4 +298,90 @@ async fn schedules_validate_and_round_trip(backend: Backend) {
     assert_eq!(status, 200);
     let (status, _) = server.delete("/v1/schedules/morning").await;
     assert_eq!(status, 404);
+}
+
+async fn a_schedule_delivers_straight_to_a_url_or_a_function(backend: Backend) {
+    let server = backend.start().await;
+    let sink = Sink::start().await;
+    server
+        .deploy_ok("echo", sluice_test_artifacts::EVENT_ECHO, "")
+        .await;
+    // A trigger on the default broker that would see any ping event
+    // posted there: a direct sink's events never reach it.
+    server
+        .trigger(
+            json!({"name": "spy", "filter": {"attributes": {"type": "dev.knative.sources.ping"}},
+                        "subscriber": {"uri": format!("{}/spy", sink.url)}}),
+        )
+        .await;
+    for (name, sink_json) in [
+        ("direct", json!({"uri": format!("{}/direct", sink.url)})),
+        (
+            "tofn",
+            json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "echo"}}),
+        ),
+    ] {
+        let response = (server.http())
+            .put(server.url(&format!("/v1/schedules/{name}")))
+            .json(&json!({"schedule": "* * * * * *", "data": {"n": 1}, "sink": sink_json}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+    let direct = |sink: &Sink| -> Vec<String> {
+        (sink.received().into_iter())
+            .filter(|r| r.path == "/direct")
+            .map(|r| {
+                assert_eq!(r.ce("type").as_deref(), Some("dev.knative.sources.ping"));
+                r.ce("id").unwrap()
+            })
+            .collect()
+    };
+    let ids = eventually(Duration::from_secs(30), || async {
+        let ids = direct(&sink);
+        (ids.len() >= 2).then_some(ids)
+    })
+    .await;
+    let delivered_to_fn = eventually(Duration::from_secs(30), || async {
+        let metrics = server.metrics().await;
+        let n = (metrics.get(&(
+            "sluice_trigger_delivered_total".to_owned(),
+            "trigger=_schedule_tofn".to_owned(),
+        )))
+        .copied()
+        .unwrap_or(0.0);
+        (n >= 2.0).then_some(n)
+    })
+    .await;
+    assert!(delivered_to_fn >= 2.0);
+    assert!(
+        sink.received().iter().all(|r| r.path != "/spy"),
+        "no broker's trigger sees a direct sink's events"
+    );
+    let (_, view) = server.get("/v1/schedules/tofn").await;
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    assert_eq!(view["sink"], json!({"function": "echo"}), "{view}");
+    let (_, triggers) = server.get("/v1/triggers").await;
+    assert!(!triggers.contains("_schedule_"), "not listed: {triggers}");
+    // Traced under the schedule's own broker.
+    let (status, trace) = server
+        .get(&format!("/v1/brokers/_schedule_direct/events/{}", ids[0]))
+        .await;
+    assert_eq!(status, 200, "{trace}");
+    let trace: serde_json::Value = serde_json::from_str(&trace).unwrap();
+    assert_eq!(
+        trace["traces"][0]["matched"],
+        json!(["_schedule_direct"]),
+        "{trace}"
+    );
+    // Deleted: it fires no more.
+    for name in ["direct", "tofn"] {
+        let (status, _) = server.delete(&format!("/v1/schedules/{name}")).await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = direct(&sink).len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(direct(&sink).len(), settled, "no firing after the delete");
 }

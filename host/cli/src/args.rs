@@ -180,7 +180,8 @@ pub enum ScheduleCommand {
         client: ClientArgs,
     },
     /// Create or replace a schedule: from its next instant on, each instant
-    /// posts a `dev.knative.sources.ping` event into the broker.
+    /// posts a `dev.knative.sources.ping` event into the broker (or
+    /// straight to a function or URL).
     Create {
         /// Schedule name.
         name: String,
@@ -192,8 +193,15 @@ pub enum ScheduleCommand {
         #[arg(long)]
         timezone: Option<String>,
         /// Broker the events go to.
-        #[arg(long, default_value = "default")]
+        #[arg(long, default_value = "default", conflicts_with_all = ["function", "uri"])]
         broker: String,
+        /// Deliver the events straight to this function instead (no broker,
+        /// no trigger).
+        #[arg(long, conflicts_with = "uri")]
+        function: Option<String>,
+        /// Deliver the events straight to this URL instead.
+        #[arg(long)]
+        uri: Option<String>,
         /// The events' data (text; JSON text is sent as JSON).
         #[arg(long, conflicts_with = "data_base64")]
         data: Option<String>,

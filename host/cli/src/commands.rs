@@ -1289,6 +1289,15 @@ fn show_traces(answer: &serde_json::Value) {
 }
 
 /// Runs one `sluice schedule` command.
+/// A schedule's sink in a table: the broker, `function NAME` or the URL.
+fn sink_text(sink: &serde_json::Value) -> String {
+    match (sink["broker"].as_str(), sink["function"].as_str()) {
+        (Some(broker), _) => broker.to_owned(),
+        (None, Some(function)) => format!("function {function}"),
+        (None, None) => plain(&sink["uri"]),
+    }
+}
+
 pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()> {
     match command {
         ScheduleCommand::List { client } => {
@@ -1297,7 +1306,7 @@ pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()
             client.show(&list, |list| {
                 println!(
                     "{:<24} {:<20} {:<16} {:<16} {:<22} LAST FIRED",
-                    "NAME", "SCHEDULE", "TIMEZONE", "BROKER", "NEXT"
+                    "NAME", "SCHEDULE", "TIMEZONE", "SINK", "NEXT"
                 );
                 for schedule in list["schedules"].as_array().cloned().unwrap_or_default() {
                     println!(
@@ -1305,7 +1314,7 @@ pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()
                         plain(&schedule["name"]),
                         plain(&schedule["schedule"]),
                         text_or(&schedule["timezone"], "UTC"),
-                        plain(&schedule["sink"]["broker"]),
+                        sink_text(&schedule["sink"]),
                         text_or(&schedule["next"], "-"),
                         text_or(&schedule["lastFired"], "never"),
                     );
@@ -1322,13 +1331,20 @@ pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()
             schedule,
             timezone,
             broker,
+            function,
+            uri,
             data,
             data_base64,
             content_type,
             client,
         } => {
             let client = Client::new(&client);
-            let mut body = serde_json::json!({"schedule": schedule, "sink": {"broker": broker}});
+            let sink = match (function, uri) {
+                (Some(function), _) => serde_json::json!({"function": function}),
+                (None, Some(uri)) => serde_json::json!({"uri": uri}),
+                (None, None) => serde_json::json!({"broker": broker}),
+            };
+            let mut body = serde_json::json!({"schedule": schedule, "sink": sink});
             for (field, value) in [
                 ("timezone", timezone),
                 ("data", data),
@@ -1365,7 +1381,7 @@ fn show_schedule(schedule: &serde_json::Value) {
     println!("schedule {}", plain(&schedule["name"]));
     println!("  pattern:    {}", plain(&schedule["schedule"]));
     println!("  timezone:   {}", text_or(&schedule["timezone"], "UTC"));
-    println!("  broker:     {}", plain(&schedule["sink"]["broker"]));
+    println!("  sink:       {}", sink_text(&schedule["sink"]));
     println!("  next:       {}", text_or(&schedule["next"], "-"));
     println!("  last fired: {}", text_or(&schedule["lastFired"], "never"));
     if !schedule["data"].is_null() || !schedule["dataBase64"].is_null() {
@@ -1660,11 +1676,15 @@ pub async fn run_get(kind: GetKind, args: ClientArgs) -> anyhow::Result<()> {
                             spec.insert(field.into(), s[field].clone());
                         }
                     }
-                    spec.insert(
-                        "sink".into(),
-                        serde_json::json!({"ref": {"apiVersion": knative, "kind": "Broker",
-                            "name": s["sink"]["broker"]}}),
-                    );
+                    let sink = &s["sink"];
+                    let sink = match (sink["broker"].as_str(), sink["function"].as_str()) {
+                        (Some(broker), _) => serde_json::json!({"ref": {"apiVersion": knative,
+                            "kind": "Broker", "name": broker}}),
+                        (None, Some(function)) => serde_json::json!({"ref": {
+                            "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": function}}),
+                        (None, None) => serde_json::json!({"uri": sink["uri"]}),
+                    };
+                    spec.insert("sink".into(), sink);
                     serde_json::json!({"apiVersion": "sources.knative.dev/v1", "kind": "PingSource",
                         "metadata": {"name": s["name"]}, "spec": spec})
                 })

@@ -520,7 +520,11 @@ pub struct Schedule {
     /// The events' data as base64 (instead of `data`).
     #[schema(rename = "dataBase64")]
     data_base64: Option<String>,
-    /// `{"broker": NAME}` or Knative's `{"ref": {"kind": "Broker", "name": NAME}}`.
+    /// `{"broker": NAME}` or Knative's `{"ref": {"kind": "Broker", "name":
+    /// NAME}}`; or straight to a function or URL, as a trigger's subscriber:
+    /// `{"function": NAME}`, `{"uri": URL}`, `{"ref": {"kind": "Service",
+    /// "name": NAME}}` (delivered with the default retries; its events are
+    /// traced under broker `_schedule_NAME`).
     #[schema(value_type = Object)]
     sink: serde_json::Value,
     /// Read only: the next instant (RFC 3339).

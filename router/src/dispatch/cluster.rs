@@ -118,11 +118,13 @@ impl Link {
         }
     }
 
-    /// Waits until the trigger and broker buckets are loaded: nothing is
+    /// Waits until the trigger, broker and schedule buckets are loaded: nothing is
     /// fanned out or delivered against a half-known catalog.
     async fn synced(&self) {
         self.synced_bucket(Bucket::Triggers).await;
         self.synced_bucket(Bucket::Brokers).await;
+        // Schedules' function and URL sinks are triggers too.
+        self.synced_bucket(Bucket::Schedules).await;
     }
 
     /// Whether `bucket` is loaded.

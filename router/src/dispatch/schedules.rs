@@ -121,6 +121,13 @@ impl Schedules {
         self.changed.notify_one();
     }
 
+    /// The triggers of the schedules with a function or URL sink.
+    pub(super) fn direct_triggers(&self) -> Vec<crate::trigger::Trigger> {
+        (self.defined.read().unwrap().values())
+            .filter_map(|s| s.direct_trigger())
+            .collect()
+    }
+
     fn uninstall(&self, name: &str) {
         self.defined.write().unwrap().remove(name);
         self.marks.lock().unwrap().remove(name);
@@ -172,6 +179,7 @@ impl Router {
             fired: known.fired,
         };
         let json = serde_json::to_vec(&schedule.to_json()).expect("JSON");
+        let direct = schedule.direct_trigger();
         match &self.cluster {
             Some(link) => {
                 // The mark first: a node that sees the definition finds it.
@@ -181,6 +189,7 @@ impl Router {
                     (link.put(Bucket::Schedules, &definition_key(&name), json)).await?;
                 if link.seen(Bucket::Schedules, &definition_key(&name), revision) {
                     self.schedules.install(schedule, Some(mark));
+                    self.sync_direct(&name, direct);
                 }
                 Ok(replaced)
             }
@@ -189,7 +198,23 @@ impl Router {
                     .put_schedule(&name, &json, &mark.to_json())
                     .await?;
                 self.schedules.install(schedule, Some(mark));
+                self.sync_direct(&name, direct);
                 Ok(replaced)
+            }
+        }
+    }
+
+    /// Installs `trigger`, the one of schedule `name`'s function or URL
+    /// sink, or, with `None`, removes the schedule's (its pending
+    /// deliveries then fail for good, as a deleted trigger's).
+    fn sync_direct(&self, name: &str, trigger: Option<crate::trigger::Trigger>) {
+        match trigger {
+            Some(trigger) => self.install_trigger(trigger),
+            None => {
+                let direct = crate::schedule::direct_broker(name);
+                if self.trigger(&direct).is_some() {
+                    self.uninstall_trigger(&direct);
+                }
             }
         }
     }
@@ -204,12 +229,14 @@ impl Router {
                 link.delete(Bucket::Schedules, &mark_key(name)).await?;
                 if deleted.is_none_or(|revision| link.seen(Bucket::Schedules, &key, revision)) {
                     self.schedules.uninstall(name);
+                    self.sync_direct(name, None);
                 }
                 return Ok(deleted.is_some());
             }
             None => self.store.delete_schedule(name).await?,
         };
         self.schedules.uninstall(name);
+        self.sync_direct(name, None);
         let _ = (self.metrics.schedule_firings).remove_label_values(&[name]);
         Ok(existed)
     }
@@ -242,12 +269,19 @@ impl Router {
         };
         match value {
             Some(json) => match parse(&json) {
-                Ok(schedule) => self.schedules.install(schedule, None),
+                Ok(schedule) => {
+                    let direct = schedule.direct_trigger();
+                    self.schedules.install(schedule, None);
+                    self.sync_direct(name, direct);
+                }
                 Err(error) => {
                     tracing::error!(schedule = %name, %error, "a schedule in the catalog is invalid; ignored")
                 }
             },
-            None => self.schedules.uninstall(name),
+            None => {
+                self.schedules.uninstall(name);
+                self.sync_direct(name, None);
+            }
         }
     }
 

@@ -159,7 +159,11 @@ async fn trace_event(
     Path((broker, id)): Path<(String, String)>,
     crate::error::Query(query): crate::error::Query<TraceQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    check_broker_name(&broker)?;
+    // A schedule's function or URL sink has a broker of its own.
+    match broker.strip_prefix(sluice_router::schedule::DIRECT_PREFIX) {
+        Some(schedule) if sluice_store::is_dns_label(schedule) => {}
+        _ => check_broker_name(&broker)?,
+    }
     if !state.router.traces_kept() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
