@@ -1333,11 +1333,7 @@ impl Router {
         source: Option<&str>,
     ) -> Result<Vec<(Trace, Misses)>, StoreError> {
         let found = match &self.cluster {
-            Some(link) => {
-                let group = sluice_store::cluster::trace_group(broker, id);
-                let records = link.cluster.read_traces(&group).await?;
-                trace::assemble(records, broker, id, source)
-            }
+            Some(link) => trace::read_clustered(&link.cluster, broker, id, source).await?,
             None => self.traces.find(broker, id, source, self.now_ms()),
         };
         Ok(found
@@ -1406,7 +1402,7 @@ impl Router {
             && !ids.is_empty()
         {
             match &self.cluster {
-                Some(link) => link.caused(broker, cause, &ids).await,
+                Some(link) => link.caused(broker, cause, &ids),
                 None => self.traces.caused(broker, &cause.source, &cause.id, &ids),
             }
         }

@@ -44,7 +44,9 @@ async fn a_trace_shows_each_triggers_verdict_attempts_dead_letter_and_reply(back
         // The reply is recorded when the delivery ends; in cluster mode
         // each record reaches the stream a moment after its step.
         let has = |field: &str| trace[field].as_array().is_some_and(|c| !c.is_empty());
-        (has("caused") && has("dead_letters") && trace["duplicates"] == 1).then_some(trace)
+        let attempts = trace["attempts"].as_array().map_or(0, Vec::len);
+        (has("caused") && has("dead_letters") && trace["duplicates"] == 1 && attempts == 4)
+            .then_some(trace)
     })
     .await;
     assert_eq!(trace["source"], "/e2e");

@@ -853,6 +853,9 @@ pub struct ClusterStatus {
     /// Why `nodes` could not be read (it is then empty).
     nodes_error: Option<String>,
     jetstream: JetStreamStatus,
+    /// Trace records this node dropped since it started (its queue of
+    /// records to send was full: NATS slow or away).
+    trace_records_dropped: u64,
 }
 
 /// One live node.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sluice_store::cluster::{
     Arrival, BROKER_HEADER, Bucket, Cluster, DEAD_LETTER_HEADER, DELIVERIES_SUBJECT, Delivery,
-    Expect, TRACE_HEADER, trace_key,
+    Expect, TRACE_HEADER, delivery_trace, parse_delivery_trace, trace_key,
 };
 use sluice_store::{DeadLetterRecord, DeliveryRecord, StoreError};
 
@@ -82,39 +82,51 @@ impl Link {
         });
     }
 
-    /// The trace key of held delivery `id`, when its event is traced.
-    fn trace_of(&self, id: u64) -> Option<String> {
+    /// The trace key and event sequence of held delivery `id`, when its
+    /// event is traced.
+    fn trace_of(&self, id: u64) -> Option<(String, u64)> {
         let held = self.held.lock().unwrap();
         let arrival = held.get(&id)?;
-        arrival.header(TRACE_HEADER).map(str::to_owned)
+        let (key, sequence) = parse_delivery_trace(arrival.header(TRACE_HEADER)?)?;
+        Some((key.to_owned(), sequence))
     }
 
-    /// Adds `attempt` of held delivery `id` to its event's trace (in the
-    /// background: nothing waits on a trace).
+    /// Adds `attempt` of held delivery `id` to its event's trace.
     pub(super) fn attempt(&self, id: u64, mut attempt: TraceAttempt) {
-        let Some(key) = self.trace_of(id) else {
+        let Some((key, sequence)) = self.trace_of(id) else {
             return;
         };
         attempt.node = Some(self.cluster.options().name.clone());
-        let record = serde_json::to_vec(&attempt.bounded()).expect("JSON");
-        let cluster = self.cluster.clone();
-        tokio::spawn(async move { cluster.write_trace(&key, trace::ATTEMPT, record).await });
+        let record = trace::tagged(sequence, &attempt.bounded());
+        self.cluster.write_trace(&key, trace::ATTEMPT, record);
+    }
+
+    /// Adds dead letter `letter` of held delivery `id` to its event's
+    /// trace.
+    pub(super) fn dead_lettered(&self, id: u64, letter: &trace::TraceDeadLetter) {
+        if let Some((key, sequence)) = self.trace_of(id) {
+            let record = trace::tagged(sequence, letter);
+            self.cluster.write_trace(&key, trace::DEAD, record);
+        }
     }
 
     /// Adds the ids of events caused by `cause` (in `broker`) to its trace:
-    /// a client's event's, or, for what looks like a firing, a schedule's
-    /// too (a write to a trace that does not exist is never read).
-    pub(super) async fn caused(&self, broker: &str, cause: &CloudEvent, ids: &[String]) {
-        let record = serde_json::to_vec(&trace::CausedRecord::new(ids)).expect("JSON");
-        let mut spaces = vec![broker.to_owned()];
+    /// the trace of the traced delivery of `cause` this node holds (a
+    /// client's event's, or a schedule's firing's), if any: a reply to a
+    /// replayed dead letter or to an untraced event adds to none.
+    pub(super) fn caused(&self, broker: &str, cause: &CloudEvent, ids: &[String]) {
+        let mut keys = vec![trace_key(broker, broker, &cause.source, &cause.id)];
         if cause.ty == crate::schedule::PING_TYPE {
-            spaces.push(super::schedule_key_space(broker));
+            let space = super::schedule_key_space(broker);
+            keys.push(trace_key(broker, &space, &cause.source, &cause.id));
         }
-        for space in spaces {
-            let key = trace_key(broker, &space, &cause.source, &cause.id);
-            self.cluster
-                .write_trace(&key, trace::CAUSED, record.clone())
-                .await;
+        let found = (self.held.lock().unwrap().values())
+            .filter_map(|arrival| parse_delivery_trace(arrival.header(TRACE_HEADER)?))
+            .find(|(key, _)| keys.iter().any(|k| k == key))
+            .map(|(key, sequence)| (key.to_owned(), sequence));
+        if let Some((key, sequence)) = found {
+            let record = trace::tagged(sequence, &trace::CausedRecord::new(ids));
+            self.cluster.write_trace(&key, trace::CAUSED, record);
         }
     }
 
@@ -377,9 +389,8 @@ impl Router {
                 .await?;
             if published.duplicate {
                 if let Some(trace) = &trace {
-                    (link.cluster)
-                        .write_trace(trace, trace::REPEAT, b"{}".to_vec())
-                        .await;
+                    let record = trace::tagged(published.sequence, &serde_json::json!({}));
+                    link.cluster.write_trace(trace, trace::REPEAT, record);
                 }
                 duplicates.push(event.id);
             } else {
@@ -438,9 +449,11 @@ impl Router {
                 matches.iter().map(|t| t.name.clone()).collect(),
                 payload,
             );
-            let record = serde_json::to_vec(&record).expect("JSON");
-            link.cluster.write_trace(key, trace::MATCHED, record).await;
+            let record = trace::tagged(sequence, &record);
+            link.cluster.write_trace(key, trace::MATCHED, record);
         }
+        let trace = trace.map(|key| delivery_trace(key, sequence));
+        let trace = trace.as_deref();
         let enqueued = futures::future::join_all(matches.iter().map(|trigger| {
             let delivery = Delivery {
                 broker,
@@ -728,12 +741,9 @@ impl Router {
                 if let Some(event) = &event {
                     self.announce("dead_lettered", &record, event);
                 }
-                if let Some(key) = link.trace_of(record.id) {
-                    let letter =
-                        trace::TraceDeadLetter::new(&letter.trigger, record.id, &letter.reason);
-                    let letter = serde_json::to_vec(&letter).expect("JSON");
-                    link.cluster.write_trace(&key, trace::DEAD, letter).await;
-                }
+                let traced =
+                    trace::TraceDeadLetter::new(&letter.trigger, record.id, &letter.reason);
+                link.dead_lettered(record.id, &traced);
                 if let Some(slot) = self.slot(&record.trigger) {
                     slot.dead_lettered.inc();
                 }

@@ -230,9 +230,10 @@ pub(super) struct MatchedRecord {
     pub accepted_ms: u64,
     pub matched: Vec<String>,
     pub matched_not_kept: u32,
-    /// The event's JSON, when at most [`MAX_EVENT_BYTES`].
+    /// The event's JSON, when at most [`MAX_EVENT_BYTES`] (as JSON, not a
+    /// string: nothing escaped).
     #[serde(default)]
-    pub event: Option<String>,
+    pub event: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl MatchedRecord {
@@ -255,8 +256,9 @@ impl MatchedRecord {
             matched_not_kept: (matched.len() - kept) as u32,
             matched: matched.into_iter().take(kept).collect(),
             event: (json.len() <= MAX_EVENT_BYTES)
-                .then(|| String::from_utf8(json.to_vec()).ok())
-                .flatten(),
+                .then(|| std::str::from_utf8(json).ok())
+                .flatten()
+                .and_then(|text| serde_json::value::RawValue::from_string(text.to_owned()).ok()),
         }
     }
 }
@@ -279,6 +281,73 @@ impl CausedRecord {
     }
 }
 
+/// A record of the trace of event `sequence` (its sequence in the events
+/// stream), as stored: `{"seq": sequence, "record": record}` (not
+/// flattened: a raw JSON value inside cannot be).
+pub(super) fn tagged<T: Serialize>(sequence: u64, record: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Tagged<'a, T> {
+        seq: u64,
+        record: &'a T,
+    }
+    let tagged = Tagged {
+        seq: sequence,
+        record,
+    };
+    serde_json::to_vec(&tagged).expect("JSON")
+}
+
+/// A stored record's `seq` and the record.
+#[derive(Deserialize)]
+struct Tagged<T> {
+    seq: u64,
+    record: T,
+}
+
+fn untag<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<(u64, T)> {
+    let tagged: Tagged<T> = serde_json::from_slice(payload).ok()?;
+    Some((tagged.seq, tagged.record))
+}
+
+/// Traces one read shows at most (the newest), of as many sources' events
+/// with the id asked for.
+pub const MAX_TRACES_READ: usize = 16;
+
+/// The traces of events `id` of `broker` in cluster mode (only `source`'s
+/// when given), newest first, at most [`MAX_TRACES_READ`]: the newest
+/// `matched` record of each event with that id, then every record of the
+/// newest ones.
+pub(super) async fn read_clustered(
+    cluster: &sluice_store::cluster::Cluster,
+    broker: &str,
+    id: &str,
+    source: Option<&str>,
+) -> Result<Vec<Trace>, sluice_store::StoreError> {
+    let group = sluice_store::cluster::trace_group(broker, id);
+    let latest = cluster.latest_traces(&group).await?;
+    let (id_cut, source_cut) = (
+        cut(id, MAX_TEXT_BYTES),
+        source.map(|s| cut(s, MAX_TEXT_BYTES)),
+    );
+    let mut keys: Vec<(u64, String)> = (latest.into_iter())
+        .filter_map(|record| {
+            let (_, matched) = untag::<MatchedRecord>(&record.payload)?;
+            let fits = matched.broker == broker
+                && matched.id == id_cut
+                && source_cut.as_ref().is_none_or(|s| *s == matched.source);
+            fits.then(|| (matched.accepted_ms, format!("{group}.{}", record.key)))
+        })
+        .collect();
+    keys.sort_by(|a, b| b.cmp(a));
+    keys.truncate(MAX_TRACES_READ);
+    let reads = keys.iter().map(|(_, key)| cluster.trace_records(key));
+    let mut records = Vec::new();
+    for read in futures::future::join_all(reads).await {
+        records.extend(read?);
+    }
+    Ok(assemble(records, broker, id, source))
+}
+
 /// Record kinds in the traces stream (subject tokens).
 pub(super) const MATCHED: &str = "matched";
 pub(super) const ATTEMPT: &str = "attempt";
@@ -297,7 +366,18 @@ pub(super) fn assemble(
 ) -> Vec<Trace> {
     #[derive(Default)]
     struct Parts {
-        matched: Option<MatchedRecord>,
+        matched: Option<(u64, MatchedRecord)>,
+        /// Records of any event with this key, by its sequence.
+        of: Vec<(u64, Part)>,
+    }
+    enum Part {
+        Attempt(TraceAttempt),
+        Dead(TraceDeadLetter),
+        Caused(Vec<String>),
+        Repeat,
+    }
+    #[derive(Default)]
+    struct Kept {
         attempts: Vec<TraceAttempt>,
         dead_letters: Vec<TraceDeadLetter>,
         caused: Vec<String>,
@@ -312,58 +392,67 @@ pub(super) fn assemble(
     for record in records {
         let part = parts.entry(record.key).or_default();
         let payload = &record.payload;
-        match record.kind.as_str() {
-            // A fan-out done again (its node died before the ack): the
-            // later one.
-            MATCHED => part.matched = serde_json::from_slice(payload).ok(),
-            ATTEMPT => (part.attempts)
-                .extend(serde_json::from_slice::<StoredAttempt>(payload).map(TraceAttempt::from)),
-            DEAD => part
-                .dead_letters
-                .extend(serde_json::from_slice(payload).ok()),
-            CAUSED => {
-                if let Ok(caused) = serde_json::from_slice::<CausedRecord>(payload) {
-                    for id in caused.ids {
-                        if part.caused.len() < MAX_ENTRIES {
-                            part.caused.push(id);
-                        } else {
-                            part.caused_not_kept += 1;
-                        }
-                    }
+        let of = match record.kind.as_str() {
+            // A fan-out done again (its node died before the ack), or the
+            // same id posted again: the later one.
+            MATCHED => {
+                if let Some(matched) = untag::<MatchedRecord>(payload) {
+                    part.matched = Some(matched);
                 }
+                continue;
             }
-            REPEAT => part.repeats += 1,
-            _ => {}
-        }
+            ATTEMPT => untag::<StoredAttempt>(payload)
+                .map(|(seq, a)| (seq, Part::Attempt(TraceAttempt::from(a).bounded()))),
+            DEAD => untag::<TraceDeadLetter>(payload).map(|(seq, d)| (seq, Part::Dead(d))),
+            CAUSED => untag::<CausedRecord>(payload).map(|(seq, c)| (seq, Part::Caused(c.ids))),
+            REPEAT => untag::<serde_json::Value>(payload).map(|(seq, _)| (seq, Part::Repeat)),
+            _ => None,
+        };
+        part.of.extend(of);
     }
     let mut found: Vec<Trace> = (parts.into_values())
         .filter_map(|part| {
-            let matched = part.matched?;
+            let (seq, matched) = part.matched?;
             if matched.broker != broker || matched.id != id {
                 return None;
             }
             if source.as_ref().is_some_and(|s| *s != matched.source) {
                 return None;
             }
+            // Only the records of this event: an earlier one with the
+            // same key (posted again) has its own sequence.
+            let mut kept = Kept::default();
+            for (_, record) in part.of.into_iter().filter(|(s, _)| *s == seq) {
+                match record {
+                    Part::Attempt(attempt) => kept.attempts.push(attempt),
+                    Part::Dead(letter) => kept.dead_letters.push(letter),
+                    Part::Caused(ids) => {
+                        for id in ids {
+                            if kept.caused.len() < MAX_ENTRIES {
+                                kept.caused.push(id);
+                            } else {
+                                kept.caused_not_kept += 1;
+                            }
+                        }
+                    }
+                    Part::Repeat => kept.repeats += 1,
+                }
+            }
             let mut trace = Trace::new(
                 broker,
                 broker,
                 (&matched.id, &matched.source, &matched.ty),
                 matched.matched,
-                matched.event.map(Arc::from),
+                matched.event.map(|raw| Arc::from(raw.get())),
                 0,
             );
             trace.accepted_ms = matched.accepted_ms;
             trace.matched_not_kept = matched.matched_not_kept;
-            trace.attempts = part
-                .attempts
-                .into_iter()
-                .map(TraceAttempt::bounded)
-                .collect();
-            trace.dead_letters = part.dead_letters;
-            trace.caused = part.caused;
-            trace.caused_not_kept = part.caused_not_kept;
-            trace.duplicates = part.repeats;
+            trace.attempts = kept.attempts;
+            trace.dead_letters = kept.dead_letters;
+            trace.caused = kept.caused;
+            trace.caused_not_kept = kept.caused_not_kept;
+            trace.duplicates = kept.repeats;
             Some(trace)
         })
         .collect();
@@ -568,28 +657,40 @@ mod tests {
             kind: kind.into(),
             payload: payload.into(),
         };
-        let matched = |source: &str, at: u64| {
-            let m = MatchedRecord::new("b", ("x", source, "t"), at, vec!["one".into()], b"{}");
-            serde_json::to_vec(&m).unwrap()
+        let matched = |source: &str, at: u64, seq: u64| {
+            let json = br#"{"id":"x","data":"a \"quoted\" line"}"#;
+            let m = MatchedRecord::new("b", ("x", source, "t"), at, vec!["one".into()], json);
+            tagged(seq, &m)
         };
         let records = vec![
             // An attempt can be stored before its fan-out's record is read.
-            record("k1", ATTEMPT, json(&attempt(1).bounded())),
-            record("k1", MATCHED, matched("/one", 5)),
-            record("k1", MATCHED, matched("/one", 6)),
-            record("k1", DEAD, json(&TraceDeadLetter::new("one", 9, "gave up"))),
-            record("k1", CAUSED, json(&CausedRecord::new(&["r1".into()]))),
-            record("k1", REPEAT, b"{}".to_vec()),
+            record("k1", ATTEMPT, tagged(7, &attempt(1).bounded())),
+            record("k1", MATCHED, matched("/one", 5, 7)),
+            record("k1", MATCHED, matched("/one", 6, 7)),
+            record(
+                "k1",
+                DEAD,
+                tagged(7, &TraceDeadLetter::new("one", 9, "gave up")),
+            ),
+            record("k1", CAUSED, tagged(7, &CausedRecord::new(&["r1".into()]))),
+            record("k1", REPEAT, tagged(7, &serde_json::json!({}))),
             record("k1", "unknown", b"{}".to_vec()),
             record("k1", ATTEMPT, b"not json".to_vec()),
-            record("k2", MATCHED, matched("/two", 7)),
+            record("k2", MATCHED, matched("/two", 7, 8)),
             // Not fanned out yet: no trace.
-            record("k3", ATTEMPT, json(&attempt(1).bounded())),
+            record("k3", ATTEMPT, tagged(9, &attempt(1).bounded())),
+            // The same id and source posted again (de-duplication off):
+            // only the newer event's records.
+            record("k4", MATCHED, matched("/four", 1, 10)),
+            record("k4", ATTEMPT, tagged(10, &attempt(1).bounded())),
+            record("k4", MATCHED, matched("/four", 2, 11)),
+            record("k4", ATTEMPT, tagged(11, &attempt(1).bounded())),
+            record("k4", ATTEMPT, tagged(11, &attempt(2).bounded())),
         ];
         let found = assemble(records.clone(), "b", "x", None);
         assert_eq!(
             found.iter().map(|t| t.source.as_str()).collect::<Vec<_>>(),
-            ["/two", "/one"],
+            ["/two", "/one", "/four"],
             "newest first"
         );
         let one = &found[1];
@@ -599,14 +700,23 @@ mod tests {
         assert_eq!(one.dead_letters[0].id, "9");
         assert_eq!(one.caused, ["r1"]);
         assert_eq!(one.duplicates, 1);
-        assert!(one.event.is_some());
+        let event = one.event.as_deref().expect("kept");
+        assert_eq!(
+            event, r#"{"id":"x","data":"a \"quoted\" line"}"#,
+            "the event as posted"
+        );
+        let four = &found[2];
+        assert_eq!(
+            four.attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+            [1, 2],
+            "the newer event's attempts only"
+        );
         assert_eq!(assemble(records.clone(), "b", "x", Some("/one")).len(), 1);
         assert!(assemble(records.clone(), "other", "x", None).is_empty());
         assert!(assemble(records, "b", "y", None).is_empty());
-    }
-
-    fn json<T: Serialize>(value: &T) -> Vec<u8> {
-        serde_json::to_vec(value).unwrap()
+        // The event is stored as JSON, not as an escaped string.
+        let stored = matched("/one", 5, 7);
+        assert!(!String::from_utf8(stored).unwrap().contains(r#"\\\"quoted"#));
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub use queue::{
     Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
 };
 pub use traces::{
-    RECORDS_PER_KIND, TRACE_HEADER, TRACES_STREAM, TRACES_SUBJECT, TraceRecord, trace_group,
-    trace_key,
+    RECORDS_PER_KIND, TRACE_HEADER, TRACES_STREAM, TRACES_SUBJECT, TraceRecord, delivery_trace,
+    parse_delivery_trace, trace_group, trace_key,
 };
 
 /// The events stream.
@@ -227,6 +227,11 @@ struct Inner {
     started: std::time::Instant,
     /// This process's id in the cluster (its lease's key).
     node_id: String,
+    /// Trace records on their way out (see `traces.rs`): a bounded queue
+    /// one task empties, so no caller ever waits on one.
+    trace_out: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
+    /// Trace records dropped: the queue full (NATS slow or away).
+    trace_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// One node's handle on the cluster. Cheap to clone.
@@ -275,6 +280,7 @@ impl Cluster {
         };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
+        let trace_out = traces::start_writer(client.clone());
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 options,
@@ -285,6 +291,8 @@ impl Cluster {
                 last_connected: Default::default(),
                 started: std::time::Instant::now(),
                 node_id,
+                trace_out,
+                trace_dropped: Default::default(),
             }),
         };
         let setup = cluster.clone();
@@ -481,9 +489,18 @@ impl Cluster {
             explicit,
         )
         .await?;
+        // Traces are no one's data: a stream that cannot be made (an
+        // account's storage limit, a server refusing the config) costs the
+        // traces, never the node's readiness.
         let traces = match self.traces_kept() {
             true => {
-                Some(ensure_stream(js, traces::traces_config(options, replicas), explicit).await?)
+                match ensure_stream(js, traces::traces_config(options, replicas), explicit).await {
+                    Ok(stream) => Some(stream),
+                    Err(reason) => {
+                        tracing::warn!(%reason, "the traces stream is not there; this node keeps no traces");
+                        None
+                    }
+                }
             }
             false => None,
         };

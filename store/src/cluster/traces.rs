@@ -34,8 +34,11 @@ pub const TRACES_SUBJECT: &str = "sluice.traces";
 pub const TRACE_HEADER: &str = "Sluice-Trace";
 /// Records kept per event and kind (the stream's per-subject limit).
 pub const RECORDS_PER_KIND: i64 = 32;
-/// Records one read takes at most (every source's event with one id).
+/// Records one read takes at most: the newest `matched` record of every
+/// source's event with one id, or every record of one event's trace.
 const MAX_READ: usize = 4_096;
+/// Trace records queued for sending at most; past it they are dropped.
+const QUEUE: usize = 4_096;
 
 /// One record of a trace, as read back.
 #[derive(Clone, Debug)]
@@ -65,6 +68,20 @@ pub fn trace_key(broker: &str, keyed_as: &str, source: &str, id: &str) -> String
     )
 }
 
+/// The trace header of a delivery of event `event_sequence` (in the
+/// events stream) whose trace key is `key`: `<E>.<K>:<sequence>`, so its
+/// records name the event they belong to (an id posted again later, with
+/// de-duplication off or past its window, has the same key).
+pub fn delivery_trace(key: &str, event_sequence: u64) -> String {
+    format!("{key}:{event_sequence}")
+}
+
+/// The key and event sequence of a delivery's trace header.
+pub fn parse_delivery_trace(value: &str) -> Option<(&str, u64)> {
+    let (key, sequence) = value.split_once(':')?;
+    Some((key, sequence.parse().ok()?))
+}
+
 pub(super) fn traces_config(options: &ClusterOptions, replicas: usize) -> stream::Config {
     stream::Config {
         name: TRACES_STREAM.to_owned(),
@@ -82,6 +99,21 @@ pub(super) fn traces_config(options: &ClusterOptions, replicas: usize) -> stream
     }
 }
 
+/// Starts the task that sends queued trace records, and returns its queue.
+pub(super) fn start_writer(
+    client: async_nats::Client,
+) -> tokio::sync::mpsc::Sender<(String, Bytes)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(QUEUE);
+    tokio::spawn(async move {
+        while let Some((subject, payload)) = rx.recv().await {
+            if let Err(error) = client.publish(subject, payload).await {
+                tracing::debug!(%error, "a trace record was not sent");
+            }
+        }
+    });
+    tx
+}
+
 fn is_key(key: &str) -> bool {
     let mut parts = key.split('.');
     let hex32 = |p: Option<&str>| {
@@ -96,25 +128,57 @@ impl Cluster {
         !self.inner.options.trace_retention.is_zero() && self.inner.options.trace_max_bytes > 0
     }
 
-    /// Adds a record of `kind` to the trace `key` (a [`trace_key`]). Sent
-    /// without waiting for an acknowledgement; dropped while the
-    /// connection is down or when traces are off.
-    pub async fn write_trace(&self, key: &str, kind: &str, payload: Vec<u8>) {
-        if !self.traces_kept() || !is_key(key) || !kind.bytes().all(|b| b.is_ascii_lowercase()) {
-            return;
-        }
-        if self.readiness().is_err() {
+    /// Adds a record of `kind` to the trace `key` (a [`trace_key`]): queued
+    /// and sent without waiting for an acknowledgement, never waited on
+    /// (dropped, and counted, when the queue is full or NATS away). Whether
+    /// an event is traced is decided once, by the node that accepted it:
+    /// the others write its records whatever their own setting.
+    pub fn write_trace(&self, key: &str, kind: &str, payload: Vec<u8>) {
+        if !is_key(key) || !kind.bytes().all(|b| b.is_ascii_lowercase()) {
             return;
         }
         let subject = format!("{TRACES_SUBJECT}.{key}.{kind}");
-        if let Err(error) = self.inner.client.publish(subject, payload.into()).await {
-            tracing::debug!(%error, "a trace record was not sent");
+        if self.readiness().is_err()
+            || self
+                .inner
+                .trace_out
+                .try_send((subject, payload.into()))
+                .is_err()
+        {
+            (self.inner.trace_dropped).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    /// Every record of the traces in group `group` (a [`trace_group`]), in
-    /// the order they were stored.
-    pub async fn read_traces(&self, group: &str) -> Result<Vec<TraceRecord>, StoreError> {
+    /// Trace records this node dropped (its queue full, NATS away).
+    pub fn trace_records_dropped(&self) -> u64 {
+        (self.inner.trace_dropped).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The newest `matched` record of each event in group `group` (a
+    /// [`trace_group`]): one per source that posted the id.
+    pub async fn latest_traces(&self, group: &str) -> Result<Vec<TraceRecord>, StoreError> {
+        self.read_traces(
+            format!("{TRACES_SUBJECT}.{group}.*.matched"),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await
+    }
+
+    /// Every record of the trace `key` (a [`trace_key`]), in the order
+    /// they were stored.
+    pub async fn trace_records(&self, key: &str) -> Result<Vec<TraceRecord>, StoreError> {
+        if !is_key(key) {
+            return Ok(Vec::new());
+        }
+        self.read_traces(format!("{TRACES_SUBJECT}.{key}.>"), DeliverPolicy::All)
+            .await
+    }
+
+    async fn read_traces(
+        &self,
+        filter_subject: String,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<Vec<TraceRecord>, StoreError> {
         let traces = (self.layout()?.traces.clone()).ok_or_else(|| {
             StoreError::Unavailable("traces are off on this node (--trace-retention 0s)".into())
         })?;
@@ -127,9 +191,9 @@ impl Cluster {
                 .create_consumer(push::OrderedConfig {
                     deliver_subject: self.inner.client.new_inbox(),
                     description: Some("sluice trace reader".to_owned()),
-                    filter_subject: format!("{TRACES_SUBJECT}.{group}.>"),
+                    filter_subject,
                     replay_policy: ReplayPolicy::Instant,
-                    deliver_policy: DeliverPolicy::All,
+                    deliver_policy,
                     ..Default::default()
                 })
                 .await

@@ -150,6 +150,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
                 "node": cluster.options().name,
                 "node_id": cluster.node_id(),
                 "jetstream": jetstream,
+                "trace_records_dropped": cluster.trace_records_dropped(),
             });
             match nodes {
                 Ok(nodes) => status["nodes"] = json!(nodes),
