@@ -1393,8 +1393,24 @@ impl Router {
                     .insert(CAUSE_EXTENSION.into(), cause.id.clone());
             }
         }
+        if broker.starts_with(crate::schedule::DIRECT_PREFIX) {
+            // Replies to a schedule's firing delivered straight to a
+            // function or URL, and what the function publishes while
+            // handling it, have no broker to go to (Knative drops a
+            // PingSource sink's replies): its own broker's one trigger
+            // would deliver them straight back.
+            self.metrics
+                .dropped
+                .with_label_values(&[broker, "schedule_sink_reply"])
+                .inc_by(events.len() as u64);
+            return Ok(());
+        }
+        // In cluster mode whether the cause is traced is its delivery's
+        // header's to say.
         let ids: Vec<String> = match cause {
-            Some(_) if self.traces_kept() => events.iter().map(|e| e.id.clone()).collect(),
+            Some(_) if self.cluster.is_some() || self.traces_kept() => {
+                events.iter().map(|e| e.id.clone()).collect()
+            }
             _ => Vec::new(),
         };
         self.publish(broker, events).await?;
@@ -1626,7 +1642,9 @@ impl Router {
         status: Option<u16>,
         error: Option<&str>,
     ) {
-        if record.dead_letter.is_some() || !self.traces_kept() {
+        // In cluster mode the delivery's header says whether its event is
+        // traced (the accepting node decided).
+        if record.dead_letter.is_some() || (self.cluster.is_none() && !self.traces.enabled()) {
             return;
         }
         let attempt = TraceAttempt {
@@ -2034,6 +2052,10 @@ impl Router {
     /// Deletes a trigger, durably, and its metric series. Returns true if
     /// it existed.
     pub async fn delete_trigger(&self, name: &str) -> Result<bool, StoreError> {
+        if name.starts_with(crate::schedule::DIRECT_PREFIX) {
+            // A schedule's own: it goes with the schedule.
+            return Ok(false);
+        }
         let existed = match &self.cluster {
             Some(link) => {
                 let deleted = link.delete(Bucket::Triggers, name).await?;
@@ -2218,6 +2240,18 @@ impl Router {
         match &self.cluster {
             Some(link) => self.dead_letters_clustered(link).await,
             None => self.store.dead_letters(),
+        }
+    }
+
+    /// How many dead letters are stored (in cluster mode, the cluster's:
+    /// one pass over the bucket's keys).
+    pub async fn dead_letter_count(&self) -> Result<usize, StoreError> {
+        match &self.cluster {
+            Some(link) => {
+                let letters = link.cluster.catalog(Bucket::DeadLetters)?;
+                Ok(letters.keys_under("").await?.len())
+            }
+            None => Ok(self.store.dead_letter_count()),
         }
     }
 

@@ -202,6 +202,13 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
     assert_eq!(letters[0]["event"]["id"], "d1");
     let (_, on_a) = a.get("/v1/deadletters").await;
     assert!(on_a.contains("\"d1\""), "{on_a}");
+    // Every node's status counts the cluster's dead letters, whichever
+    // node stored it.
+    for node in [&a, &b, &c] {
+        let (_, body) = node.get("/v1/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["dead_letters"], 1, "{status}");
+    }
     let id = letters[0]["id"].as_str().unwrap();
     let (status, _) = a.delete(&format!("/v1/deadletters/{id}")).await;
     assert_eq!(status, 200);

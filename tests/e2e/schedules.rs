@@ -375,6 +375,33 @@ async fn a_schedule_delivers_straight_to_a_url_or_a_function(backend: Backend) {
         json!(["_schedule_direct"]),
         "{trace}"
     );
+    // The hidden trigger is the schedule's: not a client's to read or
+    // delete.
+    let (status, _) = server.get("/v1/triggers/_schedule_tofn").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.delete("/v1/triggers/_schedule_tofn").await;
+    assert_eq!(status, 404);
+    // One delivery per firing (read before the delete drops the series):
+    // the function's replies (event-echo answers each event) are dropped,
+    // never delivered back to it.
+    let metrics = server.metrics().await;
+    let value = |name: &str, labels: &str| {
+        (metrics.get(&(name.to_owned(), labels.to_owned())))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let delivered = value("sluice_trigger_delivered_total", "trigger=_schedule_tofn");
+    let fired = value("sluice_schedule_firings_total", "schedule=tofn");
+    assert!(
+        delivered >= 2.0 && delivered <= fired,
+        "{delivered} deliveries of {fired} firings"
+    );
+    assert!(
+        value(
+            "sluice_events_dropped_total",
+            "broker=_schedule_tofn,reason=schedule_sink_reply"
+        ) >= 2.0
+    );
     // Deleted: it fires no more.
     for name in ["direct", "tofn"] {
         let (status, _) = server.delete(&format!("/v1/schedules/{name}")).await;

@@ -1288,7 +1288,6 @@ fn show_traces(answer: &serde_json::Value) {
     }
 }
 
-/// Runs one `sluice schedule` command.
 /// A schedule's sink in a table: the broker, `function NAME` or the URL.
 fn sink_text(sink: &serde_json::Value) -> String {
     match (sink["broker"].as_str(), sink["function"].as_str()) {
@@ -1298,6 +1297,7 @@ fn sink_text(sink: &serde_json::Value) -> String {
     }
 }
 
+/// Runs one `sluice schedule` command.
 pub async fn run_schedule_command(command: ScheduleCommand) -> anyhow::Result<()> {
     match command {
         ScheduleCommand::List { client } => {

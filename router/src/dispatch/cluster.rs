@@ -436,6 +436,18 @@ impl Router {
         {
             link.catch_up(revision).await;
         }
+        if let Some(schedule) = broker.strip_prefix(crate::schedule::DIRECT_PREFIX)
+            && self.trigger(broker).is_none()
+        {
+            // A firing of a schedule with a function or URL sink that
+            // this node's watch has not brought yet: never taken for an
+            // event no trigger matches.
+            if let Err(error) = self.load_schedule(schedule).await {
+                tracing::warn!(%schedule, %error, "could not look a schedule up in the cluster; the firing waits");
+                let _ = arrival.nak(Duration::from_secs(1)).await;
+                return;
+            }
+        }
         let matches = self.index.read().unwrap().clone().matches(broker, &event);
         event.forget_parsed_data();
         let (sequence, payload) = (arrival.sequence, &arrival.payload);
@@ -568,6 +580,10 @@ impl Router {
     /// there and this node has none.
     async fn load_trigger(&self, name: &str) -> Result<(), StoreError> {
         let link = self.link();
+        if let Some(schedule) = name.strip_prefix(crate::schedule::DIRECT_PREFIX) {
+            // A schedule's own trigger: from its definition.
+            return self.load_schedule(schedule).await;
+        }
         let Some(value) = link.cluster.catalog(Bucket::Triggers)?.get(name).await? else {
             return Ok(());
         };
@@ -578,6 +594,19 @@ impl Router {
             Err(error) => {
                 tracing::error!(trigger = %name, %error, "a trigger in the catalog is invalid; ignored")
             }
+        }
+        Ok(())
+    }
+
+    /// Reads schedule `name` from the cluster and applies it (and so the
+    /// trigger of its function or URL sink), if it is newer than what
+    /// this node has: a firing can reach a node before the watch brought
+    /// the schedule.
+    async fn load_schedule(&self, name: &str) -> Result<(), StoreError> {
+        let key = format!("schedule.{name}");
+        let catalog = self.link().cluster.catalog(Bucket::Schedules)?;
+        if let Some(value) = catalog.get(&key).await? {
+            self.apply(Bucket::Schedules, key, Some(value.value), value.revision);
         }
         Ok(())
     }

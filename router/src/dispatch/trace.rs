@@ -396,7 +396,14 @@ pub(super) fn assemble(
             // A fan-out done again (its node died before the ack), or the
             // same id posted again: the later one.
             MATCHED => {
-                if let Some(matched) = untag::<MatchedRecord>(payload) {
+                // The newest event's (a redone fan-out of an older one
+                // can come later in the stream).
+                if let Some(matched) = untag::<MatchedRecord>(payload)
+                    && part
+                        .matched
+                        .as_ref()
+                        .is_none_or(|(seq, _)| *seq <= matched.0)
+                {
                     part.matched = Some(matched);
                 }
                 continue;

@@ -493,15 +493,13 @@ impl Cluster {
         // account's storage limit, a server refusing the config) costs the
         // traces, never the node's readiness.
         let traces = match self.traces_kept() {
-            true => {
-                match ensure_stream(js, traces::traces_config(options, replicas), explicit).await {
-                    Ok(stream) => Some(stream),
-                    Err(reason) => {
-                        tracing::warn!(%reason, "the traces stream is not there; this node keeps no traces");
-                        None
-                    }
+            true => match ensure_stream(js, traces::traces_config(options), explicit).await {
+                Ok(stream) => Some(stream),
+                Err(reason) => {
+                    tracing::warn!(%reason, "the traces stream is not there; this node keeps no traces");
+                    None
                 }
-            }
+            },
             false => None,
         };
         // What the events stream has, which is what a 202 promises.

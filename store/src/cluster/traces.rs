@@ -4,9 +4,11 @@
 //! small record, so that any node can read the whole story.
 //!
 //! Subjects are `sluice.traces.<E>.<K>.<kind>`: `E` a digest of (broker,
-//! id), so one read (a filtered consumer on `sluice.traces.<E>.>`) finds
-//! the traces of every source's event with that id; `K` the digest of the
-//! event's de-duplication key (key space, source, id), telling those apart.
+//! id), so one read (the newest record per subject of
+//! `sluice.traces.<E>.*.matched`) finds every source's event with that id;
+//! `K` the digest of the event's de-duplication key (key space, source,
+//! id), telling those apart; then a read of `sluice.traces.<E>.<K>.>`
+//! brings one trace whole.
 //! The stream keeps at most [`RECORDS_PER_KIND`] records per subject (the
 //! newest), records for `--trace-retention` (`max_age`), and at most
 //! `trace_max_bytes` in all (the oldest dropped first): a trace is bounded
@@ -28,9 +30,10 @@ use crate::StoreError;
 pub const TRACES_STREAM: &str = "SLUICE_TRACES";
 /// Subject prefix of trace records.
 pub const TRACES_SUBJECT: &str = "sluice.traces";
-/// The header carrying an event's trace key (`<E>.<K>`), from ingress to
-/// its fan-out and on to its deliveries; absent on events not traced
-/// (replies and guests' events, traced as their cause's).
+/// The header carrying an event's trace key: `<E>.<K>` on the event (from
+/// ingress to its fan-out), `<E>.<K>:<event sequence>` on its deliveries
+/// ([`delivery_trace`]); absent on events not traced (replies and guests'
+/// events, traced as their cause's).
 pub const TRACE_HEADER: &str = "Sluice-Trace";
 /// Records kept per event and kind (the stream's per-subject limit).
 pub const RECORDS_PER_KIND: i64 = 32;
@@ -82,7 +85,10 @@ pub fn parse_delivery_trace(value: &str) -> Option<(&str, u64)> {
     Some((key, sequence.parse().ok()?))
 }
 
-pub(super) fn traces_config(options: &ClusterOptions, replicas: usize) -> stream::Config {
+/// One replica whatever the others have: a trace is no one's data, and on
+/// R3 each record would be a replicated write (measured: about 10 % of the
+/// pipeline on three nodes); a server that dies takes its traces with it.
+pub(super) fn traces_config(options: &ClusterOptions) -> stream::Config {
     stream::Config {
         name: TRACES_STREAM.to_owned(),
         description: Some("Sluice: per-event traces, bounded per event and in bytes".to_owned()),
@@ -94,7 +100,7 @@ pub(super) fn traces_config(options: &ClusterOptions, replicas: usize) -> stream
         max_bytes: i64::try_from(options.trace_max_bytes.max(1)).unwrap_or(i64::MAX),
         max_messages_per_subject: RECORDS_PER_KIND,
         duplicate_window: std::time::Duration::from_secs(120).min(options.trace_retention),
-        num_replicas: replicas,
+        num_replicas: 1,
         ..Default::default()
     }
 }
@@ -123,9 +129,16 @@ fn is_key(key: &str) -> bool {
 }
 
 impl Cluster {
-    /// Whether this node keeps traces (`trace_retention` above zero).
+    /// Whether this node keeps traces (`trace_retention` above zero, and
+    /// the traces stream there once the layout is).
     pub fn traces_kept(&self) -> bool {
-        !self.inner.options.trace_retention.is_zero() && self.inner.options.trace_max_bytes > 0
+        let on =
+            !self.inner.options.trace_retention.is_zero() && self.inner.options.trace_max_bytes > 0;
+        on && self
+            .inner
+            .layout
+            .get()
+            .is_none_or(|layout| layout.traces.is_some())
     }
 
     /// Adds a record of `kind` to the trace `key` (a [`trace_key`]): queued
@@ -138,13 +151,9 @@ impl Cluster {
             return;
         }
         let subject = format!("{TRACES_SUBJECT}.{key}.{kind}");
-        if self.readiness().is_err()
-            || self
-                .inner
-                .trace_out
-                .try_send((subject, payload.into()))
-                .is_err()
-        {
+        let connected =
+            self.inner.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected || (self.inner.trace_out.try_send((subject, payload.into()))).is_err() {
             (self.inner.trace_dropped).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -122,6 +122,18 @@ async fn event_stream(
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.functions.store();
     let mut deliveries_pending = json!(state.router.pending());
+    // In cluster mode the cluster's, read within the request budget (the
+    // node's own count, 0, if the cluster does not answer).
+    let dead_letters = match state.functions.cluster() {
+        None => store.dead_letter_count(),
+        Some(cluster) => {
+            let budget = cluster.options().request_timeout;
+            match tokio::time::timeout(budget, state.router.dead_letter_count()).await {
+                Ok(Ok(count)) => count,
+                _ => store.dead_letter_count(),
+            }
+        }
+    };
     // Cluster mode: this node, the live ones, JetStream, and the cluster's
     // backlog from the consumers' counts.
     let cluster = match state.functions.cluster() {
@@ -173,7 +185,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         // node's store.
         "triggers": state.router.triggers().len(),
         "deliveries_pending": deliveries_pending,
-        "dead_letters": store.dead_letter_count(),
+        "dead_letters": dead_letters,
         "requests_in_flight": state.in_flight.load(Ordering::Acquire),
     });
     if let Some(cluster) = cluster {

@@ -151,9 +151,10 @@ async fn get_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let trigger = state
-        .router
-        .trigger(&name)
+    // A schedule's own trigger (its function or URL sink) is the
+    // schedule's: not one of the triggers.
+    let trigger = (state.router.trigger(&name))
+        .filter(|_| !name.starts_with(sluice_router::schedule::DIRECT_PREFIX))
         .ok_or_else(|| trigger_not_found(&name))?;
     Ok(axum::Json(trigger_view(&state, &trigger)).into_response())
 }
@@ -169,9 +170,10 @@ async fn delete_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let trigger = state
-        .router
-        .trigger(&name)
+    // A schedule's own trigger (its function or URL sink) is the
+    // schedule's: not one of the triggers.
+    let trigger = (state.router.trigger(&name))
+        .filter(|_| !name.starts_with(sluice_router::schedule::DIRECT_PREFIX))
         .ok_or_else(|| trigger_not_found(&name))?;
     state.router.delete_trigger(&name).await?;
     Ok(axum::Json(trigger.to_json()).into_response())
