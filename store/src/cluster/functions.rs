@@ -8,10 +8,6 @@ use super::{Bucket, Cluster, Expect};
 use crate::functions::{deployed, expect_version, resettled};
 use crate::{FunctionRecord, FunctionSettings, Result, StoreError, World, digest_of, now_rfc3339};
 
-/// Attempts at a write that lost a race it did not ask to lose (no
-/// expected version given: last writer wins, like the embedded store).
-const RACES: usize = 8;
-
 impl Cluster {
     /// Deploys `bytes` as function `name` cluster-wide; as
     /// [`crate::Store::deploy_function`]. The bytes are stored first, so a
@@ -54,7 +50,8 @@ impl Cluster {
     /// Deletes function `name` cluster-wide; the deleted record.
     pub async fn delete_function(&self, name: &str) -> Result<Option<FunctionRecord>> {
         let catalog = self.catalog(Bucket::Functions)?;
-        for _ in 0..RACES {
+        let mut pace = self.contention();
+        loop {
             let Some(current) = catalog.get(name).await? else {
                 return Ok(None);
             };
@@ -64,11 +61,10 @@ impl Cluster {
                 .await
             {
                 Ok(_) => return Ok(Some(record)),
-                Err(StoreError::Changed(_)) => continue,
+                Err(StoreError::Changed(_)) if pace.lost().await => continue,
                 Err(error) => return Err(error),
             }
         }
-        Err(StoreError::Changed(name.to_owned()))
     }
 
     /// The record of function `name` in the catalog.
@@ -88,7 +84,8 @@ impl Cluster {
         next: impl Fn(Option<&FunctionRecord>) -> Option<FunctionRecord>,
     ) -> Result<Option<FunctionRecord>> {
         let catalog = self.catalog(Bucket::Functions)?;
-        for _ in 0..RACES {
+        let mut pace = self.contention();
+        loop {
             let current = catalog.get(name).await?;
             let old: Option<FunctionRecord> = current
                 .as_ref()
@@ -109,11 +106,12 @@ impl Cluster {
                 Ok(_) => return Ok(Some(record)),
                 // Another node wrote meanwhile: with an expected version the
                 // caller decides (it re-reads); without, derive again.
-                Err(StoreError::Changed(_)) if expected_version.is_none() => continue,
+                Err(StoreError::Changed(_)) if expected_version.is_none() && pace.lost().await => {
+                    continue;
+                }
                 Err(error) => return Err(error),
             }
         }
-        Err(StoreError::Changed(name.to_owned()))
     }
 
     /// Stores a token record under `hash` cluster-wide.

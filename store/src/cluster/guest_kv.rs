@@ -8,7 +8,9 @@
 //! is the host's bucket name (`fn/<function>`, `shared/<name>`) with `.`
 //! for `/`. Every write is compare-and-set on the key's revision, so two
 //! nodes racing on one key both land, in some order, and an increment is
-//! never lost. A new key first reserves its place in the count (also
+//! never lost; a lost round waits a random, growing moment before the next
+//! (a replicated bucket can refuse every racer of a round), for up to the
+//! request timeout. A new key first reserves its place in the count (also
 //! compare-and-set), then is created; a write that fails with an unknown
 //! outcome, where the key cannot be read back as absent, keeps its
 //! reservation, so the count can run high after such a failure (refusing
@@ -28,9 +30,6 @@ use crate::{KvError, StoreError};
 
 /// The JetStream bucket of guest data.
 pub const GUEST_KV_BUCKET: &str = "sluice_guest_kv";
-
-/// Compare-and-set rounds one write may lose before it gives up.
-const MAX_ROUNDS: usize = 64;
 
 /// What headers and the subject add to a value in one publish, kept free of
 /// the servers' `max_payload`.
@@ -90,7 +89,7 @@ fn parse_count(value: &[u8]) -> u64 {
 
 fn contended(key: &str) -> KvError {
     KvError::Store(StoreError::Unavailable(format!(
-        "key {key:?} changed under {MAX_ROUNDS} writes in a row; try again"
+        "key {key:?} was written by others through every try for the request timeout; try again"
     )))
 }
 
@@ -142,22 +141,26 @@ impl GuestKv {
         let kv = self.bucket()?;
         let full = data_key(bucket, key)?;
         let value = Bytes::copy_from_slice(value);
-        for _ in 0..MAX_ROUNDS {
+        let mut pace = self.cluster.contention();
+        loop {
             let expect = match kv.get(&full).await? {
-                Some(current) => Expect::Revision(current.revision),
-                None => {
-                    if !self.reserve_new(&kv, bucket, &full, max_keys).await? {
-                        continue;
-                    }
-                    Expect::Absent
-                }
+                Some(current) => Some(Expect::Revision(current.revision)),
+                None => self
+                    .reserve_new(&kv, bucket, &full, max_keys)
+                    .await?
+                    .then_some(Expect::Absent),
             };
-            let written = kv.put(&full, value.clone(), expect).await;
-            if self.settle(&kv, bucket, &full, expect, written).await? {
-                return Ok(());
+            // None: the key appeared meanwhile; read it again at once.
+            if let Some(expect) = expect {
+                let written = kv.put(&full, value.clone(), expect).await;
+                if self.settle(&kv, bucket, &full, expect, written).await? {
+                    return Ok(());
+                }
+                if !pace.lost().await {
+                    return Err(contended(key));
+                }
             }
         }
-        Err(contended(key))
     }
 
     /// What a compare-and-set write that `expect`ed the key's state ended
@@ -193,16 +196,20 @@ impl GuestKv {
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), KvError> {
         let kv = self.bucket()?;
         let full = data_key(bucket, key)?;
-        for _ in 0..MAX_ROUNDS {
+        let mut pace = self.cluster.contention();
+        loop {
             match kv.delete(&full, Expect::Any).await {
                 Ok(Some(_)) => return self.release(&kv, bucket).await,
                 Ok(None) => return Ok(()),
                 // Written between the read and the delete: read again.
-                Err(StoreError::Changed(_)) => {}
+                Err(StoreError::Changed(_)) => {
+                    if !pace.lost().await {
+                        return Err(contended(key));
+                    }
+                }
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(contended(key))
     }
 
     /// Adds `delta` to the decimal value of `key` (0 if absent), atomically.
@@ -215,7 +222,8 @@ impl GuestKv {
     ) -> Result<u64, KvError> {
         let kv = self.bucket()?;
         let full = data_key(bucket, key)?;
-        for _ in 0..MAX_ROUNDS {
+        let mut pace = self.cluster.contention();
+        loop {
             let (next, expect) = match kv.get(&full).await? {
                 Some(current) => (
                     crate::kv::incremented(&current.value, key, delta)?,
@@ -223,6 +231,7 @@ impl GuestKv {
                 ),
                 None => {
                     if !self.reserve_new(&kv, bucket, &full, max_keys).await? {
+                        // The key appeared meanwhile: read it again at once.
                         continue;
                     }
                     (delta, Expect::Absent)
@@ -232,8 +241,10 @@ impl GuestKv {
             if self.settle(&kv, bucket, &full, expect, written).await? {
                 return Ok(next);
             }
+            if !pace.lost().await {
+                return Err(contended(key));
+            }
         }
-        Err(contended(key))
     }
 
     /// Up to `page` keys of `bucket` in order, from position `cursor`; and
@@ -290,7 +301,8 @@ impl GuestKv {
     /// Takes one place in `bucket`'s count, refusing past `max_keys`.
     async fn reserve(&self, kv: &Catalog, bucket: &str, max_keys: u64) -> Result<(), KvError> {
         let key = count_key(bucket)?;
-        for _ in 0..MAX_ROUNDS {
+        let mut pace = self.cluster.contention();
+        loop {
             let (count, expect) = match kv.get(&key).await? {
                 Some(current) => (
                     parse_count(&current.value),
@@ -306,11 +318,14 @@ impl GuestKv {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Changed(_)) => {}
+                Err(StoreError::Changed(_)) => {
+                    if !pace.lost().await {
+                        return Err(contended(&key));
+                    }
+                }
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(contended(&key))
     }
 
     /// After a create that failed: gives its place back if the key is
@@ -328,7 +343,8 @@ impl GuestKv {
     /// Gives back one place in `bucket`'s count.
     async fn release(&self, kv: &Catalog, bucket: &str) -> Result<(), KvError> {
         let key = count_key(bucket)?;
-        for _ in 0..MAX_ROUNDS {
+        let mut pace = self.cluster.contention();
+        loop {
             let Some(current) = kv.get(&key).await? else {
                 return Ok(());
             };
@@ -342,11 +358,14 @@ impl GuestKv {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Changed(_)) => {}
+                Err(StoreError::Changed(_)) => {
+                    if !pace.lost().await {
+                        return Err(contended(&key));
+                    }
+                }
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(contended(&key))
     }
 }
 

@@ -774,6 +774,56 @@ async fn connected(client: &async_nats::Client, budget: Duration) -> Result<(), 
     }
 }
 
+/// Paces the rounds of a compare-and-set loop on a key other writers race
+/// for. A replicated stream refuses a conditional write while another write
+/// to the same key is still being replicated (10164), whether or not that
+/// one then lands, so every racer can lose a round and a fixed number of
+/// immediate retries runs out under load. Each lost round instead waits a
+/// random time below a ceiling that doubles from 1 ms to 64 ms (full
+/// jitter), and the writer gives up when its budget (the request timeout)
+/// is spent.
+pub(crate) struct Contention {
+    round: u32,
+    deadline: tokio::time::Instant,
+}
+
+impl Contention {
+    /// Rounds for one write, within `budget`.
+    pub(crate) fn new(budget: Duration) -> Contention {
+        Contention {
+            round: 0,
+            deadline: tokio::time::Instant::now() + budget,
+        }
+    }
+
+    /// After a lost round: waits before the next one; false when the
+    /// budget is spent (give up).
+    pub(crate) async fn lost(&mut self) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        let now = tokio::time::Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        let ceiling = 1_000u64 << self.round.min(6);
+        self.round += 1;
+        // A fresh `RandomState` is randomly keyed: a jitter source without
+        // a dependency.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let wait = Duration::from_micros(random % ceiling);
+        tokio::time::sleep(wait.min(self.deadline - now)).await;
+        true
+    }
+}
+
+impl Cluster {
+    /// Pacing for one compare-and-set write on a contended key.
+    pub(crate) fn contention(&self) -> Contention {
+        Contention::new(self.inner.options.request_timeout)
+    }
+}
+
 /// The JetStream error code in `error`'s source chain, if any.
 fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
