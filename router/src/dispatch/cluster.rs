@@ -213,7 +213,8 @@ impl Link {
     ) -> Result<(bool, u64), StoreError> {
         let catalog = self.cluster.catalog(bucket)?;
         let json = bytes::Bytes::from(json);
-        for _ in 0..8 {
+        let mut pace = self.cluster.contention();
+        loop {
             let current = catalog.get(key).await?;
             let expect = match &current {
                 Some(value) => Expect::Revision(value.revision),
@@ -221,11 +222,10 @@ impl Link {
             };
             match catalog.put_definition(key, json.clone(), expect).await {
                 Ok(revision) => return Ok((current.is_some(), revision)),
-                Err(StoreError::Changed(_)) => continue,
+                Err(StoreError::Changed(_)) if pace.lost().await => continue,
                 Err(error) => return Err(error),
             }
         }
-        Err(StoreError::Changed(key.to_owned()))
     }
 
     /// Deletes `key`; the revision it deleted, or `None` if it was absent.

@@ -782,14 +782,14 @@ async fn connected(client: &async_nats::Client, budget: Duration) -> Result<(), 
 /// random time below a ceiling that doubles from 1 ms to 64 ms (full
 /// jitter), and the writer gives up when its budget (the request timeout)
 /// is spent.
-pub(crate) struct Contention {
+pub struct Contention {
     round: u32,
     deadline: tokio::time::Instant,
 }
 
 impl Contention {
     /// Rounds for one write, within `budget`.
-    pub(crate) fn new(budget: Duration) -> Contention {
+    pub fn new(budget: Duration) -> Contention {
         Contention {
             round: 0,
             deadline: tokio::time::Instant::now() + budget,
@@ -798,7 +798,7 @@ impl Contention {
 
     /// After a lost round: waits before the next one; false when the
     /// budget is spent (give up).
-    pub(crate) async fn lost(&mut self) -> bool {
+    pub async fn lost(&mut self) -> bool {
         use std::hash::{BuildHasher, Hasher};
         let now = tokio::time::Instant::now();
         if now >= self.deadline {
@@ -819,7 +819,7 @@ impl Contention {
 
 impl Cluster {
     /// Pacing for one compare-and-set write on a contended key.
-    pub(crate) fn contention(&self) -> Contention {
+    pub fn contention(&self) -> Contention {
         Contention::new(self.inner.options.request_timeout)
     }
 }
