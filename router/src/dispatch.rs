@@ -1100,6 +1100,9 @@ impl Router {
         };
         let keyed_as = dedupe.then_some(&*key_space);
         if let Some(link) = &self.cluster {
+            // Functions' events have twice the room, as below.
+            let scale = if origin == Origin::Function { 2 } else { 1 };
+            self.check_clustered_backlog(link, broker, scale, &events)?;
             // Replies and guests' events are traced as their cause's.
             let traced_as = (origin != Origin::Function).then_some(&*key_space);
             return (self.publish_clustered(link, broker, events, keyed_as, traced_as)).await;

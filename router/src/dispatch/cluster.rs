@@ -59,8 +59,25 @@ pub(super) struct Link {
     changed: tokio::sync::Notify,
     /// The newest trigger-catalog revision applied on this node.
     applied: std::sync::atomic::AtomicU64,
+    /// The cluster's delivery backlog as last read, and when.
+    queued: Mutex<Option<(std::time::Instant, Queued)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// The cluster's delivery backlog, by broker: what the ingress bounds
+/// (`--max-pending-deliveries`, `--max-pending-per-broker`) are checked
+/// against.
+#[derive(Debug, Default)]
+struct Queued {
+    total: u64,
+    by_broker: HashMap<String, u64>,
+}
+
+/// How often a node reads the cluster's delivery backlog.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+/// A backlog read longer ago than this bounds nothing (the cluster is not
+/// answering; ingress fails on its own then).
+const BACKLOG_STALE: Duration = Duration::from_secs(10);
 
 impl Link {
     /// Ends held delivery `id` with JetStream (in the background: the
@@ -283,6 +300,7 @@ impl Router {
             synced: Mutex::default(),
             changed: tokio::sync::Notify::new(),
             applied: Default::default(),
+            queued: Mutex::default(),
             tasks: Mutex::default(),
         };
         Router::assemble(
@@ -340,6 +358,7 @@ impl Router {
             tokio::spawn(self.clone().fan_out_loop()),
             tokio::spawn(self.clone().intake_loop()),
             tokio::spawn(self.clone().progress_loop()),
+            tokio::spawn(self.clone().backlog_loop()),
             tokio::spawn(self.clone().watch_loop(Bucket::Triggers)),
             tokio::spawn(self.clone().watch_loop(Bucket::Brokers)),
             tokio::spawn(self.clone().watch_loop(Bucket::Schedules)),
@@ -609,6 +628,88 @@ impl Router {
             self.apply(Bucket::Schedules, key, Some(value.value), value.revision);
         }
         Ok(())
+    }
+
+    /// Reads the cluster's delivery backlog every [`BACKLOG_EVERY`], for
+    /// the ingress bounds.
+    async fn backlog_loop(self: Arc<Self>) {
+        let link = self.link();
+        loop {
+            match link.cluster.queued_deliveries().await {
+                Ok(read) => {
+                    let mut queued = Queued {
+                        total: read.total,
+                        ..Queued::default()
+                    };
+                    for (trigger, count) in read.by_trigger {
+                        // A deleted trigger's deliveries count in all only.
+                        if let Some(trigger) = self.trigger(&trigger) {
+                            *queued.by_broker.entry(trigger.broker.clone()).or_default() += count;
+                        }
+                    }
+                    *link.queued.lock().unwrap() = Some((std::time::Instant::now(), queued));
+                }
+                Err(error) => tracing::debug!(%error, "the delivery backlog was not read"),
+            }
+            tokio::time::sleep(BACKLOG_EVERY).await;
+        }
+    }
+
+    /// Refuses `events` while the cluster's delivery backlog is at its
+    /// bounds (times `scale`, as in embedded mode), as last read (at most
+    /// [`BACKLOG_EVERY`] ago; what arrives in between can pass them), unless
+    /// none of them matches a trigger (they would add nothing to it). The
+    /// matching is done only while at a bound.
+    pub(super) fn check_clustered_backlog(
+        &self,
+        link: &Link,
+        broker: &str,
+        scale: usize,
+        events: &[CloudEvent],
+    ) -> Result<(), PublishError> {
+        let refusal = self.clustered_backlog_refusal(link, broker, scale);
+        let Some(refusal) = refusal else {
+            return Ok(());
+        };
+        let index = self.index.read().unwrap().clone();
+        if events
+            .iter()
+            .any(|event| !index.matches(broker, event).is_empty())
+        {
+            return Err(refusal);
+        }
+        Ok(())
+    }
+
+    /// The refusal the last backlog read calls for, if any.
+    fn clustered_backlog_refusal(
+        &self,
+        link: &Link,
+        broker: &str,
+        scale: usize,
+    ) -> Option<PublishError> {
+        let queued = link.queued.lock().unwrap();
+        let (read, queued) = queued.as_ref()?;
+        if read.elapsed() > BACKLOG_STALE {
+            return None;
+        }
+        let total_limit = self.limits.max_pending.saturating_mul(scale);
+        let total = usize::try_from(queued.total).unwrap_or(usize::MAX);
+        if total >= total_limit {
+            return Some(PublishError::Backlog {
+                pending: total,
+                limit: total_limit,
+                of: String::new(),
+            });
+        }
+        let broker_limit = self.limits.max_pending_per_broker.saturating_mul(scale);
+        let of_broker = queued.by_broker.get(broker).copied().unwrap_or(0);
+        let of_broker = usize::try_from(of_broker).unwrap_or(usize::MAX);
+        (broker_limit > 0 && of_broker >= broker_limit).then(|| PublishError::Backlog {
+            pending: of_broker,
+            limit: broker_limit,
+            of: format!(" at broker {broker:?}"),
+        })
     }
 
     /// Progress notes for every held delivery, three per ack wait.

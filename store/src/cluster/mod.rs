@@ -54,7 +54,7 @@ pub use logs::{LOGS_STREAM, LOGS_SUBJECT};
 pub use nodes::{Backlog, JetStreamStatus, LEASE_EVERY, LEASE_TTL, NodeInfo, StreamStatus};
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
-    Delivery, FANOUT_CONSUMER, Feed, SHARDS, shard_of,
+    Delivery, FANOUT_CONSUMER, Feed, QueuedDeliveries, SHARDS, shard_of,
 };
 pub use traces::{
     RECORDS_PER_KIND, TRACE_HEADER, TRACES_STREAM, TRACES_SUBJECT, TraceRecord, delivery_trace,

@@ -73,6 +73,16 @@ pub(super) fn deliveries_config(
     }
 }
 
+/// What the work queue holds: every delivery not yet finished (waiting,
+/// held by a node, or waiting out a retry's delay), in all and by trigger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueuedDeliveries {
+    /// All of them.
+    pub total: u64,
+    /// By trigger (dead letters' forwardings count to their trigger).
+    pub by_trigger: std::collections::HashMap<String, u64>,
+}
+
 /// Header of a delivery message naming its event's broker.
 pub const BROKER_HEADER: &str = "Sluice-Broker";
 /// Header of a delivery message that forwards a dead letter to its sink:
@@ -265,6 +275,42 @@ impl Cluster {
             Err(PublishFailure::Unanswered(failure)) => Err(StoreError::Unavailable(format!(
                 "JetStream did not take a delivery of trigger {trigger:?}: {failure}"
             ))),
+        }
+    }
+
+    /// The deliveries the work queue holds, from the stream's per-subject
+    /// counts (a work queue keeps a message until it is acked or
+    /// terminated; one page of the server's answer per 100,000 subjects).
+    pub async fn queued_deliveries(&self) -> Result<QueuedDeliveries, StoreError> {
+        let stream = self.layout()?.deliveries.clone();
+        let read = async {
+            let mut queued = QueuedDeliveries::default();
+            let mut subjects = stream
+                .info_with_subjects(format!("{DELIVERIES_SUBJECT}.>"))
+                .await?;
+            while let Some((subject, count)) = subjects.next().await.transpose()? {
+                let count = count as u64;
+                queued.total += count;
+                // sluice.deliveries.<shard>.<trigger>
+                if let Some(trigger) = subject
+                    .strip_prefix(DELIVERIES_SUBJECT)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .and_then(|rest| rest.split_once('.'))
+                    .map(|(_, trigger)| trigger)
+                {
+                    *queued.by_trigger.entry(trigger.to_owned()).or_default() += count;
+                }
+            }
+            Ok::<_, stream::InfoError>(queued)
+        };
+        match tokio::time::timeout(self.inner.options.request_timeout, read).await {
+            Ok(Ok(queued)) => Ok(queued),
+            Ok(Err(error)) => Err(StoreError::Unavailable(format!(
+                "reading the deliveries stream: {error}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                "the deliveries stream's state was not read in time".to_owned(),
+            )),
         }
     }
 
