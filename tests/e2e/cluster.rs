@@ -125,6 +125,27 @@ async fn three_nodes_on_three_nats_servers_are_one_sluice() {
         })
         .await;
     }
+    // Its recent calls too, each naming the node that ran it.
+    let ran_on_b = b.get("/v1/status").await.1;
+    let b_name = serde_json::from_str::<Value>(&ran_on_b).unwrap()["cluster"]["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = c.get("/fn/echo/").await;
+    assert_eq!(status, 200);
+    for other in [&a, &b, &c] {
+        eventually(PATIENCE, || async {
+            let (_, body) = other.get("/v1/functions/echo/invocations").await;
+            let body: Value = serde_json::from_str(&body).unwrap();
+            let calls = body["invocations"].as_array().unwrap().clone();
+            let nodes: Vec<&str> = calls.iter().filter_map(|c| c["node"].as_str()).collect();
+            (calls.len() >= 2
+                && nodes.contains(&b_name.as_str())
+                && nodes.iter().any(|n| *n != b_name))
+            .then_some(())
+        })
+        .await;
+    }
 
     // A token made on one node works on the other; revoked there, it stops
     // working on the first.

@@ -170,7 +170,15 @@ pub struct Functions {
     recent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<RecentInvocation>>>,
     /// Cluster mode: the queue of guest output on its way to the cluster's
     /// logs stream (one task publishes it, in order).
-    cluster_logs: std::sync::OnceLock<tokio::sync::mpsc::Sender<LogBatch>>,
+    cluster_logs: std::sync::OnceLock<tokio::sync::mpsc::Sender<ToCluster>>,
+}
+
+/// What goes to the cluster after a call, in order, from one task.
+pub(crate) enum ToCluster {
+    /// A call's output.
+    Logs(LogBatch),
+    /// A finished call for its function's recent list: function, record.
+    Call(String, Vec<u8>),
 }
 
 /// One call's output for the cluster's logs: function, invocation, and
@@ -231,35 +239,55 @@ impl Functions {
         }))
     }
 
-    /// Cluster mode: queues a call's output for the cluster's logs, false
-    /// when the queue is full (the output is dropped).
-    pub(crate) fn send_cluster_logs(
+    /// Cluster mode: queues a call's output for the cluster's logs (or a
+    /// finished call for its recent list), false when the queue is full (it
+    /// is dropped).
+    pub(crate) fn send_to_cluster(
         &self,
         cluster: &sluice_store::cluster::Cluster,
-        batch: LogBatch,
+        item: ToCluster,
     ) -> bool {
         let sender = self.cluster_logs.get_or_init(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<LogBatch>(CLUSTER_LOG_QUEUE);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<ToCluster>(CLUSTER_LOG_QUEUE);
             let cluster = cluster.clone();
             tokio::spawn(async move {
-                while let Some((function, invocation, lines)) = rx.recv().await {
-                    let rows: Vec<(&str, &str, &str)> = lines
-                        .iter()
-                        .map(|(stream, line)| (invocation.as_str(), *stream, line.as_str()))
-                        .collect();
-                    if let Err(error) = cluster.append_logs(&function, &rows).await {
+                while let Some(item) = rx.recv().await {
+                    let (function, result) = match item {
+                        ToCluster::Logs((function, invocation, lines)) => {
+                            let rows: Vec<(&str, &str, &str)> = lines
+                                .iter()
+                                .map(|(stream, line)| (invocation.as_str(), *stream, line.as_str()))
+                                .collect();
+                            let result = cluster.append_logs(&function, &rows).await;
+                            (function, result)
+                        }
+                        ToCluster::Call(function, record) => {
+                            let result = cluster.append_call(&function, record).await;
+                            (function, result)
+                        }
+                    };
+                    if let Err(error) = result {
                         // Once per call while NATS is away: not a warning each.
-                        tracing::debug!(%function, %error, "could not keep guest output");
+                        tracing::debug!(%function, %error, "could not keep a call's output or record");
                     }
                 }
             });
             tx
         });
-        sender.try_send(batch).is_ok()
+        sender.try_send(item).is_ok()
     }
 
-    /// Keeps `invocation` in `function`'s recent list.
+    /// Keeps `invocation` in `function`'s recent list (in cluster mode
+    /// also the cluster's, with this node's name).
     pub(crate) fn remember(&self, function: &str, invocation: RecentInvocation) {
+        if let Some(cluster) = self.cluster() {
+            let mut record = serde_json::to_value(&invocation).expect("JSON");
+            record["node"] = cluster.options().name.clone().into();
+            let record = serde_json::to_vec(&record).expect("JSON");
+            if !self.send_to_cluster(&cluster, ToCluster::Call(function.to_owned(), record)) {
+                tracing::debug!(%function, "a call's record dropped: the queue to the cluster is full");
+            }
+        }
         let mut recent = self.recent.lock().unwrap();
         let list = match recent.get_mut(function) {
             Some(list) => list,

@@ -327,7 +327,7 @@ impl Functions {
             let keep = self.runtime().limits().log_lines_per_function.max(1);
             let lines = lines.split_off(lines.len().saturating_sub(keep));
             let batch = (function.to_owned(), invocation.to_owned(), lines);
-            if !self.send_cluster_logs(&cluster, batch) {
+            if !self.send_to_cluster(&cluster, crate::functions::ToCluster::Logs(batch)) {
                 tracing::debug!(%function, "guest output dropped: the queue to the cluster is full");
             }
             return;

@@ -391,7 +391,8 @@ pub struct LogLine {
     line: String,
 }
 
-/// A function's recent invocations, newest first.
+/// A function's recent invocations, newest first (the last 50; in
+/// cluster mode through every node).
 #[derive(ToSchema)]
 pub struct RecentInvocations {
     invocations: Vec<RecentInvocation>,
@@ -406,6 +407,8 @@ pub struct RecentInvocation {
     duration_us: u64,
     memory_peak_bytes: u64,
     cold: bool,
+    /// Cluster mode: the node that ran it.
+    node: Option<String>,
 }
 
 /// A trigger (Knative `Trigger` shape, or the Subscriptions API's `filters`).

@@ -47,6 +47,78 @@ pub(super) fn logs_config(options: &ClusterOptions, replicas: usize) -> stream::
     }
 }
 
+/// The stream of recent calls.
+pub const CALLS_STREAM: &str = "SLUICE_CALLS";
+/// Subject prefix of recent calls: `sluice.calls.<function>`.
+pub const CALLS_SUBJECT: &str = "sluice.calls";
+/// Calls kept per function (the stream's limit per subject), as the
+/// embedded mode keeps in memory.
+pub const RECENT_CALLS: usize = 50;
+
+pub(super) fn calls_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: CALLS_STREAM.to_owned(),
+        description: Some("Sluice: each function's recent calls, the newest 50".to_owned()),
+        subjects: vec![format!("{CALLS_SUBJECT}.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_messages_per_subject: RECENT_CALLS as i64,
+        duplicate_window: std::time::Duration::from_secs(120),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+fn calls_subject(function: &str) -> Result<String, StoreError> {
+    subject(function)?;
+    Ok(format!("{CALLS_SUBJECT}.{function}"))
+}
+
+/// Up to `limit` messages of `subject` in `stream` from sequence `start`,
+/// oldest first, with their stream sequences (an ordered consumer, removed
+/// after).
+async fn read_subject(
+    cluster: &Cluster,
+    stream: &stream::Stream,
+    subject: String,
+    start: u64,
+    limit: usize,
+) -> Result<Vec<(u64, bytes::Bytes)>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut found = Vec::new();
+    if limit == 0 {
+        return Ok(found);
+    }
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: cluster.inner.client.new_inbox(),
+            description: Some("sluice reader".to_owned()),
+            filter_subject: subject,
+            replay_policy: ReplayPolicy::Instant,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ..Default::default()
+        })
+        .await?;
+    let _remove =
+        super::catalog::RemoveConsumer(Some((stream.clone(), consumer.cached_info().name.clone())));
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let info = message.info()?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        found.push((seq, message.payload.clone()));
+        if pending == 0 || found.len() >= limit {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 fn subject(function: &str) -> Result<String, StoreError> {
     if !crate::is_dns_label(function) {
         return Err(StoreError::Corrupt(format!(
@@ -104,48 +176,22 @@ impl Cluster {
             StoreError::Unavailable(format!("reading the logs of {function}: {e}"))
         };
         let read = async {
-            let mut lines = Vec::new();
-            if limit == 0 {
-                return Ok(lines);
-            }
-            let consumer = logs
-                .create_consumer(push::OrderedConfig {
-                    deliver_subject: self.inner.client.new_inbox(),
-                    description: Some("sluice log reader".to_owned()),
-                    filter_subject: subject,
-                    replay_policy: ReplayPolicy::Instant,
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: since.saturating_add(1),
-                    },
-                    ..Default::default()
-                })
+            let messages = read_subject(self, &logs, subject, since.saturating_add(1), limit)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            let _remove = super::catalog::RemoveConsumer(Some((
-                logs.clone(),
-                consumer.cached_info().name.clone(),
-            )));
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(lines);
-            }
-            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| unavailable(&e))?;
-                let info = message.info().map_err(|e| unavailable(&e))?;
-                let (seq, pending) = (info.stream_sequence, info.pending);
-                if let Ok(stored) = serde_json::from_slice::<Stored>(&message.payload) {
-                    lines.push(LogLine {
+            let lines = messages
+                .into_iter()
+                .filter_map(|(seq, payload)| {
+                    let stored = serde_json::from_slice::<Stored>(&payload).ok()?;
+                    Some(LogLine {
                         seq,
                         time: stored.time.into_owned(),
                         invocation: stored.invocation.into_owned(),
                         stream: stored.stream.into_owned(),
                         line: stored.line.into_owned(),
-                    });
-                }
-                if pending == 0 || lines.len() >= limit {
-                    break;
-                }
-            }
+                    })
+                })
+                .collect();
             Ok(lines)
         };
         match tokio::time::timeout(self.inner.options.request_timeout, read).await {
@@ -154,18 +200,54 @@ impl Cluster {
         }
     }
 
-    /// Removes every log line of `function` (it was deleted).
+    /// Keeps one finished call of `function` (a JSON record) in the
+    /// cluster's recent list of it. Sent without waiting for an
+    /// acknowledgement, as log lines are.
+    pub async fn append_call(&self, function: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        let subject = calls_subject(function)?;
+        if self.readiness().is_err() {
+            return Err(StoreError::Unavailable(
+                "not connected to NATS; the call is not kept".to_owned(),
+            ));
+        }
+        self.inner
+            .client
+            .publish(subject, record.into())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("publishing a call: {e}")))
+    }
+
+    /// The newest [`RECENT_CALLS`] calls of `function` through every node,
+    /// newest first (the records as [`Cluster::append_call`] got them).
+    pub async fn recent_calls(&self, function: &str) -> Result<Vec<bytes::Bytes>, StoreError> {
+        let subject = calls_subject(function)?;
+        let calls = self.layout()?.calls.clone();
+        connected(&self.inner.client, self.inner.options.request_timeout).await?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("reading the recent calls of {function}: {e}"))
+        };
+        let read = read_subject(self, &calls, subject, 1, RECENT_CALLS);
+        match tokio::time::timeout(self.inner.options.request_timeout, read).await {
+            Ok(Ok(messages)) => Ok(messages.into_iter().rev().map(|(_, m)| m).collect()),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(unavailable(&"JetStream did not answer in time")),
+        }
+    }
+
+    /// Removes every log line and recent call of `function` (it was
+    /// deleted).
     pub async fn delete_logs(&self, function: &str) -> Result<(), StoreError> {
         let subject = subject(function)?;
         let logs = self.layout()?.logs.clone();
         connected(&self.inner.client, self.inner.options.request_timeout).await?;
-        match tokio::time::timeout(
-            self.inner.options.request_timeout,
-            logs.purge().filter(subject),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
+        let calls = self.layout()?.calls.clone();
+        let purge = async {
+            logs.purge().filter(subject).await?;
+            calls.purge().filter(calls_subject(function)?).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        match tokio::time::timeout(self.inner.options.request_timeout, purge).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!(
                 "removing the logs of {function}: {e}"
             ))),

@@ -50,7 +50,7 @@ pub use catalog::{Catalog, Change, Expect, Versioned, Watcher};
 pub use events::{CATALOG_REVISION_HEADER, Published, event_message_id};
 pub use guest_kv::{GUEST_KV_BUCKET, GuestKv};
 pub use invocations::{INVOCATIONS_STREAM, INVOKERS_CONSUMER, QueueRefusal};
-pub use logs::{LOGS_STREAM, LOGS_SUBJECT};
+pub use logs::{CALLS_STREAM, CALLS_SUBJECT, LOGS_STREAM, LOGS_SUBJECT, RECENT_CALLS};
 pub use nodes::{Backlog, JetStreamStatus, LEASE_EVERY, LEASE_TTL, NodeInfo, StreamStatus};
 pub use queue::{
     ACK_WAIT, Arrival, BROKER_HEADER, DEAD_LETTER_HEADER, DELIVERIES_STREAM, DELIVERIES_SUBJECT,
@@ -199,6 +199,7 @@ struct Layout {
     events: stream::Stream,
     deliveries: stream::Stream,
     logs: stream::Stream,
+    calls: stream::Stream,
     /// `None` when this node keeps no traces.
     traces: Option<stream::Stream>,
     buckets: Vec<(Bucket, kv::Store)>,
@@ -483,6 +484,7 @@ impl Cluster {
         let deliveries =
             ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
         let logs = ensure_stream(js, logs::logs_config(options, replicas), explicit).await?;
+        let calls = ensure_stream(js, logs::calls_config(replicas), explicit).await?;
         ensure_stream(
             js,
             invocations::invocations_config(options, replicas),
@@ -560,6 +562,7 @@ impl Cluster {
             events,
             deliveries,
             logs,
+            calls,
             traces,
             buckets,
             blobs,

@@ -278,7 +278,8 @@ async fn function_logs(
     Ok(axum::Json(json!({"logs": lines, "next": next})).into_response())
 }
 
-/// The function's recent invocations (kept in memory since start), newest first.
+/// The function's recent invocations, newest first: the last 50, kept in
+/// memory since start (in cluster mode the cluster's, each naming its node).
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "functions", params(("name" = String, Path, description = "Function name")),
     responses(
         (status = 200, description = "Recent invocations", body = crate::openapi::RecentInvocations),
@@ -290,6 +291,12 @@ async fn function_invocations(
 ) -> Result<Response, ApiError> {
     if state.functions.store().function(&name)?.is_none() {
         return Err(ApiError::function_not_found(&name));
+    }
+    if let Some(cluster) = state.functions.cluster() {
+        let recent: Vec<serde_json::Value> = (cluster.recent_calls(&name).await?.iter())
+            .filter_map(|record| serde_json::from_slice(record).ok())
+            .collect();
+        return Ok(axum::Json(json!({"invocations": recent})).into_response());
     }
     let recent = state.functions.recent(&name);
     Ok(axum::Json(json!({"invocations": recent})).into_response())
