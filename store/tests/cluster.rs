@@ -568,6 +568,43 @@ async fn guest_data_from_two_nodes_racing_keeps_the_key_limit_and_every_incremen
         Some(&b"again"[..])
     );
     assert!(!a.exists("fn/racer", &keys[1]).await.unwrap());
+    // The deleted key leaves nothing in the bucket once its marker expired:
+    // the bucket's subjects are the live keys and the count.
+    let client = async_nats::connect(nats.urls()).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream("KV_sluice_guest_kv")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        use futures::TryStreamExt;
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects("$KV.sluice_guest_kv.data.fn.racer.>")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        if subjects.len() == 10 {
+            assert!(subjects.iter().all(|(_, n)| *n == 1), "{subjects:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted key's marker never expired: {} subjects",
+            subjects.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A deleted key can be written again, as new.
+    b.set("fn/racer", &[(keys[1].clone(), b"back".to_vec())], 11)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get("fn/racer", &keys[1]).await.unwrap().as_deref(),
+        Some(&b"back"[..])
+    );
+    b.delete("fn/racer", &[keys[1].clone()]).await.unwrap();
 
     // 40 increments of one key from both nodes: none lost.
     let increments = (0..40).map(|i| {

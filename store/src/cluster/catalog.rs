@@ -161,6 +161,28 @@ impl Catalog {
     /// Deletes `key` if it is as `expect` says; returns the revision it
     /// deleted, or `None` when the key was absent.
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<Option<u64>, StoreError> {
+        self.remove(key, expect, None).await
+    }
+
+    /// [`Catalog::delete`] that leaves no marker for good: the key's
+    /// values go (a purge) and its marker expires after `ttl` (the bucket's
+    /// stream allows message TTLs). For keys nobody watches: a watcher
+    /// that was away longer than `ttl` would not learn of the delete.
+    pub async fn purge(
+        &self,
+        key: &str,
+        expect: Expect,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.remove(key, expect, Some(ttl)).await
+    }
+
+    async fn remove(
+        &self,
+        key: &str,
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> Result<Option<u64>, StoreError> {
         let Some(current) = self.get(key).await? else {
             return match expect {
                 Expect::Revision(_) => Err(StoreError::Changed(key.to_owned())),
@@ -175,10 +197,23 @@ impl Catalog {
             Expect::Revision(_) | Expect::Any => {}
         }
         connected(&self.client, self.timeout).await?;
-        let delete = self.kv.delete_expect_revision(key, Some(current.revision));
-        match tokio::time::timeout(self.timeout, delete).await {
+        let removed = async {
+            match ttl {
+                None => self
+                    .kv
+                    .delete_expect_revision(key, Some(current.revision))
+                    .await
+                    .map_err(|e| self.failed(key, &e)),
+                Some(ttl) => self
+                    .kv
+                    .purge_expect_revision_with_ttl(key, current.revision, ttl)
+                    .await
+                    .map_err(|e| self.failed(key, &e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, removed).await {
             Ok(Ok(())) => Ok(Some(current.revision)),
-            Ok(Err(e)) => Err(self.failed(key, &e)),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(self.unanswered("delete", key)),
         }
     }

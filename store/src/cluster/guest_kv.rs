@@ -15,12 +15,14 @@
 //! outcome, where the key cannot be read back as absent, keeps its
 //! reservation, so the count can run high after such a failure (refusing
 //! new keys early, for good: the count is not recounted) but never low: the
-//! key limit is never exceeded. Writers racing to create the same key each take a
-//! place until all but one give theirs back: a full count is checked
-//! against the key itself, so a racer that lost writes as an overwrite;
-//! only a different new key written at that moment, at the limit, can be
-//! refused early. Reads go to the bucket's leader, so a value written
-//! through one node is read back through any other.
+//! key limit is never exceeded. Writers racing to create the same key each
+//! take a place until all but one give theirs back: a full count is
+//! checked against the key itself, so a racer that lost writes as an
+//! overwrite; only a different new key written at that moment, at the
+//! limit, can be refused early. Reads go to the bucket's leader, so a value
+//! written through one node is read back through any other. A delete purges
+//! the key and leaves a marker that expires after a second, so deleted keys
+//! take no room for good.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -30,6 +32,10 @@ use crate::{KvError, StoreError};
 
 /// The JetStream bucket of guest data.
 pub const GUEST_KV_BUCKET: &str = "sluice_guest_kv";
+
+/// How long a deleted key's marker stays in the bucket (then the key leaves
+/// no trace: nothing watches guest data, so no one needs to see it).
+const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What headers and the subject add to a value in one publish, kept free of
 /// the servers' `max_payload`.
@@ -198,7 +204,7 @@ impl GuestKv {
         let full = data_key(bucket, key)?;
         let mut pace = self.cluster.contention();
         loop {
-            match kv.delete(&full, Expect::Any).await {
+            match kv.purge(&full, Expect::Any, MARKER_TTL).await {
                 Ok(Some(_)) => return self.release(&kv, bucket).await,
                 Ok(None) => return Ok(()),
                 // Written between the read and the delete: read again.

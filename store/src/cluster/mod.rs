@@ -543,6 +543,9 @@ impl Cluster {
                     .await
                     .map_err(|e| format!("creating bucket {}: {e}", bucket.name()))?,
             };
+            if bucket == Bucket::GuestKv {
+                allow_message_ttls(js, bucket.name()).await?;
+            }
             buckets.push((bucket, kv));
         }
         let blobs = match js.get_object_store(BLOBS_BUCKET).await {
@@ -573,6 +576,29 @@ impl Cluster {
 
 /// Sets the `max_age` of key-value bucket `bucket`'s stream to `max_age`
 /// if it has another (with its duplicate window, which may not exceed it).
+/// Lets `bucket`'s stream take per-message TTLs (a delete's expiring
+/// marker, see [`Catalog::purge`]); once set it stays (NATS 2.11+).
+async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<(), String> {
+    let name = format!("KV_{bucket}");
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| format!("reading stream {name}: {e}"))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| format!("reading stream {name}: {e}"))?
+        .config
+        .clone();
+    if !config.allow_message_ttl {
+        config.allow_message_ttl = true;
+        js.update_stream(&config)
+            .await
+            .map_err(|e| format!("updating stream {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn align_max_age(
     js: &jetstream::Context,
     bucket: &str,
