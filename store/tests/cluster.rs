@@ -606,6 +606,41 @@ async fn guest_data_from_two_nodes_racing_keeps_the_key_limit_and_every_incremen
     );
     b.delete("fn/racer", &[keys[1].clone()]).await.unwrap();
 
+    // A count that ran high (as after writes whose outcome was unknown)
+    // is recounted by a refused new key once no write touched it for the
+    // recount time, and the key is taken.
+    {
+        let mut options = ClusterOptions::new(nats.urls());
+        options.name = "recounter".to_owned();
+        options.kv_recount_after = Duration::from_secs(2);
+        let cluster = Cluster::connect(options).await.unwrap();
+        cluster.wait_ready(PATIENCE).await.unwrap();
+        let recounter = GuestKv::Cluster(sluice_store::cluster::GuestKv::new(cluster.clone()));
+        recounter
+            .set("fn/leaky", &[("only".to_owned(), b"v".to_vec())], 3)
+            .await
+            .unwrap();
+        let catalog = cluster.catalog(Bucket::GuestKv).unwrap();
+        catalog
+            .put("count.fn.leaky", Bytes::from("3"), Expect::Any)
+            .await
+            .unwrap();
+        let key = [("more".to_owned(), b"v".to_vec())];
+        let more = || recounter.set("fn/leaky", &key, 3);
+        assert!(
+            matches!(more().await, Err(KvError::TooManyKeys(3))),
+            "too soon to recount"
+        );
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        more().await.unwrap();
+        let count = catalog.get("count.fn.leaky").await.unwrap().unwrap();
+        assert_eq!(
+            &count.value[..],
+            b"2",
+            "recounted to the one key, plus the new one"
+        );
+    }
+
     // 40 increments of one key from both nodes: none lost.
     let increments = (0..40).map(|i| {
         let kv = if i % 2 == 0 { a.clone() } else { b.clone() };

@@ -14,8 +14,9 @@
 //! compare-and-set), then is created; a write that fails with an unknown
 //! outcome, where the key cannot be read back as absent, keeps its
 //! reservation, so the count can run high after such a failure (refusing
-//! new keys early, for good: the count is not recounted) but never low: the
-//! key limit is never exceeded. Writers racing to create the same key each
+//! new keys early, until a refused key recounts the bucket once the count
+//! went unwritten for a while) but never low: the key limit is never
+//! exceeded. Writers racing to create the same key each
 //! take a place until all but one give theirs back: a full count is
 //! checked against the key itself, so a racer that lost writes as an
 //! overwrite; only a different new key written at that moment, at the
@@ -309,7 +310,8 @@ impl GuestKv {
         let key = count_key(bucket)?;
         let mut pace = self.cluster.contention();
         loop {
-            let (count, expect) = match kv.get(&key).await? {
+            let current = kv.get(&key).await?;
+            let (count, expect) = match &current {
                 Some(current) => (
                     parse_count(&current.value),
                     Expect::Revision(current.revision),
@@ -317,6 +319,11 @@ impl GuestKv {
                 None => (0, Expect::Absent),
             };
             if count >= max_keys {
+                if let Some(current) = &current
+                    && self.recounted(kv, bucket, current).await?
+                {
+                    continue;
+                }
                 return Err(KvError::TooManyKeys(max_keys));
             }
             match kv
@@ -343,6 +350,63 @@ impl GuestKv {
             && let Err(error) = self.release(kv, bucket).await
         {
             tracing::debug!(%error, bucket, "could not give back a key's place after a failed write");
+        }
+    }
+
+    /// A full count that no write touched for
+    /// [`ClusterOptions::kv_recount_after`](super::ClusterOptions) (so no
+    /// create it reserved a place for is still under way) may have run
+    /// high after writes whose outcome was unknown: counts the bucket's
+    /// keys and, if fewer, sets the count to them (compare-and-set on the
+    /// count read). True when it was lowered (try again). At most once per
+    /// bucket per that time on this node: a bucket that is really
+    /// full is not listed at each refused write.
+    async fn recounted(
+        &self,
+        kv: &Catalog,
+        bucket: &str,
+        count: &super::catalog::Versioned,
+    ) -> Result<bool, KvError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let after = self.cluster.inner.options.kv_recount_after;
+        let quiet = now_ms.saturating_sub(count.written_ms);
+        if quiet < after.as_millis() as u64 {
+            return Ok(false);
+        }
+        {
+            let mut last = self.cluster.inner.recounts.lock().unwrap();
+            if last.get(bucket).is_some_and(|at| at.elapsed() < after) {
+                return Ok(false);
+            }
+            last.insert(bucket.to_owned(), std::time::Instant::now());
+        }
+        let live = kv.keys_under(&data_prefix(bucket)?).await?.len() as u64;
+        let stored = parse_count(&count.value);
+        if live >= stored {
+            return Ok(false);
+        }
+        match kv
+            .put(
+                &count_key(bucket)?,
+                Bytes::from(live.to_string()),
+                Expect::Revision(count.revision),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    bucket,
+                    stored,
+                    live,
+                    "a key count that ran high (writes with unknown outcomes) recounted"
+                );
+                Ok(true)
+            }
+            // Written meanwhile: the reservation reads it again.
+            Err(StoreError::Changed(_)) => Ok(true),
+            Err(error) => Err(error.into()),
         }
     }
 

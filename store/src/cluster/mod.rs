@@ -168,6 +168,12 @@ pub struct ClusterOptions {
     /// The bytes the traces stream holds at most (the oldest records
     /// dropped first).
     pub trace_max_bytes: u64,
+    /// How long a full guest-bucket key count must go unwritten before a
+    /// refused new key recounts the bucket (the count can run high after
+    /// writes whose outcome was unknown): far past the longest a reserved
+    /// create can still be under way, by the NATS server's clock against
+    /// the node's.
+    pub kv_recount_after: Duration,
 }
 
 impl ClusterOptions {
@@ -190,6 +196,7 @@ impl ClusterOptions {
             max_invocation_bytes: 1 << 30,
             trace_retention: Duration::from_secs(3_600),
             trace_max_bytes: 64 << 20,
+            kv_recount_after: Duration::from_secs(60),
         }
     }
 }
@@ -233,6 +240,8 @@ struct Inner {
     trace_out: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
     /// Trace records dropped: the queue full (NATS slow or away).
     trace_dropped: std::sync::atomic::AtomicU64,
+    /// When this node last recounted a guest bucket's keys, by bucket.
+    recounts: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// One node's handle on the cluster. Cheap to clone.
@@ -294,6 +303,7 @@ impl Cluster {
                 node_id,
                 trace_out,
                 trace_dropped: Default::default(),
+                recounts: Mutex::default(),
             }),
         };
         let setup = cluster.clone();
