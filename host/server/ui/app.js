@@ -212,7 +212,7 @@ async function showFunction(f) {
       el("td", {}, el("span", { class: `badge ${i.outcome === "ok" ? "ok" : "bad"}` }, i.outcome)),
       el("td", {}, `${(i.duration_us / 1000).toFixed(2)} ms`),
       el("td", {}, bytes(i.memory_peak_bytes)),
-      el("td", {}, i.cold ? "cold" : "warm"))));
+      el("td", {}, (i.cold ? "cold" : "warm") + (i.node ? ` · ${i.node}` : "")))));
   $("#function-logs").textContent = logs.map((l) => `${l.time} ${l.stream} ${l.line}`).join("\n") || "(no output)";
 }
 

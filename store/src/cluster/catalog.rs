@@ -29,9 +29,6 @@ pub struct Versioned {
     pub value: Bytes,
     /// The bucket's sequence of the write (a compare-and-set token).
     pub revision: u64,
-    /// When the write was stored, in unix milliseconds by the NATS
-    /// server's clock (0 where not read).
-    pub written_ms: u64,
 }
 
 /// One change a [`Watcher`] reports.
@@ -95,7 +92,6 @@ impl Catalog {
         Ok(Some(Versioned {
             value: message.payload,
             revision: message.sequence,
-            written_ms: u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
         }))
     }
 

@@ -22,8 +22,8 @@
 //! overwrite; only a different new key written at that moment, at the
 //! limit, can be refused early. Reads go to the bucket's leader, so a value
 //! written through one node is read back through any other. A delete purges
-//! the key and leaves a marker that expires after a second, so deleted keys
-//! take no room for good.
+//! the key and leaves a marker that expires after a second (on NATS 2.11 or
+//! later), so deleted keys take no room for good.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -205,7 +205,11 @@ impl GuestKv {
         let full = data_key(bucket, key)?;
         let mut pace = self.cluster.contention();
         loop {
-            match kv.purge(&full, Expect::Any, MARKER_TTL).await {
+            let removed = match self.cluster.guest_ttls() {
+                true => kv.purge(&full, Expect::Any, MARKER_TTL).await,
+                false => kv.delete(&full, Expect::Any).await,
+            };
+            match removed {
                 Ok(Some(_)) => return self.release(&kv, bucket).await,
                 Ok(None) => return Ok(()),
                 // Written between the read and the delete: read again.
@@ -353,9 +357,10 @@ impl GuestKv {
         }
     }
 
-    /// A full count that no write touched for
+    /// A full count this node saw unchanged (same revision) for
     /// [`ClusterOptions::kv_recount_after`](super::ClusterOptions) (so no
-    /// create it reserved a place for is still under way) may have run
+    /// create it reserved a place for, and no delete's give-back, is still
+    /// under way) may have run
     /// high after writes whose outcome was unknown: counts the bucket's
     /// keys and, if fewer, sets the count to them (compare-and-set on the
     /// count read). True when it was lowered (try again). At most once per
@@ -367,20 +372,26 @@ impl GuestKv {
         bucket: &str,
         count: &super::catalog::Versioned,
     ) -> Result<bool, KvError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let after = self.cluster.inner.options.kv_recount_after;
-        let quiet = now_ms.saturating_sub(count.written_ms);
-        if quiet < after.as_millis() as u64 {
-            return Ok(false);
-        }
         {
-            let mut last = self.cluster.inner.recounts.lock().unwrap();
-            if last.get(bucket).is_some_and(|at| at.elapsed() < after) {
+            // Quiet by this node's own clock: the same revision seen for
+            // the whole time (a delete's give-back or a create's
+            // reservation would have changed it).
+            let mut seen = self.cluster.inner.recounts.lock().unwrap();
+            let now = std::time::Instant::now();
+            let entry = seen.entry(bucket.to_owned()).or_insert(super::Recount {
+                revision: count.revision,
+                since: now,
+                done: None,
+            });
+            if entry.revision != count.revision {
+                entry.revision = count.revision;
+                entry.since = now;
+            }
+            if entry.since.elapsed() < after || entry.done.is_some_and(|at| at.elapsed() < after) {
                 return Ok(false);
             }
-            last.insert(bucket.to_owned(), std::time::Instant::now());
+            entry.done = Some(now);
         }
         let live = kv.keys_under(&data_prefix(bucket)?).await?.len() as u64;
         let stored = parse_count(&count.value);

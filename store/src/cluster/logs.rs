@@ -55,7 +55,7 @@ pub const CALLS_SUBJECT: &str = "sluice.calls";
 /// embedded mode keeps in memory.
 pub const RECENT_CALLS: usize = 50;
 
-pub(super) fn calls_config(replicas: usize) -> stream::Config {
+pub(super) fn calls_config() -> stream::Config {
     stream::Config {
         name: CALLS_STREAM.to_owned(),
         description: Some("Sluice: each function's recent calls, the newest 50".to_owned()),
@@ -65,7 +65,7 @@ pub(super) fn calls_config(replicas: usize) -> stream::Config {
         discard: stream::DiscardPolicy::Old,
         max_messages_per_subject: RECENT_CALLS as i64,
         duplicate_window: std::time::Duration::from_secs(120),
-        num_replicas: replicas,
+        num_replicas: 1,
         ..Default::default()
     }
 }
@@ -221,7 +221,9 @@ impl Cluster {
     /// newest first (the records as [`Cluster::append_call`] got them).
     pub async fn recent_calls(&self, function: &str) -> Result<Vec<bytes::Bytes>, StoreError> {
         let subject = calls_subject(function)?;
-        let calls = self.layout()?.calls.clone();
+        let calls = (self.layout()?.calls.clone()).ok_or_else(|| {
+            StoreError::Unavailable("the recent-calls stream is not there".to_owned())
+        })?;
         connected(&self.inner.client, self.inner.options.request_timeout).await?;
         let unavailable = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("reading the recent calls of {function}: {e}"))
@@ -243,7 +245,9 @@ impl Cluster {
         let calls = self.layout()?.calls.clone();
         let purge = async {
             logs.purge().filter(subject).await?;
-            calls.purge().filter(calls_subject(function)?).await?;
+            if let Some(calls) = calls {
+                calls.purge().filter(calls_subject(function)?).await?;
+            }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         };
         match tokio::time::timeout(self.inner.options.request_timeout, purge).await {

@@ -168,11 +168,10 @@ pub struct ClusterOptions {
     /// The bytes the traces stream holds at most (the oldest records
     /// dropped first).
     pub trace_max_bytes: u64,
-    /// How long a full guest-bucket key count must go unwritten before a
-    /// refused new key recounts the bucket (the count can run high after
-    /// writes whose outcome was unknown): far past the longest a reserved
-    /// create can still be under way, by the NATS server's clock against
-    /// the node's.
+    /// How long a node must see a full guest-bucket key count unchanged
+    /// before a refused new key recounts the bucket (the count can run high
+    /// after writes whose outcome was unknown): far past the longest a
+    /// reserved create or a delete's give-back can still be under way.
     pub kv_recount_after: Duration,
 }
 
@@ -206,7 +205,11 @@ struct Layout {
     events: stream::Stream,
     deliveries: stream::Stream,
     logs: stream::Stream,
-    calls: stream::Stream,
+    /// `None` when it could not be made (the node's own list is shown).
+    calls: Option<stream::Stream>,
+    /// Whether the guest data bucket takes message TTLs (deleted keys'
+    /// markers expire).
+    guest_ttls: bool,
     /// `None` when this node keeps no traces.
     traces: Option<stream::Stream>,
     buckets: Vec<(Bucket, kv::Store)>,
@@ -240,8 +243,20 @@ struct Inner {
     trace_out: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
     /// Trace records dropped: the queue full (NATS slow or away).
     trace_dropped: std::sync::atomic::AtomicU64,
-    /// When this node last recounted a guest bucket's keys, by bucket.
-    recounts: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Full guest-bucket counts this node saw, by bucket (see
+    /// `GuestKv::recounted`).
+    recounts: Mutex<std::collections::HashMap<String, Recount>>,
+}
+
+/// A full key count as one node saw it.
+#[derive(Debug)]
+struct Recount {
+    /// The count's revision.
+    revision: u64,
+    /// Since when this node has seen that revision.
+    since: std::time::Instant,
+    /// When this node last recounted the bucket.
+    done: Option<std::time::Instant>,
 }
 
 /// One node's handle on the cluster. Cheap to clone.
@@ -494,7 +509,15 @@ impl Cluster {
         let deliveries =
             ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
         let logs = ensure_stream(js, logs::logs_config(options, replicas), explicit).await?;
-        let calls = ensure_stream(js, logs::calls_config(replicas), explicit).await?;
+        // Recent calls are no one's data (as traces): one replica, and a
+        // stream that cannot be made costs the list, never readiness.
+        let calls = match ensure_stream(js, logs::calls_config(), explicit).await {
+            Ok(stream) => Some(stream),
+            Err(reason) => {
+                tracing::warn!(%reason, "the recent-calls stream is not there; each node lists its own calls");
+                None
+            }
+        };
         ensure_stream(
             js,
             invocations::invocations_config(options, replicas),
@@ -524,6 +547,7 @@ impl Cluster {
                 .unwrap_or(replicas)
         };
         let mut buckets = Vec::new();
+        let mut guest_ttls = false;
         for bucket in Bucket::ALL {
             // A lease lapses unless its node renews it; an invocation's
             // record once its retention passed.
@@ -554,7 +578,21 @@ impl Cluster {
                     .map_err(|e| format!("creating bucket {}: {e}", bucket.name()))?,
             };
             if bucket == Bucket::GuestKv {
-                allow_message_ttls(js, bucket.name()).await?;
+                // Without TTLs a delete leaves its marker for good: worse,
+                // but no reason to keep the node from serving.
+                guest_ttls = match allow_message_ttls(js, bucket.name()).await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        tracing::warn!(
+                            "the NATS servers do not take message TTLs (2.11 or later does): deleted guest keys leave markers for good"
+                        );
+                        false
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "could not let guest data expire deleted keys' markers; they stay for good");
+                        false
+                    }
+                };
             }
             buckets.push((bucket, kv));
         }
@@ -576,6 +614,7 @@ impl Cluster {
             deliveries,
             logs,
             calls,
+            guest_ttls,
             traces,
             buckets,
             blobs,
@@ -584,11 +623,11 @@ impl Cluster {
     }
 }
 
-/// Sets the `max_age` of key-value bucket `bucket`'s stream to `max_age`
-/// if it has another (with its duplicate window, which may not exceed it).
 /// Lets `bucket`'s stream take per-message TTLs (a delete's expiring
-/// marker, see [`Catalog::purge`]); once set it stays (NATS 2.11+).
-async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<(), String> {
+/// marker, see [`Catalog::purge`]); once set it stays. True if the stream
+/// takes them, as read back (a server older than 2.11 ignores the
+/// setting).
+async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<bool, String> {
     let name = format!("KV_{bucket}");
     let mut stream = js
         .get_stream(&name)
@@ -602,13 +641,17 @@ async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<(),
         .clone();
     if !config.allow_message_ttl {
         config.allow_message_ttl = true;
-        js.update_stream(&config)
+        let updated = js
+            .update_stream(&config)
             .await
             .map_err(|e| format!("updating stream {name}: {e}"))?;
+        return Ok(updated.config.allow_message_ttl);
     }
-    Ok(())
+    Ok(true)
 }
 
+/// Sets the `max_age` of key-value bucket `bucket`'s stream to `max_age`
+/// if it has another (with its duplicate window, which may not exceed it).
 async fn align_max_age(
     js: &jetstream::Context,
     bucket: &str,
@@ -857,6 +900,11 @@ impl Contention {
 }
 
 impl Cluster {
+    /// Whether deleted guest keys' markers expire (see [`Catalog::purge`]).
+    pub(crate) fn guest_ttls(&self) -> bool {
+        self.layout().is_ok_and(|layout| layout.guest_ttls)
+    }
+
     /// Pacing for one compare-and-set write on a contended key.
     pub fn contention(&self) -> Contention {
         Contention::new(self.inner.options.request_timeout)

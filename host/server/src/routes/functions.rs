@@ -293,10 +293,18 @@ async fn function_invocations(
         return Err(ApiError::function_not_found(&name));
     }
     if let Some(cluster) = state.functions.cluster() {
-        let recent: Vec<serde_json::Value> = (cluster.recent_calls(&name).await?.iter())
-            .filter_map(|record| serde_json::from_slice(record).ok())
-            .collect();
-        return Ok(axum::Json(json!({"invocations": recent})).into_response());
+        // The node's own calls when the cluster's list cannot be read.
+        match cluster.recent_calls(&name).await {
+            Ok(records) => {
+                let recent: Vec<serde_json::Value> = (records.iter())
+                    .filter_map(|record| serde_json::from_slice(record).ok())
+                    .collect();
+                return Ok(axum::Json(json!({"invocations": recent})).into_response());
+            }
+            Err(error) => {
+                tracing::debug!(function = %name, %error, "the cluster's recent calls not read; this node's own listed");
+            }
+        }
     }
     let recent = state.functions.recent(&name);
     Ok(axum::Json(json!({"invocations": recent})).into_response())
