@@ -273,6 +273,26 @@ impl Catalog {
         self.last_values(prefix, false, each).await
     }
 
+    /// How many keys under `prefix` the bucket holds a message for: live
+    /// ones and deleted ones whose marker has not expired yet (from the
+    /// stream's per-subject counts).
+    pub async fn subjects_under(&self, prefix: &str) -> Result<u64, StoreError> {
+        use futures::TryStreamExt;
+        connected(&self.client, self.timeout).await?;
+        let filter = format!("{}{prefix}>", self.kv.prefix);
+        let count = async {
+            let subjects = self.kv.stream.info_with_subjects(filter).await?;
+            subjects
+                .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                .await
+        };
+        match tokio::time::timeout(self.timeout, count).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.unavailable("list", prefix, &e)),
+            Err(_) => Err(self.unanswered("list", prefix)),
+        }
+    }
+
     /// The last message of every subject under `prefix`, live ones only,
     /// through an ordered consumer that is removed once read.
     async fn last_values(

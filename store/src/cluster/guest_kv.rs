@@ -22,8 +22,8 @@
 //! overwrite; only a different new key written at that moment, at the
 //! limit, can be refused early. Reads go to the bucket's leader, so a value
 //! written through one node is read back through any other. A delete purges
-//! the key and leaves a marker that expires after a second (on NATS 2.11 or
-//! later), so deleted keys take no room for good.
+//! the key and leaves a marker that expires after 30 seconds (on NATS 2.11
+//! or later), so deleted keys take no room for good.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -35,8 +35,10 @@ use crate::{KvError, StoreError};
 pub const GUEST_KV_BUCKET: &str = "sluice_guest_kv";
 
 /// How long a deleted key's marker stays in the bucket (then the key leaves
-/// no trace: nothing watches guest data, so no one needs to see it).
-const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// no trace: nothing watches guest data). Far longer than a delete takes
+/// to give its place in the count back, so that a recount, which counts
+/// markers as keys, never counts a key gone whose place is still taken.
+const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What headers and the subject add to a value in one publish, kept free of
 /// the servers' `max_payload`.
@@ -393,7 +395,10 @@ impl GuestKv {
             }
             entry.done = Some(now);
         }
-        let live = kv.keys_under(&data_prefix(bucket)?).await?.len() as u64;
+        // Deleted keys whose marker is still there count too: a delete
+        // gives its place back only after its purge, and the marker
+        // outlives that by far.
+        let live = kv.subjects_under(&data_prefix(bucket)?).await?;
         let stored = parse_count(&count.value);
         if live >= stored {
             return Ok(false);
