@@ -1253,7 +1253,7 @@ fn show_traces(answer: &serde_json::Value) {
         }
         for attempt in trace["attempts"].as_array().into_iter().flatten() {
             let mut line = format!(
-                "  {} {:<24} attempt {} {} after {:.1} ms",
+                "  {} {:<24} attempt {} {}, ran {:.1} ms",
                 plain(&attempt["start"]),
                 plain(&attempt["trigger"]),
                 attempt["attempt"],
