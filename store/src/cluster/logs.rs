@@ -75,16 +75,26 @@ fn calls_subject(function: &str) -> Result<String, StoreError> {
     Ok(format!("{CALLS_SUBJECT}.{function}"))
 }
 
-/// Up to `limit` messages of `subject` in `stream` from sequence `start`,
-/// oldest first, with their stream sequences (an ordered consumer, removed
-/// after).
-async fn read_subject(
+/// One message [`read_ordered`] read.
+pub(super) struct Read {
+    /// Its stream sequence.
+    pub(super) seq: u64,
+    /// Its subject.
+    pub(super) subject: async_nats::Subject,
+    /// Its body.
+    pub(super) payload: bytes::Bytes,
+}
+
+/// Up to `limit` messages of `filter_subject` in `stream` as
+/// `deliver_policy` says, oldest first (an ordered consumer, removed
+/// after; at once when nothing is pending). The caller bounds it in time.
+pub(super) async fn read_ordered(
     cluster: &Cluster,
     stream: &stream::Stream,
-    subject: String,
-    start: u64,
+    filter_subject: String,
+    deliver_policy: DeliverPolicy,
     limit: usize,
-) -> Result<Vec<(u64, bytes::Bytes)>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Vec<Read>, Box<dyn std::error::Error + Send + Sync>> {
     let mut found = Vec::new();
     if limit == 0 {
         return Ok(found);
@@ -93,11 +103,9 @@ async fn read_subject(
         .create_consumer(push::OrderedConfig {
             deliver_subject: cluster.inner.client.new_inbox(),
             description: Some("sluice reader".to_owned()),
-            filter_subject: subject,
+            filter_subject,
             replay_policy: ReplayPolicy::Instant,
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start.max(1),
-            },
+            deliver_policy,
             ..Default::default()
         })
         .await?;
@@ -111,7 +119,11 @@ async fn read_subject(
         let message = message?;
         let info = message.info()?;
         let (seq, pending) = (info.stream_sequence, info.pending);
-        found.push((seq, message.payload.clone()));
+        found.push(Read {
+            seq,
+            subject: message.subject.clone(),
+            payload: message.payload.clone(),
+        });
         if pending == 0 || found.len() >= limit {
             break;
         }
@@ -176,15 +188,17 @@ impl Cluster {
             StoreError::Unavailable(format!("reading the logs of {function}: {e}"))
         };
         let read = async {
-            let messages = read_subject(self, &logs, subject, since.saturating_add(1), limit)
+            let start_sequence = since.saturating_add(1).max(1);
+            let policy = DeliverPolicy::ByStartSequence { start_sequence };
+            let messages = read_ordered(self, &logs, subject, policy, limit)
                 .await
                 .map_err(|e| unavailable(&e))?;
             let lines = messages
                 .into_iter()
-                .filter_map(|(seq, payload)| {
-                    let stored = serde_json::from_slice::<Stored>(&payload).ok()?;
+                .filter_map(|read| {
+                    let stored = serde_json::from_slice::<Stored>(&read.payload).ok()?;
                     Some(LogLine {
-                        seq,
+                        seq: read.seq,
                         time: stored.time.into_owned(),
                         invocation: stored.invocation.into_owned(),
                         stream: stored.stream.into_owned(),
@@ -228,9 +242,9 @@ impl Cluster {
         let unavailable = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("reading the recent calls of {function}: {e}"))
         };
-        let read = read_subject(self, &calls, subject, 1, RECENT_CALLS);
+        let read = read_ordered(self, &calls, subject, DeliverPolicy::All, RECENT_CALLS);
         match tokio::time::timeout(self.inner.options.request_timeout, read).await {
-            Ok(Ok(messages)) => Ok(messages.into_iter().rev().map(|(_, m)| m).collect()),
+            Ok(Ok(messages)) => Ok(messages.into_iter().rev().map(|m| m.payload).collect()),
             Ok(Err(e)) => Err(unavailable(&e)),
             Err(_) => Err(unavailable(&"JetStream did not answer in time")),
         }

@@ -18,10 +18,9 @@
 //! output is: a trace is not acknowledged data, and neither ingress nor a
 //! delivery waits on one. What the records hold is the router's business.
 
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream;
 use bytes::Bytes;
-use futures::StreamExt;
 
 use super::{Cluster, ClusterOptions, connected};
 use crate::StoreError;
@@ -195,41 +194,22 @@ impl Cluster {
         let unavailable =
             |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("reading traces: {e}"));
         let read = async {
-            let mut records = Vec::new();
-            let consumer = traces
-                .create_consumer(push::OrderedConfig {
-                    deliver_subject: self.inner.client.new_inbox(),
-                    description: Some("sluice trace reader".to_owned()),
-                    filter_subject,
-                    replay_policy: ReplayPolicy::Instant,
-                    deliver_policy,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let _remove = super::catalog::RemoveConsumer(Some((
-                traces.clone(),
-                consumer.cached_info().name.clone(),
-            )));
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(records);
-            }
-            let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| unavailable(&e))?;
-                let pending = message.info().map_err(|e| unavailable(&e))?.pending;
-                let mut tokens = message.subject.rsplitn(3, '.');
-                if let (Some(kind), Some(key)) = (tokens.next(), tokens.next()) {
-                    records.push(TraceRecord {
+            let messages =
+                super::logs::read_ordered(self, &traces, filter_subject, deliver_policy, MAX_READ)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            let records = messages
+                .into_iter()
+                .filter_map(|read| {
+                    let mut tokens = read.subject.rsplitn(3, '.');
+                    let (kind, key) = (tokens.next()?, tokens.next()?);
+                    Some(TraceRecord {
                         key: key.to_owned(),
                         kind: kind.to_owned(),
-                        payload: message.payload.clone(),
-                    });
-                }
-                if pending == 0 || records.len() >= MAX_READ {
-                    break;
-                }
-            }
+                        payload: read.payload,
+                    })
+                })
+                .collect();
             Ok(records)
         };
         match tokio::time::timeout(self.inner.options.request_timeout, read).await {
