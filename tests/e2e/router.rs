@@ -426,10 +426,11 @@ async fn a_full_backlog_answers_503_with_retry_after_and_takes_events_again_once
             "6",
         ])
         .await;
-    // Nothing takes the deliveries yet: they stay pending.
+    // Nothing takes the deliveries yet: they stay pending, waiting out a
+    // retry delay far longer than the test.
     for (name, broker) in [("stuck", "default"), ("stuck-side", "side")] {
         server
-            .trigger(json!({"name": name, "broker": broker, "filter": {"attributes": {"type": "t"}}, "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 100, "backoffDelay": "PT5S", "backoffPolicy": "linear"}}))
+            .trigger(json!({"name": name, "broker": broker, "filter": {"attributes": {"type": "t"}}, "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 100, "backoffDelay": "PT10M", "backoffPolicy": "linear"}}))
             .await;
     }
     let exact = backend == Backend::Embedded;
@@ -471,6 +472,19 @@ async fn a_full_backlog_answers_503_with_retry_after_and_takes_events_again_once
         body["error"]["message"].as_str().unwrap().to_owned()
     };
     assert!(message(&body).contains("at broker \"default\""), "{body}");
+    // The CLI says why, and when to try again.
+    let cli = std::process::Command::new(crate::harness::SLUICE)
+        .args(["event", "send", "--type", "t", "--source", "/cli"])
+        .env("SLUICE_URL", &server.url)
+        .env("SLUICE_TOKEN", server.admin_token())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("(backlog_full)") && stderr.contains("s (Retry-After)"),
+        "{stderr}"
+    );
     // An event no trigger matches adds nothing: taken.
     assert_eq!(server.send_event("unmatched", "other", &[], b"").await, 202);
     // The other broker still takes events while the whole is not full.
@@ -487,12 +501,20 @@ async fn a_full_backlog_answers_503_with_retry_after_and_takes_events_again_once
             .is_some_and(|n| *n >= 1.0),
         "{metrics:?}"
     );
-    // Drained (the triggers' deliveries end on delete): accepted again.
+    // Drained (a deleted trigger's deliveries end at once in embedded mode,
+    // and count no more in cluster mode, where they wait out their delay
+    // in the stream): accepted again.
     for name in ["stuck", "stuck-side"] {
         let (status, _) = server.delete(&format!("/v1/triggers/{name}")).await;
         assert_eq!(status, 200);
     }
-    eventually(Duration::from_secs(90), || async {
+    // A new trigger on the broker: its events count again, and are taken
+    // (the deleted ones' deliveries, still waiting out their delay in
+    // cluster mode, hold nothing back).
+    server
+        .trigger(json!({"name": "fresh", "broker": "default", "filter": {"attributes": {"type": "t"}}, "subscriber": {"uri": "http://127.0.0.1:9/"}, "delivery": {"retry": 0}}))
+        .await;
+    eventually(Duration::from_secs(30), || async {
         (post_to(&server, "default", "again").await.0 == 202).then_some(())
     })
     .await;

@@ -65,7 +65,7 @@ pub enum ClientError {
         /// The API's message and code, or the body.
         reason: String,
         /// What to do about it (empty, or a new line and advice).
-        hint: &'static str,
+        hint: String,
     },
 }
 
@@ -145,6 +145,11 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = response.bytes().await.unwrap_or_default();
         let reason = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -175,6 +180,18 @@ impl Client {
             }
             _ => "",
         };
+        let mut hint = hint.to_owned();
+        if let Some(after) = retry_after {
+            // A refusal for now (backlog full, store or cluster busy), in
+            // seconds or as an HTTP date.
+            let when = match after.parse::<u64>() {
+                Ok(seconds) => format!("in {seconds} s"),
+                Err(_) => format!("after {after}"),
+            };
+            hint.push_str(&format!(
+                "\nthe server asks to try again {when} (Retry-After)"
+            ));
+        }
         Err(ClientError::Api {
             status,
             reason,

@@ -634,16 +634,21 @@ impl Router {
     /// the ingress bounds.
     async fn backlog_loop(self: Arc<Self>) {
         let link = self.link();
+        // Until the triggers are loaded every delivery would look like a
+        // deleted trigger's.
+        link.synced().await;
         loop {
             match link.cluster.queued_deliveries().await {
                 Ok(read) => {
-                    let mut queued = Queued {
-                        total: read.total,
-                        ..Queued::default()
-                    };
+                    let mut queued = Queued::default();
                     for (trigger, count) in read.by_trigger {
-                        // A deleted trigger's deliveries count in all only.
+                        // A deleted trigger's deliveries (which can wait
+                        // out a long retry delay before they are dead
+                        // lettered) bound nothing: JetStream cannot bring
+                        // them forward as embedded mode does, and they
+                        // would hold other triggers' events back.
                         if let Some(trigger) = self.trigger(&trigger) {
+                            queued.total += count;
                             *queued.by_broker.entry(trigger.broker.clone()).or_default() += count;
                         }
                     }

@@ -74,11 +74,9 @@ pub(super) fn deliveries_config(
 }
 
 /// What the work queue holds: every delivery not yet finished (waiting,
-/// held by a node, or waiting out a retry's delay), in all and by trigger.
+/// held by a node, or waiting out a retry's delay), by trigger.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueuedDeliveries {
-    /// All of them.
-    pub total: u64,
     /// By trigger (dead letters' forwardings count to their trigger).
     pub by_trigger: std::collections::HashMap<String, u64>,
 }
@@ -290,7 +288,6 @@ impl Cluster {
                 .await?;
             while let Some((subject, count)) = subjects.next().await.transpose()? {
                 let count = count as u64;
-                queued.total += count;
                 // sluice.deliveries.<shard>.<trigger>
                 if let Some(trigger) = subject
                     .strip_prefix(DELIVERIES_SUBJECT)
