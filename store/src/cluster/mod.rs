@@ -628,6 +628,34 @@ impl Cluster {
 /// takes them, as read back (a server older than 2.11 ignores the
 /// setting).
 async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<bool, String> {
+    // Nodes started together race to make and update the bucket's stream,
+    // and an update while its replicas form can time out: read it again
+    // and retry a few times before giving up.
+    // The retries take at most TTL_SETUP_BUDGET in all: without TTLs the
+    // node still serves.
+    let retried = async {
+        let mut failures = 0;
+        loop {
+            match allow_message_ttls_once(js, bucket).await {
+                Err(reason) if failures < 4 => {
+                    failures += 1;
+                    tracing::debug!(%reason, "letting guest data expire markers; retried");
+                    tokio::time::sleep(Duration::from_millis(500 * failures)).await;
+                }
+                done => return done,
+            }
+        }
+    };
+    tokio::time::timeout(TTL_SETUP_BUDGET, retried)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {TTL_SETUP_BUDGET:?}")))
+}
+
+/// How long a node tries, at start, to let guest data's stream take
+/// message TTLs.
+const TTL_SETUP_BUDGET: Duration = Duration::from_secs(8);
+
+async fn allow_message_ttls_once(js: &jetstream::Context, bucket: &str) -> Result<bool, String> {
     let name = format!("KV_{bucket}");
     let mut stream = js
         .get_stream(&name)

@@ -19,6 +19,8 @@ use crate::StoreError;
 
 /// How often a node renews its lease.
 pub const LEASE_EVERY: Duration = Duration::from_secs(3);
+/// How soon a node tries again to renew a lease it could not.
+const LEASE_RETRY: Duration = Duration::from_millis(250);
 /// How long a lease outlives its last renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -102,16 +104,21 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             let value = Bytes::from(serde_json::to_vec(&node).expect("node info serializes"));
-            let mut every = tokio::time::interval(LEASE_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                every.tick().await;
-                let Ok(nodes) = cluster.catalog(Bucket::Nodes) else {
-                    continue;
+                let renewed = match cluster.catalog(Bucket::Nodes) {
+                    Ok(nodes) => match nodes.put(&node.id, value.clone(), Expect::Any).await {
+                        Ok(_) => true,
+                        Err(error) => {
+                            tracing::debug!(%error, "could not renew this node's lease");
+                            false
+                        }
+                    },
+                    // The layout is still being made (at start).
+                    Err(_) => false,
                 };
-                if let Err(error) = nodes.put(&node.id, value.clone(), Expect::Any).await {
-                    tracing::debug!(%error, "could not renew this node's lease");
-                }
+                // Not renewed: again soon, so that a node starting (or
+                // back from an outage) is listed within a moment.
+                tokio::time::sleep(if renewed { LEASE_EVERY } else { LEASE_RETRY }).await;
             }
         })
     }
