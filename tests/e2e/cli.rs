@@ -1,6 +1,7 @@
 //! The `sluice` CLI against a real server.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use sluice_test_artifacts as guests;
 
@@ -73,6 +74,44 @@ async fn deploy_list_invoke_delete_round_trip(backend: Backend) {
         &["fn", "invoke", "hello", "--data", "ignored"],
     ));
     assert!(invoked.starts_with("Hi! You asked for /"), "{invoked}");
+    // `fn get` lists the recent calls, times in RFC 3339 (a call is
+    // recorded as its response body ends, which can be just after).
+    let mut got = String::new();
+    for _ in 0..100 {
+        got = stdout(&sluice(&server, &["fn", "get", "hello"]));
+        if !got.contains("recent     none") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (scope, node) = match backend {
+        Backend::Embedded => ("since this server started", false),
+        // Every node's calls, each naming its node.
+        Backend::Nats => ("through every node", true),
+    };
+    assert!(
+        got.contains(&format!("recent     1 of the last 1 invocations, {scope}")),
+        "{got}"
+    );
+    let call = got.lines().last().unwrap();
+    assert!(
+        call.trim_start().starts_with("20")
+            && call.contains("Z ok")
+            && call.contains(" on ") == node,
+        "{got}"
+    );
+    // `status` prints the cluster's part in cluster mode (the node's
+    // lease is written within a moment of the layout being made).
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = stdout(&sluice(&server, &["status"]));
+        if !node || status.contains("\nnodes       1 live\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status.contains("\njetstream   healthy\n"), node, "{status}");
+    assert_eq!(status.contains("\nnodes       1 live\n"), node, "{status}");
 
     // Settings: `fn update` changes the named ones; a redeploy keeps them.
     let updated = stdout(&sluice(
@@ -268,7 +307,7 @@ async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
     assert_eq!(got[0].ce("subject").as_deref(), Some("s p a c e"));
     assert_eq!(got[0].body, br#"{"n":1}"#);
 
-    let letters = crate::harness::eventually(std::time::Duration::from_secs(10), || async {
+    let letters = crate::harness::eventually(Duration::from_secs(10), || async {
         let out = stdout(&sluice(
             &server,
             &["deadletter", "list", "--trigger", "jobs"],
@@ -596,7 +635,7 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Structured mode, and a batch from a file.
     let sent = stdout(&sluice(
@@ -681,7 +720,7 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
     assert_eq!(structured.body, br#"{"sku":"A1"}"#);
 
     // The watcher printed each accepted event as one JSON line.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     watch.kill().unwrap();
     let output = watch.wait_with_output().unwrap();
     let lines = String::from_utf8_lossy(&output.stdout);
@@ -843,7 +882,7 @@ spec:
         )
         .await;
     assert_eq!(status, 202);
-    crate::harness::eventually(std::time::Duration::from_secs(10), || async {
+    crate::harness::eventually(Duration::from_secs(10), || async {
         let (_, recent) = server.get("/v1/functions/my-service/invocations").await;
         let recent: serde_json::Value = serde_json::from_str(&recent).unwrap();
         (!recent["invocations"].as_array().unwrap().is_empty()).then_some(())

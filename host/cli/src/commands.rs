@@ -280,18 +280,42 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                println!(
-                    "recent     {} invocations since the server started",
-                    calls.len()
-                );
-                for call in calls.iter().take(10) {
+                // In cluster mode every record names the node that ran it.
+                let cluster = calls.iter().any(|call| call["node"].is_string());
+                let shown = calls.len().min(10);
+                if calls.is_empty() {
+                    println!("recent     none");
+                } else {
                     println!(
-                        "  {} {:<16} {:>9.2} ms {}",
-                        call["time_ms"],
+                        "recent     {shown} of the last {} invocations, {}",
+                        calls.len(),
+                        if cluster {
+                            "through every node"
+                        } else {
+                            "since this server started"
+                        }
+                    );
+                }
+                for call in calls.iter().take(shown) {
+                    let time = call["time_ms"]
+                        .as_u64()
+                        .map(|ms| {
+                            humantime::format_rfc3339_millis(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                            )
+                            .to_string()
+                        })
+                        .unwrap_or_default();
+                    let mut line = format!(
+                        "  {time} {:<16} {:>9.2} ms {:<4}",
                         call["outcome"].as_str().unwrap_or_default(),
                         call["duration_us"].as_f64().unwrap_or(0.0) / 1000.0,
-                        if call["cold"] == true { "cold" } else { "" }
+                        if call["cold"] == true { "cold" } else { "warm" }
                     );
+                    if let Some(node) = call["node"].as_str() {
+                        line.push_str(&format!(" on {node}"));
+                    }
+                    println!("{line}");
                 }
             })
         }
@@ -1028,8 +1052,66 @@ pub async fn run_status(args: ClientArgs) -> anyhow::Result<()> {
         println!("pending     {} deliveries", s["deliveries_pending"]);
         println!("dead        {} dead letters", s["dead_letters"]);
         println!("in flight   {} requests", s["requests_in_flight"]);
+        if s["cluster"].is_object() {
+            show_cluster_status(&s["cluster"]);
+        }
         println!("dashboard   {}/ui/", client.base);
     })
+}
+
+/// The cluster part of `sluice status`: this node, the live ones,
+/// JetStream's health and the backlog.
+fn show_cluster_status(cluster: &serde_json::Value) {
+    println!("node        {}", plain(&cluster["node"]));
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    match cluster["nodes_error"].as_str() {
+        Some(error) => println!("nodes       not read: {error}"),
+        None => println!("nodes       {} live", nodes.len()),
+    }
+    for node in &nodes {
+        println!(
+            "  {:<24} {:<22} sluice {:<10} since {}",
+            plain(&node["name"]),
+            plain(&node["listen"]),
+            plain(&node["version"]),
+            plain(&node["started"])
+        );
+    }
+    let jetstream = &cluster["jetstream"];
+    if jetstream["healthy"] == true {
+        println!("jetstream   healthy");
+    } else {
+        println!(
+            "jetstream   NOT healthy: {}",
+            jetstream["reason"].as_str().unwrap_or("no reason given")
+        );
+    }
+    for stream in ["events", "deliveries"] {
+        let state = &jetstream[stream];
+        if !state.is_object() {
+            continue;
+        }
+        let mut line = format!(
+            "  {stream:<11} {} messages, {} bytes, {} replicas",
+            state["messages"], state["bytes"], state["replicas"]
+        );
+        if let Some(leader) = state["leader"].as_str() {
+            // The leader is one replica; the others are its followers.
+            line.push_str(&format!(
+                " (leader {leader}, {} of {} followers current)",
+                state["replicas_current"],
+                state["replicas"].as_u64().unwrap_or(1).saturating_sub(1)
+            ));
+        }
+        println!("{line}");
+    }
+    let backlog = &jetstream["backlog"];
+    if backlog.is_object() {
+        println!(
+            "backlog     {} events to fan out, {} deliveries waiting, {} held by nodes",
+            backlog["events_to_fan_out"], backlog["deliveries_waiting"], backlog["deliveries_held"]
+        );
+    }
 }
 
 /// A JSON value as text: strings without quotes.
