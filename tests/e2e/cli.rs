@@ -635,6 +635,13 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let watch_text = Command::new(SLUICE)
+        .args(["event", "watch"])
+        .env("SLUICE_URL", &server.url)
+        .env("SLUICE_TOKEN", server.admin_token())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Structured mode, and a batch from a file.
@@ -732,6 +739,28 @@ async fn trigger_dialects_files_structured_events_direct_calls_and_the_live_stre
             .lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "{lines}"
+    );
+    // In text, a line each: the time, what happened, the event and its
+    // triggers.
+    let mut watch_text = watch_text;
+    watch_text.kill().unwrap();
+    let output = watch_text.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let accepted = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("accepted       default      {id} (type order")))
+            .unwrap_or_else(|| panic!("{id} accepted in {text}"))
+            .to_owned()
+    };
+    let s1 = accepted("s-1");
+    assert!(s1.starts_with("20") && s1.contains("Z accepted"), "{text}");
+    assert!(
+        s1.contains("source /shop): matched ") && s1.contains("copy"),
+        "{text}"
+    );
+    assert!(
+        accepted("b-2").ends_with("source /test): no trigger matched"),
+        "{text}"
     );
 
     // A direct call: method, path, headers, and the head with -i.

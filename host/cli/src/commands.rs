@@ -299,12 +299,7 @@ pub async fn run_function_command(command: FunctionCommand) -> anyhow::Result<()
                 for call in calls.iter().take(shown) {
                     let time = call["time_ms"]
                         .as_u64()
-                        .map(|ms| {
-                            humantime::format_rfc3339_millis(
-                                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                            )
-                            .to_string()
-                        })
+                        .map(unix_ms_text)
                         .unwrap_or_default();
                     let mut line = format!(
                         "  {time} {:<16} {:>9.2} ms {:<4}",
@@ -705,7 +700,7 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
                         }
                         let line = match client.output {
                             Output::Json | Output::Yaml => format!("{}\n", data.trim()),
-                            Output::Text => format!("{kind:<14} {}\n", data.trim()),
+                            Output::Text => stream_entry_text(&kind, data.trim(), &entry),
                         };
                         emit(&mut stdout, line.as_bytes())?;
                     }
@@ -714,6 +709,48 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One entry of the live stream as a line of text: when, what, the
+/// event, and its triggers or its delivery.
+fn stream_entry_text(kind: &str, data: &str, entry: &serde_json::Value) -> String {
+    if !entry.is_object() {
+        // `lagged` (how many were missed) or something newer than this CLI.
+        return format!("{kind:<14} {data}\n");
+    }
+    let mut line = format!(
+        "{} {kind:<14} {:<12} {} (type {}, source {})",
+        entry["time_ms"]
+            .as_u64()
+            .map(unix_ms_text)
+            .unwrap_or_default(),
+        plain(&entry["broker"]),
+        plain(&entry["id"]),
+        plain(&entry["type"]),
+        plain(&entry["source"]),
+    );
+    if let Some(matched) = entry["matched"].as_array() {
+        let names: Vec<String> = matched.iter().map(plain).collect();
+        if names.is_empty() {
+            line.push_str(": no trigger matched");
+        } else {
+            line.push_str(&format!(": matched {}", names.join(", ")));
+        }
+    }
+    if let Some(trigger) = entry["trigger"].as_str() {
+        line.push_str(&format!(
+            ": trigger {trigger}, attempt {}",
+            entry["attempt"]
+        ));
+    }
+    line.push('\n');
+    line
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, with milliseconds).
+fn unix_ms_text(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 /// What [`event_request`] builds a request of.
