@@ -533,7 +533,10 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                 .put(client.url(&format!("/v1/triggers/{name}")))
                 .json(&body);
             let trigger: serde_json::Value = client.send(request).await?.json().await?;
-            print_json(&trigger)
+            client.show(&trigger, |t| {
+                println!("stored trigger {name}");
+                show_trigger(t);
+            })
         }
         TriggerCommand::List { client } => {
             let client = Client::new(&client);
@@ -574,22 +577,7 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
         TriggerCommand::Get { name, client } => {
             let client = Client::new(&client);
             let t = client.get(&format!("/v1/triggers/{name}")).await?;
-            client.show(&t, |t| {
-                for key in [
-                    "name",
-                    "broker",
-                    "subscriber",
-                    "filter",
-                    "filters",
-                    "delivery",
-                    "stats",
-                ] {
-                    if !t[key].is_null() {
-                        println!("{key:<10} {}", plain(&t[key]));
-                    }
-                }
-                println!("status     {}", readiness(t));
-            })
+            client.show(&t, show_trigger)
         }
         TriggerCommand::Delete { name, client } => {
             let client = Client::new(&client);
@@ -1157,6 +1145,24 @@ fn plain(value: &serde_json::Value) -> String {
         serde_json::Value::String(text) => text.clone(),
         other => other.to_string(),
     }
+}
+
+/// A trigger's fields, a line each, and its readiness.
+fn show_trigger(t: &serde_json::Value) {
+    for key in [
+        "name",
+        "broker",
+        "subscriber",
+        "filter",
+        "filters",
+        "delivery",
+        "stats",
+    ] {
+        if !t[key].is_null() {
+            println!("{key:<10} {}", plain(&t[key]));
+        }
+    }
+    println!("status     {}", readiness(t));
 }
 
 fn readiness(trigger: &serde_json::Value) -> String {
