@@ -423,6 +423,18 @@ async fn status_completions_and_helpful_messages() {
             .unwrap(),
     );
     assert!(bad_url.contains("is not a server URL"), "{bad_url}");
+    // The client flags go before the command too.
+    let before = stdout(
+        &Command::new(SLUICE)
+            .args(["--server", &server.url, "--token", server.admin_token()])
+            .args(["-o", "json", "status"])
+            .env_remove("SLUICE_URL")
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .unwrap(),
+    );
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(before["functions"], 1, "{before}");
 }
 
 /// The CLI command behind each operation of the API, by the document the

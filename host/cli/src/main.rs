@@ -58,9 +58,41 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The flags every client command takes (`ClientArgs`), with a value.
+const CLIENT_FLAGS: &[&str] = &["--server", "--token", "--data-dir", "--output", "-o"];
+
+/// Moves client flags given before the command (`sluice --server URL fn
+/// list`) after it, where clap parses them: each command has its own.
+fn hoist_client_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args = args.into_iter();
+    let mut out: Vec<_> = args.next().into_iter().collect();
+    let mut hoisted = Vec::new();
+    let mut rest = args.peekable();
+    while let Some(arg) = rest.peek() {
+        let text = arg.to_string_lossy();
+        let with_value = CLIENT_FLAGS.contains(&&*text);
+        let joined = CLIENT_FLAGS
+            .iter()
+            .any(|flag| flag.starts_with("--") && text.starts_with(&format!("{flag}=")));
+        if !with_value && !joined {
+            break;
+        }
+        hoisted.push(rest.next().expect("peeked"));
+        if with_value {
+            match rest.next() {
+                Some(value) => hoisted.push(value),
+                None => break,
+            }
+        }
+    }
+    out.extend(rest);
+    out.extend(hoisted);
+    out
+}
+
 fn main() -> std::process::ExitCode {
     sluice_runtime::allocator::configure();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_client_flags(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,5 +162,54 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hoist_client_flags;
+
+    fn hoist(args: &[&str]) -> Vec<String> {
+        hoist_client_flags(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn client_flags_before_the_command_go_after_it() {
+        assert_eq!(
+            hoist(&[
+                "sluice",
+                "--server",
+                "http://h:1",
+                "-o",
+                "json",
+                "fn",
+                "get",
+                "x"
+            ]),
+            [
+                "sluice",
+                "fn",
+                "get",
+                "x",
+                "--server",
+                "http://h:1",
+                "-o",
+                "json"
+            ]
+        );
+        assert_eq!(
+            hoist(&["sluice", "--token=t", "trigger", "delete", "a"]),
+            ["sluice", "trigger", "delete", "a", "--token=t"]
+        );
+        // After the command, or anything else first: left as it is.
+        let as_is = ["sluice", "fn", "list", "--server", "u"];
+        assert_eq!(hoist(&as_is), as_is);
+        let as_is = ["sluice", "--help", "--server", "u"];
+        assert_eq!(hoist(&as_is), as_is);
+        // A flag without its value: clap says so.
+        assert_eq!(hoist(&["sluice", "--server"]), ["sluice", "--server"]);
     }
 }
