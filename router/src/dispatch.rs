@@ -2301,6 +2301,7 @@ impl Router {
 mod cluster;
 mod schedules;
 mod trace;
+pub use cluster::Definition;
 pub use schedules::Mark;
 pub use trace::{Misses, Trace, TraceAttempt, TraceDeadLetter};
 #[cfg(test)]

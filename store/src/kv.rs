@@ -187,6 +187,25 @@ impl Store {
         Ok((keys, next))
     }
 
+    /// Every key of every bucket with its value, in order: `(bucket, key,
+    /// value)` (for `sluice migrate`).
+    pub fn kv_entries(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        for entry in self.kv.iter() {
+            let (full, value) = entry?;
+            // `<bucket>\0<key>`: a bucket name never holds a NUL.
+            let Some(split) = full.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            entries.push((
+                String::from_utf8_lossy(&full[..split]).into_owned(),
+                String::from_utf8_lossy(&full[split + 1..]).into_owned(),
+                value.to_vec(),
+            ));
+        }
+        Ok(entries)
+    }
+
     /// Number of keys in `bucket`.
     pub fn kv_count(&self, bucket: &str) -> Result<u64> {
         Ok(count_of(self.kv_counts.get(bucket.as_bytes())?))

@@ -724,14 +724,15 @@ async fn a_full_events_stream_refuses_with_the_reason_and_keeps_what_it_has() {
 
 /// A node started with another invocation retention or de-duplication
 /// window brings the existing bucket's age limit and the events stream's
-/// duplicate window to its own.
+/// duplicate window to its own; one that keeps the layout does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_layout_takes_a_later_nodes_retention_and_dedupe_window() {
     let nats = Nats::single();
-    let started = |retention: u64, window: u64| {
+    let started = |retention: u64, window: u64, keep_layout: bool| {
         let urls = nats.urls();
         async move {
             let mut options = ClusterOptions::new(urls);
+            options.keep_layout = keep_layout;
             options.invocation_retention = Duration::from_secs(retention);
             options.dedupe_window = Duration::from_secs(window);
             options.request_timeout = Duration::from_secs(3);
@@ -752,12 +753,18 @@ async fn an_existing_layout_takes_a_later_nodes_retention_and_dedupe_window() {
             (max_age, window)
         }
     };
-    drop(started(600, 600).await);
+    drop(started(600, 600, false).await);
     assert_eq!(
         read().await,
         (Duration::from_secs(600), Duration::from_secs(600))
     );
-    drop(started(1800, 60).await);
+    drop(started(1800, 60, false).await);
+    assert_eq!(
+        read().await,
+        (Duration::from_secs(1800), Duration::from_secs(60))
+    );
+    // A tool that keeps the layout (`sluice migrate`) changes neither.
+    drop(started(7200, 30, true).await);
     assert_eq!(
         read().await,
         (Duration::from_secs(1800), Duration::from_secs(60))

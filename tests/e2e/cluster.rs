@@ -1014,3 +1014,127 @@ async fn asynchronous_invocations_are_one_queue_read_and_cancelled_through_any_n
     assert_eq!(done["response"]["body"], "slept 1500 ms", "{done}");
     assert_eq!(c.get("/v1/invocations/not-hex").await.0, 404);
 }
+
+/// `sluice migrate` of `data_dir` into `nats`: its stdout (it must succeed).
+fn migrate(data_dir: &std::path::Path, nats: &Nats) -> String {
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["migrate", "--data-dir"])
+        .arg(data_dir)
+        .args(["--nats", &nats.urls().join(",")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{:?}: {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
+    // What a one-machine deployment holds: a function with guest data, a
+    // broker, a trigger, a schedule and a token.
+    let mut old = Server::start();
+    old.deploy_ok("kv", guests::KV, "").await;
+    for n in 1..=3 {
+        assert_eq!(old.get("/fn/kv/incr/n").await, (200, n.to_string()));
+    }
+    let response = old
+        .http()
+        .put(old.url("/v1/brokers/orders"))
+        .json(&json!({"delivery": {"retry": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    old.trigger(json!({"name": "to-kv", "broker": "orders", "filter": {"attributes": {"type": "t"}}, "subscriber": {"function": "kv"}}))
+        .await;
+    let response = old
+        .http()
+        .put(old.url("/v1/schedules/yearly"))
+        .json(&json!({"schedule": "0 0 1 1 *", "sink": {"broker": "orders"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    let (status, made) = old
+        .post_json("/v1/tokens", json!({"name": "ci", "scope": "deploy"}))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let token = made["token"].as_str().unwrap().to_owned();
+    old.terminate();
+
+    // A running cluster node (its own data directory) sees it all once
+    // migrated, through its watches.
+    let nats = Nats::single();
+    let a = node(&nats, &[]);
+    ready(&a).await;
+    let first = migrate(old.data_dir(), &nats);
+    for line in [
+        "copied      broker orders",
+        "copied      function kv",
+        "copied      trigger to-kv",
+        "copied      schedule yearly",
+        "copied      token ",
+        "copied      1 guest keys",
+        "left behind the functions' logs",
+    ] {
+        assert!(first.contains(line), "{line:?} in {first}");
+    }
+    assert!(!first.contains("kept"), "{first}");
+    // The guest's data came along: the count goes on from 3.
+    let next = eventually(PATIENCE, || async {
+        let (status, body) = a.get("/fn/kv/incr/n").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(next, "4");
+    for path in [
+        "/v1/brokers/orders",
+        "/v1/triggers/to-kv",
+        "/v1/schedules/yearly",
+    ] {
+        let (status, body) = a.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, trigger) = a.get("/v1/triggers/to-kv").await;
+    let trigger: Value = serde_json::from_str(&trigger).unwrap();
+    assert_eq!(trigger["status"]["delivery"]["retry"], 2, "{trigger}");
+    // The token made on the old server works on the cluster.
+    let status = reqwest::Client::new()
+        .get(a.url("/v1/functions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // Again: nothing is copied twice, nothing the cluster changed since
+    // is overwritten.
+    assert_eq!(a.get("/fn/kv/incr/n").await, (200, "5".to_owned()));
+    let again = migrate(old.data_dir(), &nats);
+    assert!(!again.contains("copied "), "{again}");
+    for line in [
+        "kept        broker orders",
+        "kept        function kv (the cluster's v1)",
+        "kept        trigger to-kv",
+        "kept        schedule yearly",
+        "kept        1 guest keys",
+    ] {
+        assert!(again.contains(line), "{line:?} in {again}");
+    }
+    assert_eq!(a.get("/fn/kv/incr/n").await, (200, "6".to_owned()));
+}

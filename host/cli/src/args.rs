@@ -101,6 +101,30 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Copy an embedded data directory's functions, triggers, brokers,
+    /// schedules, tokens and guest data into a cluster (its server stopped;
+    /// names the cluster has already are kept as the cluster has them).
+    Migrate {
+        /// The embedded server's data directory.
+        #[arg(
+            long = "data-dir",
+            env = "SLUICE_DATA_DIR",
+            default_value = "sluice-data"
+        )]
+        data_dir: PathBuf,
+        /// The cluster's NATS URLs (comma-separated or repeated).
+        #[arg(
+            long = "nats",
+            env = "SLUICE_NATS_URL",
+            value_delimiter = ',',
+            value_name = "URL",
+            required = true
+        )]
+        nats: Vec<String>,
+        /// A NATS credentials file (.creds).
+        #[arg(long, env = "SLUICE_NATS_CREDS", value_name = "FILE")]
+        nats_creds: Option<PathBuf>,
+    },
     /// Print a shell completion script (`sluice completions bash > /etc/bash_completion.d/sluice`).
     Completions {
         /// The shell.

@@ -1084,6 +1084,35 @@ pub async fn run_status(args: ClientArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `sluice migrate`.
+pub async fn run_migrate(
+    data_dir: &std::path::Path,
+    nats: Vec<String>,
+    credentials: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mut options = sluice_server::ClusterOptions::new(nats);
+    options.credentials = credentials;
+    options.name = format!("sluice migrate pid {}", std::process::id());
+    let done = sluice_server::migrate::migrate(data_dir, options).await?;
+    for line in &done.copied {
+        println!("copied      {line}");
+    }
+    for line in &done.kept {
+        println!("kept        {line}: the cluster has one, left as it is");
+    }
+    for line in &done.failed {
+        println!("not copied  {line}");
+    }
+    for line in &done.left {
+        println!("left behind {line}");
+    }
+    if !done.failed.is_empty() {
+        bail!("{} could not be copied (listed above)", done.failed.len());
+    }
+    println!("done: every node of the cluster has it now; the data directory is as it was");
+    Ok(())
+}
+
 /// The cluster part of `sluice status`: this node, the live ones,
 /// JetStream's health and the backlog.
 fn show_cluster_status(cluster: &serde_json::Value) {

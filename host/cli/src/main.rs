@@ -144,6 +144,11 @@ fn main() -> std::process::ExitCode {
             Command::Apply { file, client } => commands::run_apply(&file, client).await,
             Command::Get { kind, client } => commands::run_get(kind, client).await,
             Command::Status { client } => commands::run_status(client).await,
+            Command::Migrate {
+                data_dir,
+                nats,
+                nats_creds,
+            } => commands::run_migrate(&data_dir, nats, nats_creds).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

@@ -23,6 +23,7 @@ pub mod invocations;
 pub mod limits;
 pub mod listener;
 pub mod middleware;
+pub mod migrate;
 pub mod openapi;
 pub mod replica;
 pub mod routes;

@@ -73,6 +73,17 @@ struct Queued {
     by_broker: HashMap<String, u64>,
 }
 
+/// A kind of definition the router keeps in the cluster's catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Definition {
+    /// A broker.
+    Broker,
+    /// A trigger.
+    Trigger,
+    /// A schedule.
+    Schedule,
+}
+
 /// How often a node reads the cluster's delivery backlog.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// A backlog read longer ago than this bounds nothing (the cluster is not
@@ -311,6 +322,19 @@ impl Router {
             Default::default(),
             Some(link),
         )
+    }
+
+    /// In cluster mode: whether the cluster holds the `kind` named `name`,
+    /// as the cluster says now (not this node's copy, which may not be
+    /// loaded: `sluice migrate` asks before it copies one in).
+    pub async fn cluster_has(&self, kind: Definition, name: &str) -> Result<bool, StoreError> {
+        let (bucket, key) = match kind {
+            Definition::Broker => (Bucket::Brokers, name.to_owned()),
+            Definition::Trigger => (Bucket::Triggers, name.to_owned()),
+            Definition::Schedule => (Bucket::Schedules, super::schedules::definition_key(name)),
+        };
+        let catalog = self.link().cluster.catalog(bucket)?;
+        Ok(catalog.get(&key).await?.is_some())
     }
 
     /// In cluster mode: `Ok` once the cluster answers and this node has

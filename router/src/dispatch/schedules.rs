@@ -158,7 +158,7 @@ fn parse(json: &[u8]) -> Result<Schedule, String> {
     Schedule::parse(&value, None).map_err(|e| format!("{}: {}", e.path, e.reason))
 }
 
-fn definition_key(name: &str) -> String {
+pub(super) fn definition_key(name: &str) -> String {
     format!("schedule.{name}")
 }
 

@@ -173,6 +173,11 @@ pub struct ClusterOptions {
     /// after writes whose outcome was unknown): far past the longest a
     /// reserved create or a delete's give-back can still be under way.
     pub kv_recount_after: Duration,
+    /// Binds to the streams and buckets that exist as they are, changing
+    /// none of their settings (for a tool such as `sluice migrate`, whose
+    /// defaults must not override the nodes' flags); missing ones are
+    /// made.
+    pub keep_layout: bool,
 }
 
 impl ClusterOptions {
@@ -196,6 +201,7 @@ impl ClusterOptions {
             trace_retention: Duration::from_secs(3_600),
             trace_max_bytes: 64 << 20,
             kv_recount_after: Duration::from_secs(60),
+            keep_layout: false,
         }
     }
 }
@@ -505,13 +511,26 @@ impl Cluster {
             ..Default::default()
         };
         let explicit = options.replicas.is_some();
-        let events = ensure_stream(js, events_config, explicit).await?;
-        let deliveries =
-            ensure_stream(js, queue::deliveries_config(options, replicas), explicit).await?;
-        let logs = ensure_stream(js, logs::logs_config(options, replicas), explicit).await?;
+        let events = ensure_stream(js, events_config, explicit, options.keep_layout).await?;
+        let deliveries = ensure_stream(
+            js,
+            queue::deliveries_config(options, replicas),
+            explicit,
+            options.keep_layout,
+        )
+        .await?;
+        let logs = ensure_stream(
+            js,
+            logs::logs_config(options, replicas),
+            explicit,
+            options.keep_layout,
+        )
+        .await?;
         // Recent calls are no one's data (as traces): one replica, and a
         // stream that cannot be made costs the list, never readiness.
-        let calls = match ensure_stream(js, logs::calls_config(), explicit).await {
+        let calls = match ensure_stream(js, logs::calls_config(), explicit, options.keep_layout)
+            .await
+        {
             Ok(stream) => Some(stream),
             Err(reason) => {
                 tracing::warn!(%reason, "the recent-calls stream is not there; each node lists its own calls");
@@ -522,13 +541,21 @@ impl Cluster {
             js,
             invocations::invocations_config(options, replicas),
             explicit,
+            options.keep_layout,
         )
         .await?;
         // Traces are no one's data: a stream that cannot be made (an
         // account's storage limit, a server refusing the config) costs the
         // traces, never the node's readiness.
         let traces = match self.traces_kept() {
-            true => match ensure_stream(js, traces::traces_config(options), explicit).await {
+            true => match ensure_stream(
+                js,
+                traces::traces_config(options),
+                explicit,
+                options.keep_layout,
+            )
+            .await
+            {
                 Ok(stream) => Some(stream),
                 Err(reason) => {
                     tracing::warn!(%reason, "the traces stream is not there; this node keeps no traces");
@@ -560,7 +587,7 @@ impl Cluster {
                 Ok(kv) => {
                     // Made by an older build or with another retention:
                     // the age limit becomes this node's.
-                    if !max_age.is_zero() {
+                    if !max_age.is_zero() && !options.keep_layout {
                         align_max_age(js, bucket.name(), max_age).await?;
                     }
                     kv
@@ -580,7 +607,8 @@ impl Cluster {
             if bucket == Bucket::GuestKv {
                 // Without TTLs a delete leaves its marker for good: worse,
                 // but no reason to keep the node from serving.
-                guest_ttls = match allow_message_ttls(js, bucket.name()).await {
+                guest_ttls = match allow_message_ttls(js, bucket.name(), options.keep_layout).await
+                {
                     Ok(true) => true,
                     Ok(false) => {
                         tracing::warn!(
@@ -627,7 +655,11 @@ impl Cluster {
 /// marker, see [`Catalog::purge`]); once set it stays. True if the stream
 /// takes them, as read back (a server older than 2.11 ignores the
 /// setting).
-async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<bool, String> {
+async fn allow_message_ttls(
+    js: &jetstream::Context,
+    bucket: &str,
+    read_only: bool,
+) -> Result<bool, String> {
     // Nodes started together race to make and update the bucket's stream,
     // and an update while its replicas form can time out: read it again
     // and retry a few times before giving up.
@@ -636,7 +668,7 @@ async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<boo
     let retried = async {
         let mut failures = 0;
         loop {
-            match allow_message_ttls_once(js, bucket).await {
+            match allow_message_ttls_once(js, bucket, read_only).await {
                 Err(reason) if failures < 4 => {
                     failures += 1;
                     tracing::debug!(%reason, "letting guest data expire markers; retried");
@@ -655,7 +687,11 @@ async fn allow_message_ttls(js: &jetstream::Context, bucket: &str) -> Result<boo
 /// message TTLs.
 const TTL_SETUP_BUDGET: Duration = Duration::from_secs(8);
 
-async fn allow_message_ttls_once(js: &jetstream::Context, bucket: &str) -> Result<bool, String> {
+async fn allow_message_ttls_once(
+    js: &jetstream::Context,
+    bucket: &str,
+    read_only: bool,
+) -> Result<bool, String> {
     let name = format!("KV_{bucket}");
     let mut stream = js
         .get_stream(&name)
@@ -667,7 +703,7 @@ async fn allow_message_ttls_once(js: &jetstream::Context, bucket: &str) -> Resul
         .map_err(|e| format!("reading stream {name}: {e}"))?
         .config
         .clone();
-    if !config.allow_message_ttl {
+    if !config.allow_message_ttl && !read_only {
         config.allow_message_ttl = true;
         let updated = js
             .update_stream(&config)
@@ -675,7 +711,7 @@ async fn allow_message_ttls_once(js: &jetstream::Context, bucket: &str) -> Resul
             .map_err(|e| format!("updating stream {name}: {e}"))?;
         return Ok(updated.config.allow_message_ttl);
     }
-    Ok(true)
+    Ok(config.allow_message_ttl)
 }
 
 /// Sets the `max_age` of key-value bucket `bucket`'s stream to `max_age`
@@ -712,9 +748,11 @@ async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
     explicit_replicas: bool,
+    keep_existing: bool,
 ) -> Result<stream::Stream, String> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
+        Ok(existing) if keep_existing => Ok(existing),
         Ok(mut existing) => {
             let info = existing
                 .info()
