@@ -1015,14 +1015,21 @@ async fn asynchronous_invocations_are_one_queue_read_and_cancelled_through_any_n
     assert_eq!(c.get("/v1/invocations/not-hex").await.0, 404);
 }
 
-/// `sluice migrate` of `data_dir` into `nats`: its stdout (it must succeed).
-fn migrate(data_dir: &std::path::Path, nats: &Nats) -> String {
-    let output = std::process::Command::new(crate::harness::SLUICE)
+/// `sluice migrate` of `data_dir` into `nats` with `extra` flags: its
+/// output.
+fn migrate_with(data_dir: &std::path::Path, nats: &Nats, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::harness::SLUICE)
         .args(["migrate", "--data-dir"])
         .arg(data_dir)
         .args(["--nats", &nats.urls().join(",")])
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `sluice migrate` of `data_dir` into `nats`: its stdout (it must succeed).
+fn migrate(data_dir: &std::path::Path, nats: &Nats, extra: &[&str]) -> String {
+    let output = migrate_with(data_dir, nats, extra);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -1036,12 +1043,16 @@ fn migrate(data_dir: &std::path::Path, nats: &Nats) -> String {
 #[tokio::test]
 async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
     // What a one-machine deployment holds: a function with guest data, a
-    // broker, a trigger, a schedule and a token.
-    let mut old = Server::start();
-    old.deploy_ok("kv", guests::KV, "").await;
+    // broker, a trigger, a schedule and a token (and its own admin token).
+    let mut old = Server::start_creating_admin_token();
+    old.deploy_ok("kv", guests::KV, "kv_bucket=team").await;
     for n in 1..=3 {
         assert_eq!(old.get("/fn/kv/incr/n").await, (200, n.to_string()));
     }
+    assert_eq!(
+        old.get("/fn/kv/incr/s?bucket=team").await,
+        (200, "1".to_owned())
+    );
     let response = old
         .http()
         .put(old.url("/v1/brokers/orders"))
@@ -1081,15 +1092,16 @@ async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
     let nats = Nats::single();
     let a = node(&nats, &[]);
     ready(&a).await;
-    let first = migrate(old.data_dir(), &nats);
+    let first = migrate(old.data_dir(), &nats, &[]);
     for line in [
         "copied      broker orders",
         "copied      function kv",
         "copied      trigger to-kv",
         "copied      schedule yearly",
         "copied      token ",
-        "copied      1 guest keys",
+        "copied      2 guest keys",
         "left behind the functions' logs",
+        "left behind the server's own admin token",
     ] {
         assert!(first.contains(line), "{line:?} in {first}");
     }
@@ -1101,40 +1113,68 @@ async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
     })
     .await;
     assert_eq!(next, "4");
+    assert_eq!(
+        a.get("/fn/kv/incr/s?bucket=team").await,
+        (200, "2".to_owned())
+    );
     for path in [
         "/v1/brokers/orders",
         "/v1/triggers/to-kv",
         "/v1/schedules/yearly",
     ] {
-        let (status, body) = a.get(path).await;
-        assert_eq!(status, 200, "{path}: {body}");
+        // Each through its own watch.
+        eventually(PATIENCE, || async {
+            (a.get(path).await.0 == 200).then_some(())
+        })
+        .await;
     }
     let (_, trigger) = a.get("/v1/triggers/to-kv").await;
     let trigger: Value = serde_json::from_str(&trigger).unwrap();
     assert_eq!(trigger["status"]["delivery"]["retry"], 2, "{trigger}");
-    // The token made on the old server works on the cluster.
-    let status = reqwest::Client::new()
-        .get(a.url("/v1/functions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+    // The token made on the old server works on the cluster; the old
+    // server's own admin token does not.
+    let status_with = |token: String| {
+        let url = a.url("/v1/functions");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status_with(token.clone()).await, 200);
+    assert_eq!(status_with(old.admin_token().to_owned()).await, 401);
 
-    // Again: nothing is copied twice, nothing the cluster changed since
-    // is overwritten.
+    // Again: refused (it would bring back what the cluster deleted since)
+    // unless asked; then nothing is copied twice, nothing the cluster
+    // changed since is overwritten.
     assert_eq!(a.get("/fn/kv/incr/n").await, (200, "5".to_owned()));
-    let again = migrate(old.data_dir(), &nats);
+    let refused = migrate_with(old.data_dir(), &nats, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("was migrated already"),
+        "{stderr}"
+    );
+    let again = migrate(old.data_dir(), &nats, &["--again"]);
     assert!(!again.contains("copied "), "{again}");
     for line in [
         "kept        broker orders",
         "kept        function kv (the cluster's v1)",
         "kept        trigger to-kv",
         "kept        schedule yearly",
+        // The cluster has the function: its data is the cluster's; a
+        // shared bucket's key the cluster has is its own too.
+        "left behind 1 guest keys of functions the cluster has already",
         "kept        1 guest keys",
     ] {
         assert!(again.contains(line), "{line:?} in {again}");
     }
     assert_eq!(a.get("/fn/kv/incr/n").await, (200, "6".to_owned()));
+    assert_eq!(
+        a.get("/fn/kv/incr/s?bucket=team").await,
+        (200, "3".to_owned())
+    );
 }

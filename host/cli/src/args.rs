@@ -124,6 +124,10 @@ pub enum Command {
         /// A NATS credentials file (.creds).
         #[arg(long, env = "SLUICE_NATS_CREDS", value_name = "FILE")]
         nats_creds: Option<PathBuf>,
+        /// Migrate a directory migrated before once more: copies what the
+        /// cluster lacks, including what it deleted since.
+        #[arg(long)]
+        again: bool,
     },
     /// Print a shell completion script (`sluice completions bash > /etc/bash_completion.d/sluice`).
     Completions {

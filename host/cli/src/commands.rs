@@ -1089,11 +1089,12 @@ pub async fn run_migrate(
     data_dir: &std::path::Path,
     nats: Vec<String>,
     credentials: Option<std::path::PathBuf>,
+    again: bool,
 ) -> anyhow::Result<()> {
     let mut options = sluice_server::ClusterOptions::new(nats);
     options.credentials = credentials;
     options.name = format!("sluice migrate pid {}", std::process::id());
-    let done = sluice_server::migrate::migrate(data_dir, options).await?;
+    let done = sluice_server::migrate::migrate(data_dir, options, again).await?;
     for line in &done.copied {
         println!("copied      {line}");
     }
@@ -1109,7 +1110,10 @@ pub async fn run_migrate(
     if !done.failed.is_empty() {
         bail!("{} could not be copied (listed above)", done.failed.len());
     }
-    println!("done: every node of the cluster has it now; the data directory is as it was");
+    println!(
+        "done: the cluster's nodes pick it up through their watches; nothing was deleted from {}",
+        data_dir.display()
+    );
     Ok(())
 }
 

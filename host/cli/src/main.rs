@@ -148,7 +148,8 @@ fn main() -> std::process::ExitCode {
                 data_dir,
                 nats,
                 nats_creds,
-            } => commands::run_migrate(&data_dir, nats, nats_creds).await,
+                again,
+            } => commands::run_migrate(&data_dir, nats, nats_creds, again).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

@@ -412,6 +412,14 @@ impl sluice_runtime::capabilities::outbound::CallPolicy for ScrubOwnTokens {
     }
 }
 
+/// The hash (hex, as tokens are stored) of the admin token `data_dir`'s
+/// server made for itself, if it made one.
+pub fn own_admin_hash(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(admin_token_path(data_dir))
+        .ok()
+        .map(|token| hex::encode(hash(token.trim())))
+}
+
 /// Where the admin token lives in a data directory.
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join(ADMIN_TOKEN_FILE)

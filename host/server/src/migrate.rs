@@ -3,11 +3,15 @@
 //! functions, triggers, brokers, schedules, tokens and guest data.
 //!
 //! It runs while the directory's server is stopped (sled's lock says so),
-//! and never replaces what the cluster already has: a name the cluster
-//! knows is kept as the cluster has it, and said. Run again, it copies
-//! nothing twice. What it cannot carry (pending deliveries, queued
+//! and never replaces what the cluster already has: every copy is a
+//! compare-and-set on absence, so a name the cluster knows (or that a node
+//! makes meanwhile) is kept as the cluster has it, and said. Guest data
+//! goes first, so a function is never live in the cluster without it.
+//! A directory migrated once says so (a file in it) and is refused again
+//! without `again`: a second run would bring back what the cluster
+//! deleted since. What it cannot carry (pending deliveries, queued
 //! invocations) makes it refuse before it writes anything; what it leaves
-//! behind (dead letters, logs, finished invocations) it counts.
+//! behind (dead letters, logs, finished invocations) it says.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,15 +19,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use sluice_router::broker::Broker;
 use sluice_router::dispatch::{
     Definition, DeliveryContext, DispatchLimits, Invoker, Outcome, Router,
 };
 use sluice_router::event::CloudEvent;
-use sluice_router::schedule::Schedule;
-use sluice_router::trigger::{Destination, Trigger};
-use sluice_store::cluster::{Bucket, Cluster, ClusterOptions, GuestKv};
-use sluice_store::{KvError, Store};
+use sluice_router::trigger::Destination;
+use sluice_store::cluster::{Cluster, ClusterOptions, GuestKv};
+use sluice_store::{KvError, Store, StoreError};
+
+/// The file a migrated data directory holds: when, and to which NATS.
+pub const MIGRATED_FILE: &str = "migrated";
 
 /// What one migration did, a line per thing.
 #[derive(Debug, Default)]
@@ -63,13 +68,28 @@ impl Invoker for NoDeliveries {
 }
 
 /// Copies the embedded store at `data_dir` into the cluster `options`
-/// name, binding to its streams and buckets as they are.
-pub async fn migrate(data_dir: &Path, mut options: ClusterOptions) -> anyhow::Result<Migration> {
+/// name, binding to its streams and buckets as they are. A directory
+/// migrated before is refused unless `again`.
+pub async fn migrate(
+    data_dir: &Path,
+    mut options: ClusterOptions,
+    again: bool,
+) -> anyhow::Result<Migration> {
     // Opening a directory that is not there would make an empty store.
     if !data_dir.join("db").exists() {
         anyhow::bail!(
             "{} holds no Sluice data (give --data-dir the embedded server's directory)",
             data_dir.display()
+        );
+    }
+    let marker = data_dir.join(MIGRATED_FILE);
+    if let Ok(when) = std::fs::read_to_string(&marker)
+        && !again
+    {
+        anyhow::bail!(
+            "{} was migrated already ({}): a second run would copy back what the cluster deleted since (revoked tokens too); give --again to copy what the cluster lacks anyway",
+            data_dir.display(),
+            when.trim()
         );
     }
     let store = Store::open(data_dir).with_context(|| {
@@ -92,6 +112,7 @@ pub async fn migrate(data_dir: &Path, mut options: ClusterOptions) -> anyhow::Re
             data_dir.display()
         );
     }
+    let urls = options.urls.join(",");
     options.keep_layout = true;
     let cluster = Cluster::connect(options).await?;
     cluster
@@ -106,47 +127,72 @@ pub async fn migrate(data_dir: &Path, mut options: ClusterOptions) -> anyhow::Re
         &prometheus::Registry::new(),
     );
     let mut done = Migration::default();
-    copy_brokers(&store, &router, &mut done).await?;
-    copy_functions(&store, &cluster, &mut done).await?;
-    copy_triggers(&store, &router, &mut done).await?;
-    copy_schedules(&store, &router, &mut done).await?;
-    copy_tokens(&store, &cluster, &mut done).await?;
-    copy_guest_data(&store, &cluster, &mut done).await?;
+    // The functions the cluster lacks: their data goes in before them.
+    let mut new_functions = Vec::new();
+    for record in store.functions()? {
+        match cluster.function(&record.name).await? {
+            Some(theirs) => done.kept.push(format!(
+                "function {} (the cluster's v{})",
+                record.name, theirs.version
+            )),
+            None => new_functions.push(record),
+        }
+    }
+    copy_guest_data(&store, &cluster, &new_functions, &mut done).await?;
+    copy_definitions(&store, &router, Definition::Broker, &mut done).await?;
+    copy_functions(&store, &cluster, new_functions, &mut done).await?;
+    copy_definitions(&store, &router, Definition::Trigger, &mut done).await?;
+    copy_definitions(&store, &router, Definition::Schedule, &mut done).await?;
+    copy_tokens(data_dir, &store, &cluster, &mut done).await?;
     let letters = store.dead_letter_count();
     if letters > 0 {
         done.left.push(format!(
-            "{letters} dead letters (GET /v1/deadletters on the old server lists them)"
+            "{letters} dead letters (`sluice deadletter list` on the old server lists them)"
         ));
     }
     done.left
         .push("the functions' logs and finished asynchronous invocations".to_owned());
+    drop(router);
+    drop(store);
+    std::fs::write(
+        &marker,
+        format!("{} into {urls}\n", sluice_store::now_rfc3339()),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     Ok(done)
 }
 
-fn parsed<T, E: std::fmt::Display>(
-    raw: &[u8],
-    parse: impl Fn(&serde_json::Value) -> Result<T, E>,
-) -> Result<T, String> {
-    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
-    parse(&value).map_err(|e| e.to_string())
-}
-
-async fn copy_brokers(store: &Store, router: &Router, done: &mut Migration) -> anyhow::Result<()> {
-    for raw in store.brokers()? {
-        let broker = match parsed(&raw, |v| Broker::parse(v, None)) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                done.failed.push(format!("a stored broker: {reason}"));
-                continue;
+/// Brokers, triggers or schedules, each unless the cluster has it.
+async fn copy_definitions(
+    store: &Store,
+    router: &Router,
+    kind: Definition,
+    done: &mut Migration,
+) -> anyhow::Result<()> {
+    // (definition, mark): only schedules have marks.
+    let (noun, stored): (&str, Vec<sluice_store::StoredSchedule>) = match kind {
+        Definition::Broker => (
+            "broker",
+            store.brokers()?.into_iter().map(|b| (b, None)).collect(),
+        ),
+        Definition::Trigger => (
+            "trigger",
+            store.triggers()?.into_iter().map(|t| (t, None)).collect(),
+        ),
+        Definition::Schedule => ("schedule", store.schedules()?),
+    };
+    for (json, mark) in stored {
+        match router.create_in_cluster(kind, &json, mark.as_deref()).await {
+            Ok((name, true)) if kind == Definition::Schedule => done
+                .copied
+                .push(format!("{noun} {name} (fires from its next instant)")),
+            Ok((name, true)) => done.copied.push(format!("{noun} {name}")),
+            Ok((name, false)) => done.kept.push(format!("{noun} {name}")),
+            Err(StoreError::Corrupt(reason)) => {
+                done.failed.push(format!("a stored {noun}: {reason}"));
             }
-        };
-        let what = format!("broker {}", broker.name);
-        if router.cluster_has(Definition::Broker, &broker.name).await? {
-            done.kept.push(what);
-            continue;
+            Err(error) => return Err(error.into()),
         }
-        router.put_broker(broker).await?;
-        done.copied.push(what);
     }
     Ok(())
 }
@@ -154,15 +200,11 @@ async fn copy_brokers(store: &Store, router: &Router, done: &mut Migration) -> a
 async fn copy_functions(
     store: &Store,
     cluster: &Cluster,
+    functions: Vec<sluice_store::FunctionRecord>,
     done: &mut Migration,
 ) -> anyhow::Result<()> {
-    for record in store.functions()? {
+    for record in functions {
         let what = format!("function {}", record.name);
-        if let Some(theirs) = cluster.function(&record.name).await? {
-            done.kept
-                .push(format!("{what} (the cluster's v{})", theirs.version));
-            continue;
-        }
         let Some(bytes) = store.blob(&record.digest)? else {
             done.failed.push(format!(
                 "{what}: its component {} is missing",
@@ -170,113 +212,85 @@ async fn copy_functions(
             ));
             continue;
         };
-        cluster
+        // Version 0 expected: only if the cluster still has none.
+        match cluster
             .deploy_function(
                 &record.name,
                 &bytes,
                 record.world,
                 record.settings.clone(),
-                None,
+                Some(0),
             )
-            .await?;
-        done.copied.push(what);
-    }
-    Ok(())
-}
-
-async fn copy_triggers(store: &Store, router: &Router, done: &mut Migration) -> anyhow::Result<()> {
-    for raw in store.triggers()? {
-        let trigger = match parsed(&raw, |v| Trigger::parse(v, None)) {
-            Ok(trigger) => trigger,
-            Err(reason) => {
-                done.failed.push(format!("a stored trigger: {reason}"));
-                continue;
-            }
-        };
-        let what = format!("trigger {}", trigger.name);
-        if router
-            .cluster_has(Definition::Trigger, &trigger.name)
-            .await?
+            .await
         {
-            done.kept.push(what);
-            continue;
+            Ok(_) => done.copied.push(what),
+            Err(StoreError::Changed(_)) => done.kept.push(format!("{what} (deployed meanwhile)")),
+            Err(error) => return Err(error.into()),
         }
-        router.put_trigger(trigger).await?;
-        done.copied.push(what);
     }
     Ok(())
 }
 
-async fn copy_schedules(
+async fn copy_tokens(
+    data_dir: &Path,
     store: &Store,
-    router: &Router,
+    cluster: &Cluster,
     done: &mut Migration,
 ) -> anyhow::Result<()> {
-    for (raw, _mark) in store.schedules()? {
-        let schedule = match parsed(&raw, |v| Schedule::parse(v, None)) {
-            Ok(schedule) => schedule,
-            Err(reason) => {
-                done.failed.push(format!("a stored schedule: {reason}"));
-                continue;
-            }
-        };
-        let what = format!("schedule {} (fires from its next instant)", schedule.name);
-        if router
-            .cluster_has(Definition::Schedule, &schedule.name)
-            .await?
-        {
-            done.kept.push(format!("schedule {}", schedule.name));
+    // The server's own admin token works on its own node only; in a
+    // cluster each node makes its own.
+    let own_admin = crate::auth::own_admin_hash(data_dir);
+    for (hash, record) in store.tokens()? {
+        if own_admin.as_deref() == Some(hash.as_str()) {
+            done.left.push(format!(
+                "the server's own admin token ({}; each node has its own, or give every node --admin-token)",
+                crate::auth::admin_token_path(data_dir).display()
+            ));
             continue;
         }
-        router.put_schedule(schedule).await?;
-        done.copied.push(what);
-    }
-    Ok(())
-}
-
-async fn copy_tokens(store: &Store, cluster: &Cluster, done: &mut Migration) -> anyhow::Result<()> {
-    let catalog = cluster.catalog(Bucket::Tokens)?;
-    for (hash, record) in store.tokens()? {
         // Named by its id in the record, never by the hash.
         let id = serde_json::from_slice::<serde_json::Value>(&record)
             .ok()
             .and_then(|v| v["id"].as_str().map(str::to_owned))
             .unwrap_or_else(|| "(no id)".to_owned());
         let what = format!("token {id}");
-        if catalog.get(&hash).await?.is_some() {
+        if cluster.create_token(&hash, &record).await? {
+            done.copied.push(what);
+        } else {
             done.kept.push(what);
-            continue;
         }
-        cluster.put_token(&hash, &record).await?;
-        done.copied.push(what);
     }
     Ok(())
 }
 
+/// The guest data of the functions the cluster lacks (`fn/<name>`
+/// buckets) and of shared buckets, key by key unless the cluster has the
+/// key.
 async fn copy_guest_data(
     store: &Store,
     cluster: &Cluster,
+    new_functions: &[sluice_store::FunctionRecord],
     done: &mut Migration,
 ) -> anyhow::Result<()> {
     let kv = GuestKv::new(cluster.clone());
-    let (mut copied, mut kept) = (0usize, 0usize);
+    let (mut copied, mut kept, mut skipped) = (0usize, 0usize, 0usize);
     for (bucket, key, value) in store.kv_entries()? {
-        match kv.get(&bucket, &key).await {
-            Ok(Some(_)) => {
-                kept += 1;
-                continue;
-            }
-            Ok(None) => {}
-            Err(error) => {
-                done.failed
-                    .push(format!("guest key {key:?} of bucket {bucket}: {error}"));
-                continue;
-            }
+        let copy = match bucket.split_once('/') {
+            Some(("fn", function)) => new_functions.iter().any(|f| f.name == function),
+            Some(("shared", _)) => true,
+            _ => false,
+        };
+        if !copy {
+            // A function the cluster has (its data is its own), or one
+            // deleted here.
+            skipped += 1;
+            continue;
         }
         // The embedded store held it within the function's limits: no
         // limit refuses it here (the cluster's count still counts it).
-        match kv.set(&bucket, &key, &value, u64::MAX).await {
-            Ok(()) => copied += 1,
+        match kv.create(&bucket, &key, &value).await {
+            Ok(true) => copied += 1,
+            Ok(false) => kept += 1,
             Err(error @ (KvError::KeyTooLong { .. } | KvError::TooLarge { .. })) => {
                 done.failed
                     .push(format!("guest key {key:?} of bucket {bucket}: {error}"));
@@ -289,6 +303,11 @@ async fn copy_guest_data(
     }
     if kept > 0 {
         done.kept.push(format!("{kept} guest keys"));
+    }
+    if skipped > 0 {
+        done.left.push(format!(
+            "{skipped} guest keys of functions the cluster has already or that were deleted here"
+        ));
     }
     Ok(())
 }

@@ -324,17 +324,81 @@ impl Router {
         )
     }
 
-    /// In cluster mode: whether the cluster holds the `kind` named `name`,
-    /// as the cluster says now (not this node's copy, which may not be
-    /// loaded: `sluice migrate` asks before it copies one in).
-    pub async fn cluster_has(&self, kind: Definition, name: &str) -> Result<bool, StoreError> {
-        let (bucket, key) = match kind {
-            Definition::Broker => (Bucket::Brokers, name.to_owned()),
-            Definition::Trigger => (Bucket::Triggers, name.to_owned()),
-            Definition::Schedule => (Bucket::Schedules, super::schedules::definition_key(name)),
+    /// In cluster mode: stores the `kind` definition `json` (as the
+    /// embedded store holds it) in the cluster unless the cluster has one
+    /// of its name, by compare-and-set on its absence, so one made
+    /// meanwhile is never overwritten. Its name, and whether it was stored
+    /// (false: the cluster's is kept). Not installed on this node: every
+    /// node's watch brings it. A schedule takes `mark`'s count of firings
+    /// (the embedded store's) and fires from its next instant on.
+    /// `sluice migrate` copies definitions in with it.
+    pub async fn create_in_cluster(
+        &self,
+        kind: Definition,
+        json: &[u8],
+        mark: Option<&[u8]>,
+    ) -> Result<(String, bool), StoreError> {
+        let value: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| StoreError::Corrupt(format!("a stored {kind:?}: {e}")))?;
+        let unreadable = |e: crate::trigger::TriggerError| StoreError::Corrupt(e.to_string());
+        let (bucket, name, json) = match kind {
+            Definition::Broker => {
+                let broker = crate::broker::Broker::parse(&value, None).map_err(unreadable)?;
+                let json = serde_json::to_vec(&broker.to_json()).expect("JSON");
+                (Bucket::Brokers, broker.name, json)
+            }
+            Definition::Trigger => {
+                let trigger = Trigger::parse(&value, None).map_err(unreadable)?;
+                let json = serde_json::to_vec(&trigger.to_json()).expect("JSON");
+                (Bucket::Triggers, trigger.name, json)
+            }
+            Definition::Schedule => {
+                let schedule =
+                    crate::schedule::Schedule::parse(&value, None).map_err(unreadable)?;
+                let json = serde_json::to_vec(&schedule.to_json()).expect("JSON");
+                (Bucket::Schedules, schedule.name, json)
+            }
         };
         let catalog = self.link().cluster.catalog(bucket)?;
-        Ok(catalog.get(&key).await?.is_some())
+        let key = match kind {
+            Definition::Schedule => super::schedules::definition_key(&name),
+            _ => name.clone(),
+        };
+        if catalog.get(&key).await?.is_some() {
+            return Ok((name, false));
+        }
+        if kind == Definition::Schedule {
+            // The mark first, as a put does: a node that sees the
+            // definition finds it. A deleted schedule's mark may be left:
+            // moved forward, never back.
+            let fired = mark
+                .and_then(super::schedules::Mark::parse)
+                .and_then(|m| m.fired);
+            let mark_key = super::schedules::mark_key(&name);
+            let old = catalog.get(&mark_key).await?;
+            let old_through = old
+                .as_ref()
+                .and_then(|v| super::schedules::Mark::parse(&v.value))
+                .map_or(0, |m| m.through);
+            let mark = super::schedules::Mark {
+                through: jiff::Timestamp::now().as_millisecond().max(old_through),
+                fired,
+            };
+            let expect = old.map_or(Expect::Absent, |v| Expect::Revision(v.revision));
+            match catalog.put(&mark_key, mark.to_json().into(), expect).await {
+                Ok(_) => {}
+                Err(StoreError::Changed(_)) => return Ok((name, false)),
+                Err(error) => return Err(error),
+            }
+        }
+        match catalog
+            .put_definition(&key, json.into(), Expect::Absent)
+            .await
+        {
+            Ok(_) => Ok((name, true)),
+            Err(StoreError::Changed(_)) => Ok((name, false)),
+            Err(error) => Err(error),
+        }
     }
 
     /// In cluster mode: `Ok` once the cluster answers and this node has

@@ -71,11 +71,11 @@ impl Mark {
             .and_then(|ms| Timestamp::from_millisecond(ms).ok())
     }
 
-    fn to_json(self) -> Vec<u8> {
+    pub(super) fn to_json(self) -> Vec<u8> {
         serde_json::to_vec(&self).expect("JSON")
     }
 
-    fn parse(json: &[u8]) -> Option<Mark> {
+    pub(super) fn parse(json: &[u8]) -> Option<Mark> {
         serde_json::from_slice(json).ok()
     }
 }
@@ -162,7 +162,7 @@ pub(super) fn definition_key(name: &str) -> String {
     format!("schedule.{name}")
 }
 
-fn mark_key(name: &str) -> String {
+pub(super) fn mark_key(name: &str) -> String {
     format!("mark.{name}")
 }
 

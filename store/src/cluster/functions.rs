@@ -121,6 +121,20 @@ impl Cluster {
             .await
     }
 
+    /// Stores a token record under `hash` cluster-wide unless the cluster
+    /// has one there: true if stored.
+    pub async fn create_token(&self, hash: &str, record: &[u8]) -> Result<bool> {
+        let written = self
+            .catalog(Bucket::Tokens)?
+            .put(hash, Bytes::copy_from_slice(record), Expect::Absent)
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(StoreError::Changed(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Deletes the token under `hash` cluster-wide; whether it existed.
     pub async fn delete_token(&self, hash: &str) -> Result<bool> {
         Ok(self

@@ -172,6 +172,25 @@ impl GuestKv {
         }
     }
 
+    /// Creates `key` in `bucket` with `value` unless it is there: true if
+    /// created, false if the bucket has the key (kept as it is, also when
+    /// it was created meanwhile). No key limit refuses it; it counts.
+    /// For `sluice migrate`.
+    pub async fn create(&self, bucket: &str, key: &str, value: &[u8]) -> Result<bool, KvError> {
+        self.check_size(value)?;
+        let kv = self.bucket()?;
+        let full = data_key(bucket, key)?;
+        if kv.get(&full).await?.is_some() || !self.reserve_new(&kv, bucket, &full, u64::MAX).await?
+        {
+            return Ok(false);
+        }
+        let written = kv
+            .put(&full, Bytes::copy_from_slice(value), Expect::Absent)
+            .await;
+        self.settle(&kv, bucket, &full, Expect::Absent, written)
+            .await
+    }
+
     /// What a compare-and-set write that `expect`ed the key's state ended
     /// in: true when it landed, false when it lost a race (read again); a
     /// new key's place in the count is given back unless it was used.
