@@ -362,6 +362,23 @@ async fn a_schedule_delivers_straight_to_a_url_or_a_function(backend: Backend) {
     let (_, view) = server.get("/v1/schedules/tofn").await;
     let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(view["sink"], json!({"function": "echo"}), "{view}");
+    assert_eq!(view["status"], json!({"ready": true}), "{view}");
+    // A schedule to a function that is not deployed is taken (it may be
+    // deployed later), and says it is not ready, and why.
+    let response = (server.http())
+        .put(server.url("/v1/schedules/nofn"))
+        .json(&json!({"schedule": "0 0 1 1 *", "sink": {"function": "not-there"}}))
+        .send()
+        .await
+        .unwrap();
+    let view: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(view["status"]["ready"], false, "{view}");
+    assert!(
+        view["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not-there")),
+        "{view}"
+    );
     let (_, triggers) = server.get("/v1/triggers").await;
     assert!(!triggers.contains("_schedule_"), "not listed: {triggers}");
     // Traced under the schedule's own broker.

@@ -1542,6 +1542,12 @@ fn show_schedule(schedule: &serde_json::Value) {
     println!("  sink:       {}", sink_text(&schedule["sink"]));
     println!("  next:       {}", text_or(&schedule["next"], "-"));
     println!("  last fired: {}", text_or(&schedule["lastFired"], "never"));
+    if schedule["status"]["ready"] == false {
+        println!(
+            "  status:     not ready: {}",
+            plain(&schedule["status"]["reason"])
+        );
+    }
     if !schedule["data"].is_null() || !schedule["dataBase64"].is_null() {
         let data = if schedule["data"].is_null() {
             &schedule["dataBase64"]

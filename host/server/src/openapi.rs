@@ -536,6 +536,19 @@ pub struct Schedule {
     /// Read only: the last instant fired (RFC 3339), if any.
     #[schema(read_only, rename = "lastFired")]
     last_fired: Option<String>,
+    /// Read only: whether the sink can take events now (a function sink
+    /// that is not deployed cannot: its firings are retried, then dead
+    /// lettered), as a trigger's status.
+    #[schema(read_only)]
+    status: Option<SinkStatus>,
+}
+
+/// Whether a schedule's sink can take events now.
+#[derive(ToSchema)]
+pub struct SinkStatus {
+    ready: bool,
+    /// Why not.
+    reason: Option<String>,
 }
 
 /// Every schedule.

@@ -1,6 +1,7 @@
 //! `/v1/schedules`: cron schedules that post an event into a broker at each
 //! instant (Knative's `PingSource`; see `sluice_router::schedule`). A view
-//! adds `next` (the next instant) and `lastFired`.
+//! adds `next` (the next instant), `lastFired` and `status` (whether its
+//! sink can take events now, as a trigger's).
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +23,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// A schedule as the API shows it.
-pub(crate) fn view(schedule: &Schedule, mark: &Mark) -> Value {
+pub(crate) fn view(state: &AppState, schedule: &Schedule, mark: &Mark) -> Value {
     let mut view = schedule.to_json();
+    // A function or URL sink is reached as a trigger's subscriber is; a
+    // broker always takes events.
+    let readiness = schedule
+        .direct_trigger()
+        .map_or(Ok(()), |trigger| state.router.readiness(&trigger));
+    view["status"] = match readiness {
+        Ok(()) => json!({"ready": true}),
+        Err(reason) => json!({"ready": false, "reason": reason}),
+    };
     view["next"] = match schedule.next_after(Timestamp::now()) {
         Some(next) => json!(next.to_string()),
         None => Value::Null,
@@ -49,7 +59,7 @@ fn schedule_not_found(name: &str) -> ApiError {
         crate::openapi::AuthErrors))]
 async fn list_schedules(State(state): State<AppState>) -> Response {
     let schedules: Vec<Value> = (state.router.schedules().iter())
-        .map(|(schedule, mark)| view(schedule, mark))
+        .map(|(schedule, mark)| view(&state, schedule, mark))
         .collect();
     axum::Json(json!({"schedules": schedules})).into_response()
 }
@@ -67,7 +77,7 @@ async fn get_schedule(
 ) -> Result<Response, ApiError> {
     let (schedule, mark) =
         (state.router.schedule(&name)).ok_or_else(|| schedule_not_found(&name))?;
-    Ok(axum::Json(view(&schedule, &mark)).into_response())
+    Ok(axum::Json(view(&state, &schedule, &mark)).into_response())
 }
 
 /// Creates or replaces schedule `name`: from its next instant on, each
@@ -112,7 +122,7 @@ async fn put_schedule(
     };
     let (schedule, mark) =
         (state.router.schedule(&name)).ok_or_else(|| schedule_not_found(&name))?;
-    Ok((status, axum::Json(view(&schedule, &mark))).into_response())
+    Ok((status, axum::Json(view(&state, &schedule, &mark))).into_response())
 }
 
 /// Deletes schedule `name`: it fires no more.
@@ -129,5 +139,5 @@ async fn delete_schedule(
     let (schedule, mark) =
         (state.router.schedule(&name)).ok_or_else(|| schedule_not_found(&name))?;
     state.router.delete_schedule(&name).await?;
-    Ok(axum::Json(view(&schedule, &mark)).into_response())
+    Ok(axum::Json(view(&state, &schedule, &mark)).into_response())
 }
