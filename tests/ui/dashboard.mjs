@@ -131,6 +131,8 @@ try {
   await page.locator('#schedules-table tr[data-name="nightly"]').waitFor();
   check((await text('#schedules-table tr[data-name="nightly"]')).includes("Europe/Berlin"), "the schedule's time zone");
   check((await text('#schedules-table tr[data-name="nightly"] td.last-fired')) === "never", "the schedule has not fired");
+  check(!(await text('#schedules-table tr[data-name="nightly"] td.sink')).includes("not ready"), "a broker sink is ready");
+  check((await text('#schedules-table tr[data-name="orphan"] td.sink')).includes("not ready"), "a missing function sink is not ready");
   const next = await page.locator('#schedules-table tr[data-name="nightly"] td.next').getAttribute("title");
   check([1, 2].includes(new Date(next).getUTCHours()) && new Date(next) > new Date(), `the next firing is the coming 03:00 in Berlin (${next})`);
 

@@ -251,7 +251,10 @@ async function refreshSchedules() {
       el("td", {}, el("strong", {}, s.name)),
       el("td", { class: "mono" }, s.schedule),
       el("td", {}, s.timezone || "UTC"),
-      el("td", {}, s.sink.broker || (s.sink.function ? `function ${s.sink.function}` : s.sink.uri)),
+      el("td", { class: "sink" }, s.sink.broker || (s.sink.function ? `function ${s.sink.function}` : s.sink.uri),
+        ...(s.status && !s.status.ready
+          ? [" ", el("span", { class: "badge bad", title: s.status.reason || "" }, "not ready")]
+          : [])),
       el("td", { class: "next", title: s.next || "" }, s.next ? new Date(s.next).toLocaleString() : "–"),
       el("td", { class: "last-fired" }, s.lastFired ? new Date(s.lastFired).toLocaleString() : "never"))));
 }
