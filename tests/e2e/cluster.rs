@@ -1145,7 +1145,10 @@ async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
                 .status()
         }
     };
-    assert_eq!(status_with(token.clone()).await, 200);
+    eventually(PATIENCE, || async {
+        (status_with(token.clone()).await == 200).then_some(())
+    })
+    .await;
     assert_eq!(status_with(old.admin_token().to_owned()).await, 401);
 
     // Again: refused (it would bring back what the cluster deleted since)
@@ -1177,4 +1180,29 @@ async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
         a.get("/fn/kv/incr/s?bucket=team").await,
         (200, "3".to_owned())
     );
+}
+
+#[tokio::test]
+async fn migrate_refuses_a_directory_with_pending_deliveries_before_writing() {
+    let mut old = Server::start();
+    old.trigger(json!({"name": "stuck", "filter": {"attributes": {"type": "t"}}, "subscriber": {"uri": "http://127.0.0.1:9/"},
+                       "delivery": {"retry": 5, "backoffDelay": "PT10M"}}))
+        .await;
+    assert_eq!(old.send_event("e-1", "t", &[], b"").await, 202);
+    old.terminate();
+    // Refused before it connects anywhere (no NATS runs at this URL), and
+    // the directory is not marked.
+    let output = std::process::Command::new(crate::harness::SLUICE)
+        .args(["migrate", "--data-dir"])
+        .arg(old.data_dir())
+        .args(["--nats", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("1 pending deliveries, which cannot move"),
+        "{stderr}"
+    );
+    assert!(!old.data_dir().join("migrated").exists());
 }

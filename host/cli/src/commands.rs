@@ -1108,7 +1108,11 @@ pub async fn run_migrate(
         println!("left behind {line}");
     }
     if !done.failed.is_empty() {
-        bail!("{} could not be copied (listed above)", done.failed.len());
+        bail!(
+            "{} could not be copied (listed above); {} is marked as migrated: once fixed, run this again with --again (it copies only what the cluster lacks)",
+            done.failed.len(),
+            data_dir.display()
+        );
     }
     println!(
         "done: the cluster's nodes pick it up through their watches; nothing was deleted from {}",

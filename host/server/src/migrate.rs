@@ -126,6 +126,14 @@ pub async fn migrate(
         DispatchLimits::default(),
         &prometheus::Registry::new(),
     );
+    // Marked before the first write: a run that fails half way has
+    // written some, and a plain second run must not bring back what the
+    // cluster deletes meanwhile.
+    std::fs::write(
+        &marker,
+        format!("{} into {urls}\n", sluice_store::now_rfc3339()),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     let mut done = Migration::default();
     // The functions the cluster lacks: their data goes in before them.
     let mut new_functions = Vec::new();
@@ -134,6 +142,10 @@ pub async fn migrate(
             Some(theirs) => done.kept.push(format!(
                 "function {} (the cluster's v{})",
                 record.name, theirs.version
+            )),
+            None if store.blob(&record.digest)?.is_none() => done.failed.push(format!(
+                "function {}: its component {} is missing",
+                record.name, record.digest
             )),
             None => new_functions.push(record),
         }
@@ -152,13 +164,6 @@ pub async fn migrate(
     }
     done.left
         .push("the functions' logs and finished asynchronous invocations".to_owned());
-    drop(router);
-    drop(store);
-    std::fs::write(
-        &marker,
-        format!("{} into {urls}\n", sluice_store::now_rfc3339()),
-    )
-    .with_context(|| format!("writing {}", marker.display()))?;
     Ok(done)
 }
 
@@ -224,7 +229,9 @@ async fn copy_functions(
             .await
         {
             Ok(_) => done.copied.push(what),
-            Err(StoreError::Changed(_)) => done.kept.push(format!("{what} (deployed meanwhile)")),
+            Err(StoreError::Changed(_)) => done.kept.push(format!(
+                "{what} (deployed in the cluster meanwhile; the directory's guest data of it went into its bucket)"
+            )),
             Err(error) => return Err(error.into()),
         }
     }

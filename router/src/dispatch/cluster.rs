@@ -329,7 +329,7 @@ impl Router {
     /// of its name, by compare-and-set on its absence, so one made
     /// meanwhile is never overwritten. Its name, and whether it was stored
     /// (false: the cluster's is kept). Not installed on this node: every
-    /// node's watch brings it. A schedule takes `mark`'s count of firings
+    /// node's watch brings it. A schedule takes `mark`'s last firing time
     /// (the embedded store's) and fires from its next instant on.
     /// `sluice migrate` copies definitions in with it.
     pub async fn create_in_cluster(
