@@ -162,7 +162,7 @@ impl GuestKv {
             // None: the key appeared meanwhile; read it again at once.
             if let Some(expect) = expect {
                 let written = kv.put(&full, value.clone(), expect).await;
-                if self.settle(&kv, bucket, &full, expect, written).await? {
+                if (self.settle(&kv, bucket, &full, expect, written, Some(&value))).await? {
                     return Ok(());
                 }
                 if !pace.lost().await {
@@ -184,16 +184,18 @@ impl GuestKv {
         {
             return Ok(false);
         }
-        let written = kv
-            .put(&full, Bytes::copy_from_slice(value), Expect::Absent)
-            .await;
-        self.settle(&kv, bucket, &full, Expect::Absent, written)
-            .await
+        let value = Bytes::copy_from_slice(value);
+        let written = kv.put(&full, value.clone(), Expect::Absent).await;
+        (self.settle(&kv, bucket, &full, Expect::Absent, written, Some(&value))).await
     }
 
     /// What a compare-and-set write that `expect`ed the key's state ended
     /// in: true when it landed, false when it lost a race (read again); a
-    /// new key's place in the count is given back unless it was used.
+    /// new key's place in the count is given back unless it was used. With
+    /// `same_is_done`, a create refused as a conflict whose key holds
+    /// exactly that value counts as landed and keeps its place (the count
+    /// may then run one high, as after any write of unknown outcome; never
+    /// low).
     async fn settle(
         &self,
         kv: &Catalog,
@@ -201,11 +203,21 @@ impl GuestKv {
         full: &str,
         expect: Expect,
         written: Result<u64, StoreError>,
+        same_is_done: Option<&Bytes>,
     ) -> Result<bool, KvError> {
         match written {
             Ok(_) => Ok(true),
             Err(StoreError::Changed(_)) => {
                 if expect == Expect::Absent {
+                    // async-nats reports a create whose first answer was
+                    // lost as a conflict: a key holding exactly what was
+                    // written is this write's (or the same write's by
+                    // another, as good), and keeps its place.
+                    if let Some(value) = same_is_done
+                        && kv.get(full).await?.is_some_and(|v| v.value == *value)
+                    {
+                        return Ok(true);
+                    }
                     // Another writer created it first: not a new key.
                     self.release(kv, bucket).await?;
                 }
@@ -270,7 +282,12 @@ impl GuestKv {
                 }
             };
             let written = kv.put(&full, Bytes::from(next.to_string()), expect).await;
-            if self.settle(&kv, bucket, &full, expect, written).await? {
+            // No read-back: two racers' first increments write the same
+            // value, and only one of them may be told it won.
+            if self
+                .settle(&kv, bucket, &full, expect, written, None)
+                .await?
+            {
                 return Ok(next);
             }
             if !pace.lost().await {
