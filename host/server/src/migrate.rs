@@ -305,15 +305,17 @@ async fn copy_guest_data(
             Err(error) => return Err(error.into()),
         }
     }
+    let keys = |n: usize| format!("{n} guest key{}", if n == 1 { "" } else { "s" });
     if copied > 0 {
-        done.copied.push(format!("{copied} guest keys"));
+        done.copied.push(keys(copied));
     }
     if kept > 0 {
-        done.kept.push(format!("{kept} guest keys"));
+        done.kept.push(keys(kept));
     }
     if skipped > 0 {
         done.left.push(format!(
-            "{skipped} guest keys of functions the cluster has already or that were deleted here"
+            "{} of functions the cluster has already or that were deleted here",
+            keys(skipped)
         ));
     }
     Ok(())
