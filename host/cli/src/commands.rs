@@ -1553,13 +1553,13 @@ fn show_schedule(schedule: &serde_json::Value) {
         );
     }
     if !schedule["data"].is_null() || !schedule["dataBase64"].is_null() {
-        let data = if schedule["data"].is_null() {
-            &schedule["dataBase64"]
+        let (data, base64) = if schedule["data"].is_null() {
+            (&schedule["dataBase64"], " in base64")
         } else {
-            &schedule["data"]
+            (&schedule["data"], "")
         };
         println!(
-            "  data:       {} ({})",
+            "  data:       {}{base64} ({})",
             plain(data),
             text_or(&schedule["contentType"], "default type")
         );
