@@ -386,6 +386,16 @@ async fn status_completions_and_helpful_messages() {
         no_token.contains("no token was sent") && no_token.contains("SLUICE_TOKEN"),
         "{no_token}"
     );
+    // An empty SLUICE_TOKEN is no token, not a refused one.
+    let empty_token = failed(
+        Command::new(SLUICE)
+            .args(["fn", "list", "--data-dir", "/nonexistent"])
+            .env("SLUICE_URL", &server.url)
+            .env("SLUICE_TOKEN", "")
+            .output()
+            .unwrap(),
+    );
+    assert!(empty_token.contains("no token was sent"), "{empty_token}");
     let bad_token = failed(
         Command::new(SLUICE)
             .args(["fn", "list"])

@@ -22,7 +22,9 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 /// The token to send: `token` when given, else the admin token in
 /// `data_dir` when `server` runs on this machine.
 pub fn find_token(token: Option<&str>, server: &str, data_dir: &Path) -> Option<String> {
-    if let Some(token) = token {
+    // An empty one (`SLUICE_TOKEN=`) is none: the local admin token, or
+    // "no token was sent" rather than "refused".
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
         return Some(token.to_string());
     }
     let local = ["://127.0.0.1", "://localhost", "://[::1]"]
