@@ -323,10 +323,20 @@ async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
     let json = stdout(&sluice(&server, &["deadletter", "list", "-o", "json"]));
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     let id = value["deadletters"][0]["id"].as_str().unwrap().to_string();
+    let one = stdout(&sluice(&server, &["deadletter", "get", &id, "-o", "json"]));
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one, value["deadletters"][0], "the list's, whole");
+    let text = stdout(&sluice(&server, &["deadletter", "get", &id]));
+    assert!(
+        text.contains("trigger   jobs") && text.contains("\"id\":\"cli-1\""),
+        "{text}"
+    );
     let triggers = stdout(&sluice(&server, &["trigger", "list", "-o", "json"]));
     let triggers: serde_json::Value = serde_json::from_str(&triggers).unwrap();
     assert_eq!(triggers["triggers"].as_array().unwrap().len(), 2);
     stdout(&sluice(&server, &["deadletter", "delete", &id]));
+    let gone = sluice(&server, &["deadletter", "get", &id]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("dead_letter_not_found"));
     let output = sluice(&server, &["deadletter", "replay", &id]);
     assert!(
         !output.status.success(),
@@ -490,6 +500,7 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "--source",
     ),
     ("GET", "/v1/deadletters", "deadletter list", "--trigger"),
+    ("GET", "/v1/deadletters/{id}", "deadletter get", ""),
     ("DELETE", "/v1/deadletters/{id}", "deadletter delete", ""),
     (
         "POST",

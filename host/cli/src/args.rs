@@ -420,6 +420,13 @@ pub enum DeadLetterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one dead letter, its event whole.
+    Get {
+        /// Dead letter id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Redeliver a dead letter to its trigger.
     Replay {
         /// Dead letter id.

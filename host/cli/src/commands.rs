@@ -889,6 +889,16 @@ pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Resu
                 }
             })
         }
+        DeadLetterCommand::Get { id, client } => {
+            let client = Client::new(&client);
+            let letter = client.get(&format!("/v1/deadletters/{id}")).await?;
+            client.show(&letter, |l| {
+                for key in ["id", "time", "broker", "trigger", "attempts", "reason"] {
+                    println!("{key:<9} {}", plain(&l[key]));
+                }
+                println!("event     {}", l["event"]);
+            })
+        }
         DeadLetterCommand::Replay { id, client } => {
             let client = Client::new(&client);
             client

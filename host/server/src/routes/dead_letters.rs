@@ -13,7 +13,7 @@ use crate::state::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_dead_letters))
-        .routes(routes!(delete_dead_letter))
+        .routes(routes!(get_dead_letter, delete_dead_letter))
         .routes(routes!(replay_dead_letter))
 }
 
@@ -39,19 +39,41 @@ async fn list_dead_letters(
         .await?
         .into_iter()
         .filter(|l| query.trigger.as_ref().is_none_or(|t| *t == l.trigger))
-        .map(|l| {
-            json!({
-                "id": l.id.to_string(),
-                "broker": l.broker,
-                "trigger": l.trigger,
-                "attempts": l.attempts,
-                "reason": l.reason,
-                "time": l.time,
-                "event": serde_json::from_str::<Value>(&l.event).unwrap_or(Value::String(l.event.clone())),
-            })
-        })
+        .map(|l| view(&l))
         .collect();
     Ok(axum::Json(json!({"deadletters": letters})).into_response())
+}
+
+/// A dead letter as the API shows it.
+fn view(l: &sluice_store::DeadLetterRecord) -> Value {
+    json!({
+        "id": l.id.to_string(),
+        "broker": l.broker,
+        "trigger": l.trigger,
+        "attempts": l.attempts,
+        "reason": l.reason,
+        "time": l.time,
+        "event": serde_json::from_str::<Value>(&l.event).unwrap_or(Value::String(l.event.clone())),
+    })
+}
+
+/// Dead letter `id`.
+#[utoipa::path(get, path = "/v1/deadletters/{id}", tag = "deadletters",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "The dead letter", body = crate::openapi::DeadLetter),
+        crate::openapi::AuthErrors,
+        (status = 404, description = "No such dead letter", body = crate::openapi::Error)))]
+async fn get_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let wanted = parse_id(&id)?;
+    let letter = (state.router.dead_letters().await?)
+        .into_iter()
+        .find(|l| l.id == wanted)
+        .ok_or_else(|| dead_letter_not_found(&id))?;
+    Ok(axum::Json(view(&letter)).into_response())
 }
 
 fn dead_letter_not_found(id: &str) -> ApiError {
