@@ -423,6 +423,13 @@ async fn status_completions_and_helpful_messages() {
         missing.contains("cannot read /nonexistent/x.wasm: build the component first"),
         "{missing}"
     );
+    let bad_ext = failed(sluice(
+        &server,
+        &[
+            "event", "send", "--type", "t", "--source", "/s", "--ext", "Bad=1",
+        ],
+    ));
+    assert!(bad_ext.contains("lowercase letters"), "{bad_ext}");
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "hello").unwrap();

@@ -741,6 +741,18 @@ fn unix_ms_text(ms: u64) -> String {
         .to_string()
 }
 
+/// An `--ext NAME=VALUE`, its name checked as CloudEvents has them (a
+/// header would lowercase `Bad` silently).
+fn extension(spec: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = pair(spec, "--ext")?;
+    if !sluice_router::event::valid_extension_name(&name) {
+        bail!(
+            "--ext {spec:?}: an attribute name is lowercase letters a-z and digits 0-9 (CloudEvents)"
+        );
+    }
+    Ok((name, value))
+}
+
 /// What [`event_request`] builds a request of.
 enum Sent {
     /// The events of this file, as they are.
@@ -808,7 +820,7 @@ fn event_request(
             event["subject"] = subject.into();
         }
         for spec in &extensions {
-            let (k, v) = pair(spec, "--ext")?;
+            let (k, v) = extension(spec)?;
             event[k] = v.into();
         }
         if !data.is_empty() {
@@ -846,7 +858,7 @@ fn event_request(
         request = request.header("ce-subject", encode(&subject));
     }
     for spec in &extensions {
-        let (k, v) = pair(spec, "--ext")?;
+        let (k, v) = extension(spec)?;
         request = request.header(format!("ce-{k}"), encode(&v));
     }
     Ok((request.body(read_data(data.as_deref())?), Sent::One(id)))
