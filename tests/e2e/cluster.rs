@@ -559,9 +559,22 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
         )
         .await;
     assert_eq!(status, 503);
+    // The status page says the same.
+    let (_, body) = a.get("/v1/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["ready"], false, "{status}");
+    assert!(
+        status["not_ready"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("127.0.0.1:{port}"))),
+        "{status}"
+    );
 
     nats.spawn(0);
     ready(&a).await;
+    let (_, body) = a.get("/v1/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["ready"], true, "{status}");
     let sink = Sink::start().await;
     a.trigger(json!({"name": "t", "filter": {"attributes": {"type": "t"}},
         "subscriber": {"uri": format!("{}/t", sink.url)}}))

@@ -1078,7 +1078,12 @@ pub async fn run_status(args: ClientArgs) -> anyhow::Result<()> {
     client.show(&status, |s| {
         let health = match (s["ready"] == true, s["store_healthy"] == true) {
             (true, true) => "ready".to_string(),
-            (false, true) => "not ready (starting or shutting down)".to_string(),
+            (false, true) => format!(
+                "not ready: {}",
+                s["not_ready"]
+                    .as_str()
+                    .unwrap_or("starting or shutting down")
+            ),
             (_, false) => "store failed: a disk write failed; fix the disk and restart".to_string(),
         };
         println!(

@@ -841,7 +841,10 @@ pub struct Status {
 pub struct ServerStatus {
     version: String,
     uptime_secs: u64,
+    /// As `/readyz` says (in cluster mode: NATS and JetStream answer).
     ready: bool,
+    /// Why not ready.
+    not_ready: Option<String>,
     store_healthy: bool,
     functions: u64,
     /// Functions whose compiled code is in memory now.

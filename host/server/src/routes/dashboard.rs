@@ -174,10 +174,30 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
             Some(status)
         }
     };
+    // Ready as /readyz says it (its JetStream probe is the status's own
+    // read of JetStream here).
+    let not_ready = if !state.ready.load(Ordering::Acquire) {
+        Some("starting or shutting down".to_owned())
+    } else {
+        let node = state
+            .router
+            .cluster_readiness()
+            .and_then(|()| (state.replica.as_ref()).map_or(Ok(()), |replica| replica.readiness()));
+        match (node, &cluster) {
+            (Err(reason), _) => Some(reason),
+            (Ok(()), Some(cluster)) if cluster["jetstream"]["healthy"] != true => Some(
+                cluster["jetstream"]["reason"]
+                    .as_str()
+                    .unwrap_or("JetStream does not answer")
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    };
     let mut body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.functions.uptime().as_secs(),
-        "ready": state.ready.load(Ordering::Acquire),
+        "ready": not_ready.is_none(),
         "store_healthy": store.healthy(),
         "functions": store.function_count(),
         "functions_loaded": state.functions.loaded_count(),
@@ -188,6 +208,9 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         "dead_letters": dead_letters,
         "requests_in_flight": state.in_flight.load(Ordering::Acquire),
     });
+    if let Some(reason) = not_ready {
+        body["not_ready"] = json!(reason);
+    }
     if let Some(cluster) = cluster {
         body["cluster"] = cluster;
     }
