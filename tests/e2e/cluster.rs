@@ -1214,7 +1214,8 @@ async fn migrate_refuses_a_directory_with_pending_deliveries_before_writing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("1 pending deliveries, which cannot move"),
+        stderr.contains("1 pending deliveries (1 of trigger stuck; deleting a trigger")
+            && stderr.contains("which cannot move"),
         "{stderr}"
     );
     assert!(!old.data_dir().join("migrated").exists());

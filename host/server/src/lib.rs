@@ -55,6 +55,33 @@ use sluice_router::dispatch::{DispatchLimits, Router};
 const TRACE_BYTES_PER_EVENT: u64 = 4 * 1024;
 pub use sluice_store::cluster::ClusterOptions;
 
+/// `N pending deliveries (M of trigger a, ...)`, and how to end those
+/// that can never succeed, for a refusal to leave embedded mode.
+pub(crate) fn pending_by_trigger(store: &Store) -> String {
+    let mut by_trigger = std::collections::BTreeMap::<String, usize>::new();
+    for record in store.pending_deliveries().unwrap_or_default() {
+        *by_trigger.entry(record.trigger.to_string()).or_default() += 1;
+    }
+    let mut named: Vec<(usize, String)> = by_trigger.into_iter().map(|(t, n)| (n, t)).collect();
+    named.sort_by(|a, b| b.cmp(a));
+    let shown: Vec<String> = named
+        .iter()
+        .take(5)
+        .map(
+            |(n, trigger)| match trigger.strip_prefix(sluice_router::schedule::DIRECT_PREFIX) {
+                Some(schedule) => format!("{n} of schedule {schedule}"),
+                None => format!("{n} of trigger {trigger}"),
+            },
+        )
+        .collect();
+    let more = if named.len() > 5 { ", ..." } else { "" };
+    format!(
+        "{} pending deliveries ({}{more}; deleting a trigger or schedule whose deliveries cannot succeed dead-letters them)",
+        store.delivery_count(),
+        shown.join(", ")
+    )
+}
+
 /// What `sluice serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -139,8 +166,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let cluster = match &options.cluster {
         Some(_) if store.delivery_count() > 0 => {
             anyhow::bail!(
-                "this data directory holds {} pending deliveries of events accepted without --nats; cluster mode would never deliver them: run it once without --nats until they are delivered (sluice_deliveries_pending 0), or start cluster mode on another --data-dir",
-                store.delivery_count()
+                "this data directory holds {} of events accepted without --nats; cluster mode would never deliver them: run it once without --nats until they are delivered (sluice_deliveries_pending 0), or start cluster mode on another --data-dir",
+                pending_by_trigger(&store)
             );
         }
         Some(cluster) => {

@@ -100,9 +100,9 @@ pub async fn migrate(
     })?;
     if store.delivery_count() > 0 {
         anyhow::bail!(
-            "{} holds {} pending deliveries, which cannot move: run its server without --nats until they are delivered (sluice_deliveries_pending 0), then migrate",
+            "{} holds {}, which cannot move: run its server without --nats until they are delivered (sluice_deliveries_pending 0), then migrate",
             data_dir.display(),
-            store.delivery_count()
+            crate::pending_by_trigger(&store)
         );
     }
     let unfinished = crate::invocations::unfinished(&store)?;
