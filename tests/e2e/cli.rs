@@ -307,6 +307,28 @@ async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].ce("subject").as_deref(), Some("s p a c e"));
     assert_eq!(got[0].body, br#"{"n":1}"#);
+    // A repeat says it is one; -o json shows the server's answer.
+    let again = [
+        "event",
+        "send",
+        "--type",
+        "job",
+        "--source",
+        "/cli/test",
+        "--id",
+        "cli-1",
+    ];
+    let repeat = stdout(&sluice(&server, &again));
+    assert!(
+        repeat.contains("accepted event cli-1 as a duplicate"),
+        "{repeat}"
+    );
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &[&again[..], &["-o", "json"]].concat(),
+    )))
+    .unwrap();
+    assert_eq!(answer["duplicate"], true, "{answer}");
 
     let letters = crate::harness::eventually(Duration::from_secs(10), || async {
         let out = stdout(&sluice(

@@ -606,13 +606,24 @@ pub async fn run_event_command(command: EventCommand) -> anyhow::Result<()> {
             };
             let (request, sent) = event_request(&client, &path, event)?;
             let answer: serde_json::Value = client.send(request).await?.json().await?;
-            match sent {
-                Sent::File(file) => {
-                    println!("accepted {} event(s) from {file}", answer["accepted"])
+            client.show(&answer, |answer| {
+                let repeats = answer["duplicates"].as_array().map_or(0, Vec::len);
+                let note = match repeats {
+                    0 => String::new(),
+                    n => format!(
+                        "; {n} a repeat of an event accepted before (same source and id), not delivered again"
+                    ),
+                };
+                match &sent {
+                    Sent::File(file) => {
+                        println!("accepted {} event(s) from {file}{note}", answer["accepted"])
+                    }
+                    Sent::One(id) if answer["duplicate"] == true => println!(
+                        "accepted event {id} as a duplicate: one with its source and id was accepted before; not delivered again"
+                    ),
+                    Sent::One(id) => println!("accepted event {id} ({} accepted)", answer["accepted"]),
                 }
-                Sent::One(id) => println!("accepted event {id} ({} accepted)", answer["accepted"]),
-            }
-            Ok(())
+            })
         }
         EventCommand::Explain { event, client } => {
             let client = Client::new(&client);

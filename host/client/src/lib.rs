@@ -172,7 +172,7 @@ impl Client {
                 "\nthe token was refused: check SLUICE_TOKEN (or --token); `sluice token list` on the server shows the live ones"
             }
             reqwest::StatusCode::FORBIDDEN => {
-                "\nuse a token with the right scope: `sluice token create --scope deploy` (or admin)"
+                "\nuse a token of a scope the message names (an admin makes one: `sluice token create --scope SCOPE`)"
             }
             reqwest::StatusCode::NOT_FOUND if reason.contains("function_not_found") => {
                 "\n`sluice fn list` shows the deployed functions"
