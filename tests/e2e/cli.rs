@@ -307,6 +307,23 @@ async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].ce("subject").as_deref(), Some("s p a c e"));
     assert_eq!(got[0].body, br#"{"n":1}"#);
+    // Brokers read as the other resources do.
+    let broker = stdout(&sluice(
+        &server,
+        &["broker", "create", "jobs", "--retry", "2"],
+    ));
+    assert!(
+        broker.starts_with("stored broker jobs\nname       jobs\n")
+            && broker.contains("\"retry\":2"),
+        "{broker}"
+    );
+    let broker: serde_json::Value = serde_json::from_str(&stdout(&sluice(
+        &server,
+        &["broker", "get", "jobs", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(broker["delivery"]["retry"], 2, "{broker}");
+    stdout(&sluice(&server, &["broker", "delete", "jobs"]));
     // A repeat says it is one; -o json shows the server's answer.
     let again = [
         "event",

@@ -362,8 +362,9 @@ pub enum EventCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print events as they are accepted (the live stream), one JSON
-    /// object a line, until interrupted.
+    /// Print events as they are accepted and delivered (the live stream),
+    /// a line each (one JSON object a line with -o json), until
+    /// interrupted.
     Watch {
         /// Only this broker's.
         #[arg(long)]

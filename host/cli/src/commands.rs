@@ -1129,6 +1129,11 @@ pub async fn run_migrate(
     credentials: Option<std::path::PathBuf>,
     again: bool,
 ) -> anyhow::Result<()> {
+    eprintln!(
+        "sluice migrate: {} into the cluster at {} (waits up to 30 s for it)",
+        data_dir.display(),
+        nats.join(",")
+    );
     let mut options = sluice_server::ClusterOptions::new(nats);
     options.credentials = credentials;
     options.name = format!("sluice migrate pid {}", std::process::id());
@@ -1137,7 +1142,7 @@ pub async fn run_migrate(
         println!("copied      {line}");
     }
     for line in &done.kept {
-        println!("kept        {line}: the cluster has one, left as it is");
+        println!("kept        {line} (the cluster's, left as it is)");
     }
     for line in &done.failed {
         println!("not copied  {line}");
@@ -1364,7 +1369,7 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
         BrokerCommand::Get { name, client } => {
             let client = Client::new(&client);
             let broker = client.get(&format!("/v1/brokers/{name}")).await?;
-            client.show(&broker, |b| println!("{b:#}"))
+            client.show(&broker, show_broker)
         }
         BrokerCommand::Create {
             name,
@@ -1386,7 +1391,10 @@ pub async fn run_broker_command(command: BrokerCommand) -> anyhow::Result<()> {
                 .put(client.url(&format!("/v1/brokers/{name}")))
                 .json(&body);
             let broker: serde_json::Value = client.send(request).await?.json().await?;
-            client.show(&broker, |b| println!("{b:#}"))
+            client.show(&broker, |b| {
+                println!("stored broker {name}");
+                show_broker(b);
+            })
         }
         BrokerCommand::Delete { name, client } => {
             let client = Client::new(&client);
@@ -1485,6 +1493,21 @@ fn show_traces(answer: &serde_json::Value) {
         for caused in trace["caused"].as_array().into_iter().flatten() {
             println!("  caused event {}", plain(caused));
         }
+    }
+}
+
+/// A broker's fields, a line each.
+fn show_broker(b: &serde_json::Value) {
+    let yes = |value: &serde_json::Value| if *value == true { "yes" } else { "no" };
+    println!("name       {}", plain(&b["name"]));
+    println!("stored     {}", yes(&b["stored"]));
+    println!("dedupe     {}", yes(&b["dedupe"]));
+    if !b["triggers"].is_null() {
+        println!("triggers   {}", plain(&b["triggers"]));
+    }
+    match &b["delivery"] {
+        serde_json::Value::Null => println!("delivery   - (Knative's defaults)"),
+        delivery => println!("delivery   {delivery}"),
     }
 }
 

@@ -83,13 +83,13 @@ pub async fn migrate(
         );
     }
     let marker = data_dir.join(MIGRATED_FILE);
-    if let Ok(when) = std::fs::read_to_string(&marker)
+    if let Ok(runs) = std::fs::read_to_string(&marker)
         && !again
     {
         anyhow::bail!(
             "{} was migrated already ({}): a second run would copy back what the cluster deleted since (revoked tokens too); give --again to copy what the cluster lacks anyway",
             data_dir.display(),
-            when.trim()
+            runs.lines().next().unwrap_or_default()
         );
     }
     let store = Store::open(data_dir).with_context(|| {
@@ -129,11 +129,19 @@ pub async fn migrate(
     // Marked before the first write: a run that fails half way has
     // written some, and a plain second run must not bring back what the
     // cluster deletes meanwhile.
-    std::fs::write(
-        &marker,
-        format!("{} into {urls}\n", sluice_store::now_rfc3339()),
-    )
-    .with_context(|| format!("writing {}", marker.display()))?;
+    // A line per run (the first one's stays), private as the directory.
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&marker)
+            .with_context(|| format!("writing {}", marker.display()))?;
+        writeln!(file, "{} into {urls}", sluice_store::now_rfc3339())
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
     let mut done = Migration::default();
     // The functions the cluster lacks: their data goes in before them.
     let mut new_functions = Vec::new();
