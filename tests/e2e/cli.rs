@@ -285,6 +285,14 @@ async fn trigger_event_and_dead_letter_commands_round_trip(backend: Backend) {
         list.contains("jobs") && list.contains("copy") && list.contains("ready"),
         "{list}"
     );
+    // The counts stand under their headings.
+    let heading = list.lines().next().unwrap();
+    let row = list.lines().find(|l| l.starts_with("jobs ")).unwrap();
+    let dead = heading.find("DEAD").unwrap() + "DEAD".len();
+    assert!(
+        row.as_bytes()[dead - 1].is_ascii_digit() && row.as_bytes()[dead] == b' ',
+        "{list}"
+    );
 
     let sent = stdout(&sluice(
         &server,

@@ -559,16 +559,17 @@ pub async fn run_trigger_command(command: TriggerCommand) -> anyhow::Result<()> 
                         .map(|f| format!("fn {f}"))
                         .or_else(|| t["subscriber"]["uri"].as_str().map(str::to_string))
                         .unwrap_or_default();
-                    let stats = &t["stats"];
+                    // As numbers: a JSON value ignores the column width.
+                    let count = |field: &str| t["stats"][field].as_u64().unwrap_or(0);
                     println!(
                         "{:<24} {:<10} {:<28} {:>8} {:>9} {:>7} {:>5}  {}",
                         t["name"].as_str().unwrap_or_default(),
                         t["broker"].as_str().unwrap_or_default(),
                         subscriber,
-                        stats["matched"],
-                        stats["delivered"],
-                        stats["retried"],
-                        stats["dead_lettered"],
+                        count("matched"),
+                        count("delivered"),
+                        count("retried"),
+                        count("dead_lettered"),
                         readiness(&t)
                     );
                 }
@@ -1060,6 +1061,7 @@ pub async fn run_token_command(command: TokenCommand) -> anyhow::Result<()> {
             let client = Client::new(&client);
             let list = client.get("/v1/tokens").await?;
             client.show(&list, |list| {
+                println!("{:<14} {:<8} {:<24} NAME", "ID", "SCOPE", "CREATED");
                 for t in list["tokens"].as_array().cloned().unwrap_or_default() {
                     println!(
                         "{:<14} {:<8} {:<24} {}",
@@ -1200,13 +1202,17 @@ fn show_cluster_status(cluster: &serde_json::Value) {
             "  {stream:<11} {} messages, {} bytes, {} replicas",
             state["messages"], state["bytes"], state["replicas"]
         );
+        let followers = state["replicas"].as_u64().unwrap_or(1).saturating_sub(1);
         if let Some(leader) = state["leader"].as_str() {
+            line.push_str(&format!(" (leader {leader}"));
             // The leader is one replica; the others are its followers.
-            line.push_str(&format!(
-                " (leader {leader}, {} of {} followers current)",
-                state["replicas_current"],
-                state["replicas"].as_u64().unwrap_or(1).saturating_sub(1)
-            ));
+            if followers > 0 {
+                line.push_str(&format!(
+                    ", {} of {followers} followers current",
+                    state["replicas_current"]
+                ));
+            }
+            line.push(')');
         }
         println!("{line}");
     }

@@ -914,7 +914,8 @@ async fn connected(client: &async_nats::Client, budget: Duration) -> Result<(), 
             State::Connected => return Ok(()),
             _ if tokio::time::Instant::now() >= deadline => {
                 return Err(StoreError::Unavailable(format!(
-                    "not connected to NATS (waited {budget:?}); nothing was written"
+                    "not connected to NATS (waited {:.1} s); nothing was written",
+                    budget.as_secs_f64()
                 )));
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
