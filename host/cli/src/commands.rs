@@ -907,7 +907,7 @@ pub async fn run_dead_letter_command(command: DeadLetterCommand) -> anyhow::Resu
                             plain(&l["event"]["type"]),
                             plain(&l["event"]["id"])
                         ),
-                        l["attempts"],
+                        l["attempts"].as_u64().unwrap_or(0),
                         plain(&l["reason"])
                     );
                 }
