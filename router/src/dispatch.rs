@@ -2266,6 +2266,20 @@ impl Router {
         }
     }
 
+    /// Dead letter `id`, if it is stored (in cluster mode, the cluster's).
+    pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetterRecord>, StoreError> {
+        match &self.cluster {
+            Some(link) => {
+                let catalog = link.cluster.catalog(Bucket::DeadLetters)?;
+                match catalog.get(&id.to_string()).await? {
+                    Some(stored) => Ok(Some(serde_json::from_slice(&stored.value)?)),
+                    None => Ok(None),
+                }
+            }
+            None => self.store.dead_letter_record(id),
+        }
+    }
+
     /// Redelivers dead letter `id` to its trigger. `false` if it does not
     /// exist.
     pub async fn replay(&self, id: u64) -> Result<bool, StoreError> {

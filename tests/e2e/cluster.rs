@@ -572,9 +572,12 @@ async fn nats_down_is_503_with_a_reason_and_sluice_resumes_by_itself() {
 
     nats.spawn(0);
     ready(&a).await;
-    let (_, body) = a.get("/v1/status").await;
-    let status: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["ready"], true, "{status}");
+    eventually(PATIENCE, || async {
+        let (_, body) = a.get("/v1/status").await;
+        let status: Value = serde_json::from_str(&body).ok()?;
+        (status["ready"] == true).then_some(())
+    })
+    .await;
     let sink = Sink::start().await;
     a.trigger(json!({"name": "t", "filter": {"attributes": {"type": "t"}},
         "subscriber": {"uri": format!("{}/t", sink.url)}}))
@@ -1214,7 +1217,7 @@ async fn migrate_refuses_a_directory_with_pending_deliveries_before_writing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("1 pending deliveries (1 of trigger stuck; deleting a trigger")
+        stderr.contains("1 pending delivery (1 of trigger stuck; deleting a trigger")
             && stderr.contains("which cannot move"),
         "{stderr}"
     );

@@ -1131,11 +1131,6 @@ pub async fn run_migrate(
     credentials: Option<std::path::PathBuf>,
     again: bool,
 ) -> anyhow::Result<()> {
-    eprintln!(
-        "sluice migrate: {} into the cluster at {} (waits up to 30 s for it)",
-        data_dir.display(),
-        nats.join(",")
-    );
     let mut options = sluice_server::ClusterOptions::new(nats);
     options.credentials = credentials;
     options.name = format!("sluice migrate pid {}", std::process::id());
@@ -1144,7 +1139,7 @@ pub async fn run_migrate(
         println!("copied      {line}");
     }
     for line in &done.kept {
-        println!("kept        {line} (the cluster's, left as it is)");
+        println!("kept        {line}: the cluster's, left as it is");
     }
     for line in &done.failed {
         println!("not copied  {line}");

@@ -71,9 +71,11 @@ fn hoist_client_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     while let Some(arg) = rest.peek() {
         let text = arg.to_string_lossy();
         let with_value = CLIENT_FLAGS.contains(&&*text);
+        // `--server=URL`, and `-ojson` or `-o=json`.
         let joined = CLIENT_FLAGS
             .iter()
-            .any(|flag| flag.starts_with("--") && text.starts_with(&format!("{flag}=")));
+            .any(|flag| flag.starts_with("--") && text.starts_with(&format!("{flag}=")))
+            || (text.len() > 2 && text.starts_with("-o"));
         if !with_value && !joined {
             break;
         }
@@ -209,6 +211,10 @@ mod tests {
         assert_eq!(
             hoist(&["sluice", "--token=t", "trigger", "delete", "a"]),
             ["sluice", "trigger", "delete", "a", "--token=t"]
+        );
+        assert_eq!(
+            hoist(&["sluice", "-ojson", "fn", "list"]),
+            ["sluice", "fn", "list", "-ojson"]
         );
         // After the command, or anything else first: left as it is.
         let as_is = ["sluice", "fn", "list", "--server", "u"];

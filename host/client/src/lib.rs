@@ -36,6 +36,7 @@ pub fn find_token(token: Option<&str>, server: &str, data_dir: &Path) -> Option<
     std::fs::read_to_string(admin_token_path(data_dir))
         .ok()
         .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// Why a request did not succeed.

@@ -58,12 +58,22 @@ pub use sluice_store::cluster::ClusterOptions;
 /// `N pending deliveries (M of trigger a, ...)`, and how to end those
 /// that can never succeed, for a refusal to leave embedded mode.
 pub(crate) fn pending_by_trigger(store: &Store) -> String {
+    let count = store.delivery_count();
+    let deliveries = if count == 1 { "delivery" } else { "deliveries" };
+    // What opening the store read already (no second scan of the journal).
+    let records = match store.recovered_deliveries() {
+        Ok(records) => records,
+        Err(error) => {
+            return format!("{count} pending {deliveries} (which triggers', not read: {error})");
+        }
+    };
     let mut by_trigger = std::collections::BTreeMap::<String, usize>::new();
-    for record in store.pending_deliveries().unwrap_or_default() {
+    for record in records {
         *by_trigger.entry(record.trigger.to_string()).or_default() += 1;
     }
     let mut named: Vec<(usize, String)> = by_trigger.into_iter().map(|(t, n)| (n, t)).collect();
-    named.sort_by(|a, b| b.cmp(a));
+    // Most first, then by name.
+    named.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     let shown: Vec<String> = named
         .iter()
         .take(5)
@@ -76,8 +86,7 @@ pub(crate) fn pending_by_trigger(store: &Store) -> String {
         .collect();
     let more = if named.len() > 5 { ", ..." } else { "" };
     format!(
-        "{} pending deliveries ({}{more}; deleting a trigger or schedule whose deliveries cannot succeed dead-letters them)",
-        store.delivery_count(),
+        "{count} pending {deliveries} ({}{more}; deleting a trigger or schedule whose deliveries cannot succeed dead-letters them)",
         shown.join(", ")
     )
 }

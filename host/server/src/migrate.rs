@@ -113,6 +113,10 @@ pub async fn migrate(
         );
     }
     let urls = options.urls.join(",");
+    eprintln!(
+        "sluice migrate: connecting to the cluster (waiting up to 30 s for it) to copy {} into it",
+        data_dir.display()
+    );
     options.keep_layout = true;
     let cluster = Cluster::connect(options).await?;
     cluster
@@ -139,6 +143,9 @@ pub async fn migrate(
             .mode(0o600)
             .open(&marker)
             .with_context(|| format!("writing {}", marker.display()))?;
+        // One an older build made may be readable by others.
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         writeln!(file, "{} into {urls}", sluice_store::now_rfc3339())
             .with_context(|| format!("writing {}", marker.display()))?;
     }

@@ -162,7 +162,9 @@ impl GuestKv {
             // None: the key appeared meanwhile; read it again at once.
             if let Some(expect) = expect {
                 let written = kv.put(&full, value.clone(), expect).await;
-                if (self.settle(&kv, bucket, &full, expect, written, Some(&value))).await? {
+                // No read-back: two writers of the same value would both
+                // keep a place in the count, on every such race.
+                if (self.settle(&kv, bucket, &full, expect, written, None)).await? {
                     return Ok(());
                 }
                 if !pace.lost().await {
@@ -192,10 +194,11 @@ impl GuestKv {
     /// What a compare-and-set write that `expect`ed the key's state ended
     /// in: true when it landed, false when it lost a race (read again); a
     /// new key's place in the count is given back unless it was used. With
-    /// `same_is_done`, a create refused as a conflict whose key holds
-    /// exactly that value counts as landed and keeps its place (the count
-    /// may then run one high, as after any write of unknown outcome; never
-    /// low).
+    /// `same_is_done` (migrate's one-off creates only), a create refused
+    /// as a conflict whose key holds exactly that value counts as landed
+    /// and keeps its place: async-nats reports a create whose first answer
+    /// was lost as a conflict. Without it such a create gives its place
+    /// back and the count runs one low (rare: a lost answer).
     async fn settle(
         &self,
         kv: &Catalog,

@@ -174,25 +174,22 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
             Some(status)
         }
     };
-    // Ready as /readyz says it (its JetStream probe is the status's own
-    // read of JetStream here).
-    let not_ready = if !state.ready.load(Ordering::Acquire) {
+    // Ready as /readyz says it, by the same checks (its one JetStream
+    // probe, not the fuller status read above).
+    let not_ready = if !store.healthy() {
+        Some("a write to disk failed (full disk?); fix it and restart the server".to_owned())
+    } else if !state.ready.load(Ordering::Acquire) {
         Some("starting or shutting down".to_owned())
     } else {
         let node = state
             .router
             .cluster_readiness()
             .and_then(|()| (state.replica.as_ref()).map_or(Ok(()), |replica| replica.readiness()));
-        match (node, &cluster) {
-            (Err(reason), _) => Some(reason),
-            (Ok(()), Some(cluster)) if cluster["jetstream"]["healthy"] != true => Some(
-                cluster["jetstream"]["reason"]
-                    .as_str()
-                    .unwrap_or("JetStream does not answer")
-                    .to_owned(),
-            ),
-            _ => None,
-        }
+        let node = match (node, state.router.cluster()) {
+            (Ok(()), Some(nats)) => nats.probe().await,
+            (other, _) => other,
+        };
+        node.err()
     };
     let mut body = json!({
         "version": env!("CARGO_PKG_VERSION"),

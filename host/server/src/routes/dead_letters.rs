@@ -68,10 +68,7 @@ async fn get_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let wanted = parse_id(&id)?;
-    let letter = (state.router.dead_letters().await?)
-        .into_iter()
-        .find(|l| l.id == wanted)
+    let letter = (state.router.dead_letter(parse_id(&id)?).await?)
         .ok_or_else(|| dead_letter_not_found(&id))?;
     Ok(axum::Json(view(&letter)).into_response())
 }
