@@ -42,12 +42,15 @@ fn tally(sink: &[crate::harness::Received]) -> BTreeMap<String, usize> {
 #[tokio::test]
 async fn three_nodes_on_three_nats_servers_are_one_sluice() {
     let nats = Nats::cluster();
-    let a = node(&nats, &[]);
+    let a = node(&nats, &["--node-name", "node-a"]);
     let b = node(&nats, &[]);
     let c = node(&nats, &[]);
     ready(&a).await;
     ready(&b).await;
     ready(&c).await;
+    let (_, status) = a.get("/v1/status").await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["cluster"]["node"], "node-a", "{status}");
 
     // A function deployed through one node runs on the others.
     a.deploy_ok("hello", guests::HELLO, "visibility=public")

@@ -39,7 +39,12 @@ sluice_server::server_limits!(limit_args);
 
 /// Sluice: a WebAssembly function host with an event router.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version,
+    about,
+    after_help = "The client flags of every command but serve (--server, --token, --data-dir, -o) may also come before the command: sluice --server URL fn list."
+)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -528,6 +533,10 @@ pub struct ServeArgs {
     /// before another node takes it over: how soon a dead node's work moves.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub nats_ack_wait: std::time::Duration,
+    /// Cluster mode: this node's name, as `/v1/status`, traces and recent
+    /// calls show it (default: `sluice ADDR pid N`).
+    #[arg(long, env = "SLUICE_NODE_NAME", value_name = "NAME", requires = "nats")]
+    pub node_name: Option<String>,
     /// The runtime's limits.
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -129,7 +129,9 @@ fn main() -> std::process::ExitCode {
                         cluster.event_max_bytes = args.event_max_bytes;
                         cluster.ack_wait =
                             args.nats_ack_wait.max(std::time::Duration::from_secs(1));
-                        cluster.name = format!("sluice {} pid {}", args.listen, std::process::id());
+                        cluster.name = args.node_name.clone().unwrap_or_else(|| {
+                            format!("sluice {} pid {}", args.listen, std::process::id())
+                        });
                         cluster
                     }),
                 })
