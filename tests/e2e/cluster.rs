@@ -1072,32 +1072,19 @@ async fn an_embedded_data_directory_migrates_into_a_running_cluster_once() {
         old.get("/fn/kv/incr/s?bucket=team").await,
         (200, "1".to_owned())
     );
-    let response = old
-        .http()
-        .put(old.url("/v1/brokers/orders"))
-        .json(&json!({"delivery": {"retry": 2}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    let (status, body) = old
+        .put_json("/v1/brokers/orders", json!({"delivery": {"retry": 2}}))
+        .await;
+    assert!((200..300).contains(&status), "{body}");
     old.trigger(json!({"name": "to-kv", "broker": "orders", "filter": {"attributes": {"type": "t"}}, "subscriber": {"function": "kv"}}))
         .await;
-    let response = old
-        .http()
-        .put(old.url("/v1/schedules/yearly"))
-        .json(&json!({"schedule": "0 0 1 1 *", "sink": {"broker": "orders"}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    let (status, body) = old
+        .put_json(
+            "/v1/schedules/yearly",
+            json!({"schedule": "0 0 1 1 *", "sink": {"broker": "orders"}}),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{body}");
     let (status, made) = old
         .post_json("/v1/tokens", json!({"name": "ci", "scope": "deploy"}))
         .await;

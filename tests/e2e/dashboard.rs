@@ -51,13 +51,13 @@ async fn the_dashboard_shows_functions_events_and_dead_letters(backend: Backend)
         .unwrap();
     assert_eq!(response.status(), 201);
     // And one whose function sink is not deployed: listed as not ready.
-    let response = (server.http())
-        .put(server.url("/v1/schedules/orphan"))
-        .json(&json!({"schedule": "0 0 1 1 *", "sink": {"function": "nobody"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let (status, body) = server
+        .put_json(
+            "/v1/schedules/orphan",
+            json!({"schedule": "0 0 1 1 *", "sink": {"function": "nobody"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     assert_eq!(server.send_event("before-1", "job", &[], b"{}").await, 202);
     assert_eq!(server.send_event("d-1", "doomed", &[], b"").await, 202);
     eventually(Duration::from_secs(10), || async {

@@ -538,6 +538,18 @@ impl Server {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// `PUT path` with a JSON body: the status and the body.
+    pub async fn put_json(&self, path: &str, body: serde_json::Value) -> (u16, String) {
+        let response = self
+            .http
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
     /// Creates a trigger and asserts success.
     pub async fn trigger(&self, body: serde_json::Value) {
         let (status, text) = self.post_json("/v1/triggers", body).await;

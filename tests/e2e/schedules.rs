@@ -365,13 +365,13 @@ async fn a_schedule_delivers_straight_to_a_url_or_a_function(backend: Backend) {
     assert_eq!(view["status"], json!({"ready": true}), "{view}");
     // A schedule to a function that is not deployed is taken (it may be
     // deployed later), and says it is not ready, and why.
-    let response = (server.http())
-        .put(server.url("/v1/schedules/nofn"))
-        .json(&json!({"schedule": "0 0 1 1 *", "sink": {"function": "not-there"}}))
-        .send()
-        .await
-        .unwrap();
-    let view: serde_json::Value = response.json().await.unwrap();
+    let (_, view) = server
+        .put_json(
+            "/v1/schedules/nofn",
+            json!({"schedule": "0 0 1 1 *", "sink": {"function": "not-there"}}),
+        )
+        .await;
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(view["status"]["ready"], false, "{view}");
     assert!(
         view["status"]["reason"]

@@ -180,9 +180,7 @@ impl Auth {
     ) -> anyhow::Result<Arc<Auth>> {
         let admin_override = admin_override.filter(|t| !t.is_empty()).map(|t| hash(&t));
         let path = admin_token_path(data_dir);
-        let own_admin = std::fs::read_to_string(&path)
-            .ok()
-            .map(|token| hex::encode(hash(token.trim())));
+        let own_admin = own_admin_hash(data_dir);
         let mut auth = Auth {
             store,
             cluster: None,
